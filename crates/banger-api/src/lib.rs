@@ -1,0 +1,291 @@
+//! CLI⇄daemon wire types: the JSON bodies of the daemon's `/v1` HTTP API on
+//! its unix socket. Serde only; no transport, no logic beyond validation
+//! helpers that both sides share.
+//!
+//! Routes (all JSON unless noted):
+//!
+//! | method | path | body → answer |
+//! |---|---|---|
+//! | GET | `/v1/daemon` | → [`DaemonStatus`] |
+//! | POST | `/v1/daemon/shutdown` | → 204 |
+//! | GET | `/v1/vms` | → `Vec<Vm>` |
+//! | POST | `/v1/vms` | [`CreateVm`] → 202 [`OperationRef`] |
+//! | GET | `/v1/vms/{name}` | → [`Vm`] |
+//! | DELETE | `/v1/vms/{name}` | → 202 [`OperationRef`] |
+//! | POST | `/v1/vms/{name}/start` `…/stop` `…/restart` | → 202 [`OperationRef`] |
+//! | GET | `/v1/vms/{name}/logs?follow=bool` | → `text/plain` console, streamed while following |
+//! | POST | `/v1/vms/{name}/exec` | [`banger_proto::ExecRequest`]-shaped JSON in the `X-Banger-Exec` header, `Upgrade: banger-exec` → 101, then raw agent frames both ways |
+//! | GET | `/v1/images` | → `Vec<Image>` |
+//! | POST | `/v1/images/build` | [`BuildImage`] → 202 [`OperationRef`] |
+//! | POST | `/v1/images/register` | [`RegisterImage`] → 202 [`OperationRef`] |
+//! | GET | `/v1/images/{name}` | → [`Image`] |
+//! | DELETE | `/v1/images/{name}` | → 204 |
+//! | GET | `/v1/operations/{id}` | → [`Operation`] |
+//! | GET | `/v1/operations/{id}/events` | → `text/event-stream` of [`OperationEvent`] (`data: <json>\n\n`), ending after `done` |
+//! | GET | `/v1/doctor` | → [`DoctorReport`] |
+//!
+//! Every error is an [`ApiError`] body with a stable `code`.
+
+use serde::{Deserialize, Serialize};
+
+/// Error body of every non-2xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    /// Stable code: `not_found`, `conflict`, `invalid`, `busy`, `engine`, `internal`.
+    pub code: String,
+    /// A sentence meant for humans, naming the problem and what to do.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    Creating,
+    Running,
+    Stopped,
+    Failed,
+    Deleting,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Creating => "creating",
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+            VmState::Failed => "failed",
+            VmState::Deleting => "deleting",
+        }
+    }
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Vm {
+    pub id: String,
+    pub name: String,
+    pub state: VmState,
+    pub image: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub disk_size_mib: u64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// `kvm` or `tcg` while running.
+    #[serde(default)]
+    pub accel: Option<String>,
+    /// Engine process id while running.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The VM's own directory on the host (disks, console log).
+    pub dir: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CreateVm {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    #[serde(default)]
+    pub disk_size_mib: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OperationRef {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationKind {
+    Create,
+    Start,
+    Stop,
+    Restart,
+    Delete,
+    ImageBuild,
+    ImageRegister,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stage {
+    pub name: String,
+    /// Human label, e.g. "wait for agent".
+    pub label: String,
+    pub state: OperationState,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Operation {
+    pub id: String,
+    pub kind: OperationKind,
+    /// VM or image name the operation acts on.
+    pub target: String,
+    pub state: OperationState,
+    pub stages: Vec<Stage>,
+    #[serde(default)]
+    pub error: Option<ApiError>,
+    pub started_at: i64,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+}
+
+/// One server-sent event of an operation's stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum OperationEvent {
+    StageStarted { name: String, label: String },
+    StageFinished { name: String, duration_ms: u64, #[serde(default)] detail: Option<String> },
+    StageFailed { name: String, duration_ms: u64, error: String },
+    /// Free-form progress inside a stage (download sizes, etc.).
+    Progress { name: String, message: String },
+    /// Last event: the operation's final record.
+    Done { operation: Operation },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageFile {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Image {
+    pub name: String,
+    /// `minimal`, `debian`, or `registered`.
+    pub source: String,
+    pub kernel_version: Option<String>,
+    pub created_at: i64,
+    pub dir: String,
+    pub files: Vec<ImageFile>,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BuildImage {
+    /// Defaults to the preset's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub preset: String,
+    /// Rebuild even when an image of that name exists.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RegisterImage {
+    pub name: String,
+    /// Absolute host paths.
+    pub kernel: String,
+    pub rootfs: String,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// A `/lib/modules/<version>` tree whose virtio modules the guest needs.
+    #[serde(default)]
+    pub modules: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Check {
+    pub name: String,
+    pub status: CheckStatus,
+    pub detail: String,
+    /// What to do about a warn or fail.
+    #[serde(default)]
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DoctorReport {
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub version: String,
+    pub socket: String,
+    pub state_dir: String,
+    pub started_at: i64,
+    pub vms_running: usize,
+}
+
+/// Header carrying the JSON exec request on the upgrade request.
+pub const EXEC_HEADER: &str = "x-banger-exec";
+/// `Upgrade:` protocol token of the exec stream.
+pub const EXEC_UPGRADE: &str = "banger-exec";
+
+/// VM names: 1-63 chars of `[a-z0-9-]`, starting with a letter or digit,
+/// not ending with `-` (a DNS label, since names become host names).
+pub fn validate_vm_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("vm name {name:?} must be 1 to 63 characters long"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(format!("vm name {name:?} may only contain lowercase letters, digits and '-'"));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(format!("vm name {name:?} must not start or end with '-'"));
+    }
+    Ok(())
+}
+
+/// Image names follow the same rule as VM names.
+pub fn validate_image_name(name: &str) -> Result<(), String> {
+    validate_vm_name(name).map_err(|e| e.replacen("vm name", "image name", 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_names_are_dns_labels() {
+        assert!(validate_vm_name("web-1").is_ok());
+        assert!(validate_vm_name("").unwrap_err().contains("1 to 63"));
+        assert!(validate_vm_name(&"a".repeat(64)).is_err());
+        assert!(validate_vm_name("Web").unwrap_err().contains("lowercase"));
+        assert!(validate_vm_name("a_b").is_err());
+        assert!(validate_vm_name("-a").is_err());
+        assert!(validate_vm_name("a-").is_err());
+    }
+
+    #[test]
+    fn operation_events_are_tagged() {
+        let ev = OperationEvent::StageStarted { name: "boot".into(), label: "boot".into() };
+        assert_eq!(serde_json::to_string(&ev).unwrap(), r#"{"event":"stage_started","name":"boot","label":"boot"}"#);
+    }
+}

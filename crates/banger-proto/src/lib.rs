@@ -1,0 +1,345 @@
+//! Host⇄guest wire protocol between the daemon (or CLI, through the daemon)
+//! and `banger-agent`, the guest's PID 1. Owns the message types, the frame
+//! codec and the channel handshake; owns no transport.
+//!
+//! How a connection runs:
+//!
+//! 1. The host opens the engine's agent channel (a virtio-serial port on
+//!    QEMU, named [`PORT_NAME`] in the guest) and writes
+//!    `BANGER-SYNC <nonce>\n` ([`sync_line`]).
+//! 2. The agent discards bytes until it reads a full sync line (bytes left
+//!    over from an earlier host connection are thus skipped), then answers
+//!    `BANGER-READY <nonce> <protocol>\n` ([`ready_line`]). The host likewise
+//!    discards until it reads the ready line with its own nonce.
+//! 3. Both sides then run a yamux session over the channel: the host is the
+//!    client, the agent the server. Every request is its own yamux stream.
+//! 4. On each stream the host writes one [`FrameKind::Request`] frame holding
+//!    an [`Envelope`]. An envelope whose `version` the agent does not speak
+//!    gets a [`FrameKind::Error`] frame with code `protocol_mismatch`.
+//! 5. `health`/`shutdown`: the agent answers one [`FrameKind::Response`] frame
+//!    and closes the stream.
+//! 6. `exec`: the agent answers [`FrameKind::Started`] (or `Error`), then
+//!    streams `Stdout`/`Stderr` frames and finally one `Exit` frame. The host
+//!    may send `Stdin`, `StdinEof`, `Signal` and `Resize` frames at any time.
+//!    If the stream closes before `Exit`, the agent kills the process group.
+//!
+//! A frame is `kind: u8`, `len: u32` big-endian, then `len` payload bytes
+//! (at most [`MAX_FRAME`]). Data frames carry raw bytes, the rest JSON.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Name of the virtio-serial port the agent listens on.
+pub const PORT_NAME: &str = "org.banger.agent";
+/// Serial number of the per-VM config drive (`/sys/block/vdX/serial`).
+pub const CONFIG_DRIVE_SERIAL: &str = "banger-config";
+/// Serial number of the root disk.
+pub const ROOT_DRIVE_SERIAL: &str = "banger-root";
+/// Serial number of the work disk mounted at `/root`.
+pub const WORK_DRIVE_SERIAL: &str = "banger-work";
+/// Largest payload of a single frame.
+pub const MAX_FRAME: usize = 1 << 20;
+/// Size of the config drive; the JSON [`GuestConfig`] is NUL-padded to it.
+pub const CONFIG_DRIVE_SIZE: usize = 64 * 1024;
+
+/// Line the host writes to start a session.
+pub fn sync_line(nonce: &str) -> String {
+    format!("BANGER-SYNC {nonce}\n")
+}
+
+/// Line the agent answers with once it has seen a sync line.
+pub fn ready_line(nonce: &str, protocol: u32) -> String {
+    format!("BANGER-READY {nonce} {protocol}\n")
+}
+
+/// Parses `BANGER-SYNC <nonce>` (without the newline).
+pub fn parse_sync(line: &str) -> Option<&str> {
+    line.strip_prefix("BANGER-SYNC ").map(str::trim).filter(|n| !n.is_empty())
+}
+
+/// Parses `BANGER-READY <nonce> <protocol>` (without the newline).
+pub fn parse_ready(line: &str) -> Option<(&str, u32)> {
+    let mut it = line.strip_prefix("BANGER-READY ")?.split_whitespace();
+    let nonce = it.next()?;
+    let proto = it.next()?.parse().ok()?;
+    Some((nonce, proto))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// host → agent, JSON [`Envelope`]
+    Request = 1,
+    /// agent → host, JSON, the answer to a non-streaming request
+    Response = 2,
+    /// agent → host, JSON [`ErrorBody`]
+    Error = 3,
+    /// agent → host, JSON [`Started`]
+    Started = 4,
+    /// host → agent, raw bytes
+    Stdin = 5,
+    /// host → agent, empty: close the process's stdin
+    StdinEof = 6,
+    /// host → agent, JSON [`SignalMsg`]
+    Signal = 7,
+    /// host → agent, JSON [`Resize`]
+    Resize = 8,
+    /// agent → host, raw bytes
+    Stdout = 9,
+    /// agent → host, raw bytes
+    Stderr = 10,
+    /// agent → host, JSON [`ExitStatus`]
+    Exit = 11,
+}
+
+impl FrameKind {
+    pub fn from_u8(b: u8) -> Option<Self> {
+        use FrameKind::*;
+        Some(match b {
+            1 => Request,
+            2 => Response,
+            3 => Error,
+            4 => Started,
+            5 => Stdin,
+            6 => StdinEof,
+            7 => Signal,
+            8 => Resize,
+            9 => Stdout,
+            10 => Stderr,
+            11 => Exit,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn new(kind: FrameKind, payload: impl Into<Vec<u8>>) -> Self {
+        Frame { kind, payload: payload.into() }
+    }
+
+    pub fn json<T: Serialize>(kind: FrameKind, value: &T) -> Self {
+        Frame::new(kind, serde_json::to_vec(value).expect("wire types serialize"))
+    }
+
+    pub fn parse<T: for<'de> Deserialize<'de>>(&self) -> std::io::Result<T> {
+        serde_json::from_slice(&self.payload).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad {:?} frame: {e}", self.kind))
+        })
+    }
+
+    /// Encodes header and payload into one buffer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(5 + self.payload.len());
+        out.push(self.kind as u8);
+        out.extend_from_slice(&(self.payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.payload);
+        out
+    }
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream before a header.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Frame>> {
+    let mut hdr = [0u8; 5];
+    let mut got = 0;
+    while got < hdr.len() {
+        let n = r.read(&mut hdr[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n;
+    }
+    let kind = FrameKind::from_u8(hdr[0]).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown frame kind {}", hdr[0]))
+    })?;
+    let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    Ok(Some(Frame { kind, payload }))
+}
+
+/// Writes one frame and flushes.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> std::io::Result<()> {
+    w.write_all(&frame.encode()).await?;
+    w.flush().await
+}
+
+/// The first frame of every stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Envelope {
+    pub version: u32,
+    pub request: Request,
+}
+
+impl Envelope {
+    pub fn new(request: Request) -> Self {
+        Envelope { version: PROTOCOL_VERSION, request }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Health,
+    Exec(ExecRequest),
+    /// Sync filesystems and power the guest off (or reboot).
+    Shutdown { reboot: bool },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// Extra environment on top of the agent's defaults (PATH, HOME, TERM).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory; `/root` when absent.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Run under a pseudo-terminal (stdout carries everything, no stderr).
+    #[serde(default)]
+    pub tty: bool,
+    /// Initial terminal size when `tty`.
+    #[serde(default)]
+    pub size: Option<Resize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HealthResponse {
+    pub agent_version: String,
+    pub protocol: u32,
+    pub hostname: String,
+    /// Milliseconds since the guest kernel booted.
+    pub uptime_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Started {
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignalMsg {
+    pub signal: i32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Resize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code, or 128 + signal when killed by one (as a shell reports it).
+    pub code: i32,
+    #[serde(default)]
+    pub signal: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Stable machine code: `protocol_mismatch`, `not_found`, `spawn_failed`, `bad_request`.
+    pub code: String,
+    pub message: String,
+}
+
+/// Per-VM configuration the agent reads from the config drive at boot:
+/// JSON, NUL-padded to [`CONFIG_DRIVE_SIZE`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GuestConfig {
+    pub version: u32,
+    pub vm_name: String,
+    pub hostname: String,
+    /// Extra lines for `/root/.ssh/authorized_keys`.
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
+}
+
+impl GuestConfig {
+    /// Encodes into a config-drive image.
+    pub fn to_drive(&self) -> std::io::Result<Vec<u8>> {
+        let mut buf = serde_json::to_vec(self)?;
+        if buf.len() >= CONFIG_DRIVE_SIZE {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "guest config exceeds the config drive"));
+        }
+        buf.resize(CONFIG_DRIVE_SIZE, 0);
+        Ok(buf)
+    }
+
+    /// Decodes a config-drive image (JSON up to the first NUL).
+    pub fn from_drive(bytes: &[u8]) -> std::io::Result<Self> {
+        let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+        serde_json::from_slice(&bytes[..end]).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_through_a_byte_stream() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let sent = vec![
+            Frame::json(FrameKind::Request, &Envelope::new(Request::Exec(ExecRequest { argv: vec!["true".into()], ..Default::default() }))),
+            Frame::new(FrameKind::Stdout, vec![7u8; 300]),
+            Frame::new(FrameKind::StdinEof, Vec::new()),
+        ];
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                for f in &sent {
+                    write_frame(&mut a, f).await.unwrap();
+                }
+            })
+        };
+        for f in &sent {
+            assert_eq!(read_frame(&mut b).await.unwrap().as_ref(), Some(f));
+        }
+        writer.await.unwrap();
+        assert_eq!(read_frame(&mut b).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_rejected() {
+        let mut bytes = vec![FrameKind::Stdout as u8];
+        bytes.extend_from_slice(&((MAX_FRAME as u32) + 1).to_be_bytes());
+        let err = read_frame(&mut &bytes[..]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn handshake_lines_parse() {
+        assert_eq!(parse_sync(sync_line("ab12").trim_end()), Some("ab12"));
+        assert_eq!(parse_ready(ready_line("ab12", 3).trim_end()), Some(("ab12", 3)));
+        assert_eq!(parse_sync("BANGER-SYNC "), None);
+        assert_eq!(parse_ready("BANGER-READY x notanumber"), None);
+    }
+
+    #[test]
+    fn envelope_json_names_the_op() {
+        let json = serde_json::to_string(&Envelope::new(Request::Health)).unwrap();
+        assert_eq!(json, r#"{"version":1,"request":{"op":"health"}}"#);
+    }
+
+    #[test]
+    fn guest_config_survives_the_drive_encoding() {
+        let cfg = GuestConfig { version: 1, vm_name: "web".into(), hostname: "web".into(), authorized_keys: vec![] };
+        let drive = cfg.to_drive().unwrap();
+        assert_eq!(drive.len(), CONFIG_DRIVE_SIZE);
+        assert_eq!(GuestConfig::from_drive(&drive).unwrap(), cfg);
+    }
+}
