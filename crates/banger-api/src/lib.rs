@@ -26,6 +26,8 @@
 //!
 //! Every error is an [`ApiError`] body with a stable `code`.
 
+pub mod paths;
+
 use serde::{Deserialize, Serialize};
 
 /// Error body of every non-2xx answer.
