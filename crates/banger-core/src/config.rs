@@ -1,0 +1,169 @@
+//! The daemon's configuration file (`config.toml`): every key optional,
+//! unknown keys rejected, values validated at load with errors that name the
+//! key. Owns parsing and defaults; not where the file lives (that is
+//! `banger_api::paths`).
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// How the QEMU engine accelerates guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    /// Probe `/dev/kvm` once (cached) and use it only when it boots a kernel.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub accel: AccelChoice,
+    /// QEMU binary; `qemu-system-x86_64` from PATH by default.
+    pub qemu_bin: PathBuf,
+    /// The guest agent binary put into images; found next to `bangerd` when unset.
+    pub agent_bin: Option<PathBuf>,
+    /// Image used when `--image` is not given.
+    pub default_image: String,
+    pub default_cpus: u32,
+    pub default_memory_mib: u64,
+    pub default_disk_size_mib: u64,
+    /// Seconds to wait for the guest agent after the engine starts.
+    pub boot_timeout_secs: u64,
+    /// Seconds a graceful stop may take before the engine is killed.
+    pub stop_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            accel: AccelChoice::Auto,
+            qemu_bin: PathBuf::from("qemu-system-x86_64"),
+            agent_bin: None,
+            default_image: "minimal".into(),
+            default_cpus: 1,
+            default_memory_mib: 512,
+            default_disk_size_mib: 4096,
+            boot_timeout_secs: 60,
+            stop_timeout_secs: 10,
+        }
+    }
+}
+
+/// Limits shared by config validation and request validation.
+pub const MAX_CPUS: u32 = 64;
+pub const MIN_MEMORY_MIB: u64 = 64;
+pub const MAX_MEMORY_MIB: u64 = 1024 * 1024;
+pub const MIN_DISK_MIB: u64 = 64;
+pub const MAX_DISK_MIB: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("config {path} is malformed: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {key} {problem}")]
+    Invalid { path: PathBuf, key: &'static str, problem: String },
+}
+
+impl Config {
+    /// Loads `path`; a missing file means all defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read { path: path.to_owned(), source }),
+        }
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim().replace('\n', " ") })?;
+        cfg.validate().map_err(|(key, problem)| ConfigError::Invalid { path: path.to_owned(), key, problem })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        check_cpus(self.default_cpus).map_err(|p| ("default_cpus", p))?;
+        check_memory(self.default_memory_mib).map_err(|p| ("default_memory_mib", p))?;
+        check_disk(self.default_disk_size_mib).map_err(|p| ("default_disk_size_mib", p))?;
+        if self.boot_timeout_secs == 0 || self.boot_timeout_secs > 3600 {
+            return Err(("boot_timeout_secs", "must be between 1 and 3600".into()));
+        }
+        if self.stop_timeout_secs > 3600 {
+            return Err(("stop_timeout_secs", "must be at most 3600".into()));
+        }
+        banger_api::validate_image_name(&self.default_image).map_err(|p| ("default_image", p))?;
+        Ok(())
+    }
+}
+
+pub fn check_cpus(n: u32) -> Result<(), String> {
+    if n == 0 || n > MAX_CPUS {
+        return Err(format!("must be between 1 and {MAX_CPUS} (got {n})"));
+    }
+    Ok(())
+}
+
+pub fn check_memory(mib: u64) -> Result<(), String> {
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib) {
+        return Err(format!("must be between {MIN_MEMORY_MIB} MiB and {} GiB (got {mib} MiB)", MAX_MEMORY_MIB / 1024));
+    }
+    Ok(())
+}
+
+pub fn check_disk(mib: u64) -> Result<(), String> {
+    if !(MIN_DISK_MIB..=MAX_DISK_MIB).contains(&mib) {
+        return Err(format!("must be between {MIN_DISK_MIB} MiB and {} TiB (got {mib} MiB)", MAX_DISK_MIB / 1024 / 1024));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/c.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let cfg = parse("accel = \"tcg\"\ndefault_cpus = 2\n").unwrap();
+        assert_eq!(cfg.accel, AccelChoice::Tcg);
+        assert_eq!(cfg.default_cpus, 2);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("acel = \"kvm\"").unwrap_err().to_string();
+        assert!(err.contains("acel"), "{err}");
+    }
+
+    #[test]
+    fn bad_accel_value_is_rejected() {
+        let err = parse("accel = \"fast\"").unwrap_err().to_string();
+        assert!(err.contains("fast") || err.contains("accel"), "{err}");
+    }
+
+    #[test]
+    fn absurd_values_name_their_key() {
+        let err = parse("default_memory_mib = 1").unwrap_err().to_string();
+        assert!(err.contains("default_memory_mib") && err.contains("between"), "{err}");
+        let err = parse("default_cpus = 0").unwrap_err().to_string();
+        assert!(err.contains("default_cpus"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_defaults() {
+        assert_eq!(Config::load(Path::new("/nonexistent/banger.toml")).unwrap(), Config::default());
+    }
+}

@@ -1,0 +1,134 @@
+//! Per-VM disks, made without mounting anything:
+//!
+//! - the system overlay: a qcow2 file over the image's raw, read-only
+//!   `rootfs.ext4` (O(1) in the image's size, ~10 ms);
+//! - the work disk at `/root`: a copy of the image's work seed grown to the
+//!   requested size. Growing (resize2fs) costs a few hundred ms, so the grown
+//!   seed is cached once per size in the image directory and each VM gets a
+//!   sparse copy of it (no mkfs and no resize per VM);
+//! - the config drive: the per-VM [`GuestConfig`], NUL-padded.
+
+use banger_proto::GuestConfig;
+use banger_sys::command::{Cmd, CommandError, Runner};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("cannot create the system overlay {path}")]
+    Overlay { path: PathBuf, #[source] source: CommandError },
+    #[error("cannot grow the work seed to {size_mib} MiB")]
+    Grow { size_mib: u64, #[source] source: CommandError },
+    #[error("cannot write {path}")]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("cannot copy the work disk to {path}")]
+    Copy { path: PathBuf, #[source] source: CommandError },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
+    move |source| DiskError::Io { path: path.to_owned(), source }
+}
+
+/// `qemu-img create -f qcow2 -F raw -b <base> <overlay>`.
+pub fn create_overlay(runner: &dyn Runner, base: &Path, overlay: &Path) -> Result<(), DiskError> {
+    let cmd = Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(base).arg(overlay);
+    runner.run(&cmd).map_err(|source| DiskError::Overlay { path: overlay.to_owned(), source })?;
+    Ok(())
+}
+
+/// The cached copy of `seed` grown to `size_mib`, made on first use.
+pub fn grown_seed(runner: &dyn Runner, seed: &Path, size_mib: u64) -> Result<PathBuf, DiskError> {
+    let dir = seed.parent().unwrap_or(Path::new("."));
+    let grown = dir.join(format!("work-seed-{size_mib}M.ext4"));
+    if grown.exists() {
+        return Ok(grown);
+    }
+    let tmp = dir.join(format!(".work-seed-{size_mib}M.{:08x}.tmp", rand::random::<u32>()));
+    let result = (|| {
+        sparse_copy(runner, seed, &tmp).map_err(|source| DiskError::Copy { path: tmp.clone(), source })?;
+        let f = std::fs::OpenOptions::new().write(true).open(&tmp).map_err(io_err(&tmp))?;
+        let current = f.metadata().map_err(io_err(&tmp))?.len();
+        let want = size_mib * 1024 * 1024;
+        if want > current {
+            f.set_len(want).map_err(io_err(&tmp))?;
+            drop(f);
+            runner
+                .run(&Cmd::new("resize2fs").args(["-f"]).arg(&tmp))
+                .map_err(|source| DiskError::Grow { size_mib, source })?;
+        }
+        std::fs::rename(&tmp, &grown).map_err(io_err(&grown))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| grown)
+}
+
+/// A copy that keeps holes (and shares extents where the filesystem can).
+pub fn sparse_copy(runner: &dyn Runner, from: &Path, to: &Path) -> Result<(), CommandError> {
+    runner.run(&Cmd::new("cp").args(["--sparse=always", "--reflink=auto"]).arg(from).arg(to)).map(drop)
+}
+
+/// Gives a VM its own work disk of `size_mib` from the image's seed.
+pub fn create_work_disk(runner: &dyn Runner, seed: &Path, size_mib: u64, dest: &Path) -> Result<(), DiskError> {
+    let grown = grown_seed(runner, seed, size_mib)?;
+    sparse_copy(runner, &grown, dest).map_err(|source| DiskError::Copy { path: dest.to_owned(), source })
+}
+
+pub fn write_config_drive(cfg: &GuestConfig, path: &Path) -> Result<(), DiskError> {
+    let bytes = cfg.to_drive().map_err(io_err(path))?;
+    std::fs::write(path, bytes).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banger_sys::command::SystemRunner;
+
+    fn have(program: &str) -> bool {
+        banger_sys::command::which(program).is_some()
+    }
+
+    #[test]
+    fn work_disk_is_grown_once_and_copied_sparsely() {
+        if !have("mkfs.ext4") || !have("resize2fs") {
+            eprintln!("skipped: needs e2fsprogs (mkfs.ext4, resize2fs)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("work-seed.ext4");
+        let r = SystemRunner;
+        r.run(&Cmd::new("mkfs.ext4").args(["-q", "-F"]).arg(&seed).arg("16M")).unwrap();
+        let disk = dir.path().join("work.ext4");
+        create_work_disk(&r, &seed, 256, &disk).unwrap();
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 256 * 1024 * 1024);
+        assert!(dir.path().join("work-seed-256M.ext4").exists(), "grown seed is cached");
+        let out = r.run(&Cmd::new("dumpe2fs").args(["-h"]).arg(&disk)).unwrap().stdout_lossy();
+        let blocks: u64 = out.lines().find(|l| l.starts_with("Block count:")).unwrap().split(':').nth(1).unwrap().trim().parse().unwrap();
+        let bsize: u64 = out.lines().find(|l| l.starts_with("Block size:")).unwrap().split(':').nth(1).unwrap().trim().parse().unwrap();
+        assert_eq!(blocks * bsize, 256 * 1024 * 1024, "the filesystem itself was grown");
+    }
+
+    #[test]
+    fn overlay_is_a_qcow2_over_the_base() {
+        if !have("qemu-img") {
+            eprintln!("skipped: needs qemu-img (qemu-utils)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("rootfs.ext4");
+        std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+        let overlay = dir.path().join("root.qcow2");
+        create_overlay(&SystemRunner, &base, &overlay).unwrap();
+        let info = SystemRunner.run(&Cmd::new("qemu-img").args(["info", "--output=json"]).arg(&overlay)).unwrap().stdout_lossy();
+        assert!(info.contains("\"format\": \"qcow2\"") && info.contains("rootfs.ext4"), "{info}");
+    }
+
+    #[test]
+    fn config_drive_decodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.img");
+        let cfg = GuestConfig { version: 1, vm_name: "web".into(), hostname: "web".into(), authorized_keys: vec![] };
+        write_config_drive(&cfg, &p).unwrap();
+        assert_eq!(GuestConfig::from_drive(&std::fs::read(&p).unwrap()).unwrap(), cfg);
+    }
+}

@@ -1,0 +1,280 @@
+//! The QEMU engine: `qemu-system-x86_64 -M microvm` from the distro.
+//!
+//! 1. [`argv`] turns a [`MachineSpec`] into QEMU's command line: virtio-mmio
+//!    block devices found by serial, a virtio-serial port named
+//!    [`banger_proto::PORT_NAME`] on a unix-socket chardev (the agent
+//!    channel), QMP on a second unix socket, the serial console appended to
+//!    a file.
+//! 2. [`QemuEngine::spawn`] starts it in its own process group (so it
+//!    outlives a killed daemon), waits until both sockets exist, and reaps
+//!    it in the background when it exits.
+//! 3. Stop: QMP `quit` (the daemon first asks the agent for a clean
+//!    power-off), then SIGKILL after the timeout.
+
+use super::{Accel, DriveFormat, Engine, EngineError, Handles, MachineSpec};
+use futures::future::BoxFuture;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+pub struct QemuEngine {
+    pub binary: PathBuf,
+}
+
+pub fn agent_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("agent.sock")
+}
+
+pub fn control_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("qmp.sock")
+}
+
+/// The kernel command line for a spec.
+pub fn kernel_cmdline(spec: &MachineSpec) -> String {
+    let mut args = vec!["console=ttyS0".to_string(), "reboot=t".into(), "panic=-1".into(), "quiet".into()];
+    if spec.accel == Accel::Tcg {
+        if let Some(khz) = spec.tsc_khz {
+            // Without it the guest's clock calibration under TCG hangs at random.
+            args.push(format!("tsc_early_khz={khz}"));
+        }
+    }
+    if !spec.cmdline_extra.trim().is_empty() {
+        args.push(spec.cmdline_extra.trim().to_string());
+    }
+    args.join(" ")
+}
+
+/// QEMU's arguments (without the program) for `spec`.
+pub fn argv(spec: &MachineSpec) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-name", &format!("banger-{},debug-threads=off", spec.name)]);
+    push(&["-M", "microvm"]);
+    match spec.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "qemu64"]),
+    }
+    push(&["-smp", &spec.cpus.to_string(), "-m", &format!("{}M", spec.memory_mib)]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&["-kernel", &spec.kernel.to_string_lossy()]);
+    if let Some(initrd) = &spec.initrd {
+        push(&["-initrd", &initrd.to_string_lossy()]);
+    }
+    push(&["-append", &kernel_cmdline(spec)]);
+    push(&["-chardev", &format!("file,id=console,path={},append=on", spec.console_log.display())]);
+    push(&["-serial", "chardev:console"]);
+    for (i, d) in spec.drives.iter().enumerate() {
+        let format = match d.format {
+            DriveFormat::Raw => "raw",
+            DriveFormat::Qcow2 => "qcow2",
+        };
+        let ro = if d.read_only { ",read-only=on" } else { "" };
+        push(&["-drive", &format!("id=disk{i},file={},format={format},if=none{ro}", d.path.display())]);
+        push(&["-device", &format!("virtio-blk-device,drive=disk{i},serial={}", d.serial)]);
+    }
+    push(&["-chardev", &format!("socket,id=agent,path={},server=on,wait=off", agent_socket(&spec.run_dir).display())]);
+    push(&["-device", "virtio-serial-device,max_ports=2"]);
+    push(&["-device", &format!("virtserialport,chardev=agent,name={}", banger_proto::PORT_NAME)]);
+    push(&["-qmp", &format!("unix:{},server=on,wait=off", control_socket(&spec.run_dir).display())]);
+    a
+}
+
+impl QemuEngine {
+    async fn spawn_inner(&self, spec: &MachineSpec) -> Result<Handles, EngineError> {
+        std::fs::create_dir_all(&spec.run_dir)?;
+        let agent = agent_socket(&spec.run_dir);
+        let control = control_socket(&spec.run_dir);
+        for stale in [&agent, &control] {
+            let _ = std::fs::remove_file(stale);
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.engine_log)?;
+        let mut child = tokio::process::Command::new(&self.binary)
+            .args(argv(spec))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| EngineError::Spawn { program: self.binary.display().to_string(), source })?;
+        let pid = child.id().unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(_status) = child.try_wait()? {
+                return Err(EngineError::EarlyExit { log: tail(&spec.engine_log, 8) });
+            }
+            if agent.exists() && control.exists() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(EngineError::SocketTimeout { path: agent, secs: 10 });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let name = spec.name.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            tracing::info!(vm = %name, pid, ?status, "engine exited");
+        });
+        Ok(Handles {
+            pid,
+            accel: spec.accel,
+            agent_socket: agent,
+            control_socket: control,
+            started_at: crate::now(),
+        })
+    }
+
+    async fn stop_inner(&self, handles: &Handles, timeout: Duration) -> Result<(), EngineError> {
+        if !self.alive(handles) {
+            return Ok(());
+        }
+        if let Err(e) = qmp_command(&handles.control_socket, "quit").await {
+            tracing::warn!(pid = handles.pid, error = %e, "qmp quit failed; killing");
+        }
+        if wait_gone(handles, self, timeout).await {
+            return Ok(());
+        }
+        banger_sys::process::signal(handles.pid, banger_sys::process::Signal::Kill)?;
+        wait_gone(handles, self, Duration::from_secs(5)).await;
+        Ok(())
+    }
+}
+
+/// Waits until the engine in `handles` is gone; false on timeout.
+pub async fn wait_gone(handles: &Handles, engine: &dyn Engine, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while engine.alive(handles) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Runs one QMP command (after the capabilities negotiation).
+pub async fn qmp_command(socket: &Path, command: &str) -> Result<serde_json::Value, EngineError> {
+    let stream = UnixStream::connect(socket).await.map_err(|source| EngineError::Connect { path: socket.to_owned(), source })?;
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let mut next_reply = async || -> Result<serde_json::Value, EngineError> {
+        loop {
+            let line = lines.next_line().await?.ok_or_else(|| EngineError::Control {
+                command: command.into(),
+                message: "connection closed".into(),
+            })?;
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .map_err(|e| EngineError::Control { command: command.into(), message: e.to_string() })?;
+            if v.get("event").is_none() {
+                return Ok(v);
+            }
+        }
+    };
+    next_reply().await?; // greeting
+    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").await?;
+    next_reply().await?;
+    w.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes()).await?;
+    let reply = next_reply().await;
+    match reply {
+        Ok(v) if v.get("error").is_some() => Err(EngineError::Control { command: command.into(), message: v["error"].to_string() }),
+        Ok(v) => Ok(v),
+        // `quit` may close the socket before answering.
+        Err(_) if command == "quit" => Ok(serde_json::Value::Null),
+        Err(e) => Err(e),
+    }
+}
+
+/// The last `n` lines of a log file, joined with " | ".
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+impl Engine for QemuEngine {
+    fn spawn<'a>(&'a self, spec: &'a MachineSpec) -> BoxFuture<'a, Result<Handles, EngineError>> {
+        Box::pin(self.spawn_inner(spec))
+    }
+
+    fn connect_agent<'a>(&'a self, handles: &'a Handles) -> BoxFuture<'a, Result<UnixStream, EngineError>> {
+        Box::pin(async move {
+            UnixStream::connect(&handles.agent_socket)
+                .await
+                .map_err(|source| EngineError::Connect { path: handles.agent_socket.clone(), source })
+        })
+    }
+
+    fn stop<'a>(&'a self, handles: &'a Handles, timeout: Duration) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(self.stop_inner(handles, timeout))
+    }
+
+    fn alive(&self, handles: &Handles) -> bool {
+        banger_sys::process::alive_with_arg(handles.pid, &handles.control_socket.to_string_lossy())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Drive;
+
+    fn spec(accel: Accel) -> MachineSpec {
+        MachineSpec {
+            vm_id: "abc".into(),
+            name: "web".into(),
+            cpus: 2,
+            memory_mib: 512,
+            kernel: "/img/vmlinux".into(),
+            initrd: Some("/img/initrd.img".into()),
+            cmdline_extra: String::new(),
+            drives: vec![Drive { path: "/vm/root.qcow2".into(), format: DriveFormat::Qcow2, serial: "banger-root", read_only: false }],
+            console_log: "/vm/console.log".into(),
+            engine_log: "/vm/qemu.log".into(),
+            run_dir: "/run/b/abc".into(),
+            accel,
+            tsc_khz: Some(2_300_000),
+        }
+    }
+
+    fn has_pair(a: &[String], flag: &str, value: &str) -> bool {
+        a.windows(2).any(|w| w[0] == flag && w[1] == value)
+    }
+
+    #[test]
+    fn tcg_gets_software_cpu_and_tsc_rate() {
+        let a = argv(&spec(Accel::Tcg));
+        assert!(has_pair(&a, "-accel", "tcg"));
+        assert!(has_pair(&a, "-cpu", "qemu64"));
+        let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
+        assert!(append.contains("tsc_early_khz=2300000"), "{append}");
+    }
+
+    #[test]
+    fn kvm_gets_host_cpu_and_no_tsc_override() {
+        let a = argv(&spec(Accel::Kvm));
+        assert!(has_pair(&a, "-accel", "kvm") && has_pair(&a, "-cpu", "host"));
+        assert!(!a.iter().any(|x| x.contains("tsc_early_khz")));
+    }
+
+    #[test]
+    fn drives_are_found_by_serial_and_the_agent_port_by_name() {
+        let a = argv(&spec(Accel::Tcg));
+        assert!(has_pair(&a, "-drive", "id=disk0,file=/vm/root.qcow2,format=qcow2,if=none"));
+        assert!(has_pair(&a, "-device", "virtio-blk-device,drive=disk0,serial=banger-root"));
+        assert!(has_pair(&a, "-device", "virtserialport,chardev=agent,name=org.banger.agent"));
+        assert!(has_pair(&a, "-qmp", "unix:/run/b/abc/qmp.sock,server=on,wait=off"));
+        assert!(has_pair(&a, "-smp", "2") && has_pair(&a, "-m", "512M"));
+    }
+
+    #[test]
+    fn tail_joins_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(&p, "a\nb\n\nc\n").unwrap();
+        assert_eq!(tail(&p, 2), "b | c");
+    }
+}

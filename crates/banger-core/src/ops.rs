@@ -1,0 +1,223 @@
+//! Operations with stages: every long action (create, start, stop, delete,
+//! image build) runs as an [`Op`] whose stages are timed, logged, kept as
+//! events for late subscribers (the CLI's progress view, the web page) and
+//! saved to the store when the operation ends.
+
+use crate::store::Store;
+use banger_api::{ApiError, Operation, OperationEvent, OperationKind, OperationState, Stage};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::watch;
+
+pub struct Op {
+    started: Instant,
+    inner: Mutex<OpInner>,
+    changed: watch::Sender<usize>,
+}
+
+struct OpInner {
+    record: Operation,
+    events: Vec<OperationEvent>,
+    done: bool,
+}
+
+impl Op {
+    pub fn id(&self) -> String {
+        self.lock().record.id.clone()
+    }
+
+    pub fn target(&self) -> String {
+        self.lock().record.target.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, event: OperationEvent) {
+        let n = {
+            let mut inner = self.lock();
+            inner.events.push(event);
+            inner.events.len()
+        };
+        self.changed.send_replace(n);
+    }
+
+    /// Runs `fut` as stage `name`, recording its duration and outcome.
+    pub async fn stage<T, E: std::fmt::Display>(
+        &self,
+        name: &str,
+        label: &str,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let t0 = self.begin_stage(name, label);
+        let out = fut.await;
+        self.end_stage(name, t0, out.as_ref().err().map(|e| e.to_string()), None);
+        out
+    }
+
+    /// Marks stage `name` as started; pair with [`Op::end_stage`]. For
+    /// stages driven from blocking code.
+    pub fn begin_stage(&self, name: &str, label: &str) -> Instant {
+        self.lock().record.stages.push(Stage {
+            name: name.into(),
+            label: label.into(),
+            state: OperationState::Running,
+            duration_ms: None,
+            detail: None,
+        });
+        self.push(OperationEvent::StageStarted { name: name.into(), label: label.into() });
+        Instant::now()
+    }
+
+    /// Marks stage `name` as finished (or failed with `error`).
+    pub fn end_stage(&self, name: &str, started: Instant, error: Option<String>, detail: Option<String>) {
+        let ms = started.elapsed().as_millis() as u64;
+        let target = self.target();
+        {
+            let mut inner = self.lock();
+            if let Some(st) = inner.record.stages.iter_mut().rev().find(|s| s.name == name) {
+                st.duration_ms = Some(ms);
+                st.state = if error.is_none() { OperationState::Succeeded } else { OperationState::Failed };
+                st.detail = detail.clone();
+            }
+        }
+        match error {
+            None => {
+                tracing::info!(target = %target, stage = name, ms, "stage done");
+                self.push(OperationEvent::StageFinished { name: name.into(), duration_ms: ms, detail });
+            }
+            Some(error) => {
+                tracing::warn!(target = %target, stage = name, ms, %error, "stage failed");
+                self.push(OperationEvent::StageFailed { name: name.into(), duration_ms: ms, error });
+            }
+        }
+    }
+
+    /// A progress message inside the running stage.
+    pub fn progress(&self, name: &str, message: String) {
+        self.push(OperationEvent::Progress { name: name.into(), message });
+    }
+
+    /// Ends the operation, saves it and tells subscribers.
+    pub fn finish(&self, store: &Store, result: Result<(), ApiError>) -> Operation {
+        let record = {
+            let mut inner = self.lock();
+            inner.record.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+            match result {
+                Ok(()) => inner.record.state = OperationState::Succeeded,
+                Err(e) => {
+                    inner.record.state = OperationState::Failed;
+                    inner.record.error = Some(e);
+                }
+            }
+            inner.done = true;
+            inner.record.clone()
+        };
+        if let Err(e) = store.save_operation(&record) {
+            tracing::error!(op = %record.id, error = %e, "cannot save operation record");
+        }
+        tracing::info!(op = %record.id, kind = ?record.kind, target = %record.target, state = ?record.state,
+            ms = record.duration_ms, "operation finished");
+        self.push(OperationEvent::Done { operation: record.clone() });
+        record
+    }
+
+    pub fn snapshot(&self) -> Operation {
+        self.lock().record.clone()
+    }
+
+    /// Events from index `from` on, and whether the operation is done.
+    pub fn events_from(&self, from: usize) -> (Vec<OperationEvent>, bool) {
+        let inner = self.lock();
+        (inner.events.get(from..).map(<[_]>::to_vec).unwrap_or_default(), inner.done)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.changed.subscribe()
+    }
+
+    /// Waits for the end and returns the final record.
+    pub async fn wait(&self) -> Operation {
+        let mut rx = self.subscribe();
+        loop {
+            if self.lock().done {
+                return self.snapshot();
+            }
+            if rx.changed().await.is_err() {
+                return self.snapshot();
+            }
+        }
+    }
+}
+
+/// Operations of this daemon's lifetime, by id (finished ones are also in
+/// the store).
+#[derive(Default)]
+pub struct OpRegistry {
+    ops: Mutex<HashMap<String, Arc<Op>>>,
+}
+
+impl OpRegistry {
+    pub fn begin(&self, kind: OperationKind, target: &str) -> Arc<Op> {
+        let id = format!("op-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let (changed, _) = watch::channel(0);
+        let op = Arc::new(Op {
+            started: Instant::now(),
+            inner: Mutex::new(OpInner {
+                record: Operation {
+                    id: id.clone(),
+                    kind,
+                    target: target.into(),
+                    state: OperationState::Running,
+                    stages: Vec::new(),
+                    error: None,
+                    started_at: crate::now(),
+                    duration_ms: None,
+                },
+                events: Vec::new(),
+                done: false,
+            }),
+            changed,
+        });
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        // Keep memory bounded: forget finished operations beyond a few hundred.
+        if ops.len() > 512 {
+            ops.retain(|_, o| !o.lock().done);
+        }
+        ops.insert(id, op.clone());
+        op
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Op>> {
+        self.ops.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stages_are_timed_recorded_and_replayed() {
+        let reg = OpRegistry::default();
+        let store = Store::open_in_memory().unwrap();
+        let op = reg.begin(OperationKind::Create, "web");
+        op.stage("disks", "prepare disks", async { Ok::<_, String>(()) }).await.unwrap();
+        let err = op.stage("boot", "boot", async { Err::<(), _>("no kernel".to_string()) }).await;
+        assert!(err.is_err());
+        let rec = op.finish(&store, Err(ApiError { code: "engine".into(), message: "no kernel".into() }));
+        assert_eq!(rec.state, OperationState::Failed);
+        assert_eq!(rec.stages.iter().map(|s| (s.name.as_str(), s.state)).collect::<Vec<_>>(), vec![
+            ("disks", OperationState::Succeeded),
+            ("boot", OperationState::Failed)
+        ]);
+        let (events, done) = reg.get(&op.id()).unwrap().events_from(0);
+        assert!(done);
+        assert!(matches!(events.last(), Some(OperationEvent::Done { .. })));
+        assert_eq!(events.len(), 5);
+        assert_eq!(store.operation(&op.id()).unwrap().unwrap().state, OperationState::Failed);
+        assert_eq!(op.wait().await.state, OperationState::Failed);
+    }
+}

@@ -1,0 +1,54 @@
+//! Embedded schema migrations, applied in order and tracked with
+//! `PRAGMA user_version`. Released entries are never edited: add a new one.
+
+use super::StoreError;
+use rusqlite::Connection;
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: images, vms, operations
+    r#"
+    CREATE TABLE images (
+        name           TEXT PRIMARY KEY,
+        source         TEXT NOT NULL,
+        kernel_version TEXT,
+        dir            TEXT NOT NULL,
+        created_at     INTEGER NOT NULL,
+        manifest       TEXT NOT NULL
+    );
+    CREATE TABLE vms (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        image         TEXT NOT NULL REFERENCES images(name) ON DELETE RESTRICT,
+        state         TEXT NOT NULL,
+        cpus          INTEGER NOT NULL,
+        memory_mib    INTEGER NOT NULL,
+        disk_size_mib INTEGER NOT NULL,
+        created_at    INTEGER NOT NULL,
+        dir           TEXT NOT NULL,
+        last_error    TEXT
+    );
+    CREATE TABLE operations (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        target      TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        stages      TEXT NOT NULL,
+        error       TEXT,
+        started_at  INTEGER NOT NULL,
+        duration_ms INTEGER
+    );
+    CREATE INDEX operations_started ON operations(started_at);
+    "#,
+];
+
+pub fn run(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i + 1;
+        let tx = conn.transaction().map_err(|source| StoreError::Migrate { version, source })?;
+        tx.execute_batch(sql).map_err(|source| StoreError::Migrate { version, source })?;
+        tx.pragma_update(None, "user_version", version as i64).map_err(|source| StoreError::Migrate { version, source })?;
+        tx.commit().map_err(|source| StoreError::Migrate { version, source })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! VM rows: intent (image, size), identity (id, name) and derived paths,
+//! plus the recorded lifecycle state and the last error.
+
+use super::{Store, StoreError, is_unique_violation};
+use banger_api::VmState;
+use rusqlite::{OptionalExtension, params};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRecord {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: VmState,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub disk_size_mib: u64,
+    pub created_at: i64,
+    pub dir: String,
+    pub last_error: Option<String>,
+}
+
+pub(crate) fn state_from_str(s: &str) -> Option<VmState> {
+    Some(match s {
+        "creating" => VmState::Creating,
+        "running" => VmState::Running,
+        "stopped" => VmState::Stopped,
+        "failed" => VmState::Failed,
+        "deleting" => VmState::Deleting,
+        _ => return None,
+    })
+}
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRecord> {
+    let state: String = r.get(3)?;
+    Ok(VmRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        image: r.get(2)?,
+        state: state_from_str(&state).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, format!("unknown vm state {state:?}").into())
+        })?,
+        cpus: r.get(4)?,
+        memory_mib: r.get(5)?,
+        disk_size_mib: r.get(6)?,
+        created_at: r.get(7)?,
+        dir: r.get(8)?,
+        last_error: r.get(9)?,
+    })
+}
+
+const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_size_mib, created_at, dir, last_error";
+
+impl Store {
+    pub fn insert_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                &format!("INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    vm.id,
+                    vm.name,
+                    vm.image,
+                    vm.state.as_str(),
+                    vm.cpus,
+                    vm.memory_mib,
+                    vm.disk_size_mib,
+                    vm.created_at,
+                    vm.dir,
+                    vm.last_error
+                ],
+            )
+            .map_err(|e| if is_unique_violation(&e) { StoreError::DuplicateVm(vm.name.clone()) } else { e.into() })?;
+            Ok(())
+        })
+    }
+
+    pub fn vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
+        self.read(|c| Ok(c.query_row(&format!("SELECT {COLUMNS} FROM vms WHERE name = ?1"), [name], from_row).optional()?))
+    }
+
+    pub fn vms(&self) -> Result<Vec<VmRecord>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!("SELECT {COLUMNS} FROM vms ORDER BY created_at, name"))?;
+            let rows = st.query_map([], from_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Records a state and (replacing it) the last error.
+    pub fn set_vm_state(&self, name: &str, state: VmState, last_error: Option<&str>) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("UPDATE vms SET state = ?2, last_error = ?3 WHERE name = ?1", params![name, state.as_str(), last_error])?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_vm(&self, name: &str) -> Result<bool, StoreError> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM vms WHERE name = ?1", [name])? > 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::images::sample;
+
+    fn vm(name: &str) -> VmRecord {
+        VmRecord {
+            id: format!("id-{name}"),
+            name: name.into(),
+            image: "minimal".into(),
+            state: VmState::Creating,
+            cpus: 1,
+            memory_mib: 256,
+            disk_size_mib: 1024,
+            created_at: 5,
+            dir: format!("/vms/{name}"),
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn vm_rows_round_trip_and_track_state() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_image(&sample("minimal")).unwrap();
+        s.insert_vm(&vm("web")).unwrap();
+        s.set_vm_state("web", VmState::Failed, Some("boom")).unwrap();
+        let got = s.vm("web").unwrap().unwrap();
+        assert_eq!((got.state, got.last_error.as_deref()), (VmState::Failed, Some("boom")));
+        assert!(s.delete_vm("web").unwrap());
+        assert_eq!(s.vm("web").unwrap(), None);
+    }
+
+    #[test]
+    fn duplicate_vm_names_are_refused() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_image(&sample("minimal")).unwrap();
+        s.insert_vm(&vm("web")).unwrap();
+        let mut again = vm("web");
+        again.id = "other".into();
+        assert!(matches!(s.insert_vm(&again), Err(StoreError::DuplicateVm(n)) if n == "web"));
+    }
+
+    #[test]
+    fn a_vm_needs_its_image_and_pins_it() {
+        let s = Store::open_in_memory().unwrap();
+        assert!(s.insert_vm(&vm("web")).is_err(), "foreign key must refuse an unknown image");
+        s.insert_image(&sample("minimal")).unwrap();
+        s.insert_vm(&vm("web")).unwrap();
+        assert!(matches!(s.delete_image("minimal"), Err(StoreError::ImageInUse { .. })));
+    }
+}

@@ -1,0 +1,45 @@
+//! VM lifecycle: the recorded state machine and one file per operation
+//! (create, start, stop, delete, reconcile at daemon start). Each operation
+//! checks the transition it may make at the top, runs named stages, and
+//! records the outcome at the end.
+
+pub mod create;
+pub mod delete;
+pub mod handles;
+pub mod names;
+pub mod reconcile;
+pub mod start;
+pub mod stop;
+
+use banger_api::VmState;
+
+pub fn can_start(s: VmState) -> bool {
+    matches!(s, VmState::Stopped | VmState::Failed)
+}
+
+pub fn can_stop(s: VmState) -> bool {
+    matches!(s, VmState::Running)
+}
+
+/// Delete is refused only while another operation is creating the VM.
+pub fn can_delete(s: VmState) -> bool {
+    !matches!(s, VmState::Creating)
+}
+
+pub fn can_exec(s: VmState) -> bool {
+    matches!(s, VmState::Running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions() {
+        assert!(can_start(VmState::Stopped) && can_start(VmState::Failed));
+        assert!(!can_start(VmState::Running) && !can_start(VmState::Creating));
+        assert!(can_stop(VmState::Running) && !can_stop(VmState::Stopped));
+        assert!(can_delete(VmState::Running) && can_delete(VmState::Failed) && !can_delete(VmState::Creating));
+        assert!(can_exec(VmState::Running) && !can_exec(VmState::Stopped));
+    }
+}
