@@ -1,14 +1,227 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Harness for banger's end-to-end tests: each [`Env`] is a fully isolated
+//! banger (its own XDG config/state/runtime dirs, so its own daemon and
+//! store) driven through the real `banger` CLI, booting real QEMU guests.
+//!
+//! Boots are expensive under TCG on two cores, so every test that boots
+//! takes a [`boot_permit`] first: at most two VMs boot at once per process.
+//! Prerequisites (QEMU, the static agent, the built binaries) are checked by
+//! [`Env::new`]; when one is missing the test prints why and is skipped,
+//! unless `BANGER_E2E_REQUIRED=1` (set in CI), where a skip is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Where the workspace's build output is.
+pub fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub fn bin(name: &str) -> PathBuf {
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    target_dir().join(profile).join(name)
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("BANGER_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("x86_64-unknown-linux-gnu/release/banger-agent"))
+}
+
+/// Shared download cache, so each env does not fetch the kernel again.
+pub fn shared_cache() -> PathBuf {
+    let p = target_dir().join("e2e-cache");
+    std::fs::create_dir_all(&p).expect("create e2e cache");
+    p
+}
+
+fn which(p: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
+}
+
+/// Why the e2e suite cannot run here, if it cannot.
+pub fn missing_prerequisite() -> Option<String> {
+    for tool in ["qemu-system-x86_64", "qemu-img", "mkfs.ext4", "apt-get", "dpkg-deb"] {
+        if !which(tool) {
+            return Some(format!("{tool} is not installed (run the README's setup command)"));
+        }
     }
+    for b in [bin("banger"), bin("bangerd"), agent_bin()] {
+        if !b.is_file() {
+            return Some(format!("{} is not built (run scripts/test, which builds it)", b.display()));
+        }
+    }
+    None
+}
+
+/// Returns true when the test should be skipped (after saying why).
+pub fn skip() -> bool {
+    match missing_prerequisite() {
+        None => false,
+        Some(why) => {
+            if std::env::var("BANGER_E2E_REQUIRED").is_ok_and(|v| v == "1") {
+                panic!("e2e prerequisite missing and BANGER_E2E_REQUIRED=1: {why}");
+            }
+            eprintln!("SKIPPED: {why}");
+            true
+        }
+    }
+}
+
+struct Semaphore {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+pub struct BootPermit(&'static Semaphore);
+
+impl Drop for BootPermit {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+/// At most two concurrent booting tests per test binary.
+pub fn boot_permit() -> BootPermit {
+    static SEM: OnceLock<Semaphore> = OnceLock::new();
+    let sem = SEM.get_or_init(|| Semaphore { free: Mutex::new(2), cv: Condvar::new() });
+    let mut free = sem.free.lock().unwrap_or_else(|p| p.into_inner());
+    while *free == 0 {
+        free = sem.cv.wait(free).unwrap_or_else(|p| p.into_inner());
+    }
+    *free -= 1;
+    BootPermit(sem)
+}
+
+/// One isolated banger instance.
+pub struct Env {
+    pub root: tempfile::TempDir,
+}
+
+impl Env {
+    /// A fresh instance with `config` as its config.toml.
+    pub fn new(config: &str) -> Env {
+        // Unix sockets cap at 108 bytes: keep the root short.
+        let root = tempfile::Builder::new().prefix("bg").tempdir_in("/tmp").expect("tempdir");
+        for d in ["config/banger", "state", "run"] {
+            std::fs::create_dir_all(root.path().join(d)).unwrap();
+        }
+        std::fs::write(root.path().join("config/banger/config.toml"), config).unwrap();
+        Env { root }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state/banger")
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.root.path().join("run/banger")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("banger"));
+        c.args(args)
+            .env("XDG_CONFIG_HOME", self.root.path().join("config"))
+            .env("XDG_STATE_HOME", self.root.path().join("state"))
+            .env("XDG_RUNTIME_DIR", self.root.path().join("run"))
+            .env("XDG_CACHE_HOME", shared_cache())
+            .env("BANGER_DAEMON_BIN", bin("bangerd"))
+            .env("BANGER_AGENT_BIN", agent_bin())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs the CLI and returns its output (whatever the exit code).
+    pub fn run(&self, args: &[&str]) -> Output {
+        let t0 = Instant::now();
+        let out = self.cmd(args).output().expect("run banger");
+        eprintln!(
+            "$ banger {} -> {:?} in {:.1}s\n{}",
+            args.join(" "),
+            out.status.code(),
+            t0.elapsed().as_secs_f64(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+        out
+    }
+
+    /// Runs the CLI, asserts success and returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "banger {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("valid json")
+    }
+
+    /// Builds the minimal image in this env.
+    pub fn with_image(self) -> Env {
+        self.ok(&["image", "build", "--preset", "minimal"]);
+        self
+    }
+
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let out = self.run(&["daemon", "status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["pid"].as_u64().map(|p| p as u32)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Leave nothing running: delete every VM, then stop the daemon.
+        if let Ok(out) = self.cmd(&["vm", "list", "--json"]).output() {
+            if let Ok(serde_json::Value::Array(vms)) = serde_json::from_slice(&out.stdout) {
+                for vm in vms {
+                    if let Some(name) = vm["name"].as_str() {
+                        let _ = self.cmd(&["vm", "delete", name]).output();
+                    }
+                }
+            }
+        }
+        let _ = self.cmd(&["daemon", "stop"]).output();
+    }
+}
+
+/// True when `pid` is a live (non-zombie) process.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rfind(')').and_then(|i| s[i + 1..].trim_start().chars().next()).is_some_and(|c| c != 'Z' && c != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `cond` holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// Files left under `dir` (recursively), for "nothing left behind" checks.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+            out.push(p);
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

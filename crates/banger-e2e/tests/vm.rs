@@ -1,0 +1,225 @@
+//! End-to-end: real QEMU guests under whatever accelerator the host offers,
+//! driven through the real CLI and daemon. Each test owns an isolated banger
+//! (see `banger_e2e::Env`) and at most two boot at once.
+
+use banger_e2e::{Env, boot_permit, files_under, process_alive, skip, wait_until};
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+const CONFIG: &str = "default_memory_mib = 256\ndefault_disk_size_mib = 512\n";
+
+fn vm_json(env: &Env, name: &str) -> serde_json::Value {
+    env.json(&["vm", "show", name, "--json"])
+}
+
+#[test]
+fn run_streams_output_and_passes_exit_codes_and_stdin() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let _permit = boot_permit();
+
+    // vm run --rm: the guest's uname, exit 0, and nothing left afterwards.
+    let out = env.run(&["vm", "run", "--rm", "--", "uname", "-a"]);
+    assert_eq!(out.status.code(), Some(0));
+    let uname = String::from_utf8_lossy(&out.stdout);
+    assert!(uname.starts_with("Linux ") && uname.contains("cloud-amd64"), "guest uname: {uname}");
+    assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]), "--rm deletes the vm");
+
+    // A named VM reused by vm run, exit codes passed through.
+    env.ok(&["vm", "create", "--name", "codes"]);
+    let out = env.run(&["vm", "run", "--name", "codes", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    let out = env.run(&["vm", "exec", "codes", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
+    let out = env.run(&["vm", "exec", "codes", "--", "no-such-command"]);
+    assert_eq!(out.status.code(), Some(127), "command not found in the guest");
+
+    // stdin is streamed to the guest command.
+    let mut child = env.cmd(&["vm", "exec", "codes", "--", "sh", "-c", "tr a-z A-Z; echo done"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"hello guest\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO GUEST\ndone\n");
+
+    // A larger output arrives whole.
+    let out = env.ok(&["vm", "exec", "codes", "--", "sh", "-c", "seq 1 20000"]);
+    assert_eq!(out.lines().count(), 20000);
+    assert_eq!(out.lines().last(), Some("20000"));
+
+    // The console log shows the agent coming up.
+    let logs = env.ok(&["vm", "logs", "codes"]);
+    assert!(logs.contains("banger-agent"), "console: {logs}");
+    let os = env.ok(&["vm", "exec", "codes", "--", "cat", "/etc/os-release"]);
+    assert!(os.contains("banger"), "{os}");
+    env.ok(&["vm", "delete", "codes"]);
+}
+
+#[test]
+fn stop_and_start_keep_the_work_disk() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let _permit = boot_permit();
+    env.ok(&["vm", "create", "--name", "keep", "--cpus", "1", "--memory", "256M"]);
+    let list = env.json(&["vm", "list", "--json"]);
+    assert_eq!(list[0]["name"], "keep");
+    assert_eq!(list[0]["state"], "running");
+    let table = env.ok(&["vm", "list"]);
+    assert!(table.starts_with("NAME") && table.contains("keep") && table.contains("running"), "{table}");
+    env.ok(&["vm", "exec", "keep", "--", "sh", "-c", "echo precious > /root/file && sync"]);
+    let hostname = env.ok(&["vm", "exec", "keep", "--", "hostname"]);
+    assert_eq!(hostname.trim(), "keep");
+
+    env.ok(&["vm", "stop", "keep"]);
+    assert_eq!(vm_json(&env, "keep")["state"], "stopped");
+    env.ok(&["vm", "start", "keep"]);
+    assert_eq!(env.ok(&["vm", "exec", "keep", "--", "cat", "/root/file"]), "precious\n");
+
+    env.ok(&["vm", "restart", "keep"]);
+    assert_eq!(env.ok(&["vm", "exec", "keep", "--", "cat", "/root/file"]), "precious\n");
+    let df = env.ok(&["vm", "exec", "keep", "--", "df", "-m", "/root"]);
+    let size: u64 = df.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap();
+    assert!((400..=512).contains(&size), "work disk is grown to the default 512 MiB: {df}");
+}
+
+#[test]
+fn delete_leaves_no_process_and_no_files() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let _permit = boot_permit();
+    env.ok(&["vm", "create", "--name", "gone"]);
+    let vm = vm_json(&env, "gone");
+    let pid = vm["pid"].as_u64().expect("running vm has an engine pid") as u32;
+    assert!(process_alive(pid));
+    let dir = std::path::PathBuf::from(vm["dir"].as_str().unwrap());
+    assert!(dir.join("work.ext4").exists());
+
+    env.ok(&["vm", "delete", "gone"]);
+    assert!(!process_alive(pid), "engine process {pid} survived delete");
+    assert!(!dir.exists(), "vm dir {} survived delete", dir.display());
+    assert_eq!(files_under(&env.state_dir().join("vms")), Vec::<std::path::PathBuf>::new());
+    assert_eq!(files_under(&env.runtime_dir().join("vms")), Vec::<std::path::PathBuf>::new());
+    assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]));
+    let out = env.run(&["vm", "show", "gone"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no vm named \"gone\""));
+}
+
+#[test]
+fn a_killed_daemon_is_restarted_and_adopts_running_vms() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let _permit = boot_permit();
+    env.ok(&["vm", "create", "--name", "adopt"]);
+    let engine_pid = vm_json(&env, "adopt")["pid"].as_u64().unwrap() as u32;
+    let daemon = env.daemon_pid().expect("daemon runs");
+    unsafe_kill9(daemon);
+    assert!(wait_until(Duration::from_secs(5), || !process_alive(daemon)));
+    assert!(process_alive(engine_pid), "the vm keeps running while the daemon is down");
+
+    // The next command starts a new daemon, which adopts the VM.
+    assert_eq!(env.ok(&["vm", "exec", "adopt", "--", "echo", "still here"]), "still here\n");
+    assert_ne!(env.daemon_pid(), Some(daemon));
+    let vm = vm_json(&env, "adopt");
+    assert_eq!((vm["state"].as_str(), vm["pid"].as_u64()), (Some("running"), Some(engine_pid as u64)));
+    env.ok(&["vm", "delete", "adopt"]);
+    assert!(!process_alive(engine_pid));
+}
+
+fn unsafe_kill9(pid: u32) {
+    let st = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn a_failed_create_leaves_nothing_and_says_why() {
+    if skip() {
+        return;
+    }
+    // A boot timeout no guest can meet makes the create fail at "wait for agent".
+    let env = Env::new(&format!("{CONFIG}boot_timeout_secs = 1\n")).with_image();
+    let _permit = boot_permit();
+    let out = env.run(&["vm", "create", "--name", "doomed"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer within 1 s") && err.contains("console"), "error: {err}");
+    assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]), "no row left");
+    assert_eq!(files_under(&env.state_dir().join("vms")), Vec::<std::path::PathBuf>::new(), "no disks left");
+    assert_eq!(files_under(&env.runtime_dir().join("vms")), Vec::<std::path::PathBuf>::new(), "no sockets left");
+    let leftover = std::process::Command::new("pgrep").args(["-f", &env.root.path().to_string_lossy()]).output().unwrap();
+    let pids: Vec<u32> = String::from_utf8_lossy(&leftover.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let engines: Vec<u32> = pids
+        .into_iter()
+        .filter(|p| process_alive(*p))
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("qemu-system")))
+        .collect();
+    assert!(engines.is_empty(), "engine processes left: {engines:?}");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_distinct_exit_codes() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG);
+    let out = env.run(&["vm", "frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+
+    let out = env.run(&["vm", "create", "--image", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no image named \"nope\""));
+
+    let out = env.run(&["vm", "create", "--name", "Bad_Name"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lowercase"));
+
+    let out = env.run(&["vm", "create", "--memory", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--memory"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = env.run(&["vm", "create", "--disk-size", "12X"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("12X"));
+
+    assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]), "nothing recorded by failed requests");
+
+    // A malformed config stops the daemon from starting, with the key named.
+    env.ok(&["daemon", "stop"]);
+    std::fs::write(env.root.path().join("config/banger/config.toml"), "default_cpus = \"many\"\n").unwrap();
+    let out = env.run(&["vm", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("default_cpus"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn doctor_reports_every_check() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let report = env.json(&["doctor", "--json"]);
+    let names: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for want in ["engine", "kvm", "qemu-img", "mkfs.ext4", "disk", "image minimal", "daemon"] {
+        assert!(names.contains(&want), "doctor lacks {want}: {names:?}");
+    }
+    let image = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "image minimal").unwrap();
+    assert_eq!(image["status"], "pass");
+    // A tampered image file is caught by its fingerprint.
+    let rootfs = env.state_dir().join("images/minimal/rootfs.ext4");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&rootfs).unwrap();
+    f.write_all(b"tampered").unwrap();
+    let out = env.run(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "a failing check makes doctor exit 1");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let image = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "image minimal").unwrap();
+    assert_eq!(image["status"], "fail");
+}

@@ -1,0 +1,292 @@
+//! The command line as clap derive structs. Parsing only: what each command
+//! does lives in `commands/<verb>.rs`. Value parsers that turn user units into
+//! API units (sizes, `KEY=VAL`) are the only logic here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::units::parse_size_mib;
+
+/// Disposable and long-lived Linux microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "banger", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, run and manage VMs.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Build, register and manage images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Check that this host can run VMs.
+    Doctor(JsonFlag),
+    /// Inspect or stop the banger daemon.
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Run a command in a VM, creating the VM first unless --name names one.
+    #[command(override_usage = "banger vm run [OPTIONS] -- <CMD>...")]
+    Run(RunArgs),
+    /// Create and boot a VM; prints its name.
+    Create(VmSpec),
+    /// Boot a stopped VM.
+    Start(NameArg),
+    /// Shut a VM down.
+    Stop(NameArg),
+    /// Stop and start a VM.
+    Restart(NameArg),
+    /// Delete VMs and their disks.
+    #[command(alias = "rm")]
+    Delete(NamesArg),
+    /// List VMs.
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Show one VM.
+    Show(ShowArgs),
+    /// Run a command in a running VM.
+    #[command(override_usage = "banger vm exec [OPTIONS] <NAME> -- <CMD>...")]
+    Exec(ExecArgs),
+    /// Print a VM's console log.
+    Logs(LogsArgs),
+}
+
+/// What a new VM looks like; every field falls back to the daemon's default.
+#[derive(Debug, Clone, Default, Args)]
+pub struct VmSpec {
+    /// VM name (default: generated).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image to boot.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Virtual CPUs.
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory, in MiB or with a suffix (512M, 2G).
+    #[arg(long, value_parser = parse_size_mib)]
+    pub memory: Option<u64>,
+    /// Size of the work disk at /root (4G, 512M, 8GiB; plain numbers are MiB).
+    #[arg(long, value_parser = parse_size_mib)]
+    pub disk_size: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub spec: VmSpec,
+    /// Delete the VM when the command ends.
+    #[arg(long)]
+    pub rm: bool,
+    /// Run the command under a pseudo-terminal (needs a terminal on stdin).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// The command to run in the guest, after `--`.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// VM to run the command in.
+    pub name: String,
+    /// Run the command under a pseudo-terminal (needs a terminal on stdin).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Extra environment variable (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VAL", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory in the guest (default: /root).
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// The command to run in the guest, after `--`.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NamesArg {
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    pub name: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub name: String,
+    /// Keep printing as the console writes.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build an image from a preset using the host's packages.
+    Build(BuildArgs),
+    /// Register a kernel and root filesystem you already have.
+    Register(RegisterArgs),
+    /// List images.
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Show one image.
+    Show(ShowArgs),
+    /// Delete an image.
+    #[command(alias = "rm")]
+    Delete(NameArg),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Preset to build.
+    #[arg(long, default_value = "minimal")]
+    pub preset: String,
+    /// Image name (default: the preset's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Rebuild even if an image of that name exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    #[arg(long)]
+    pub name: String,
+    /// Kernel image (vmlinux or bzImage).
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Root filesystem image (ext4).
+    #[arg(long)]
+    pub rootfs: PathBuf,
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// A /lib/modules/<version> tree holding the kernel's virtio modules.
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Say whether the daemon runs (exit 1 if not); never starts it.
+    Status(JsonFlag),
+    /// Ask the daemon to shut down and wait until it has.
+    Stop,
+}
+
+fn parse_env(input: &str) -> Result<(String, String), String> {
+    match input.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!(
+            "invalid environment variable {input:?}: use KEY=VALUE"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("banger").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn vm_run_keeps_the_guest_command_verbatim() {
+        let cli = parse(&[
+            "vm", "run", "--rm", "--name", "x", "--", "sh", "-c", "exit 7",
+        ])
+        .unwrap();
+        let Command::Vm(VmCommand::Run(run)) = cli.command else {
+            panic!("not vm run")
+        };
+        assert!(run.rm);
+        assert_eq!(run.spec.name.as_deref(), Some("x"));
+        assert_eq!(run.command, ["sh", "-c", "exit 7"]);
+    }
+
+    #[test]
+    fn flags_after_the_guest_command_belong_to_it() {
+        let cli = parse(&["vm", "run", "--", "ls", "--rm", "-t", "--", "x"]).unwrap();
+        let Command::Vm(VmCommand::Run(run)) = cli.command else {
+            panic!("not vm run")
+        };
+        assert!(!run.rm && !run.tty);
+        assert_eq!(run.command, ["ls", "--rm", "-t", "--", "x"]);
+    }
+
+    #[test]
+    fn vm_run_needs_a_command() {
+        let err = parse(&["vm", "run", "--rm"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn misspelt_flags_are_usage_errors_not_commands() {
+        let err = parse(&["vm", "run", "--nmae", "x", "--", "true"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn sizes_are_parsed_into_mib() {
+        let cli = parse(&["vm", "create", "--disk-size", "8GiB", "--memory", "512"]).unwrap();
+        let Command::Vm(VmCommand::Create(spec)) = cli.command else {
+            panic!("not vm create")
+        };
+        assert_eq!(spec.disk_size, Some(8192));
+        assert_eq!(spec.memory, Some(512));
+        let err = parse(&["vm", "create", "--disk-size", "12X"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("invalid size \"12X\": use a number with M or G, e.g. 4G")
+        );
+    }
+
+    #[test]
+    fn exec_takes_env_workdir_and_tty() {
+        let cli = parse(&[
+            "vm", "exec", "web", "-t", "-e", "A=1=2", "-w", "/tmp", "--", "env",
+        ])
+        .unwrap();
+        let Command::Vm(VmCommand::Exec(exec)) = cli.command else {
+            panic!("not vm exec")
+        };
+        assert!(exec.tty);
+        assert_eq!(exec.env, [("A".to_string(), "1=2".to_string())]);
+        assert_eq!(exec.workdir.as_deref(), Some("/tmp"));
+        assert_eq!(exec.command, ["env"]);
+        assert!(parse(&["vm", "exec", "web", "-e", "NOEQUALS", "--", "env"]).is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! `banger image build|register|list|show|delete`. Build and register are
+//! operations followed with progress (a build downloads packages and can
+//! take a minute); the rest are plain requests.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use banger_api::{BuildImage, Image, OperationRef, RegisterImage};
+
+use super::Context;
+use crate::cli::{BuildArgs, RegisterArgs};
+use crate::client::path_segment;
+use crate::output::{self, Table, or_dash, render_fields};
+use crate::progress::{self, Style};
+use crate::units::{format_age, format_bytes, unix_now};
+
+pub async fn build(ctx: &Context, args: BuildArgs) -> anyhow::Result<i32> {
+    if let Some(name) = &args.name {
+        banger_api::validate_image_name(name).map_err(anyhow::Error::msg)?;
+    }
+    let client = ctx.client().await?;
+    let body = BuildImage {
+        name: args.name,
+        preset: args.preset,
+        force: args.force,
+    };
+    let op: OperationRef = client.post("/v1/images/build", &body).await?;
+    progress::follow(&client, &op, Style::for_stderr()).await?;
+    Ok(0)
+}
+
+pub async fn register(ctx: &Context, args: RegisterArgs) -> anyhow::Result<i32> {
+    banger_api::validate_image_name(&args.name).map_err(anyhow::Error::msg)?;
+    let body = RegisterImage {
+        name: args.name,
+        kernel: absolute(&args.kernel, "kernel")?,
+        rootfs: absolute(&args.rootfs, "rootfs")?,
+        initrd: args
+            .initrd
+            .as_deref()
+            .map(|p| absolute(p, "initrd"))
+            .transpose()?,
+        modules: args
+            .modules
+            .as_deref()
+            .map(|p| absolute(p, "modules"))
+            .transpose()?,
+    };
+    let client = ctx.client().await?;
+    let op: OperationRef = client.post("/v1/images/register", &body).await?;
+    progress::follow(&client, &op, Style::for_stderr()).await?;
+    Ok(0)
+}
+
+/// The daemon runs elsewhere (another cwd, maybe another user): it gets
+/// absolute paths, checked here so a typo fails before any work.
+fn absolute(path: &Path, what: &str) -> anyhow::Result<String> {
+    let abs = std::fs::canonicalize(path).with_context(|| format!("{what} {}", path.display()))?;
+    abs.into_os_string()
+        .into_string()
+        .map_err(|p| anyhow::anyhow!("{what} path {} is not valid UTF-8", Path::new(&p).display()))
+}
+
+pub async fn list(ctx: &Context, json: bool) -> anyhow::Result<i32> {
+    let client = ctx.client().await?;
+    let raw: serde_json::Value = client.get("/v1/images").await?;
+    if json {
+        output::print_json(&raw)?;
+        return Ok(0);
+    }
+    let images: Vec<Image> = serde_json::from_value(raw)
+        .context("the daemon's image list is not what this banger expects")?;
+    image_table(&images, unix_now()).print();
+    Ok(0)
+}
+
+fn image_table(images: &[Image], now: i64) -> Table {
+    let mut table = Table::new(&["NAME", "SOURCE", "KERNEL", "SIZE", "AGE"]);
+    for image in images {
+        table.row(vec![
+            image.name.clone(),
+            image.source.clone(),
+            or_dash(image.kernel_version.as_ref()),
+            format_bytes(image.size_bytes),
+            format_age(now, image.created_at),
+        ]);
+    }
+    table
+}
+
+pub async fn show(ctx: &Context, name: &str, json: bool) -> anyhow::Result<i32> {
+    let client = ctx.client().await?;
+    let raw: serde_json::Value = client
+        .get(&format!("/v1/images/{}", path_segment(name)))
+        .await?;
+    if json {
+        output::print_json(&raw)?;
+        return Ok(0);
+    }
+    let image: Image = serde_json::from_value(raw)
+        .context("the daemon's image record is not what this banger expects")?;
+    output::print_str(&image_fields(&image, unix_now()));
+    Ok(0)
+}
+
+fn image_fields(image: &Image, now: i64) -> String {
+    let mut text = render_fields(&[
+        ("name", image.name.clone()),
+        ("source", image.source.clone()),
+        ("kernel", or_dash(image.kernel_version.as_ref())),
+        ("size", format_bytes(image.size_bytes)),
+        (
+            "created",
+            format!("{} ago", format_age(now, image.created_at)),
+        ),
+        ("dir", image.dir.clone()),
+    ]);
+    if !image.files.is_empty() {
+        text.push_str("files:\n");
+        let mut table = Table::new(&["  NAME", "SIZE", "SHA256"]);
+        for file in &image.files {
+            let short = file.sha256.get(..12).unwrap_or(&file.sha256);
+            table.row(vec![
+                format!("  {}", file.name),
+                format_bytes(file.size),
+                short.to_string(),
+            ]);
+        }
+        text.push_str(&table.render());
+    }
+    text
+}
+
+pub async fn delete(ctx: &Context, name: &str) -> anyhow::Result<i32> {
+    let client = ctx.client().await?;
+    client
+        .delete::<()>(&format!("/v1/images/{}", path_segment(name)))
+        .await?;
+    eprintln!("image {name} deleted");
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use banger_api::ImageFile;
+
+    use super::*;
+
+    fn image() -> Image {
+        Image {
+            name: "minimal".into(),
+            source: "minimal".into(),
+            kernel_version: Some("6.1.0-31-cloud-amd64".into()),
+            created_at: 0,
+            dir: "/s/images/minimal".into(),
+            files: vec![ImageFile {
+                name: "vmlinux".into(),
+                sha256: "ab".repeat(32),
+                size: 30 * 1024 * 1024,
+            }],
+            size_bytes: 48 * 1024 * 1024,
+        }
+    }
+
+    #[test]
+    fn image_list_is_aligned() {
+        let mut registered = image();
+        registered.name = "mine".into();
+        registered.source = "registered".into();
+        registered.kernel_version = None;
+        assert_eq!(
+            image_table(&[image(), registered], 180).render(),
+            "NAME     SOURCE      KERNEL                SIZE  AGE\n\
+             minimal  minimal     6.1.0-31-cloud-amd64  48M   3m\n\
+             mine     registered  -                     48M   3m\n"
+        );
+    }
+
+    #[test]
+    fn image_show_lists_files_with_short_hashes() {
+        let text = image_fields(&image(), 0);
+        assert!(text.contains("  vmlinux  30M   abababababab\n"), "{text}");
+    }
+
+    #[test]
+    fn missing_paths_are_named() {
+        let err = absolute(Path::new("/no/such/vmlinux"), "kernel").unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("kernel /no/such/vmlinux: "),
+            "{err:#}"
+        );
+    }
+}

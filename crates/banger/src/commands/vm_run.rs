@@ -1,0 +1,126 @@
+//! `banger vm run`: get a VM (reuse the one `--name` names, starting it if
+//! stopped, or create one), run the command in it with our stdio, optionally
+//! delete it afterwards, and exit with the command's status. banger's own
+//! failures exit 125, so the guest's statuses stay unambiguous.
+
+use anyhow::bail;
+use banger_api::{Vm, VmState};
+use banger_proto::ExecRequest;
+
+use super::Context;
+use super::exec::exec_in_vm;
+use super::vm::{Action, create_vm, delete_vm, run_action};
+use crate::cli::{RunArgs, VmSpec};
+use crate::client::{Client, path_segment};
+use crate::progress::Style;
+
+pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
+    let client = ctx.client().await?;
+    let name = ensure_vm(&client, &args.spec).await?;
+    let request = ExecRequest {
+        argv: args.command.clone(),
+        tty: args.tty,
+        ..Default::default()
+    };
+    let result = exec_in_vm(&client, &name, request).await;
+    if args.rm {
+        // Also after a failed command: `--rm` promises no leftovers.
+        if let Err(err) = delete_vm(&client, &name, Style::Quiet).await {
+            eprintln!("error: vm {name} was not deleted: {err:#}");
+        }
+    } else {
+        eprint!("{}", next_steps(&name, &args.command));
+    }
+    result
+}
+
+/// The VM to run in: `--name`'s if it exists (started if need be), else a
+/// new one.
+async fn ensure_vm(client: &Client, spec: &VmSpec) -> anyhow::Result<String> {
+    let style = Style::for_stderr();
+    let Some(name) = &spec.name else {
+        return create_vm(client, spec, style).await;
+    };
+    let vm = match client
+        .get::<Vm>(&format!("/v1/vms/{}", path_segment(name)))
+        .await
+    {
+        Ok(vm) => vm,
+        Err(err) if err.api_code() == Some("not_found") => {
+            return create_vm(client, spec, style).await;
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if spec.image.is_some()
+        || spec.cpus.is_some()
+        || spec.memory.is_some()
+        || spec.disk_size.is_some()
+    {
+        eprintln!("note: vm {name} exists; --image, --cpus, --memory and --disk-size are ignored");
+    }
+    match vm.state {
+        VmState::Running => {}
+        VmState::Stopped | VmState::Failed => {
+            run_action(client, Action::Start, name, style).await?
+        }
+        VmState::Creating | VmState::Deleting => {
+            bail!(
+                "vm {name} is {}; wait for that to finish, or pick another --name",
+                vm.state
+            )
+        }
+    }
+    Ok(name.clone())
+}
+
+/// What to do with the VM `vm run` left running.
+fn next_steps(name: &str, command: &[String]) -> String {
+    let cmd = command
+        .iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "vm {name} is still running:\n  \
+         banger vm exec {name} -- {cmd}\n  \
+         banger vm logs {name}\n  \
+         banger vm delete {name}\n"
+    )
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_steps_repeat_the_command_ready_to_paste() {
+        let text = next_steps("web", &["sh".into(), "-c".into(), "exit 7".into()]);
+        assert_eq!(
+            text,
+            "vm web is still running:\n  \
+             banger vm exec web -- sh -c 'exit 7'\n  \
+             banger vm logs web\n  \
+             banger vm delete web\n"
+        );
+    }
+
+    #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(shell_quote("make"), "make");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

@@ -1,0 +1,173 @@
+//! Finding the daemon and starting it when it is not running. Every command
+//! but `daemon status`/`daemon stop` goes through [`connect`]:
+//!
+//! 1. `GET /v1/daemon` on the socket; an answer means it runs.
+//! 2. If nothing listens (socket missing or refusing), spawn `bangerd`
+//!    detached in its own process group, stdin from `/dev/null`, stdout and
+//!    stderr appended to the daemon log, with our environment (so it
+//!    resolves the same paths).
+//! 3. Poll `GET /v1/daemon` every 20 ms for up to 15 s. If it never answers,
+//!    or the process exits with a failure first, fail naming the log and
+//!    quoting its last lines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use banger_api::DaemonStatus;
+use banger_api::paths::Paths;
+
+use crate::client::{Client, ClientError};
+
+const POLL_EVERY: Duration = Duration::from_millis(20);
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+const LOG_TAIL_LINES: usize = 15;
+
+/// A client on a daemon that answers, started if need be.
+pub async fn connect(paths: &Paths) -> anyhow::Result<Client> {
+    let client = Client::new(paths.socket());
+    match client.get::<DaemonStatus>("/v1/daemon").await {
+        Ok(_) => return Ok(client),
+        Err(err) if err.is_not_running() => {}
+        Err(err) => return Err(err.into()),
+    }
+    let log = paths.daemon_log();
+    let mut child = spawn(&daemon_binary(), &log)?;
+    wait_until_up(&client, &mut child, &log).await?;
+    Ok(client)
+}
+
+/// `$BANGER_DAEMON_BIN`, else `bangerd` beside this executable, else
+/// `bangerd` from `PATH`.
+pub fn daemon_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BANGER_DAEMON_BIN").filter(|v| !v.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("bangerd")));
+    match sibling {
+        Some(path) if path.is_file() => path,
+        _ => PathBuf::from("bangerd"),
+    }
+}
+
+fn spawn(bin: &Path, log: &Path) -> anyhow::Result<Child> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open the daemon log {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("cannot open the daemon log {}", log.display()))?;
+    std::os::unix::process::CommandExt::process_group(
+        Command::new(bin).stdin(Stdio::null()).stdout(out).stderr(err),
+        0,
+    )
+    .spawn()
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!(
+                "cannot start the daemon: {} not found; install bangerd next to banger or set BANGER_DAEMON_BIN",
+                bin.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("cannot start the daemon {}", bin.display()))
+        }
+    })
+}
+
+async fn wait_until_up(client: &Client, child: &mut Child, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match client.get::<DaemonStatus>("/v1/daemon").await {
+            Ok(_) => return Ok(()),
+            Err(err) if err.is_not_running() => {}
+            Err(err) => return Err(err.into()),
+        }
+        // A daemon that forks itself exits 0; only a failure is final.
+        if let Ok(Some(status)) = child.try_wait()
+            && !status.success()
+        {
+            bail!(
+                "the daemon exited ({status}) before it answered; see {}{}",
+                log.display(),
+                log_tail(log)
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the daemon did not answer on {} within {} s; see {}{}",
+                client.socket().display(),
+                START_TIMEOUT.as_secs(),
+                log.display(),
+                log_tail(log)
+            );
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// The log's last lines, indented, after a newline (or nothing).
+fn log_tail(log: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+    tail.iter().map(|l| format!("\n  {l}")).collect()
+}
+
+/// Whether a daemon answers, without starting one.
+pub async fn status(client: &Client) -> Result<Option<DaemonStatus>, ClientError> {
+    match client.get::<DaemonStatus>("/v1/daemon").await {
+        Ok(status) => Ok(Some(status)),
+        Err(err) if err.is_not_running() => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("bangerd.log");
+        let text: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&log, text).unwrap();
+        let tail = log_tail(&log);
+        assert!(tail.starts_with("\n  line 6\n"));
+        assert!(tail.ends_with("  line 20"));
+        assert_eq!(log_tail(&dir.path().join("missing")), "");
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_dies_is_reported_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("state/bangerd.log");
+        let script = dir.path().join("bangerd");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho 'config.toml: bad key' >&2\nexit 3\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut child = spawn(&script, &log).unwrap();
+        let client = Client::new(dir.path().join("bangerd.sock"));
+        let err = wait_until_up(&client, &mut child, &log)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exited"), "{err}");
+        assert!(err.contains(&log.display().to_string()), "{err}");
+        assert!(err.contains("config.toml: bad key"), "{err}");
+    }
+}
