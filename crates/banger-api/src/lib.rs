@@ -160,13 +160,30 @@ pub struct Operation {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum OperationEvent {
-    StageStarted { name: String, label: String },
-    StageFinished { name: String, duration_ms: u64, #[serde(default)] detail: Option<String> },
-    StageFailed { name: String, duration_ms: u64, error: String },
+    StageStarted {
+        name: String,
+        label: String,
+    },
+    StageFinished {
+        name: String,
+        duration_ms: u64,
+        #[serde(default)]
+        detail: Option<String>,
+    },
+    StageFailed {
+        name: String,
+        duration_ms: u64,
+        error: String,
+    },
     /// Free-form progress inside a stage (download sizes, etc.).
-    Progress { name: String, message: String },
+    Progress {
+        name: String,
+        message: String,
+    },
     /// Last event: the operation's final record.
-    Done { operation: Operation },
+    Done {
+        operation: Operation,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -256,8 +273,13 @@ pub fn validate_vm_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {
         return Err(format!("vm name {name:?} must be 1 to 63 characters long"));
     }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-        return Err(format!("vm name {name:?} may only contain lowercase letters, digits and '-'"));
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "vm name {name:?} may only contain lowercase letters, digits and '-'"
+        ));
     }
     if name.starts_with('-') || name.ends_with('-') {
         return Err(format!("vm name {name:?} must not start or end with '-'"));
@@ -287,7 +309,13 @@ mod tests {
 
     #[test]
     fn operation_events_are_tagged() {
-        let ev = OperationEvent::StageStarted { name: "boot".into(), label: "boot".into() };
-        assert_eq!(serde_json::to_string(&ev).unwrap(), r#"{"event":"stage_started","name":"boot","label":"boot"}"#);
+        let ev = OperationEvent::StageStarted {
+            name: "boot".into(),
+            label: "boot".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&ev).unwrap(),
+            r#"{"event":"stage_started","name":"boot","label":"boot"}"#
+        );
     }
 }

@@ -24,17 +24,42 @@ impl Paths {
     pub fn resolve(env: impl Fn(&str) -> Option<String>, home: &Path, uid: u32) -> Paths {
         let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         let root = uid == 0;
-        let config_file = var("XDG_CONFIG_HOME").unwrap_or_else(|| home.join(".config")).join("banger/config.toml");
-        let state_dir = var("XDG_STATE_HOME").map(|p| p.join("banger")).unwrap_or_else(|| {
-            if root { PathBuf::from("/var/lib/banger") } else { home.join(".local/state/banger") }
-        });
-        let runtime_dir = var("XDG_RUNTIME_DIR").map(|p| p.join("banger")).unwrap_or_else(|| {
-            if root { PathBuf::from("/run/banger") } else { PathBuf::from(format!("/tmp/banger-{uid}")) }
-        });
-        let cache_dir = var("XDG_CACHE_HOME").map(|p| p.join("banger")).unwrap_or_else(|| {
-            if root { PathBuf::from("/var/cache/banger") } else { home.join(".cache/banger") }
-        });
-        Paths { config_file, state_dir, runtime_dir, cache_dir }
+        let config_file = var("XDG_CONFIG_HOME")
+            .unwrap_or_else(|| home.join(".config"))
+            .join("banger/config.toml");
+        let state_dir = var("XDG_STATE_HOME")
+            .map(|p| p.join("banger"))
+            .unwrap_or_else(|| {
+                if root {
+                    PathBuf::from("/var/lib/banger")
+                } else {
+                    home.join(".local/state/banger")
+                }
+            });
+        let runtime_dir = var("XDG_RUNTIME_DIR")
+            .map(|p| p.join("banger"))
+            .unwrap_or_else(|| {
+                if root {
+                    PathBuf::from("/run/banger")
+                } else {
+                    PathBuf::from(format!("/tmp/banger-{uid}"))
+                }
+            });
+        let cache_dir = var("XDG_CACHE_HOME")
+            .map(|p| p.join("banger"))
+            .unwrap_or_else(|| {
+                if root {
+                    PathBuf::from("/var/cache/banger")
+                } else {
+                    home.join(".cache/banger")
+                }
+            });
+        Paths {
+            config_file,
+            state_dir,
+            runtime_dir,
+            cache_dir,
+        }
     }
 
     /// The daemon's API socket.

@@ -62,11 +62,19 @@ pub const MAX_DISK_MIB: u64 = 16 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config {path} is malformed: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {key} {problem}")]
-    Invalid { path: PathBuf, key: &'static str, problem: String },
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        problem: String,
+    },
 }
 
 impl Config {
@@ -75,14 +83,24 @@ impl Config {
         match std::fs::read_to_string(path) {
             Ok(text) => Config::parse(path, &text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(source) => Err(ConfigError::Read { path: path.to_owned(), source }),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
         }
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim().replace('\n', " ") })?;
-        cfg.validate().map_err(|(key, problem)| ConfigError::Invalid { path: path.to_owned(), key, problem })?;
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        cfg.validate()
+            .map_err(|(key, problem)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                problem,
+            })?;
         Ok(cfg)
     }
 
@@ -110,14 +128,20 @@ pub fn check_cpus(n: u32) -> Result<(), String> {
 
 pub fn check_memory(mib: u64) -> Result<(), String> {
     if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib) {
-        return Err(format!("must be between {MIN_MEMORY_MIB} MiB and {} GiB (got {mib} MiB)", MAX_MEMORY_MIB / 1024));
+        return Err(format!(
+            "must be between {MIN_MEMORY_MIB} MiB and {} GiB (got {mib} MiB)",
+            MAX_MEMORY_MIB / 1024
+        ));
     }
     Ok(())
 }
 
 pub fn check_disk(mib: u64) -> Result<(), String> {
     if !(MIN_DISK_MIB..=MAX_DISK_MIB).contains(&mib) {
-        return Err(format!("must be between {MIN_DISK_MIB} MiB and {} TiB (got {mib} MiB)", MAX_DISK_MIB / 1024 / 1024));
+        return Err(format!(
+            "must be between {MIN_DISK_MIB} MiB and {} TiB (got {mib} MiB)",
+            MAX_DISK_MIB / 1024 / 1024
+        ));
     }
     Ok(())
 }
@@ -157,13 +181,19 @@ mod tests {
     #[test]
     fn absurd_values_name_their_key() {
         let err = parse("default_memory_mib = 1").unwrap_err().to_string();
-        assert!(err.contains("default_memory_mib") && err.contains("between"), "{err}");
+        assert!(
+            err.contains("default_memory_mib") && err.contains("between"),
+            "{err}"
+        );
         let err = parse("default_cpus = 0").unwrap_err().to_string();
         assert!(err.contains("default_cpus"), "{err}");
     }
 
     #[test]
     fn missing_file_is_defaults() {
-        assert_eq!(Config::load(Path::new("/nonexistent/banger.toml")).unwrap(), Config::default());
+        assert_eq!(
+            Config::load(Path::new("/nonexistent/banger.toml")).unwrap(),
+            Config::default()
+        );
     }
 }

@@ -15,23 +15,48 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error("cannot create the system overlay {path}")]
-    Overlay { path: PathBuf, #[source] source: CommandError },
+    Overlay {
+        path: PathBuf,
+        #[source]
+        source: CommandError,
+    },
     #[error("cannot grow the work seed to {size_mib} MiB")]
-    Grow { size_mib: u64, #[source] source: CommandError },
+    Grow {
+        size_mib: u64,
+        #[source]
+        source: CommandError,
+    },
     #[error("cannot write {path}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot copy the work disk to {path}")]
-    Copy { path: PathBuf, #[source] source: CommandError },
+    Copy {
+        path: PathBuf,
+        #[source]
+        source: CommandError,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
-    move |source| DiskError::Io { path: path.to_owned(), source }
+    move |source| DiskError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// `qemu-img create -f qcow2 -F raw -b <base> <overlay>`.
 pub fn create_overlay(runner: &dyn Runner, base: &Path, overlay: &Path) -> Result<(), DiskError> {
-    let cmd = Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(base).arg(overlay);
-    runner.run(&cmd).map_err(|source| DiskError::Overlay { path: overlay.to_owned(), source })?;
+    let cmd = Cmd::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(overlay);
+    runner.run(&cmd).map_err(|source| DiskError::Overlay {
+        path: overlay.to_owned(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -42,10 +67,19 @@ pub fn grown_seed(runner: &dyn Runner, seed: &Path, size_mib: u64) -> Result<Pat
     if grown.exists() {
         return Ok(grown);
     }
-    let tmp = dir.join(format!(".work-seed-{size_mib}M.{:08x}.tmp", rand::random::<u32>()));
+    let tmp = dir.join(format!(
+        ".work-seed-{size_mib}M.{:08x}.tmp",
+        rand::random::<u32>()
+    ));
     let result = (|| {
-        sparse_copy(runner, seed, &tmp).map_err(|source| DiskError::Copy { path: tmp.clone(), source })?;
-        let f = std::fs::OpenOptions::new().write(true).open(&tmp).map_err(io_err(&tmp))?;
+        sparse_copy(runner, seed, &tmp).map_err(|source| DiskError::Copy {
+            path: tmp.clone(),
+            source,
+        })?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
         let current = f.metadata().map_err(io_err(&tmp))?.len();
         let want = size_mib * 1024 * 1024;
         if want > current {
@@ -65,13 +99,28 @@ pub fn grown_seed(runner: &dyn Runner, seed: &Path, size_mib: u64) -> Result<Pat
 
 /// A copy that keeps holes (and shares extents where the filesystem can).
 pub fn sparse_copy(runner: &dyn Runner, from: &Path, to: &Path) -> Result<(), CommandError> {
-    runner.run(&Cmd::new("cp").args(["--sparse=always", "--reflink=auto"]).arg(from).arg(to)).map(drop)
+    runner
+        .run(
+            &Cmd::new("cp")
+                .args(["--sparse=always", "--reflink=auto"])
+                .arg(from)
+                .arg(to),
+        )
+        .map(drop)
 }
 
 /// Gives a VM its own work disk of `size_mib` from the image's seed.
-pub fn create_work_disk(runner: &dyn Runner, seed: &Path, size_mib: u64, dest: &Path) -> Result<(), DiskError> {
+pub fn create_work_disk(
+    runner: &dyn Runner,
+    seed: &Path,
+    size_mib: u64,
+    dest: &Path,
+) -> Result<(), DiskError> {
     let grown = grown_seed(runner, seed, size_mib)?;
-    sparse_copy(runner, &grown, dest).map_err(|source| DiskError::Copy { path: dest.to_owned(), source })
+    sparse_copy(runner, &grown, dest).map_err(|source| DiskError::Copy {
+        path: dest.to_owned(),
+        source,
+    })
 }
 
 pub fn write_config_drive(cfg: &GuestConfig, path: &Path) -> Result<(), DiskError> {
@@ -97,15 +146,49 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seed = dir.path().join("work-seed.ext4");
         let r = SystemRunner;
-        r.run(&Cmd::new("mkfs.ext4").args(["-q", "-F"]).arg(&seed).arg("16M")).unwrap();
+        r.run(
+            &Cmd::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&seed)
+                .arg("16M"),
+        )
+        .unwrap();
         let disk = dir.path().join("work.ext4");
         create_work_disk(&r, &seed, 256, &disk).unwrap();
         assert_eq!(std::fs::metadata(&disk).unwrap().len(), 256 * 1024 * 1024);
-        assert!(dir.path().join("work-seed-256M.ext4").exists(), "grown seed is cached");
-        let out = r.run(&Cmd::new("dumpe2fs").args(["-h"]).arg(&disk)).unwrap().stdout_lossy();
-        let blocks: u64 = out.lines().find(|l| l.starts_with("Block count:")).unwrap().split(':').nth(1).unwrap().trim().parse().unwrap();
-        let bsize: u64 = out.lines().find(|l| l.starts_with("Block size:")).unwrap().split(':').nth(1).unwrap().trim().parse().unwrap();
-        assert_eq!(blocks * bsize, 256 * 1024 * 1024, "the filesystem itself was grown");
+        assert!(
+            dir.path().join("work-seed-256M.ext4").exists(),
+            "grown seed is cached"
+        );
+        let out = r
+            .run(&Cmd::new("dumpe2fs").args(["-h"]).arg(&disk))
+            .unwrap()
+            .stdout_lossy();
+        let blocks: u64 = out
+            .lines()
+            .find(|l| l.starts_with("Block count:"))
+            .unwrap()
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let bsize: u64 = out
+            .lines()
+            .find(|l| l.starts_with("Block size:"))
+            .unwrap()
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            blocks * bsize,
+            256 * 1024 * 1024,
+            "the filesystem itself was grown"
+        );
     }
 
     #[test]
@@ -119,16 +202,34 @@ mod tests {
         std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
         let overlay = dir.path().join("root.qcow2");
         create_overlay(&SystemRunner, &base, &overlay).unwrap();
-        let info = SystemRunner.run(&Cmd::new("qemu-img").args(["info", "--output=json"]).arg(&overlay)).unwrap().stdout_lossy();
-        assert!(info.contains("\"format\": \"qcow2\"") && info.contains("rootfs.ext4"), "{info}");
+        let info = SystemRunner
+            .run(
+                &Cmd::new("qemu-img")
+                    .args(["info", "--output=json"])
+                    .arg(&overlay),
+            )
+            .unwrap()
+            .stdout_lossy();
+        assert!(
+            info.contains("\"format\": \"qcow2\"") && info.contains("rootfs.ext4"),
+            "{info}"
+        );
     }
 
     #[test]
     fn config_drive_decodes() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("config.img");
-        let cfg = GuestConfig { version: 1, vm_name: "web".into(), hostname: "web".into(), authorized_keys: vec![] };
+        let cfg = GuestConfig {
+            version: 1,
+            vm_name: "web".into(),
+            hostname: "web".into(),
+            authorized_keys: vec![],
+        };
         write_config_drive(&cfg, &p).unwrap();
-        assert_eq!(GuestConfig::from_drive(&std::fs::read(&p).unwrap()).unwrap(), cfg);
+        assert_eq!(
+            GuestConfig::from_drive(&std::fs::read(&p).unwrap()).unwrap(),
+            cfg
+        );
     }
 }

@@ -7,7 +7,12 @@ use banger_api::{Check, CheckStatus, DoctorReport};
 use banger_sys::command::{Cmd, which};
 
 fn check(name: &str, status: CheckStatus, detail: impl Into<String>, fix: Option<&str>) -> Check {
-    Check { name: name.into(), status, detail: detail.into(), fix: fix.map(Into::into) }
+    Check {
+        name: name.into(),
+        status,
+        detail: detail.into(),
+        fix: fix.map(Into::into),
+    }
 }
 
 impl Manager {
@@ -19,51 +24,130 @@ impl Manager {
                 let v = out.stdout_lossy().lines().next().unwrap_or("").to_string();
                 checks.push(check("engine", CheckStatus::Pass, v, None));
             }
-            Err(e) => checks.push(check("engine", CheckStatus::Fail, crate::error::chain(&e), Some("apt-get install qemu-system-x86"))),
+            Err(e) => checks.push(check(
+                "engine",
+                CheckStatus::Fail,
+                crate::error::chain(&e),
+                Some("apt-get install qemu-system-x86"),
+            )),
         }
         checks.push(self.kvm_check().await);
         match banger_sys::process::tsc_khz() {
-            Some(khz) => checks.push(check("tsc", CheckStatus::Pass, format!("host TSC {khz} kHz (passed to TCG guests as tsc_early_khz)"), None)),
-            None => checks.push(check("tsc", CheckStatus::Warn, "cannot read the host TSC rate from /proc/cpuinfo", Some("TCG guests may hang at boot; use KVM"))),
+            Some(khz) => checks.push(check(
+                "tsc",
+                CheckStatus::Pass,
+                format!("host TSC {khz} kHz (passed to TCG guests as tsc_early_khz)"),
+                None,
+            )),
+            None => checks.push(check(
+                "tsc",
+                CheckStatus::Warn,
+                "cannot read the host TSC rate from /proc/cpuinfo",
+                Some("TCG guests may hang at boot; use KVM"),
+            )),
         }
-        for (tool, pkg) in [("qemu-img", "qemu-utils"), ("mkfs.ext4", "e2fsprogs"), ("resize2fs", "e2fsprogs")] {
+        for (tool, pkg) in [
+            ("qemu-img", "qemu-utils"),
+            ("mkfs.ext4", "e2fsprogs"),
+            ("resize2fs", "e2fsprogs"),
+        ] {
             match which(tool) {
-                Some(p) => checks.push(check(tool, CheckStatus::Pass, p.display().to_string(), None)),
-                None => checks.push(check(tool, CheckStatus::Fail, format!("{tool} not found in PATH"), Some(&format!("apt-get install {pkg}")))),
+                Some(p) => checks.push(check(
+                    tool,
+                    CheckStatus::Pass,
+                    p.display().to_string(),
+                    None,
+                )),
+                None => checks.push(check(
+                    tool,
+                    CheckStatus::Fail,
+                    format!("{tool} not found in PATH"),
+                    Some(&format!("apt-get install {pkg}")),
+                )),
             }
         }
         for (tool, pkg) in [("apt-get", "apt"), ("dpkg-deb", "dpkg")] {
             if which(tool).is_none() {
-                checks.push(check(tool, CheckStatus::Warn, format!("{tool} not found: image build cannot fetch Debian packages"), Some(&format!("install {pkg}, or use `banger image register`"))));
+                checks.push(check(
+                    tool,
+                    CheckStatus::Warn,
+                    format!("{tool} not found: image build cannot fetch Debian packages"),
+                    Some(&format!("install {pkg}, or use `banger image register`")),
+                ));
             }
         }
         match self.agent_bin() {
-            Ok(p) => checks.push(check("agent", CheckStatus::Pass, p.display().to_string(), None)),
-            Err(e) => checks.push(check("agent", CheckStatus::Warn, e.to_string(), Some("run the README's setup command"))),
+            Ok(p) => checks.push(check(
+                "agent",
+                CheckStatus::Pass,
+                p.display().to_string(),
+                None,
+            )),
+            Err(e) => checks.push(check(
+                "agent",
+                CheckStatus::Warn,
+                e.to_string(),
+                Some("run the README's setup command"),
+            )),
         }
         checks.push(self.disk_check());
         checks.extend(self.image_checks());
-        checks.push(check("daemon", CheckStatus::Pass, format!("answering on {}", self.paths.socket().display()), None));
+        checks.push(check(
+            "daemon",
+            CheckStatus::Pass,
+            format!("answering on {}", self.paths.socket().display()),
+            None,
+        ));
         DoctorReport { checks }
     }
 
     async fn kvm_check(&self) -> Check {
         let kernel = self.store.images().ok().and_then(|imgs| {
-            imgs.into_iter().find_map(|i| ["vmlinux", "bzImage"].iter().map(|k| std::path::Path::new(&i.dir).join(k)).find(|p| p.exists()))
+            imgs.into_iter().find_map(|i| {
+                ["vmlinux", "bzImage"]
+                    .iter()
+                    .map(|k| std::path::Path::new(&i.dir).join(k))
+                    .find(|p| p.exists())
+            })
         });
         let status = match (accel::kvm_device_status(), kernel) {
             (Some(s), _) => s,
             (None, Some(k)) => self.accel(&k).await.1,
             (None, None) => {
-                return check("kvm", CheckStatus::Warn, "/dev/kvm opens; not probed yet (no image to boot)", Some("build an image: banger image build"));
+                return check(
+                    "kvm",
+                    CheckStatus::Warn,
+                    "/dev/kvm opens; not probed yet (no image to boot)",
+                    Some("build an image: banger image build"),
+                );
             }
         };
         let mode = format!("accel = {:?}", self.config.accel).to_lowercase();
         match status {
-            KvmStatus::Usable => check("kvm", CheckStatus::Pass, format!("/dev/kvm boots a stock kernel ({mode})"), None),
-            KvmStatus::Unusable { reason } => check("kvm", CheckStatus::Warn, format!("/dev/kvm is unusable: {reason} ({mode})"), Some("guests run under TCG (software, slower); use a host with full KVM for speed")),
-            KvmStatus::NotAccessible { reason } => check("kvm", CheckStatus::Warn, reason, Some("guests run under TCG until then")),
-            KvmStatus::Absent => check("kvm", CheckStatus::Warn, format!("/dev/kvm is absent ({mode})"), Some("guests run under TCG (software, slower); enable virtualization for speed")),
+            KvmStatus::Usable => check(
+                "kvm",
+                CheckStatus::Pass,
+                format!("/dev/kvm boots a stock kernel ({mode})"),
+                None,
+            ),
+            KvmStatus::Unusable { reason } => check(
+                "kvm",
+                CheckStatus::Warn,
+                format!("/dev/kvm is unusable: {reason} ({mode})"),
+                Some("guests run under TCG (software, slower); use a host with full KVM for speed"),
+            ),
+            KvmStatus::NotAccessible { reason } => check(
+                "kvm",
+                CheckStatus::Warn,
+                reason,
+                Some("guests run under TCG until then"),
+            ),
+            KvmStatus::Absent => check(
+                "kvm",
+                CheckStatus::Warn,
+                format!("/dev/kvm is absent ({mode})"),
+                Some("guests run under TCG (software, slower); enable virtualization for speed"),
+            ),
         }
     }
 
@@ -74,24 +158,51 @@ impl Manager {
                 let gib = free as f64 / (1u64 << 30) as f64;
                 let detail = format!("{gib:.1} GiB free in {}", dir.display());
                 if free < 512 << 20 {
-                    check("disk", CheckStatus::Fail, detail, Some("free some space: each VM needs its overlay and work disk"))
+                    check(
+                        "disk",
+                        CheckStatus::Fail,
+                        detail,
+                        Some("free some space: each VM needs its overlay and work disk"),
+                    )
                 } else if free < 2 << 30 {
-                    check("disk", CheckStatus::Warn, detail, Some("less than 2 GiB free: VMs may run out of disk"))
+                    check(
+                        "disk",
+                        CheckStatus::Warn,
+                        detail,
+                        Some("less than 2 GiB free: VMs may run out of disk"),
+                    )
                 } else {
                     check("disk", CheckStatus::Pass, detail, None)
                 }
             }
-            Err(e) => check("disk", CheckStatus::Warn, format!("cannot stat {}: {e}", dir.display()), None),
+            Err(e) => check(
+                "disk",
+                CheckStatus::Warn,
+                format!("cannot stat {}: {e}", dir.display()),
+                None,
+            ),
         }
     }
 
     fn image_checks(&self) -> Vec<Check> {
         let images = match self.store.images() {
             Ok(i) => i,
-            Err(e) => return vec![check("images", CheckStatus::Fail, crate::error::chain(&e), None)],
+            Err(e) => {
+                return vec![check(
+                    "images",
+                    CheckStatus::Fail,
+                    crate::error::chain(&e),
+                    None,
+                )];
+            }
         };
         if images.is_empty() {
-            return vec![check("images", CheckStatus::Warn, "no images yet", Some("banger image build --preset minimal"))];
+            return vec![check(
+                "images",
+                CheckStatus::Warn,
+                "no images yet",
+                Some("banger image build --preset minimal"),
+            )];
         }
         images
             .into_iter()
@@ -99,14 +210,36 @@ impl Manager {
                 let name = format!("image {}", img.name);
                 match banger_image::verify(std::path::Path::new(&img.dir)) {
                     Ok(files) => {
-                        let bad: Vec<String> = files.iter().filter(|f| !f.ok()).map(|f| f.to_string()).collect();
+                        let bad: Vec<String> = files
+                            .iter()
+                            .filter(|f| !f.is_ok())
+                            .map(|f| f.to_string())
+                            .collect();
                         if bad.is_empty() {
-                            check(&name, CheckStatus::Pass, format!("{} files match their sha256 fingerprints", files.len()), None)
+                            check(
+                                &name,
+                                CheckStatus::Pass,
+                                format!("{} files match their sha256 fingerprints", files.len()),
+                                None,
+                            )
                         } else {
-                            check(&name, CheckStatus::Fail, bad.join("; "), Some(&format!("rebuild it: banger image build --force --name {}", img.name)))
+                            check(
+                                &name,
+                                CheckStatus::Fail,
+                                bad.join("; "),
+                                Some(&format!(
+                                    "rebuild it: banger image build --force --name {}",
+                                    img.name
+                                )),
+                            )
                         }
                     }
-                    Err(e) => check(&name, CheckStatus::Fail, crate::error::chain(&e), Some("rebuild or re-register the image")),
+                    Err(e) => check(
+                        &name,
+                        CheckStatus::Fail,
+                        crate::error::chain(&e),
+                        Some("rebuild or re-register the image"),
+                    ),
                 }
             })
             .collect()

@@ -20,12 +20,18 @@ pub enum Error {
     #[error("{message}")]
     Failed { message: String },
     #[error("{context}")]
-    Io { context: String, #[source] source: std::io::Error },
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
     pub fn failed(message: impl Into<String>) -> Error {
-        Error::Failed { message: message.into() }
+        Error::Failed {
+            message: message.into(),
+        }
     }
 
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -38,7 +44,10 @@ impl Error {
             Error::Invalid(_) => "invalid",
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
-            Error::Store(crate::store::StoreError::DuplicateVm(_) | crate::store::StoreError::DuplicateImage(_)) => "conflict",
+            Error::Store(
+                crate::store::StoreError::DuplicateVm(_)
+                | crate::store::StoreError::DuplicateImage(_),
+            ) => "conflict",
             Error::Store(crate::store::StoreError::ImageInUse { .. }) => "conflict",
             Error::Store(_) => "internal",
             Error::Engine(_) | Error::Agent(_) => "engine",
@@ -47,7 +56,10 @@ impl Error {
     }
 
     pub fn to_api(&self) -> ApiError {
-        ApiError { code: self.code().into(), message: chain(self) }
+        ApiError {
+            code: self.code().into(),
+            message: chain(self),
+        }
     }
 }
 
@@ -78,10 +90,17 @@ mod tests {
 
     #[test]
     fn chain_reads_as_one_sentence() {
-        let e = Error::Io { context: "cannot write /x".into(), source: std::io::Error::other("disk full") };
+        let e = Error::Io {
+            context: "cannot write /x".into(),
+            source: std::io::Error::other("disk full"),
+        };
         assert_eq!(chain(&e), "cannot write /x: disk full");
         let e = Error::from(crate::store::StoreError::DuplicateVm("web".into()));
         assert_eq!(e.to_api().code, "conflict");
-        assert!(e.to_api().message.starts_with("a vm named \"web\" already exists"));
+        assert!(
+            e.to_api()
+                .message
+                .starts_with("a vm named \"web\" already exists")
+        );
     }
 }

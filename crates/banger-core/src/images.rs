@@ -28,7 +28,9 @@ impl Manager {
     pub fn delete_image(&self, name: &str) -> Result<(), Error> {
         let rec = self.image_record(name)?;
         self.store.delete_image(name)?;
-        std::fs::remove_dir_all(&rec.dir).or_else(ignore_missing).map_err(Error::io(format!("cannot remove {}", rec.dir)))?;
+        std::fs::remove_dir_all(&rec.dir)
+            .or_else(ignore_missing)
+            .map_err(Error::io(format!("cannot remove {}", rec.dir)))?;
         Ok(())
     }
 
@@ -44,20 +46,39 @@ impl Manager {
 
     pub fn build_image(self: &Arc<Self>, req: BuildImage) -> Result<Arc<Op>, Error> {
         if !PRESETS.contains(&req.preset.as_str()) {
-            return Err(Error::Invalid(format!("unknown preset {:?}: known presets are {}", req.preset, PRESETS.join(", "))));
+            return Err(Error::Invalid(format!(
+                "unknown preset {:?}: known presets are {}",
+                req.preset,
+                PRESETS.join(", ")
+            )));
         }
         let name = req.name.clone().unwrap_or_else(|| req.preset.clone());
         banger_api::validate_image_name(&name).map_err(Error::Invalid)?;
         if !req.force && self.store.image(&name)?.is_some() {
-            return Err(Error::Conflict(format!("image {name:?} already exists: pass --force to rebuild it")));
+            return Err(Error::Conflict(format!(
+                "image {name:?} already exists: pass --force to rebuild it"
+            )));
         }
         let agent_bin = self.agent_bin()?;
         let op = self.ops.begin(OperationKind::ImageBuild, &name);
         let (this, op2) = (self.clone(), op.clone());
         tokio::spawn(async move {
-            let result = this
-                .install_image(&op2, &name, req.force, move |params, report| banger_image::build_minimal(params, report), agent_bin, None)
-                .await;
+            let (cache_dir, runner, image) = (
+                this.paths.cache_dir.clone(),
+                this.runner.clone(),
+                name.clone(),
+            );
+            let build = move |out_dir: PathBuf, report: &mut dyn FnMut(BuildEvent)| {
+                let params = banger_image::BuildParams {
+                    name: image,
+                    cache_dir,
+                    agent_bin,
+                    out_dir,
+                    runner,
+                };
+                banger_image::build_minimal(&params, report)
+            };
+            let result = this.install_image(&op2, &name, req.force, build).await;
             op2.finish(&this.store, result.map_err(|e| e.to_api()));
         });
         Ok(op)
@@ -66,12 +87,22 @@ impl Manager {
     pub fn register_image(self: &Arc<Self>, req: RegisterImage) -> Result<Arc<Op>, Error> {
         banger_api::validate_image_name(&req.name).map_err(Error::Invalid)?;
         if self.store.image(&req.name)?.is_some() {
-            return Err(Error::Conflict(format!("image {:?} already exists: delete it first or pick another name", req.name)));
+            return Err(Error::Conflict(format!(
+                "image {:?} already exists: delete it first or pick another name",
+                req.name
+            )));
         }
-        for (what, p) in [("--kernel", Some(&req.kernel)), ("--rootfs", Some(&req.rootfs)), ("--initrd", req.initrd.as_ref()), ("--modules", req.modules.as_ref())] {
+        for (what, p) in [
+            ("--kernel", Some(&req.kernel)),
+            ("--rootfs", Some(&req.rootfs)),
+            ("--initrd", req.initrd.as_ref()),
+            ("--modules", req.modules.as_ref()),
+        ] {
             if let Some(p) = p {
                 if !Path::new(p).is_absolute() || !Path::new(p).exists() {
-                    return Err(Error::Invalid(format!("{what} {p}: no such file (give an absolute path that exists)")));
+                    return Err(Error::Invalid(format!(
+                        "{what} {p}: no such file (give an absolute path that exists)"
+                    )));
                 }
             }
         }
@@ -80,7 +111,21 @@ impl Manager {
         let op = self.ops.begin(OperationKind::ImageRegister, &name);
         let (this, op2) = (self.clone(), op.clone());
         tokio::spawn(async move {
-            let result = this.install_image(&op2, &name, false, |p, report| banger_image::register(p, report), agent_bin, Some(req)).await;
+            let runner = this.runner.clone();
+            let build = move |out_dir: PathBuf, report: &mut dyn FnMut(BuildEvent)| {
+                let params = banger_image::RegisterParams {
+                    name: req.name,
+                    kernel: req.kernel.into(),
+                    rootfs: req.rootfs.into(),
+                    initrd: req.initrd.map(Into::into),
+                    modules: req.modules.map(Into::into),
+                    agent_bin,
+                    out_dir,
+                    runner,
+                };
+                banger_image::register(&params, report)
+            };
+            let result = this.install_image(&op2, &name, false, build).await;
             op2.finish(&this.store, result.map_err(|e| e.to_api()));
         });
         Ok(op)
@@ -94,28 +139,22 @@ impl Manager {
         name: &str,
         force: bool,
         build: F,
-        agent_bin: PathBuf,
-        register: Option<RegisterImage>,
     ) -> Result<(), Error>
     where
-        F: FnOnce(&banger_image::Params, &mut dyn FnMut(BuildEvent)) -> Result<Manifest, banger_image::ImageError> + Send + 'static,
+        F: FnOnce(
+                PathBuf,
+                &mut dyn FnMut(BuildEvent),
+            ) -> Result<Manifest, banger_image::ImageError>
+            + Send
+            + 'static,
     {
-        std::fs::create_dir_all(self.images_dir()).map_err(Error::io("cannot create the images dir"))?;
+        std::fs::create_dir_all(self.images_dir())
+            .map_err(Error::io("cannot create the images dir"))?;
         let final_dir = self.images_dir().join(name);
-        let staging = self.images_dir().join(format!(".{name}.new-{:08x}", rand::random::<u32>()));
-        let params = banger_image::Params {
-            name: name.to_string(),
-            cache_dir: self.paths.cache_dir.clone(),
-            agent_bin,
-            out_dir: staging.clone(),
-            runner: self.runner.clone(),
-            register: register.map(|r| banger_image::RegisterInputs {
-                kernel: r.kernel.into(),
-                rootfs: r.rootfs.into(),
-                initrd: r.initrd.map(Into::into),
-                modules: r.modules.map(Into::into),
-            }),
-        };
+        let staging = self
+            .images_dir()
+            .join(format!(".{name}.new-{:08x}", rand::random::<u32>()));
+        let out_dir = staging.clone();
         let op2 = op.clone();
         let manifest = tokio::task::spawn_blocking(move || {
             let mut started: HashMap<&'static str, Instant> = HashMap::new();
@@ -129,7 +168,7 @@ impl Manager {
                 }
                 BuildEvent::Progress { name, message } => op2.progress(name, message),
             };
-            let out = build(&params, &mut report);
+            let out = build(out_dir, &mut report);
             if let Err(e) = &out {
                 for (name, t0) in started.drain() {
                     op2.end_stage(name, t0, Some(crate::error::chain(e)), None);
@@ -160,7 +199,10 @@ impl Manager {
                 return Err(e);
             }
         }
-        std::fs::rename(&staging, &final_dir).map_err(Error::io(format!("cannot move the image into {}", final_dir.display())))?;
+        std::fs::rename(&staging, &final_dir).map_err(Error::io(format!(
+            "cannot move the image into {}",
+            final_dir.display()
+        )))?;
         if let Err(e) = self.store.insert_image(&record) {
             let _ = std::fs::remove_dir_all(&final_dir);
             return Err(e.into());
@@ -170,12 +212,17 @@ impl Manager {
 }
 
 fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
-    if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
 }
 
 fn image_view(rec: ImageRecord) -> Image {
-    let files: Vec<ImageFile> =
-        serde_json::from_str::<Manifest>(&rec.manifest).map(|m| m.files).unwrap_or_default();
+    let files: Vec<ImageFile> = serde_json::from_str::<Manifest>(&rec.manifest)
+        .map(|m| m.files)
+        .unwrap_or_default();
     Image {
         size_bytes: files.iter().map(|f| f.size).sum(),
         name: rec.name,

@@ -34,7 +34,13 @@ pub struct Manager {
 }
 
 impl Manager {
-    pub fn new(paths: Paths, config: Config, store: Store, engine: Arc<dyn Engine>, runner: Arc<dyn Runner>) -> Manager {
+    pub fn new(
+        paths: Paths,
+        config: Config,
+        store: Store,
+        engine: Arc<dyn Engine>,
+        runner: Arc<dyn Runner>,
+    ) -> Manager {
         Manager {
             paths,
             config,
@@ -51,11 +57,18 @@ impl Manager {
 
     /// The lock serialising lifecycle operations on one VM.
     pub fn vm_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone()
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     pub fn vm_record(&self, name: &str) -> Result<VmRecord, Error> {
-        self.store.vm(name)?.ok_or_else(|| Error::NotFound(format!("no vm named {name:?}: see `banger vm list`")))
+        self.store
+            .vm(name)?
+            .ok_or_else(|| Error::NotFound(format!("no vm named {name:?}: see `banger vm list`")))
     }
 
     pub fn image_record(&self, name: &str) -> Result<ImageRecord, Error> {
@@ -104,11 +117,18 @@ impl Manager {
         if vm.state != VmState::Running {
             return vm;
         }
-        let alive = self.handles.get(&vm.name).is_some_and(|rt| self.engine.alive(&rt.handles));
+        let alive = self
+            .handles
+            .get(&vm.name)
+            .is_some_and(|rt| self.engine.alive(&rt.handles));
         if !alive {
             tracing::info!(vm = %vm.name, "engine is gone; recording the vm as stopped");
             self.release_runtime(&vm);
-            if self.store.set_vm_state(&vm.name, VmState::Stopped, vm.last_error.as_deref()).is_ok() {
+            if self
+                .store
+                .set_vm_state(&vm.name, VmState::Stopped, vm.last_error.as_deref())
+                .is_ok()
+            {
                 vm.state = VmState::Stopped;
             }
         }
@@ -122,9 +142,21 @@ impl Manager {
         let _ = std::fs::remove_dir_all(self.run_dir(vm));
     }
 
-    pub fn remember_runtime(&self, vm: &VmRecord, h: &Handles, agent: Option<Arc<AgentConn>>) -> Result<(), Error> {
-        handles::write(Path::new(&vm.dir), h).map_err(Error::io(format!("cannot write {}/handles.json", vm.dir)))?;
-        self.handles.insert(&vm.name, Runtime { handles: h.clone(), agent });
+    pub fn remember_runtime(
+        &self,
+        vm: &VmRecord,
+        h: &Handles,
+        agent: Option<Arc<AgentConn>>,
+    ) -> Result<(), Error> {
+        handles::write(Path::new(&vm.dir), h)
+            .map_err(Error::io(format!("cannot write {}/handles.json", vm.dir)))?;
+        self.handles.insert(
+            &vm.name,
+            Runtime {
+                handles: h.clone(),
+                agent,
+            },
+        );
         Ok(())
     }
 
@@ -133,9 +165,15 @@ impl Manager {
     pub async fn agent(&self, name: &str) -> Result<Arc<AgentConn>, Error> {
         let vm = self.refresh(self.vm_record(name)?);
         if vm.state != VmState::Running {
-            return Err(Error::Conflict(format!("vm {name:?} is {}: start it with `banger vm start {name}`", vm.state)));
+            return Err(Error::Conflict(format!(
+                "vm {name:?} is {}: start it with `banger vm start {name}`",
+                vm.state
+            )));
         }
-        let rt = self.handles.get(name).ok_or_else(|| Error::Conflict(format!("vm {name:?} has no running engine")))?;
+        let rt = self
+            .handles
+            .get(name)
+            .ok_or_else(|| Error::Conflict(format!("vm {name:?} has no running engine")))?;
         if let Some(a) = rt.agent.filter(|a| !a.is_closed()) {
             return Ok(a);
         }
@@ -144,7 +182,11 @@ impl Manager {
             Ok::<_, Error>(AgentConn::handshake(io).await?)
         })
         .await
-        .map_err(|_| Error::failed(format!("the guest agent of {name:?} did not answer within 10 s")))??;
+        .map_err(|_| {
+            Error::failed(format!(
+                "the guest agent of {name:?} did not answer within 10 s"
+            ))
+        })??;
         let conn = Arc::new(conn);
         self.handles.set_agent(name, conn.clone());
         Ok(conn)
@@ -156,7 +198,13 @@ impl Manager {
         if let Some(d) = slot.clone() {
             return d;
         }
-        let d = accel::decide(self.config.accel, &self.config.qemu_bin, kernel, &accel::cache_file(&self.paths.state_dir)).await;
+        let d = accel::decide(
+            self.config.accel,
+            &self.config.qemu_bin,
+            kernel,
+            &accel::cache_file(&self.paths.state_dir),
+        )
+        .await;
         tracing::info!(accel = d.0.as_str(), kvm = ?d.1, "accelerator chosen");
         *slot = Some(d.clone());
         d
@@ -167,17 +215,34 @@ impl Manager {
         self.accel.lock().await.is_none()
             && self.config.accel == crate::config::AccelChoice::Auto
             && accel::kvm_device_status().is_none()
-            && accel::cached(&accel::cache_file(&self.paths.state_dir), &self.config.qemu_bin, kernel).is_none()
+            && accel::cached(
+                &accel::cache_file(&self.paths.state_dir),
+                &self.config.qemu_bin,
+                kernel,
+            )
+            .is_none()
     }
 
     /// The machine spec of `vm` on `image`.
-    pub fn machine_spec(&self, vm: &VmRecord, image: &ImageRecord, accel: Accel) -> Result<MachineSpec, Error> {
+    pub fn machine_spec(
+        &self,
+        vm: &VmRecord,
+        image: &ImageRecord,
+        accel: Accel,
+    ) -> Result<MachineSpec, Error> {
         let img = Path::new(&image.dir);
         let dir = Path::new(&vm.dir);
         let manifest: serde_json::Value = serde_json::from_str(&image.manifest).unwrap_or_default();
-        let kernel = ["vmlinux", "bzImage"].iter().map(|k| img.join(k)).find(|p| p.exists()).ok_or_else(|| {
-            Error::failed(format!("image {:?} has no kernel in {}: rebuild or re-register it", image.name, image.dir))
-        })?;
+        let kernel = ["vmlinux", "bzImage"]
+            .iter()
+            .map(|k| img.join(k))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                Error::failed(format!(
+                    "image {:?} has no kernel in {}: rebuild or re-register it",
+                    image.name, image.dir
+                ))
+            })?;
         let initrd = Some(img.join("initrd.img")).filter(|p| p.exists());
         Ok(MachineSpec {
             vm_id: vm.id.clone(),
@@ -186,11 +251,30 @@ impl Manager {
             memory_mib: vm.memory_mib,
             kernel,
             initrd,
-            cmdline_extra: manifest.get("kernel_cmdline").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
+            cmdline_extra: manifest
+                .get("kernel_cmdline")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string(),
             drives: vec![
-                Drive { path: dir.join("root.qcow2"), format: DriveFormat::Qcow2, serial: banger_proto::ROOT_DRIVE_SERIAL, read_only: false },
-                Drive { path: dir.join("work.ext4"), format: DriveFormat::Raw, serial: banger_proto::WORK_DRIVE_SERIAL, read_only: false },
-                Drive { path: dir.join("config.img"), format: DriveFormat::Raw, serial: banger_proto::CONFIG_DRIVE_SERIAL, read_only: true },
+                Drive {
+                    path: dir.join("root.qcow2"),
+                    format: DriveFormat::Qcow2,
+                    serial: banger_proto::ROOT_DRIVE_SERIAL,
+                    read_only: false,
+                },
+                Drive {
+                    path: dir.join("work.ext4"),
+                    format: DriveFormat::Raw,
+                    serial: banger_proto::WORK_DRIVE_SERIAL,
+                    read_only: false,
+                },
+                Drive {
+                    path: dir.join("config.img"),
+                    format: DriveFormat::Raw,
+                    serial: banger_proto::CONFIG_DRIVE_SERIAL,
+                    read_only: true,
+                },
             ],
             console_log: dir.join("console.log"),
             engine_log: dir.join("engine.log"),

@@ -67,37 +67,67 @@ impl Op {
             duration_ms: None,
             detail: None,
         });
-        self.push(OperationEvent::StageStarted { name: name.into(), label: label.into() });
+        self.push(OperationEvent::StageStarted {
+            name: name.into(),
+            label: label.into(),
+        });
         Instant::now()
     }
 
     /// Marks stage `name` as finished (or failed with `error`).
-    pub fn end_stage(&self, name: &str, started: Instant, error: Option<String>, detail: Option<String>) {
+    pub fn end_stage(
+        &self,
+        name: &str,
+        started: Instant,
+        error: Option<String>,
+        detail: Option<String>,
+    ) {
         let ms = started.elapsed().as_millis() as u64;
         let target = self.target();
         {
             let mut inner = self.lock();
-            if let Some(st) = inner.record.stages.iter_mut().rev().find(|s| s.name == name) {
+            if let Some(st) = inner
+                .record
+                .stages
+                .iter_mut()
+                .rev()
+                .find(|s| s.name == name)
+            {
                 st.duration_ms = Some(ms);
-                st.state = if error.is_none() { OperationState::Succeeded } else { OperationState::Failed };
+                st.state = if error.is_none() {
+                    OperationState::Succeeded
+                } else {
+                    OperationState::Failed
+                };
                 st.detail = detail.clone();
             }
         }
         match error {
             None => {
                 tracing::info!(target = %target, stage = name, ms, "stage done");
-                self.push(OperationEvent::StageFinished { name: name.into(), duration_ms: ms, detail });
+                self.push(OperationEvent::StageFinished {
+                    name: name.into(),
+                    duration_ms: ms,
+                    detail,
+                });
             }
             Some(error) => {
                 tracing::warn!(target = %target, stage = name, ms, %error, "stage failed");
-                self.push(OperationEvent::StageFailed { name: name.into(), duration_ms: ms, error });
+                self.push(OperationEvent::StageFailed {
+                    name: name.into(),
+                    duration_ms: ms,
+                    error,
+                });
             }
         }
     }
 
     /// A progress message inside the running stage.
     pub fn progress(&self, name: &str, message: String) {
-        self.push(OperationEvent::Progress { name: name.into(), message });
+        self.push(OperationEvent::Progress {
+            name: name.into(),
+            message,
+        });
     }
 
     /// Ends the operation, saves it and tells subscribers.
@@ -120,7 +150,9 @@ impl Op {
         }
         tracing::info!(op = %record.id, kind = ?record.kind, target = %record.target, state = ?record.state,
             ms = record.duration_ms, "operation finished");
-        self.push(OperationEvent::Done { operation: record.clone() });
+        self.push(OperationEvent::Done {
+            operation: record.clone(),
+        });
         record
     }
 
@@ -131,7 +163,14 @@ impl Op {
     /// Events from index `from` on, and whether the operation is done.
     pub fn events_from(&self, from: usize) -> (Vec<OperationEvent>, bool) {
         let inner = self.lock();
-        (inner.events.get(from..).map(<[_]>::to_vec).unwrap_or_default(), inner.done)
+        (
+            inner
+                .events
+                .get(from..)
+                .map(<[_]>::to_vec)
+                .unwrap_or_default(),
+            inner.done,
+        )
     }
 
     pub fn subscribe(&self) -> watch::Receiver<usize> {
@@ -191,7 +230,11 @@ impl OpRegistry {
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Op>> {
-        self.ops.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 }
 
@@ -204,20 +247,41 @@ mod tests {
         let reg = OpRegistry::default();
         let store = Store::open_in_memory().unwrap();
         let op = reg.begin(OperationKind::Create, "web");
-        op.stage("disks", "prepare disks", async { Ok::<_, String>(()) }).await.unwrap();
-        let err = op.stage("boot", "boot", async { Err::<(), _>("no kernel".to_string()) }).await;
+        op.stage("disks", "prepare disks", async { Ok::<_, String>(()) })
+            .await
+            .unwrap();
+        let err = op
+            .stage("boot", "boot", async {
+                Err::<(), _>("no kernel".to_string())
+            })
+            .await;
         assert!(err.is_err());
-        let rec = op.finish(&store, Err(ApiError { code: "engine".into(), message: "no kernel".into() }));
+        let rec = op.finish(
+            &store,
+            Err(ApiError {
+                code: "engine".into(),
+                message: "no kernel".into(),
+            }),
+        );
         assert_eq!(rec.state, OperationState::Failed);
-        assert_eq!(rec.stages.iter().map(|s| (s.name.as_str(), s.state)).collect::<Vec<_>>(), vec![
-            ("disks", OperationState::Succeeded),
-            ("boot", OperationState::Failed)
-        ]);
+        assert_eq!(
+            rec.stages
+                .iter()
+                .map(|s| (s.name.as_str(), s.state))
+                .collect::<Vec<_>>(),
+            vec![
+                ("disks", OperationState::Succeeded),
+                ("boot", OperationState::Failed)
+            ]
+        );
         let (events, done) = reg.get(&op.id()).unwrap().events_from(0);
         assert!(done);
         assert!(matches!(events.last(), Some(OperationEvent::Done { .. })));
         assert_eq!(events.len(), 5);
-        assert_eq!(store.operation(&op.id()).unwrap().unwrap().state, OperationState::Failed);
+        assert_eq!(
+            store.operation(&op.id()).unwrap().unwrap().state,
+            OperationState::Failed
+        );
         assert_eq!(op.wait().await.state, OperationState::Failed);
     }
 }

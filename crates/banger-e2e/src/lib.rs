@@ -22,7 +22,11 @@ pub fn target_dir() -> PathBuf {
 }
 
 pub fn bin(name: &str) -> PathBuf {
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     target_dir().join(profile).join(name)
 }
 
@@ -40,19 +44,31 @@ pub fn shared_cache() -> PathBuf {
 }
 
 fn which(p: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
 }
 
 /// Why the e2e suite cannot run here, if it cannot.
 pub fn missing_prerequisite() -> Option<String> {
-    for tool in ["qemu-system-x86_64", "qemu-img", "mkfs.ext4", "apt-get", "dpkg-deb"] {
+    for tool in [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "mkfs.ext4",
+        "apt-get",
+        "dpkg-deb",
+    ] {
         if !which(tool) {
-            return Some(format!("{tool} is not installed (run the README's setup command)"));
+            return Some(format!(
+                "{tool} is not installed (run the README's setup command)"
+            ));
         }
     }
     for b in [bin("banger"), bin("bangerd"), agent_bin()] {
         if !b.is_file() {
-            return Some(format!("{} is not built (run scripts/test, which builds it)", b.display()));
+            return Some(format!(
+                "{} is not built (run scripts/test, which builds it)",
+                b.display()
+            ));
         }
     }
     None
@@ -89,7 +105,10 @@ impl Drop for BootPermit {
 /// At most two concurrent booting tests per test binary.
 pub fn boot_permit() -> BootPermit {
     static SEM: OnceLock<Semaphore> = OnceLock::new();
-    let sem = SEM.get_or_init(|| Semaphore { free: Mutex::new(2), cv: Condvar::new() });
+    let sem = SEM.get_or_init(|| Semaphore {
+        free: Mutex::new(2),
+        cv: Condvar::new(),
+    });
     let mut free = sem.free.lock().unwrap_or_else(|p| p.into_inner());
     while *free == 0 {
         free = sem.cv.wait(free).unwrap_or_else(|p| p.into_inner());
@@ -107,7 +126,10 @@ impl Env {
     /// A fresh instance with `config` as its config.toml.
     pub fn new(config: &str) -> Env {
         // Unix sockets cap at 108 bytes: keep the root short.
-        let root = tempfile::Builder::new().prefix("bg").tempdir_in("/tmp").expect("tempdir");
+        let root = tempfile::Builder::new()
+            .prefix("bg")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
         for d in ["config/banger", "state", "run"] {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
         }
@@ -153,7 +175,12 @@ impl Env {
     /// Runs the CLI, asserts success and returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "banger {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "banger {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -193,7 +220,10 @@ impl Drop for Env {
 /// True when `pid` is a live (non-zombie) process.
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rfind(')').and_then(|i| s[i + 1..].trim_start().chars().next()).is_some_and(|c| c != 'Z' && c != 'X'),
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s[i + 1..].trim_start().chars().next())
+            .is_some_and(|c| c != 'Z' && c != 'X'),
         Err(_) => false,
     }
 }
@@ -213,7 +243,9 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Files left under `dir` (recursively), for "nothing left behind" checks.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {

@@ -25,23 +25,60 @@ fn run_streams_output_and_passes_exit_codes_and_stdin() {
     let out = env.run(&["vm", "run", "--rm", "--", "uname", "-a"]);
     assert_eq!(out.status.code(), Some(0));
     let uname = String::from_utf8_lossy(&out.stdout);
-    assert!(uname.starts_with("Linux ") && uname.contains("cloud-amd64"), "guest uname: {uname}");
-    assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]), "--rm deletes the vm");
+    assert!(
+        uname.starts_with("Linux ") && uname.contains("cloud-amd64"),
+        "guest uname: {uname}"
+    );
+    assert_eq!(
+        env.json(&["vm", "list", "--json"]),
+        serde_json::json!([]),
+        "--rm deletes the vm"
+    );
 
     // A named VM reused by vm run, exit codes passed through.
     env.ok(&["vm", "create", "--name", "codes"]);
     let out = env.run(&["vm", "run", "--name", "codes", "--", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7));
-    let out = env.run(&["vm", "exec", "codes", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    let out = env.run(&[
+        "vm",
+        "exec",
+        "codes",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
     let out = env.run(&["vm", "exec", "codes", "--", "no-such-command"]);
-    assert_eq!(out.status.code(), Some(127), "command not found in the guest");
+    assert_eq!(
+        out.status.code(),
+        Some(127),
+        "command not found in the guest"
+    );
 
     // stdin is streamed to the guest command.
-    let mut child = env.cmd(&["vm", "exec", "codes", "--", "sh", "-c", "tr a-z A-Z; echo done"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(b"hello guest\n").unwrap();
+    let mut child = env
+        .cmd(&[
+            "vm",
+            "exec",
+            "codes",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo done",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello guest\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO GUEST\ndone\n");
 
@@ -65,26 +102,53 @@ fn stop_and_start_keep_the_work_disk() {
     }
     let env = Env::new(CONFIG).with_image();
     let _permit = boot_permit();
-    env.ok(&["vm", "create", "--name", "keep", "--cpus", "1", "--memory", "256M"]);
+    env.ok(&[
+        "vm", "create", "--name", "keep", "--cpus", "1", "--memory", "256M",
+    ]);
     let list = env.json(&["vm", "list", "--json"]);
     assert_eq!(list[0]["name"], "keep");
     assert_eq!(list[0]["state"], "running");
     let table = env.ok(&["vm", "list"]);
-    assert!(table.starts_with("NAME") && table.contains("keep") && table.contains("running"), "{table}");
-    env.ok(&["vm", "exec", "keep", "--", "sh", "-c", "echo precious > /root/file && sync"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("keep") && table.contains("running"),
+        "{table}"
+    );
+    env.ok(&[
+        "vm",
+        "exec",
+        "keep",
+        "--",
+        "sh",
+        "-c",
+        "echo precious > /root/file && sync",
+    ]);
     let hostname = env.ok(&["vm", "exec", "keep", "--", "hostname"]);
     assert_eq!(hostname.trim(), "keep");
 
     env.ok(&["vm", "stop", "keep"]);
     assert_eq!(vm_json(&env, "keep")["state"], "stopped");
     env.ok(&["vm", "start", "keep"]);
-    assert_eq!(env.ok(&["vm", "exec", "keep", "--", "cat", "/root/file"]), "precious\n");
+    assert_eq!(
+        env.ok(&["vm", "exec", "keep", "--", "cat", "/root/file"]),
+        "precious\n"
+    );
 
     env.ok(&["vm", "restart", "keep"]);
-    assert_eq!(env.ok(&["vm", "exec", "keep", "--", "cat", "/root/file"]), "precious\n");
+    assert_eq!(
+        env.ok(&["vm", "exec", "keep", "--", "cat", "/root/file"]),
+        "precious\n"
+    );
     let df = env.ok(&["vm", "exec", "keep", "--", "df", "-m", "/root"]);
-    let size: u64 = df.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap();
-    assert!((400..=512).contains(&size), "work disk is grown to the default 512 MiB: {df}");
+    let size: u64 = df
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(
+        (400..=512).contains(&size),
+        "work disk is grown to the default 512 MiB: {df}"
+    );
 }
 
 #[test]
@@ -104,8 +168,14 @@ fn delete_leaves_no_process_and_no_files() {
     env.ok(&["vm", "delete", "gone"]);
     assert!(!process_alive(pid), "engine process {pid} survived delete");
     assert!(!dir.exists(), "vm dir {} survived delete", dir.display());
-    assert_eq!(files_under(&env.state_dir().join("vms")), Vec::<std::path::PathBuf>::new());
-    assert_eq!(files_under(&env.runtime_dir().join("vms")), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        files_under(&env.state_dir().join("vms")),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_eq!(
+        files_under(&env.runtime_dir().join("vms")),
+        Vec::<std::path::PathBuf>::new()
+    );
     assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]));
     let out = env.run(&["vm", "show", "gone"]);
     assert_eq!(out.status.code(), Some(1));
@@ -123,20 +193,34 @@ fn a_killed_daemon_is_restarted_and_adopts_running_vms() {
     let engine_pid = vm_json(&env, "adopt")["pid"].as_u64().unwrap() as u32;
     let daemon = env.daemon_pid().expect("daemon runs");
     unsafe_kill9(daemon);
-    assert!(wait_until(Duration::from_secs(5), || !process_alive(daemon)));
-    assert!(process_alive(engine_pid), "the vm keeps running while the daemon is down");
+    assert!(wait_until(Duration::from_secs(5), || !process_alive(
+        daemon
+    )));
+    assert!(
+        process_alive(engine_pid),
+        "the vm keeps running while the daemon is down"
+    );
 
     // The next command starts a new daemon, which adopts the VM.
-    assert_eq!(env.ok(&["vm", "exec", "adopt", "--", "echo", "still here"]), "still here\n");
+    assert_eq!(
+        env.ok(&["vm", "exec", "adopt", "--", "echo", "still here"]),
+        "still here\n"
+    );
     assert_ne!(env.daemon_pid(), Some(daemon));
     let vm = vm_json(&env, "adopt");
-    assert_eq!((vm["state"].as_str(), vm["pid"].as_u64()), (Some("running"), Some(engine_pid as u64)));
+    assert_eq!(
+        (vm["state"].as_str(), vm["pid"].as_u64()),
+        (Some("running"), Some(engine_pid as u64))
+    );
     env.ok(&["vm", "delete", "adopt"]);
     assert!(!process_alive(engine_pid));
 }
 
 fn unsafe_kill9(pid: u32) {
-    let st = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -151,16 +235,40 @@ fn a_failed_create_leaves_nothing_and_says_why() {
     let out = env.run(&["vm", "create", "--name", "doomed"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("did not answer within 1 s") && err.contains("console"), "error: {err}");
-    assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]), "no row left");
-    assert_eq!(files_under(&env.state_dir().join("vms")), Vec::<std::path::PathBuf>::new(), "no disks left");
-    assert_eq!(files_under(&env.runtime_dir().join("vms")), Vec::<std::path::PathBuf>::new(), "no sockets left");
-    let leftover = std::process::Command::new("pgrep").args(["-f", &env.root.path().to_string_lossy()]).output().unwrap();
-    let pids: Vec<u32> = String::from_utf8_lossy(&leftover.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert!(
+        err.contains("did not answer within 1 s") && err.contains("console"),
+        "error: {err}"
+    );
+    assert_eq!(
+        env.json(&["vm", "list", "--json"]),
+        serde_json::json!([]),
+        "no row left"
+    );
+    assert_eq!(
+        files_under(&env.state_dir().join("vms")),
+        Vec::<std::path::PathBuf>::new(),
+        "no disks left"
+    );
+    assert_eq!(
+        files_under(&env.runtime_dir().join("vms")),
+        Vec::<std::path::PathBuf>::new(),
+        "no sockets left"
+    );
+    let leftover = std::process::Command::new("pgrep")
+        .args(["-f", &env.root.path().to_string_lossy()])
+        .output()
+        .unwrap();
+    let pids: Vec<u32> = String::from_utf8_lossy(&leftover.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
     let engines: Vec<u32> = pids
         .into_iter()
         .filter(|p| process_alive(*p))
-        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("qemu-system")))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("qemu-system"))
+        })
         .collect();
     assert!(engines.is_empty(), "engine processes left: {engines:?}");
 }
@@ -184,20 +292,36 @@ fn bad_input_gets_clear_errors_and_distinct_exit_codes() {
 
     let out = env.run(&["vm", "create", "--memory", "1"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--memory"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--memory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = env.run(&["vm", "create", "--disk-size", "12X"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("12X"));
 
-    assert_eq!(env.json(&["vm", "list", "--json"]), serde_json::json!([]), "nothing recorded by failed requests");
+    assert_eq!(
+        env.json(&["vm", "list", "--json"]),
+        serde_json::json!([]),
+        "nothing recorded by failed requests"
+    );
 
     // A malformed config stops the daemon from starting, with the key named.
     env.ok(&["daemon", "stop"]);
-    std::fs::write(env.root.path().join("config/banger/config.toml"), "default_cpus = \"many\"\n").unwrap();
+    std::fs::write(
+        env.root.path().join("config/banger/config.toml"),
+        "default_cpus = \"many\"\n",
+    )
+    .unwrap();
     let out = env.run(&["vm", "list"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("default_cpus"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("default_cpus"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -207,19 +331,49 @@ fn doctor_reports_every_check() {
     }
     let env = Env::new(CONFIG).with_image();
     let report = env.json(&["doctor", "--json"]);
-    let names: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    for want in ["engine", "kvm", "qemu-img", "mkfs.ext4", "disk", "image minimal", "daemon"] {
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "engine",
+        "kvm",
+        "qemu-img",
+        "mkfs.ext4",
+        "disk",
+        "image minimal",
+        "daemon",
+    ] {
         assert!(names.contains(&want), "doctor lacks {want}: {names:?}");
     }
-    let image = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "image minimal").unwrap();
+    let image = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "image minimal")
+        .unwrap();
     assert_eq!(image["status"], "pass");
     // A tampered image file is caught by its fingerprint.
     let rootfs = env.state_dir().join("images/minimal/rootfs.ext4");
-    let mut f = std::fs::OpenOptions::new().append(true).open(&rootfs).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&rootfs)
+        .unwrap();
     f.write_all(b"tampered").unwrap();
     let out = env.run(&["doctor", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "a failing check makes doctor exit 1");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failing check makes doctor exit 1"
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let image = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "image minimal").unwrap();
+    let image = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "image minimal")
+        .unwrap();
     assert_eq!(image["status"], "fail");
 }

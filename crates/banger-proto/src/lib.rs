@@ -56,7 +56,9 @@ pub fn ready_line(nonce: &str, protocol: u32) -> String {
 
 /// Parses `BANGER-SYNC <nonce>` (without the newline).
 pub fn parse_sync(line: &str) -> Option<&str> {
-    line.strip_prefix("BANGER-SYNC ").map(str::trim).filter(|n| !n.is_empty())
+    line.strip_prefix("BANGER-SYNC ")
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
 }
 
 /// Parses `BANGER-READY <nonce> <protocol>` (without the newline).
@@ -122,16 +124,25 @@ pub struct Frame {
 
 impl Frame {
     pub fn new(kind: FrameKind, payload: impl Into<Vec<u8>>) -> Self {
-        Frame { kind, payload: payload.into() }
+        Frame {
+            kind,
+            payload: payload.into(),
+        }
     }
 
     pub fn json<T: Serialize>(kind: FrameKind, value: &T) -> Self {
-        Frame::new(kind, serde_json::to_vec(value).expect("wire types serialize"))
+        Frame::new(
+            kind,
+            serde_json::to_vec(value).expect("wire types serialize"),
+        )
     }
 
     pub fn parse<T: for<'de> Deserialize<'de>>(&self) -> std::io::Result<T> {
         serde_json::from_slice(&self.payload).map_err(|e| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad {:?} frame: {e}", self.kind))
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad {:?} frame: {e}", self.kind),
+            )
         })
     }
 
@@ -160,11 +171,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
         got += n;
     }
     let kind = FrameKind::from_u8(hdr[0]).ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown frame kind {}", hdr[0]))
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("unknown frame kind {}", hdr[0]),
+        )
     })?;
     let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
     if len > MAX_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is too large"),
+        ));
     }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).await?;
@@ -186,7 +203,10 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn new(request: Request) -> Self {
-        Envelope { version: PROTOCOL_VERSION, request }
+        Envelope {
+            version: PROTOCOL_VERSION,
+            request,
+        }
     }
 }
 
@@ -196,7 +216,9 @@ pub enum Request {
     Health,
     Exec(ExecRequest),
     /// Sync filesystems and power the guest off (or reboot).
-    Shutdown { reboot: bool },
+    Shutdown {
+        reboot: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -273,7 +295,10 @@ impl GuestConfig {
     pub fn to_drive(&self) -> std::io::Result<Vec<u8>> {
         let mut buf = serde_json::to_vec(self)?;
         if buf.len() >= CONFIG_DRIVE_SIZE {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "guest config exceeds the config drive"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "guest config exceeds the config drive",
+            ));
         }
         buf.resize(CONFIG_DRIVE_SIZE, 0);
         Ok(buf)
@@ -282,7 +307,8 @@ impl GuestConfig {
     /// Decodes a config-drive image (JSON up to the first NUL).
     pub fn from_drive(bytes: &[u8]) -> std::io::Result<Self> {
         let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-        serde_json::from_slice(&bytes[..end]).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        serde_json::from_slice(&bytes[..end])
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 }
 
@@ -294,7 +320,13 @@ mod tests {
     async fn frames_round_trip_through_a_byte_stream() {
         let (mut a, mut b) = tokio::io::duplex(64);
         let sent = vec![
-            Frame::json(FrameKind::Request, &Envelope::new(Request::Exec(ExecRequest { argv: vec!["true".into()], ..Default::default() }))),
+            Frame::json(
+                FrameKind::Request,
+                &Envelope::new(Request::Exec(ExecRequest {
+                    argv: vec!["true".into()],
+                    ..Default::default()
+                })),
+            ),
             Frame::new(FrameKind::Stdout, vec![7u8; 300]),
             Frame::new(FrameKind::StdinEof, Vec::new()),
         ];
@@ -324,7 +356,10 @@ mod tests {
     #[test]
     fn handshake_lines_parse() {
         assert_eq!(parse_sync(sync_line("ab12").trim_end()), Some("ab12"));
-        assert_eq!(parse_ready(ready_line("ab12", 3).trim_end()), Some(("ab12", 3)));
+        assert_eq!(
+            parse_ready(ready_line("ab12", 3).trim_end()),
+            Some(("ab12", 3))
+        );
         assert_eq!(parse_sync("BANGER-SYNC "), None);
         assert_eq!(parse_ready("BANGER-READY x notanumber"), None);
     }
@@ -337,7 +372,12 @@ mod tests {
 
     #[test]
     fn guest_config_survives_the_drive_encoding() {
-        let cfg = GuestConfig { version: 1, vm_name: "web".into(), hostname: "web".into(), authorized_keys: vec![] };
+        let cfg = GuestConfig {
+            version: 1,
+            vm_name: "web".into(),
+            hostname: "web".into(),
+            authorized_keys: vec![],
+        };
         let drive = cfg.to_drive().unwrap();
         assert_eq!(drive.len(), CONFIG_DRIVE_SIZE);
         assert_eq!(GuestConfig::from_drive(&drive).unwrap(), cfg);

@@ -6,7 +6,11 @@ use std::path::Path;
 /// Takes an exclusive, non-blocking `flock` on `path` (created if needed);
 /// held until the returned file is dropped.
 pub fn lock_exclusive(path: &Path) -> std::io::Result<File> {
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
     rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
     Ok(f)
 }

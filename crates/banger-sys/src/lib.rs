@@ -1,1 +1,10 @@
-//! placeholder
+//! The only crate that touches the kernel: process spawning and signals,
+//! ioctls, mounts, pseudo-terminals, `/proc` inspection. Everything here sits
+//! behind small traits or plain functions so the rest of banger is logic that
+//! unit tests drive with fakes.
+
+pub mod command;
+pub mod fs;
+pub mod guest;
+pub mod process;
+pub mod pty;

@@ -12,7 +12,10 @@ pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the first field after the parenthesised command name.
         Ok(stat) => match stat.rfind(')') {
-            Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z') | Some('X') | None),
+            Some(i) => !matches!(
+                stat[i + 1..].trim_start().chars().next(),
+                Some('Z') | Some('X') | None
+            ),
             None => false,
         },
         Err(_) => false,
@@ -25,7 +28,12 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     if raw.is_empty() {
         return None;
     }
-    Some(raw.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+    )
 }
 
 /// True when `pid` is alive and one of its arguments mentions `needle`
@@ -79,7 +87,11 @@ fn parse_cpu_mhz(cpuinfo: &str) -> Option<f64> {
 
 /// Whether `/dev/kvm` can be opened read-write by this process.
 pub fn kvm_openable() -> Result<(), std::io::Error> {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").map(drop)
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
 }
 
 #[cfg(test)]
@@ -100,7 +112,10 @@ mod tests {
 
     #[test]
     fn cpu_mhz_is_parsed() {
-        assert_eq!(parse_cpu_mhz("processor\t: 0\ncpu MHz\t\t: 2299.998\n"), Some(2299.998));
+        assert_eq!(
+            parse_cpu_mhz("processor\t: 0\ncpu MHz\t\t: 2299.998\n"),
+            Some(2299.998)
+        );
         assert_eq!(parse_cpu_mhz("nothing"), None);
     }
 }

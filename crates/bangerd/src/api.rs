@@ -34,7 +34,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/images/register", post(register_image))
         .route("/v1/images/{name}", get(show_image).delete(delete_image))
         .route("/v1/operations/{id}", get(show_operation))
-        .route("/v1/operations/{id}/events", get(crate::streams::operation_events))
+        .route(
+            "/v1/operations/{id}/events",
+            get(crate::streams::operation_events),
+        )
         .route("/v1/doctor", get(doctor))
         .with_state(state)
 }
@@ -62,7 +65,10 @@ impl IntoResponse for HttpError {
 }
 
 pub fn error(code: &str, message: impl Into<String>) -> HttpError {
-    HttpError(ApiError { code: code.into(), message: message.into() })
+    HttpError(ApiError {
+        code: code.into(),
+        message: message.into(),
+    })
 }
 
 type ApiResult<T> = Result<T, HttpError>;
@@ -90,15 +96,29 @@ async fn daemon_shutdown(State(s): State<AppState>) -> StatusCode {
 
 async fn list_vms(State(s): State<AppState>) -> ApiResult<Json<Vec<banger_api::Vm>>> {
     let m = &s.manager;
-    Ok(Json(m.store.vms().map_err(banger_core::Error::from)?.into_iter().map(|v| m.view(v)).collect()))
+    Ok(Json(
+        m.store
+            .vms()
+            .map_err(banger_core::Error::from)?
+            .into_iter()
+            .map(|v| m.view(v))
+            .collect(),
+    ))
 }
 
-async fn show_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<banger_api::Vm>> {
+async fn show_vm(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<banger_api::Vm>> {
     Ok(Json(s.manager.view(s.manager.vm_record(&name)?)))
 }
 
-async fn create_vm(State(s): State<AppState>, body: Result<Json<CreateVm>, axum::extract::rejection::JsonRejection>) -> ApiResult<Response> {
-    let Json(req) = body.map_err(|e| error("invalid", format!("bad create request: {}", e.body_text())))?;
+async fn create_vm(
+    State(s): State<AppState>,
+    body: Result<Json<CreateVm>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(req) =
+        body.map_err(|e| error("invalid", format!("bad create request: {}", e.body_text())))?;
     Ok(accepted(s.manager.create(req)?))
 }
 
@@ -122,17 +142,27 @@ async fn list_images(State(s): State<AppState>) -> ApiResult<Json<Vec<banger_api
     Ok(Json(s.manager.images()?))
 }
 
-async fn show_image(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<banger_api::Image>> {
+async fn show_image(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<banger_api::Image>> {
     Ok(Json(s.manager.image(&name)?))
 }
 
-async fn delete_image(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_image(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     s.manager.delete_image(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn build_image(State(s): State<AppState>, body: Result<Json<BuildImage>, axum::extract::rejection::JsonRejection>) -> ApiResult<Response> {
-    let Json(req) = body.map_err(|e| error("invalid", format!("bad build request: {}", e.body_text())))?;
+async fn build_image(
+    State(s): State<AppState>,
+    body: Result<Json<BuildImage>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(req) =
+        body.map_err(|e| error("invalid", format!("bad build request: {}", e.body_text())))?;
     Ok(accepted(s.manager.build_image(req)?))
 }
 
@@ -140,15 +170,28 @@ async fn register_image(
     State(s): State<AppState>,
     body: Result<Json<RegisterImage>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(req) = body.map_err(|e| error("invalid", format!("bad register request: {}", e.body_text())))?;
+    let Json(req) = body.map_err(|e| {
+        error(
+            "invalid",
+            format!("bad register request: {}", e.body_text()),
+        )
+    })?;
     Ok(accepted(s.manager.register_image(req)?))
 }
 
-async fn show_operation(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<banger_api::Operation>> {
+async fn show_operation(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<banger_api::Operation>> {
     if let Some(op) = s.manager.ops.get(&id) {
         return Ok(Json(op.snapshot()));
     }
-    match s.manager.store.operation(&id).map_err(banger_core::Error::from)? {
+    match s
+        .manager
+        .store
+        .operation(&id)
+        .map_err(banger_core::Error::from)?
+    {
         Some(op) => Ok(Json(op)),
         None => Err(error("not_found", format!("no operation {id:?}"))),
     }

@@ -12,17 +12,30 @@ use axum::response::{IntoResponse, Response};
 use banger_proto::{ExecRequest, Request as AgentRequest};
 use hyper_util::rt::TokioIo;
 
-pub async fn exec(State(s): State<AppState>, Path(name): Path<String>, mut req: Request) -> Result<Response, HttpError> {
-    let raw = req
-        .headers()
-        .get(banger_api::EXEC_HEADER)
-        .ok_or_else(|| error("invalid", format!("exec needs the {} header", banger_api::EXEC_HEADER)))?;
-    let exec: ExecRequest = serde_json::from_slice(raw.as_bytes()).map_err(|e| error("invalid", format!("bad exec request: {e}")))?;
+pub async fn exec(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    mut req: Request,
+) -> Result<Response, HttpError> {
+    let raw = req.headers().get(banger_api::EXEC_HEADER).ok_or_else(|| {
+        error(
+            "invalid",
+            format!("exec needs the {} header", banger_api::EXEC_HEADER),
+        )
+    })?;
+    let exec: ExecRequest = serde_json::from_slice(raw.as_bytes())
+        .map_err(|e| error("invalid", format!("bad exec request: {e}")))?;
     if exec.argv.is_empty() {
-        return Err(error("invalid", "exec needs a command: banger vm exec NAME -- CMD..."));
+        return Err(error(
+            "invalid",
+            "exec needs a command: banger vm exec NAME -- CMD...",
+        ));
     }
     let agent = s.manager.agent(&name).await?;
-    let mut stream = agent.request(AgentRequest::Exec(exec)).await.map_err(banger_core::Error::from)?;
+    let mut stream = agent
+        .request(AgentRequest::Exec(exec))
+        .await
+        .map_err(banger_core::Error::from)?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -35,5 +48,12 @@ pub async fn exec(State(s): State<AppState>, Path(name): Path<String>, mut req: 
             Err(e) => tracing::warn!(vm = %name, error = %e, "exec upgrade failed"),
         }
     });
-    Ok((StatusCode::SWITCHING_PROTOCOLS, [(header::CONNECTION, "upgrade"), (header::UPGRADE, banger_api::EXEC_UPGRADE)]).into_response())
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, banger_api::EXEC_UPGRADE),
+        ],
+    )
+        .into_response())
 }

@@ -26,12 +26,19 @@ fn main() {
 async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BANGER_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BANGER_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(|| "/".into());
-    let paths = Paths::resolve(|k| std::env::var(k).ok(), &home, banger_sys::process::euid());
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/".into());
+    let paths = Paths::resolve(
+        |k| std::env::var(k).ok(),
+        &home,
+        banger_sys::process::euid(),
+    );
     let config = Config::load(&paths.config_file)?;
     for dir in [&paths.state_dir, &paths.runtime_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -39,17 +46,29 @@ async fn run() -> anyhow::Result<()> {
     let _lock = banger_sys::fs::lock_exclusive(&paths.state_dir.join("bangerd.lock"))
         .with_context(|| format!("another bangerd already owns {}", paths.state_dir.display()))?;
     let store = Store::open(&paths.state_dir.join("banger.db"))?;
-    let engine = Arc::new(QemuEngine { binary: config.qemu_bin.clone() });
-    let manager = Arc::new(Manager::new(paths.clone(), config, store, engine, Arc::new(banger_sys::command::SystemRunner)));
+    let engine = Arc::new(QemuEngine {
+        binary: config.qemu_bin.clone(),
+    });
+    let manager = Arc::new(Manager::new(
+        paths.clone(),
+        config,
+        store,
+        engine,
+        Arc::new(banger_sys::command::SystemRunner),
+    ));
     manager.reconcile().await.context("reconcile at start-up")?;
 
     let socket = paths.socket();
     let _ = std::fs::remove_file(&socket); // we hold the lock: any socket here is stale
-    let listener = tokio::net::UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "bangerd listening");
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let app = api::app(api::AppState { manager: manager.clone(), shutdown: Arc::new(shutdown_tx) });
+    let app = api::app(api::AppState {
+        manager: manager.clone(),
+        shutdown: Arc::new(shutdown_tx),
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

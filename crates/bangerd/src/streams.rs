@@ -14,38 +14,58 @@ use std::io::{Read, Seek, SeekFrom};
 use std::time::Duration;
 
 fn sse_line(ev: &OperationEvent) -> String {
-    format!("data: {}\n\n", serde_json::to_string(ev).expect("events serialize"))
+    format!(
+        "data: {}\n\n",
+        serde_json::to_string(ev).expect("events serialize")
+    )
 }
 
-pub async fn operation_events(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, HttpError> {
-    let headers = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")];
+pub async fn operation_events(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    let headers = [
+        (header::CONTENT_TYPE, "text/event-stream"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
     let Some(op) = s.manager.ops.get(&id) else {
         // Finished before this daemon started: replay just the outcome.
-        let rec = s.manager.store.operation(&id).map_err(banger_core::Error::from)?;
+        let rec = s
+            .manager
+            .store
+            .operation(&id)
+            .map_err(banger_core::Error::from)?;
         let rec = rec.ok_or_else(|| error("not_found", format!("no operation {id:?}")))?;
         return Ok((headers, sse_line(&OperationEvent::Done { operation: rec })).into_response());
     };
     let rx = op.subscribe();
-    let stream = futures::stream::unfold((op, rx, 0usize, false), |(op, mut rx, from, finished)| async move {
-        if finished {
-            return None;
-        }
-        loop {
-            let (events, done) = op.events_from(from);
-            if !events.is_empty() {
-                let text: String = events.iter().map(sse_line).collect();
-                let next = from + events.len();
-                return Some((Ok::<_, Infallible>(text), (op, rx, next, done)));
-            }
-            if done || rx.changed().await.is_err() {
+    let stream = futures::stream::unfold(
+        (op, rx, 0usize, false),
+        |(op, mut rx, from, finished)| async move {
+            if finished {
                 return None;
             }
-        }
-    });
+            loop {
+                let (events, done) = op.events_from(from);
+                if !events.is_empty() {
+                    let text: String = events.iter().map(sse_line).collect();
+                    let next = from + events.len();
+                    return Some((Ok::<_, Infallible>(text), (op, rx, next, done)));
+                }
+                if done || rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        },
+    );
     Ok((headers, Body::from_stream(stream)).into_response())
 }
 
-pub async fn vm_logs(State(s): State<AppState>, Path(name): Path<String>, q: LogsQuery) -> Result<Response, HttpError> {
+pub async fn vm_logs(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    q: LogsQuery,
+) -> Result<Response, HttpError> {
     let vm = s.manager.vm_record(&name)?;
     let path = std::path::Path::new(&vm.dir).join("console.log");
     let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];

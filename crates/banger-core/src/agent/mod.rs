@@ -29,7 +29,9 @@ pub type AgentStream = Compat<yamux::Stream>;
 pub enum AgentError {
     #[error("agent channel i/o failed")]
     Io(#[from] std::io::Error),
-    #[error("the guest agent speaks protocol {agent}, this banger speaks {ours}: rebuild the image with `banger image build --force`")]
+    #[error(
+        "the guest agent speaks protocol {agent}, this banger speaks {ours}: rebuild the image with `banger image build --force`"
+    )]
     ProtocolMismatch { agent: u32, ours: u32 },
     #[error("the agent channel closed")]
     Closed,
@@ -56,7 +58,8 @@ impl AgentConn {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let nonce = format!("{:016x}", rand::random::<u64>());
-        io.write_all(banger_proto::sync_line(&nonce).as_bytes()).await?;
+        io.write_all(banger_proto::sync_line(&nonce).as_bytes())
+            .await?;
         io.flush().await?;
         let mut line = Vec::new();
         loop {
@@ -70,21 +73,28 @@ impl AgentConn {
             }
             let text = String::from_utf8_lossy(&line).into_owned();
             line.clear();
+            tracing::debug!(line = %text.chars().take(120).collect::<String>(), "agent channel line");
             // Stale data may precede the line on the same "line": look at its tail.
-            let Some(start) = text.find("BANGER-READY ") else { continue };
+            let Some(start) = text.find("BANGER-READY ") else {
+                continue;
+            };
             if let Some((got, proto)) = banger_proto::parse_ready(&text[start..]) {
                 if got != nonce {
                     continue;
                 }
                 if proto != PROTOCOL_VERSION {
-                    return Err(AgentError::ProtocolMismatch { agent: proto, ours: PROTOCOL_VERSION });
+                    return Err(AgentError::ProtocolMismatch {
+                        agent: proto,
+                        ours: PROTOCOL_VERSION,
+                    });
                 }
                 break;
             }
         }
         let (open_tx, open_rx) = mpsc::unbounded_channel();
         let closed = Arc::new(AtomicBool::new(false));
-        let conn = yamux::Connection::new(io.compat(), yamux::Config::default(), yamux::Mode::Client);
+        let conn =
+            yamux::Connection::new(io.compat(), yamux::Config::default(), yamux::Mode::Client);
         tokio::spawn(drive(conn, open_rx, closed.clone()));
         Ok(AgentConn { open_tx, closed })
     }
@@ -107,13 +117,19 @@ impl AgentConn {
     /// Opens a stream and sends `request` as its first frame.
     pub async fn request(&self, request: Request) -> Result<AgentStream, AgentError> {
         let mut s = self.open().await?;
-        banger_proto::write_frame(&mut s, &Frame::json(FrameKind::Request, &Envelope::new(request))).await?;
+        banger_proto::write_frame(
+            &mut s,
+            &Frame::json(FrameKind::Request, &Envelope::new(request)),
+        )
+        .await?;
         Ok(s)
     }
 
     pub async fn health(&self) -> Result<HealthResponse, AgentError> {
         let mut s = self.request(Request::Health).await?;
-        let frame = banger_proto::read_frame(&mut s).await?.ok_or(AgentError::Closed)?;
+        let frame = banger_proto::read_frame(&mut s)
+            .await?
+            .ok_or(AgentError::Closed)?;
         expect_response(frame)
     }
 
@@ -134,14 +150,20 @@ fn expect_response<T: for<'de> serde::Deserialize<'de>>(frame: Frame) -> Result<
         FrameKind::Response => Ok(frame.parse()?),
         FrameKind::Error => {
             let e: banger_proto::ErrorBody = frame.parse()?;
-            Err(AgentError::Remote { code: e.code, message: e.message })
+            Err(AgentError::Remote {
+                code: e.code,
+                message: e.message,
+            })
         }
         other => Err(AgentError::Unexpected(other)),
     }
 }
 
-async fn drive<T>(mut conn: yamux::Connection<T>, mut open_rx: mpsc::UnboundedReceiver<OpenReply>, closed: Arc<AtomicBool>)
-where
+async fn drive<T>(
+    mut conn: yamux::Connection<T>,
+    mut open_rx: mpsc::UnboundedReceiver<OpenReply>,
+    closed: Arc<AtomicBool>,
+) where
     T: futures::AsyncRead + futures::AsyncWrite + Unpin,
 {
     let mut waiting: VecDeque<OpenReply> = VecDeque::new();

@@ -19,9 +19,13 @@ use tokio::io::AsyncReadExt;
 pub enum KvmStatus {
     Usable,
     /// Opens, but cannot boot a stock kernel.
-    Unusable { reason: String },
+    Unusable {
+        reason: String,
+    },
     /// Exists but cannot be opened by this user.
-    NotAccessible { reason: String },
+    NotAccessible {
+        reason: String,
+    },
     Absent,
 }
 
@@ -39,7 +43,10 @@ pub fn kvm_device_status() -> Option<KvmStatus> {
     match banger_sys::process::kvm_openable() {
         Ok(()) => None,
         Err(e) => Some(KvmStatus::NotAccessible {
-            reason: format!("/dev/kvm cannot be opened by uid {}: {e}; add the user to group kvm", banger_sys::process::euid()),
+            reason: format!(
+                "/dev/kvm cannot be opened by uid {}: {e}; add the user to group kvm",
+                banger_sys::process::euid()
+            ),
         }),
     }
 }
@@ -58,7 +65,12 @@ fn cache_key(qemu: &Path, kernel: &Path) -> String {
 /// Decides the accelerator for `choice`, probing (and caching) when `auto`
 /// needs to know. Returns the accelerator and, when it is TCG under `auto`,
 /// why.
-pub async fn decide(choice: AccelChoice, qemu: &Path, kernel: &Path, cache_file: &Path) -> (Accel, KvmStatus) {
+pub async fn decide(
+    choice: AccelChoice,
+    qemu: &Path,
+    kernel: &Path,
+    cache_file: &Path,
+) -> (Accel, KvmStatus) {
     match choice {
         AccelChoice::Kvm => (Accel::Kvm, KvmStatus::Usable),
         AccelChoice::Tcg => (Accel::Tcg, kvm_device_status().unwrap_or(KvmStatus::Usable)),
@@ -69,7 +81,10 @@ pub async fn decide(choice: AccelChoice, qemu: &Path, kernel: &Path, cache_file:
                     Some(s) => s,
                     None => {
                         let s = probe(qemu, kernel, Duration::from_secs(8)).await;
-                        let entry = CacheEntry { key: cache_key(qemu, kernel), status: s.clone() };
+                        let entry = CacheEntry {
+                            key: cache_key(qemu, kernel),
+                            status: s.clone(),
+                        };
                         if let Ok(bytes) = serde_json::to_vec(&entry) {
                             let _ = std::fs::write(cache_file, bytes);
                         }
@@ -77,7 +92,11 @@ pub async fn decide(choice: AccelChoice, qemu: &Path, kernel: &Path, cache_file:
                     }
                 },
             };
-            let accel = if status == KvmStatus::Usable { Accel::Kvm } else { Accel::Tcg };
+            let accel = if status == KvmStatus::Usable {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            };
             (accel, status)
         }
     }
@@ -87,11 +106,24 @@ pub async fn decide(choice: AccelChoice, qemu: &Path, kernel: &Path, cache_file:
 /// the kernel's complaint about it.
 pub async fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> KvmStatus {
     let child = tokio::process::Command::new(qemu)
-        .args(["-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128M", "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"])
+        .args([
+            "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128M", "-smp", "1",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(kernel)
-        .args(["-append", "console=ttyS0 panic=-1 rdinit=/banger-kvm-probe init=/banger-kvm-probe"])
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 rdinit=/banger-kvm-probe init=/banger-kvm-probe",
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -99,7 +131,11 @@ pub async fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> KvmStatus {
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return KvmStatus::Unusable { reason: format!("cannot run {}: {e}", qemu.display()) },
+        Err(e) => {
+            return KvmStatus::Unusable {
+                reason: format!("cannot run {}: {e}", qemu.display()),
+            };
+        }
     };
     let mut out = child.stdout.take().expect("piped");
     let mut seen = Vec::new();
@@ -111,7 +147,10 @@ pub async fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> KvmStatus {
                 Ok(n) => {
                     seen.extend_from_slice(&buf[..n]);
                     let text = String::from_utf8_lossy(&seen);
-                    if text.contains("Kernel panic") || text.contains("Run /") || text.contains("VFS:") {
+                    if text.contains("Kernel panic")
+                        || text.contains("Run /")
+                        || text.contains("VFS:")
+                    {
                         return true;
                     }
                 }
@@ -127,9 +166,17 @@ pub async fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> KvmStatus {
     let _ = child.wait().await;
     match verdict {
         Ok(true) => KvmStatus::Usable,
-        Ok(false) => KvmStatus::Unusable { reason: format!("qemu exited before the kernel booted: {}", err.trim()) },
+        Ok(false) => KvmStatus::Unusable {
+            reason: format!("qemu exited before the kernel booted: {}", err.trim()),
+        },
         Err(_) => {
-            let last = String::from_utf8_lossy(&seen).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+            let last = String::from_utf8_lossy(&seen)
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_string();
             KvmStatus::Unusable {
                 reason: format!(
                     "a stock kernel hangs under /dev/kvm (last console line: {last:?}); nested virtualization without full KVM? using TCG"

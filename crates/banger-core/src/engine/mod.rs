@@ -82,13 +82,21 @@ pub struct Handles {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot start {program}")]
-    Spawn { program: String, #[source] source: std::io::Error },
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the engine exited during start-up: {log}")]
     EarlyExit { log: String },
     #[error("the engine did not create {path} within {secs} s")]
     SocketTimeout { path: PathBuf, secs: u64 },
     #[error("cannot connect to {path}")]
-    Connect { path: PathBuf, #[source] source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("engine control command {command} failed: {message}")]
     Control { command: String, message: String },
     #[error("engine i/o failed")]
@@ -99,9 +107,16 @@ pub trait Engine: Send + Sync {
     /// Starts the VM's engine process; returns once it runs and its sockets exist.
     fn spawn<'a>(&'a self, spec: &'a MachineSpec) -> BoxFuture<'a, Result<Handles, EngineError>>;
     /// A fresh byte stream to the guest agent's channel.
-    fn connect_agent<'a>(&'a self, handles: &'a Handles) -> BoxFuture<'a, Result<UnixStream, EngineError>>;
+    fn connect_agent<'a>(
+        &'a self,
+        handles: &'a Handles,
+    ) -> BoxFuture<'a, Result<UnixStream, EngineError>>;
     /// Asks the engine to quit, waits up to `timeout`, then kills it.
-    fn stop<'a>(&'a self, handles: &'a Handles, timeout: Duration) -> BoxFuture<'a, Result<(), EngineError>>;
+    fn stop<'a>(
+        &'a self,
+        handles: &'a Handles,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), EngineError>>;
     /// Whether the process in `handles` is alive and really this VM's engine.
     fn alive(&self, handles: &Handles) -> bool;
 }

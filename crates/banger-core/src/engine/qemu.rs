@@ -32,7 +32,16 @@ pub fn control_socket(run_dir: &Path) -> PathBuf {
 
 /// The kernel command line for a spec.
 pub fn kernel_cmdline(spec: &MachineSpec) -> String {
-    let mut args = vec!["console=ttyS0".to_string(), "reboot=t".into(), "panic=-1".into(), "quiet".into()];
+    // random.trust_cpu: seed the kernel's RNG from RDRAND at boot. Without a
+    // seeded RNG, getrandom(2) blocks for a long time in a fresh TCG guest,
+    // and the agent (yamux picks random ids) hangs before serving.
+    let mut args = vec![
+        "console=ttyS0".to_string(),
+        "reboot=t".into(),
+        "panic=-1".into(),
+        "quiet".into(),
+        "random.trust_cpu=on".into(),
+    ];
     if spec.accel == Accel::Tcg {
         if let Some(khz) = spec.tsc_khz {
             // Without it the guest's clock calibration under TCG hangs at random.
@@ -53,16 +62,34 @@ pub fn argv(spec: &MachineSpec) -> Vec<String> {
     push(&["-M", "microvm"]);
     match spec.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "qemu64"]),
+        // TCG emulates RDRAND only when asked; the guest's RNG needs it (see kernel_cmdline).
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "qemu64,+rdrand"]),
     }
-    push(&["-smp", &spec.cpus.to_string(), "-m", &format!("{}M", spec.memory_mib)]);
-    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&[
+        "-smp",
+        &spec.cpus.to_string(),
+        "-m",
+        &format!("{}M", spec.memory_mib),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     push(&["-kernel", &spec.kernel.to_string_lossy()]);
     if let Some(initrd) = &spec.initrd {
         push(&["-initrd", &initrd.to_string_lossy()]);
     }
     push(&["-append", &kernel_cmdline(spec)]);
-    push(&["-chardev", &format!("file,id=console,path={},append=on", spec.console_log.display())]);
+    push(&[
+        "-chardev",
+        &format!(
+            "file,id=console,path={},append=on",
+            spec.console_log.display()
+        ),
+    ]);
     push(&["-serial", "chardev:console"]);
     for (i, d) in spec.drives.iter().enumerate() {
         let format = match d.format {
@@ -70,13 +97,40 @@ pub fn argv(spec: &MachineSpec) -> Vec<String> {
             DriveFormat::Qcow2 => "qcow2",
         };
         let ro = if d.read_only { ",read-only=on" } else { "" };
-        push(&["-drive", &format!("id=disk{i},file={},format={format},if=none{ro}", d.path.display())]);
-        push(&["-device", &format!("virtio-blk-device,drive=disk{i},serial={}", d.serial)]);
+        push(&[
+            "-drive",
+            &format!(
+                "id=disk{i},file={},format={format},if=none{ro}",
+                d.path.display()
+            ),
+        ]);
+        push(&[
+            "-device",
+            &format!("virtio-blk-device,drive=disk{i},serial={}", d.serial),
+        ]);
     }
-    push(&["-chardev", &format!("socket,id=agent,path={},server=on,wait=off", agent_socket(&spec.run_dir).display())]);
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            agent_socket(&spec.run_dir).display()
+        ),
+    ]);
     push(&["-device", "virtio-serial-device,max_ports=2"]);
-    push(&["-device", &format!("virtserialport,chardev=agent,name={}", banger_proto::PORT_NAME)]);
-    push(&["-qmp", &format!("unix:{},server=on,wait=off", control_socket(&spec.run_dir).display())]);
+    push(&[
+        "-device",
+        &format!(
+            "virtserialport,chardev=agent,name={}",
+            banger_proto::PORT_NAME
+        ),
+    ]);
+    push(&[
+        "-qmp",
+        &format!(
+            "unix:{},server=on,wait=off",
+            control_socket(&spec.run_dir).display()
+        ),
+    ]);
     a
 }
 
@@ -88,7 +142,10 @@ impl QemuEngine {
         for stale in [&agent, &control] {
             let _ = std::fs::remove_file(stale);
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.engine_log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.engine_log)?;
         let mut child = tokio::process::Command::new(&self.binary)
             .args(argv(spec))
             .stdin(std::process::Stdio::null())
@@ -97,12 +154,17 @@ impl QemuEngine {
             .process_group(0)
             .kill_on_drop(false)
             .spawn()
-            .map_err(|source| EngineError::Spawn { program: self.binary.display().to_string(), source })?;
+            .map_err(|source| EngineError::Spawn {
+                program: self.binary.display().to_string(),
+                source,
+            })?;
         let pid = child.id().unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(_status) = child.try_wait()? {
-                return Err(EngineError::EarlyExit { log: tail(&spec.engine_log, 8) });
+                return Err(EngineError::EarlyExit {
+                    log: tail(&spec.engine_log, 8),
+                });
             }
             if agent.exists() && control.exists() {
                 break;
@@ -110,7 +172,10 @@ impl QemuEngine {
             if Instant::now() > deadline {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
-                return Err(EngineError::SocketTimeout { path: agent, secs: 10 });
+                return Err(EngineError::SocketTimeout {
+                    path: agent,
+                    secs: 10,
+                });
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -158,17 +223,28 @@ pub async fn wait_gone(handles: &Handles, engine: &dyn Engine, timeout: Duration
 
 /// Runs one QMP command (after the capabilities negotiation).
 pub async fn qmp_command(socket: &Path, command: &str) -> Result<serde_json::Value, EngineError> {
-    let stream = UnixStream::connect(socket).await.map_err(|source| EngineError::Connect { path: socket.to_owned(), source })?;
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| EngineError::Connect {
+            path: socket.to_owned(),
+            source,
+        })?;
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     let mut next_reply = async || -> Result<serde_json::Value, EngineError> {
         loop {
-            let line = lines.next_line().await?.ok_or_else(|| EngineError::Control {
-                command: command.into(),
-                message: "connection closed".into(),
-            })?;
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .map_err(|e| EngineError::Control { command: command.into(), message: e.to_string() })?;
+            let line = lines
+                .next_line()
+                .await?
+                .ok_or_else(|| EngineError::Control {
+                    command: command.into(),
+                    message: "connection closed".into(),
+                })?;
+            let v: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| EngineError::Control {
+                    command: command.into(),
+                    message: e.to_string(),
+                })?;
             if v.get("event").is_none() {
                 return Ok(v);
             }
@@ -177,10 +253,14 @@ pub async fn qmp_command(socket: &Path, command: &str) -> Result<serde_json::Val
     next_reply().await?; // greeting
     w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").await?;
     next_reply().await?;
-    w.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes()).await?;
+    w.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
+        .await?;
     let reply = next_reply().await;
     match reply {
-        Ok(v) if v.get("error").is_some() => Err(EngineError::Control { command: command.into(), message: v["error"].to_string() }),
+        Ok(v) if v.get("error").is_some() => Err(EngineError::Control {
+            command: command.into(),
+            message: v["error"].to_string(),
+        }),
         Ok(v) => Ok(v),
         // `quit` may close the socket before answering.
         Err(_) if command == "quit" => Ok(serde_json::Value::Null),
@@ -190,7 +270,9 @@ pub async fn qmp_command(socket: &Path, command: &str) -> Result<serde_json::Val
 
 /// The last `n` lines of a log file, joined with " | ".
 pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
@@ -200,15 +282,25 @@ impl Engine for QemuEngine {
         Box::pin(self.spawn_inner(spec))
     }
 
-    fn connect_agent<'a>(&'a self, handles: &'a Handles) -> BoxFuture<'a, Result<UnixStream, EngineError>> {
+    fn connect_agent<'a>(
+        &'a self,
+        handles: &'a Handles,
+    ) -> BoxFuture<'a, Result<UnixStream, EngineError>> {
         Box::pin(async move {
             UnixStream::connect(&handles.agent_socket)
                 .await
-                .map_err(|source| EngineError::Connect { path: handles.agent_socket.clone(), source })
+                .map_err(|source| EngineError::Connect {
+                    path: handles.agent_socket.clone(),
+                    source,
+                })
         })
     }
 
-    fn stop<'a>(&'a self, handles: &'a Handles, timeout: Duration) -> BoxFuture<'a, Result<(), EngineError>> {
+    fn stop<'a>(
+        &'a self,
+        handles: &'a Handles,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(self.stop_inner(handles, timeout))
     }
 
@@ -231,7 +323,12 @@ mod tests {
             kernel: "/img/vmlinux".into(),
             initrd: Some("/img/initrd.img".into()),
             cmdline_extra: String::new(),
-            drives: vec![Drive { path: "/vm/root.qcow2".into(), format: DriveFormat::Qcow2, serial: "banger-root", read_only: false }],
+            drives: vec![Drive {
+                path: "/vm/root.qcow2".into(),
+                format: DriveFormat::Qcow2,
+                serial: "banger-root",
+                read_only: false,
+            }],
             console_log: "/vm/console.log".into(),
             engine_log: "/vm/qemu.log".into(),
             run_dir: "/run/b/abc".into(),
@@ -248,9 +345,10 @@ mod tests {
     fn tcg_gets_software_cpu_and_tsc_rate() {
         let a = argv(&spec(Accel::Tcg));
         assert!(has_pair(&a, "-accel", "tcg"));
-        assert!(has_pair(&a, "-cpu", "qemu64"));
+        assert!(has_pair(&a, "-cpu", "qemu64,+rdrand"));
         let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
         assert!(append.contains("tsc_early_khz=2300000"), "{append}");
+        assert!(append.contains("random.trust_cpu=on"), "{append}");
     }
 
     #[test]
@@ -263,10 +361,26 @@ mod tests {
     #[test]
     fn drives_are_found_by_serial_and_the_agent_port_by_name() {
         let a = argv(&spec(Accel::Tcg));
-        assert!(has_pair(&a, "-drive", "id=disk0,file=/vm/root.qcow2,format=qcow2,if=none"));
-        assert!(has_pair(&a, "-device", "virtio-blk-device,drive=disk0,serial=banger-root"));
-        assert!(has_pair(&a, "-device", "virtserialport,chardev=agent,name=org.banger.agent"));
-        assert!(has_pair(&a, "-qmp", "unix:/run/b/abc/qmp.sock,server=on,wait=off"));
+        assert!(has_pair(
+            &a,
+            "-drive",
+            "id=disk0,file=/vm/root.qcow2,format=qcow2,if=none"
+        ));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtio-blk-device,drive=disk0,serial=banger-root"
+        ));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtserialport,chardev=agent,name=org.banger.agent"
+        ));
+        assert!(has_pair(
+            &a,
+            "-qmp",
+            "unix:/run/b/abc/qmp.sock,server=on,wait=off"
+        ));
         assert!(has_pair(&a, "-smp", "2") && has_pair(&a, "-m", "512M"));
     }
 

@@ -32,15 +32,35 @@ impl Store {
         self.write(|tx| {
             tx.execute(
                 &format!("INSERT INTO images ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-                params![img.name, img.source, img.kernel_version, img.dir, img.created_at, img.manifest],
+                params![
+                    img.name,
+                    img.source,
+                    img.kernel_version,
+                    img.dir,
+                    img.created_at,
+                    img.manifest
+                ],
             )
-            .map_err(|e| if is_unique_violation(&e) { StoreError::DuplicateImage(img.name.clone()) } else { e.into() })?;
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::DuplicateImage(img.name.clone())
+                } else {
+                    e.into()
+                }
+            })?;
             Ok(())
         })
     }
 
     pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
-        self.read(|c| Ok(c.query_row(&format!("SELECT {COLUMNS} FROM images WHERE name = ?1"), [name], from_row).optional()?))
+        self.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {COLUMNS} FROM images WHERE name = ?1"),
+                [name],
+                from_row,
+            )
+            .optional()?)
+        })
     }
 
     pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
@@ -54,10 +74,18 @@ impl Store {
     /// Deletes an image row; refused while a VM still uses the image.
     pub fn delete_image(&self, name: &str) -> Result<bool, StoreError> {
         self.write(|tx| {
-            let user: Option<String> =
-                tx.query_row("SELECT name FROM vms WHERE image = ?1 LIMIT 1", [name], |r| r.get(0)).optional()?;
+            let user: Option<String> = tx
+                .query_row(
+                    "SELECT name FROM vms WHERE image = ?1 LIMIT 1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .optional()?;
             if let Some(vm) = user {
-                return Err(StoreError::ImageInUse { image: name.into(), vm });
+                return Err(StoreError::ImageInUse {
+                    image: name.into(),
+                    vm,
+                });
             }
             Ok(tx.execute("DELETE FROM images WHERE name = ?1", [name])? > 0)
         })
@@ -85,7 +113,10 @@ mod tests {
         let s = Store::open_in_memory().unwrap();
         s.insert_image(&sample("minimal")).unwrap();
         assert_eq!(s.image("minimal").unwrap(), Some(sample("minimal")));
-        assert!(matches!(s.insert_image(&sample("minimal")), Err(StoreError::DuplicateImage(_))));
+        assert!(matches!(
+            s.insert_image(&sample("minimal")),
+            Err(StoreError::DuplicateImage(_))
+        ));
         assert_eq!(s.images().unwrap().len(), 1);
         assert!(s.delete_image("minimal").unwrap());
         assert!(!s.delete_image("minimal").unwrap());

@@ -45,10 +45,15 @@ pub fn run(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i + 1;
-        let tx = conn.transaction().map_err(|source| StoreError::Migrate { version, source })?;
-        tx.execute_batch(sql).map_err(|source| StoreError::Migrate { version, source })?;
-        tx.pragma_update(None, "user_version", version as i64).map_err(|source| StoreError::Migrate { version, source })?;
-        tx.commit().map_err(|source| StoreError::Migrate { version, source })?;
+        let tx = conn
+            .transaction()
+            .map_err(|source| StoreError::Migrate { version, source })?;
+        tx.execute_batch(sql)
+            .map_err(|source| StoreError::Migrate { version, source })?;
+        tx.pragma_update(None, "user_version", version as i64)
+            .map_err(|source| StoreError::Migrate { version, source })?;
+        tx.commit()
+            .map_err(|source| StoreError::Migrate { version, source })?;
     }
     Ok(())
 }

@@ -19,9 +19,17 @@ use std::sync::{Mutex, MutexGuard};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the store at {path}")]
-    Open { path: PathBuf, #[source] source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("store migration {version} failed")]
-    Migrate { version: usize, #[source] source: rusqlite::Error },
+    Migrate {
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("store query failed")]
     Sql(#[from] rusqlite::Error),
     #[error("a vm named {0:?} already exists: pick another --name or delete it first")]
@@ -41,9 +49,15 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store file and migrates it.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         Store::init(conn).map_err(|e| match e {
-            StoreError::Sql(source) => StoreError::Open { path: path.to_owned(), source },
+            StoreError::Sql(source) => StoreError::Open {
+                path: path.to_owned(),
+                source,
+            },
             other => other,
         })
     }
@@ -56,7 +70,9 @@ impl Store {
     fn init(mut conn: Connection) -> Result<Store, StoreError> {
         configure(&conn)?;
         migrations::run(&mut conn)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -64,7 +80,10 @@ impl Store {
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits it.
-    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
@@ -72,7 +91,10 @@ impl Store {
         Ok(out)
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         f(&self.lock())
     }
 }
@@ -99,8 +121,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db")).unwrap();
         let conn = store.lock();
-        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-        let fk: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let fk: i64 = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
         assert_eq!((mode.as_str(), fk), ("wal", 1));
     }
 
@@ -110,7 +136,10 @@ mod tests {
         let path = dir.path().join("s.db");
         drop(Store::open(&path).unwrap());
         let store = Store::open(&path).unwrap();
-        let v: i64 = store.lock().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = store
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v as usize, migrations::MIGRATIONS.len());
     }
 }

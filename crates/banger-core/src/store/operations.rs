@@ -9,9 +9,14 @@ impl Store {
     /// Inserts or replaces an operation's record.
     pub fn save_operation(&self, op: &Operation) -> Result<(), StoreError> {
         let kind = serde_json::to_value(op.kind).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let state = serde_json::to_value(op.state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let stages = serde_json::to_string(&op.stages).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let error = op.error.as_ref().map(|e| serde_json::to_string(e).expect("error serializes"));
+        let state =
+            serde_json::to_value(op.state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let stages =
+            serde_json::to_string(&op.stages).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let error = op
+            .error
+            .as_ref()
+            .map(|e| serde_json::to_string(e).expect("error serializes"));
         self.write(|tx| {
             tx.execute(
                 "INSERT OR REPLACE INTO operations (id, kind, target, state, stages, error, started_at, duration_ms)
@@ -42,13 +47,18 @@ impl Store {
             )
             .optional()?)
         })?;
-        let Some((id, kind, target, state, stages, error, started_at, duration_ms)) = row else { return Ok(None) };
+        let Some((id, kind, target, state, stages, error, started_at, duration_ms)) = row else {
+            return Ok(None);
+        };
         let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("operation {id}: {e}"));
         Ok(Some(Operation {
             kind: serde_json::from_value(serde_json::Value::String(kind)).map_err(corrupt)?,
             state: serde_json::from_value(serde_json::Value::String(state)).map_err(corrupt)?,
             stages: serde_json::from_str(&stages).map_err(corrupt)?,
-            error: error.map(|e| serde_json::from_str(&e)).transpose().map_err(corrupt)?,
+            error: error
+                .map(|e| serde_json::from_str(&e))
+                .transpose()
+                .map_err(corrupt)?,
             target,
             started_at,
             duration_ms,
@@ -70,8 +80,17 @@ mod tests {
             kind: OperationKind::Create,
             target: "web".into(),
             state: OperationState::Failed,
-            stages: vec![Stage { name: "boot".into(), label: "boot".into(), state: OperationState::Failed, duration_ms: Some(3), detail: None }],
-            error: Some(ApiError { code: "engine".into(), message: "no".into() }),
+            stages: vec![Stage {
+                name: "boot".into(),
+                label: "boot".into(),
+                state: OperationState::Failed,
+                duration_ms: Some(3),
+                detail: None,
+            }],
+            error: Some(ApiError {
+                code: "engine".into(),
+                message: "no".into(),
+            }),
             started_at: 9,
             duration_ms: Some(4),
         };

@@ -37,7 +37,11 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRecord> {
         name: r.get(1)?,
         image: r.get(2)?,
         state: state_from_str(&state).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, format!("unknown vm state {state:?}").into())
+            rusqlite::Error::FromSqlConversionFailure(
+                3,
+                rusqlite::types::Type::Text,
+                format!("unknown vm state {state:?}").into(),
+            )
         })?,
         cpus: r.get(4)?,
         memory_mib: r.get(5)?,
@@ -48,13 +52,16 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRecord> {
     })
 }
 
-const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_size_mib, created_at, dir, last_error";
+const COLUMNS: &str =
+    "id, name, image, state, cpus, memory_mib, disk_size_mib, created_at, dir, last_error";
 
 impl Store {
     pub fn insert_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute(
-                &format!("INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                &format!(
+                    "INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                ),
                 params![
                     vm.id,
                     vm.name,
@@ -68,27 +75,50 @@ impl Store {
                     vm.last_error
                 ],
             )
-            .map_err(|e| if is_unique_violation(&e) { StoreError::DuplicateVm(vm.name.clone()) } else { e.into() })?;
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::DuplicateVm(vm.name.clone())
+                } else {
+                    e.into()
+                }
+            })?;
             Ok(())
         })
     }
 
     pub fn vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
-        self.read(|c| Ok(c.query_row(&format!("SELECT {COLUMNS} FROM vms WHERE name = ?1"), [name], from_row).optional()?))
+        self.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {COLUMNS} FROM vms WHERE name = ?1"),
+                [name],
+                from_row,
+            )
+            .optional()?)
+        })
     }
 
     pub fn vms(&self) -> Result<Vec<VmRecord>, StoreError> {
         self.read(|c| {
-            let mut st = c.prepare(&format!("SELECT {COLUMNS} FROM vms ORDER BY created_at, name"))?;
+            let mut st = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM vms ORDER BY created_at, name"
+            ))?;
             let rows = st.query_map([], from_row)?.collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
     }
 
     /// Records a state and (replacing it) the last error.
-    pub fn set_vm_state(&self, name: &str, state: VmState, last_error: Option<&str>) -> Result<(), StoreError> {
+    pub fn set_vm_state(
+        &self,
+        name: &str,
+        state: VmState,
+        last_error: Option<&str>,
+    ) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.execute("UPDATE vms SET state = ?2, last_error = ?3 WHERE name = ?1", params![name, state.as_str(), last_error])?;
+            tx.execute(
+                "UPDATE vms SET state = ?2, last_error = ?3 WHERE name = ?1",
+                params![name, state.as_str(), last_error],
+            )?;
             Ok(())
         })
     }
@@ -123,9 +153,13 @@ mod tests {
         let s = Store::open_in_memory().unwrap();
         s.insert_image(&sample("minimal")).unwrap();
         s.insert_vm(&vm("web")).unwrap();
-        s.set_vm_state("web", VmState::Failed, Some("boom")).unwrap();
+        s.set_vm_state("web", VmState::Failed, Some("boom"))
+            .unwrap();
         let got = s.vm("web").unwrap().unwrap();
-        assert_eq!((got.state, got.last_error.as_deref()), (VmState::Failed, Some("boom")));
+        assert_eq!(
+            (got.state, got.last_error.as_deref()),
+            (VmState::Failed, Some("boom"))
+        );
         assert!(s.delete_vm("web").unwrap());
         assert_eq!(s.vm("web").unwrap(), None);
     }
@@ -143,9 +177,15 @@ mod tests {
     #[test]
     fn a_vm_needs_its_image_and_pins_it() {
         let s = Store::open_in_memory().unwrap();
-        assert!(s.insert_vm(&vm("web")).is_err(), "foreign key must refuse an unknown image");
+        assert!(
+            s.insert_vm(&vm("web")).is_err(),
+            "foreign key must refuse an unknown image"
+        );
         s.insert_image(&sample("minimal")).unwrap();
         s.insert_vm(&vm("web")).unwrap();
-        assert!(matches!(s.delete_image("minimal"), Err(StoreError::ImageInUse { .. })));
+        assert!(matches!(
+            s.delete_image("minimal"),
+            Err(StoreError::ImageInUse { .. })
+        ));
     }
 }

@@ -45,13 +45,18 @@ impl Manager {
         if self.store.vm(&name)?.is_some() {
             return Err(crate::store::StoreError::DuplicateVm(name).into());
         }
-        let image = req.image.unwrap_or_else(|| self.config.default_image.clone());
+        let image = req
+            .image
+            .unwrap_or_else(|| self.config.default_image.clone());
         let cpus = req.cpus.unwrap_or(self.config.default_cpus);
         config::check_cpus(cpus).map_err(|p| Error::Invalid(format!("--cpus {p}")))?;
         let memory_mib = req.memory_mib.unwrap_or(self.config.default_memory_mib);
         config::check_memory(memory_mib).map_err(|p| Error::Invalid(format!("--memory {p}")))?;
-        let disk_size_mib = req.disk_size_mib.unwrap_or(self.config.default_disk_size_mib);
-        config::check_disk(disk_size_mib).map_err(|p| Error::Invalid(format!("--disk-size {p}")))?;
+        let disk_size_mib = req
+            .disk_size_mib
+            .unwrap_or(self.config.default_disk_size_mib);
+        config::check_disk(disk_size_mib)
+            .map_err(|p| Error::Invalid(format!("--disk-size {p}")))?;
         let id = format!("{:016x}", rand::random::<u64>());
         Ok(VmRecord {
             dir: self.vms_dir().join(&id).to_string_lossy().into_owned(),
@@ -93,12 +98,23 @@ impl Manager {
     }
 }
 
-fn make_disks(runner: &dyn banger_sys::command::Runner, vm: &VmRecord, image: &ImageRecord) -> Result<(), Error> {
+fn make_disks(
+    runner: &dyn banger_sys::command::Runner,
+    vm: &VmRecord,
+    image: &ImageRecord,
+) -> Result<(), Error> {
     let dir = Path::new(&vm.dir);
     std::fs::create_dir_all(dir).map_err(Error::io(format!("cannot create {}", dir.display())))?;
     let img = Path::new(&image.dir);
     let disk_err = |e: crate::disks::DiskError| Error::failed(crate::error::chain(&e));
-    crate::disks::create_overlay(runner, &img.join("rootfs.ext4"), &dir.join("root.qcow2")).map_err(disk_err)?;
-    crate::disks::create_work_disk(runner, &img.join("work-seed.ext4"), vm.disk_size_mib, &dir.join("work.ext4")).map_err(disk_err)?;
+    crate::disks::create_overlay(runner, &img.join("rootfs.ext4"), &dir.join("root.qcow2"))
+        .map_err(disk_err)?;
+    crate::disks::create_work_disk(
+        runner,
+        &img.join("work-seed.ext4"),
+        vm.disk_size_mib,
+        &dir.join("work.ext4"),
+    )
+    .map_err(disk_err)?;
     Ok(())
 }

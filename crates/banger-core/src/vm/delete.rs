@@ -13,7 +13,9 @@ impl Manager {
     pub fn delete(self: &Arc<Self>, name: &str) -> Result<Arc<Op>, Error> {
         let vm = self.vm_record(name)?;
         if !super::can_delete(vm.state) {
-            return Err(Error::Conflict(format!("vm {name:?} is still being created; wait for it, then delete it")));
+            return Err(Error::Conflict(format!(
+                "vm {name:?} is still being created; wait for it, then delete it"
+            )));
         }
         let op = self.ops.begin(OperationKind::Delete, name);
         let (this, op2, name) = (self.clone(), op.clone(), name.to_string());
@@ -28,15 +30,26 @@ impl Manager {
         let lock = self.vm_lock(name);
         let _guard = lock.lock().await;
         let vm = self.vm_record(name)?;
-        self.store.set_vm_state(name, VmState::Deleting, vm.last_error.as_deref())?;
-        let handles = self.handles.get(name).map(|rt| rt.handles).or_else(|| super::handles::read(std::path::Path::new(&vm.dir)));
+        self.store
+            .set_vm_state(name, VmState::Deleting, vm.last_error.as_deref())?;
+        let handles = self
+            .handles
+            .get(name)
+            .map(|rt| rt.handles)
+            .or_else(|| super::handles::read(std::path::Path::new(&vm.dir)));
         if let Some(h) = handles.filter(|h| self.engine.alive(h)) {
-            op.stage("stop", "stop engine", async { Ok::<_, Error>(self.engine.stop(&h, Duration::from_secs(2)).await?) }).await?;
+            op.stage("stop", "stop engine", async {
+                Ok::<_, Error>(self.engine.stop(&h, Duration::from_secs(2)).await?)
+            })
+            .await?;
         }
         op.stage("files", "remove disks and sockets", async {
             self.release_runtime(&vm);
             match std::fs::remove_dir_all(&vm.dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { context: format!("cannot remove {}", vm.dir), source: e }),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+                    context: format!("cannot remove {}", vm.dir),
+                    source: e,
+                }),
                 _ => Ok(()),
             }
         })

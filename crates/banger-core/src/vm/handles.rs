@@ -81,7 +81,13 @@ mod tests {
     use crate::engine::Accel;
 
     fn sample() -> Handles {
-        Handles { pid: 42, accel: Accel::Tcg, agent_socket: "/r/agent.sock".into(), control_socket: "/r/qmp.sock".into(), started_at: 7 }
+        Handles {
+            pid: 42,
+            accel: Accel::Tcg,
+            agent_socket: "/r/agent.sock".into(),
+            control_socket: "/r/qmp.sock".into(),
+            started_at: 7,
+        }
     }
 
     #[test]
@@ -103,7 +109,13 @@ mod tests {
     #[test]
     fn cache_holds_runtimes_by_name() {
         let c = HandleCache::default();
-        c.insert("web", Runtime { handles: sample(), agent: None });
+        c.insert(
+            "web",
+            Runtime {
+                handles: sample(),
+                agent: None,
+            },
+        );
         assert_eq!(c.get("web").unwrap().handles.pid, 42);
         assert_eq!(c.len(), 1);
         assert!(c.remove("web").is_some() && c.is_empty());

@@ -39,7 +39,11 @@ mod tests {
         assert!(can_start(VmState::Stopped) && can_start(VmState::Failed));
         assert!(!can_start(VmState::Running) && !can_start(VmState::Creating));
         assert!(can_stop(VmState::Running) && !can_stop(VmState::Stopped));
-        assert!(can_delete(VmState::Running) && can_delete(VmState::Failed) && !can_delete(VmState::Creating));
+        assert!(
+            can_delete(VmState::Running)
+                && can_delete(VmState::Failed)
+                && !can_delete(VmState::Creating)
+        );
         assert!(can_exec(VmState::Running) && !can_exec(VmState::Stopped));
     }
 }

@@ -1,14 +1,14 @@
 //! Generated VM names: `adjective-noun`, readable and valid as host names.
 
 const ADJECTIVES: &[&str] = &[
-    "amber", "brave", "calm", "crisp", "dusty", "eager", "fancy", "gentle", "happy", "icy", "jolly", "keen", "lucky",
-    "mellow", "nimble", "odd", "proud", "quick", "rapid", "shy", "swift", "tidy", "urban", "vivid", "witty", "young",
-    "zesty", "bold", "clever", "daring",
+    "amber", "brave", "calm", "crisp", "dusty", "eager", "fancy", "gentle", "happy", "icy",
+    "jolly", "keen", "lucky", "mellow", "nimble", "odd", "proud", "quick", "rapid", "shy", "swift",
+    "tidy", "urban", "vivid", "witty", "young", "zesty", "bold", "clever", "daring",
 ];
 const NOUNS: &[&str] = &[
-    "otter", "falcon", "badger", "comet", "dune", "ember", "fjord", "glacier", "heron", "island", "jackal", "kernel",
-    "lynx", "meadow", "nebula", "orbit", "pebble", "quartz", "raven", "summit", "tundra", "umber", "valley", "walrus",
-    "yak", "zephyr", "cedar", "delta", "maple", "pixel",
+    "otter", "falcon", "badger", "comet", "dune", "ember", "fjord", "glacier", "heron", "island",
+    "jackal", "kernel", "lynx", "meadow", "nebula", "orbit", "pebble", "quartz", "raven", "summit",
+    "tundra", "umber", "valley", "walrus", "yak", "zephyr", "cedar", "delta", "maple", "pixel",
 ];
 
 /// A fresh name not rejected by `taken`.

@@ -24,7 +24,13 @@ impl Manager {
             match (vm.state, alive) {
                 (VmState::Running, Some(h)) => {
                     tracing::info!(vm = %vm.name, pid = h.pid, "adopting running vm");
-                    self.handles.insert(&vm.name, handles::Runtime { handles: h.clone(), agent: None });
+                    self.handles.insert(
+                        &vm.name,
+                        handles::Runtime {
+                            handles: h.clone(),
+                            agent: None,
+                        },
+                    );
                 }
                 (VmState::Creating | VmState::Deleting, h) => {
                     tracing::info!(vm = %vm.name, state = %vm.state, "removing a vm whose create or delete was interrupted");

@@ -19,7 +19,10 @@ impl Manager {
     pub fn start(self: &Arc<Self>, name: &str) -> Result<Arc<Op>, Error> {
         let vm = self.refresh(self.vm_record(name)?);
         if !super::can_start(vm.state) && vm.state != VmState::Running {
-            return Err(Error::Conflict(format!("vm {name:?} is {} and cannot be started now", vm.state)));
+            return Err(Error::Conflict(format!(
+                "vm {name:?} is {} and cannot be started now",
+                vm.state
+            )));
         }
         let op = self.ops.begin(OperationKind::Start, name);
         let (this, op2) = (self.clone(), op.clone());
@@ -38,7 +41,10 @@ impl Manager {
             return Ok(());
         }
         if !super::can_start(vm.state) {
-            return Err(Error::Conflict(format!("vm {name:?} is {} and cannot be started now", vm.state)));
+            return Err(Error::Conflict(format!(
+                "vm {name:?} is {} and cannot be started now",
+                vm.state
+            )));
         }
         let image = self.image_record(&vm.image)?;
         match self.boot(op, &vm, &image).await {
@@ -55,26 +61,48 @@ impl Manager {
     }
 
     /// Boots `vm` (its disks already exist) and waits for its agent.
-    pub(crate) async fn boot(&self, op: &Op, vm: &VmRecord, image: &ImageRecord) -> Result<(), Error> {
+    pub(crate) async fn boot(
+        &self,
+        op: &Op,
+        vm: &VmRecord,
+        image: &ImageRecord,
+    ) -> Result<(), Error> {
         let dir = Path::new(&vm.dir);
         op.stage("config", "write guest config", async {
-            let cfg = GuestConfig { version: 1, vm_name: vm.name.clone(), hostname: vm.name.clone(), authorized_keys: vec![] };
-            crate::disks::write_config_drive(&cfg, &dir.join("config.img")).map_err(|e| Error::failed(crate::error::chain(&e)))
+            let cfg = GuestConfig {
+                version: 1,
+                vm_name: vm.name.clone(),
+                hostname: vm.name.clone(),
+                authorized_keys: vec![],
+            };
+            crate::disks::write_config_drive(&cfg, &dir.join("config.img"))
+                .map_err(|e| Error::failed(crate::error::chain(&e)))
         })
         .await?;
-        let probe_kernel = self.machine_spec(vm, image, crate::engine::Accel::Tcg)?.kernel;
+        let probe_kernel = self
+            .machine_spec(vm, image, crate::engine::Accel::Tcg)?
+            .kernel;
         let (accel, _) = if self.accel_needs_probe(&probe_kernel).await {
-            op.stage("accel", "probe /dev/kvm", async { Ok::<_, Error>(self.accel(&probe_kernel).await) }).await?
+            op.stage("accel", "probe /dev/kvm", async {
+                Ok::<_, Error>(self.accel(&probe_kernel).await)
+            })
+            .await?
         } else {
             self.accel(&probe_kernel).await
         };
         let spec = self.machine_spec(vm, image, accel)?;
-        let handles = op.stage("engine", "start engine", async { Ok::<_, Error>(self.engine.spawn(&spec).await?) }).await?;
+        let handles = op
+            .stage("engine", "start engine", async {
+                Ok::<_, Error>(self.engine.spawn(&spec).await?)
+            })
+            .await?;
         if let Err(e) = self.remember_runtime(vm, &handles, None) {
             self.kill_engine(vm, &handles).await;
             return Err(e);
         }
-        let agent = op.stage("agent", "wait for agent", self.wait_for_agent(vm, &handles)).await;
+        let agent = op
+            .stage("agent", "wait for agent", self.wait_for_agent(vm, &handles))
+            .await;
         match agent {
             Ok(conn) => {
                 self.handles.set_agent(&vm.name, Arc::new(conn));
@@ -101,11 +129,17 @@ impl Manager {
                             return Ok::<_, Error>(conn);
                         }
                         Err(crate::agent::AgentError::ProtocolMismatch { agent, ours }) => {
-                            return Err(crate::agent::AgentError::ProtocolMismatch { agent, ours }.into());
+                            return Err(
+                                crate::agent::AgentError::ProtocolMismatch { agent, ours }.into()
+                            );
                         }
-                        Err(e) => tracing::debug!(vm = %vm.name, error = %e, "agent handshake failed; retrying"),
+                        Err(e) => {
+                            tracing::debug!(vm = %vm.name, error = %e, "agent handshake failed; retrying")
+                        }
                     },
-                    Err(e) => tracing::debug!(vm = %vm.name, error = %e, "agent socket not ready; retrying"),
+                    Err(e) => {
+                        tracing::debug!(vm = %vm.name, error = %e, "agent socket not ready; retrying")
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -147,5 +181,9 @@ impl Manager {
 
 fn engine_log_hint(vm: &VmRecord) -> String {
     let t = crate::engine::qemu::tail(&Path::new(&vm.dir).join("engine.log"), 3);
-    if t.is_empty() { String::new() } else { format!("; engine said: {t}") }
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!("; engine said: {t}")
+    }
 }

@@ -44,7 +44,10 @@ impl Manager {
             if super::can_start(vm.state) {
                 return Ok(()); // already stopped
             }
-            return Err(Error::Conflict(format!("vm {name:?} is {} and cannot be stopped now", vm.state)));
+            return Err(Error::Conflict(format!(
+                "vm {name:?} is {} and cannot be stopped now",
+                vm.state
+            )));
         }
         let Some(rt) = self.handles.get(name) else {
             self.store.set_vm_state(name, VmState::Stopped, None)?;
@@ -58,13 +61,22 @@ impl Manager {
                 if crate::engine::qemu::wait_gone(&rt.handles, &*self.engine, timeout).await {
                     Ok(())
                 } else {
-                    Err(Error::failed(format!("the guest did not power off within {} s", timeout.as_secs())))
+                    Err(Error::failed(format!(
+                        "the guest did not power off within {} s",
+                        timeout.as_secs()
+                    )))
                 }
             })
             .await;
         if graceful.is_err() {
-            op.stage("kill", "stop engine", async { Ok::<_, Error>(self.engine.stop(&rt.handles, Duration::from_secs(2)).await?) })
-                .await?;
+            op.stage("kill", "stop engine", async {
+                Ok::<_, Error>(
+                    self.engine
+                        .stop(&rt.handles, Duration::from_secs(2))
+                        .await?,
+                )
+            })
+            .await?;
         }
         self.release_runtime(&vm);
         self.store.set_vm_state(name, VmState::Stopped, None)?;

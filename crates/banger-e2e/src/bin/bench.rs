@@ -22,7 +22,11 @@ use std::time::{Duration, Instant};
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn timed(f: impl FnOnce()) -> f64 {
@@ -35,13 +39,38 @@ fn timed(f: impl FnOnce()) -> f64 {
 fn bare_boot(image: &Path, scratch: &Path, accel: Accel) -> f64 {
     let _ = std::fs::remove_dir_all(scratch);
     std::fs::create_dir_all(scratch).unwrap();
-    let run = |args: &[&str]| assert!(Command::new(args[0]).args(&args[1..]).status().unwrap().success(), "{args:?}");
+    let run = |args: &[&str]| {
+        assert!(
+            Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .unwrap()
+                .success(),
+            "{args:?}"
+        )
+    };
     let overlay = scratch.join("root.qcow2");
     let work = scratch.join("work.ext4");
     let config = scratch.join("config.img");
-    run(&["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", &image.join("rootfs.ext4").to_string_lossy(), &overlay.to_string_lossy()]);
+    run(&[
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        "-b",
+        &image.join("rootfs.ext4").to_string_lossy(),
+        &overlay.to_string_lossy(),
+    ]);
     std::fs::copy(image.join("work-seed.ext4"), &work).unwrap();
-    let cfg = banger_proto::GuestConfig { version: 1, vm_name: "bare".into(), hostname: "bare".into(), authorized_keys: vec![] };
+    let cfg = banger_proto::GuestConfig {
+        version: 1,
+        vm_name: "bare".into(),
+        hostname: "bare".into(),
+        authorized_keys: vec![],
+    };
     std::fs::write(&config, cfg.to_drive().unwrap()).unwrap();
     let spec = MachineSpec {
         vm_id: "bench".into(),
@@ -52,9 +81,24 @@ fn bare_boot(image: &Path, scratch: &Path, accel: Accel) -> f64 {
         initrd: Some(image.join("initrd.img")),
         cmdline_extra: String::new(),
         drives: vec![
-            Drive { path: overlay, format: DriveFormat::Qcow2, serial: banger_proto::ROOT_DRIVE_SERIAL, read_only: false },
-            Drive { path: work, format: DriveFormat::Raw, serial: banger_proto::WORK_DRIVE_SERIAL, read_only: false },
-            Drive { path: config, format: DriveFormat::Raw, serial: banger_proto::CONFIG_DRIVE_SERIAL, read_only: true },
+            Drive {
+                path: overlay,
+                format: DriveFormat::Qcow2,
+                serial: banger_proto::ROOT_DRIVE_SERIAL,
+                read_only: false,
+            },
+            Drive {
+                path: work,
+                format: DriveFormat::Raw,
+                serial: banger_proto::WORK_DRIVE_SERIAL,
+                read_only: false,
+            },
+            Drive {
+                path: config,
+                format: DriveFormat::Raw,
+                serial: banger_proto::CONFIG_DRIVE_SERIAL,
+                read_only: true,
+            },
         ],
         console_log: scratch.join("console.log"),
         engine_log: scratch.join("engine.log"),
@@ -63,18 +107,31 @@ fn bare_boot(image: &Path, scratch: &Path, accel: Accel) -> f64 {
         tsc_khz: banger_sys::process::tsc_khz(),
     };
     let t0 = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64").args(qemu::argv(&spec)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(qemu::argv(&spec))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let sock = qemu::agent_socket(scratch);
     let mut stream = loop {
         if let Ok(s) = UnixStream::connect(&sock) {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "qemu did not create its agent socket");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "qemu did not create its agent socket"
+        );
         std::thread::sleep(Duration::from_millis(1));
     };
-    stream.write_all(banger_proto::sync_line("bench").as_bytes()).unwrap();
+    stream
+        .write_all(banger_proto::sync_line("bench").as_bytes())
+        .unwrap();
     let mut b = [0u8; 1];
-    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
     stream.read_exact(&mut b).expect("agent answered");
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
     let _ = child.kill();
@@ -83,7 +140,10 @@ fn bare_boot(image: &Path, scratch: &Path, accel: Accel) -> f64 {
 }
 
 fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
     if let Some(why) = banger_e2e::missing_prerequisite() {
         eprintln!("bench: cannot run: {why}");
         std::process::exit(1);
@@ -94,7 +154,11 @@ fn main() {
     let image = env.state_dir().join("images/minimal");
     // The accelerator banger chose (doctor runs the probe and caches it).
     let report = env.json(&["doctor", "--json"]);
-    let kvm_pass = report["checks"].as_array().unwrap().iter().any(|c| c["name"] == "kvm" && c["status"] == "pass");
+    let kvm_pass = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "kvm" && c["status"] == "pass");
     let accel = if kvm_pass { Accel::Kvm } else { Accel::Tcg };
     let scratch = env.root.path().join("bare");
 
@@ -120,9 +184,18 @@ fn main() {
         }));
     }
     let (ma, mb, mc, md) = (median(a), median(b), median(c), median(d));
-    println!("banger bench: {runs} runs, accel {}, {} cpus", accel.as_str(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "banger bench: {runs} runs, accel {}, {} cpus",
+        accel.as_str(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     println!("{:<48} {:>10}", "measurement", "median ms");
-    println!("{:<48} {:>10.0}", "(a) bare qemu boot to agent's first byte", ma);
+    println!(
+        "{:<48} {:>10.0}",
+        "(a) bare qemu boot to agent's first byte", ma
+    );
     println!("{:<48} {:>10.0}", "(b) banger vm create to agent ready", mb);
     println!("{:<48} {:>10.0}", "(c) banger vm run --rm -- true", mc);
     println!("{:<48} {:>10.0}", "(d) banger vm exec NAME -- true", md);

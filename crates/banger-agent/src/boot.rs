@@ -1,0 +1,341 @@
+//! Booting the guest as its init, from the initramfs to the root disk. Owns
+//! the early mounts, kernel modules, the config drive and the switch of root;
+//! the rest of system set-up is `setup.rs`'s, serving is `port.rs`'s.
+//!
+//! 1. Mount devtmpfs on `/dev` and make `/dev/console` our stdout/stderr,
+//!    then proc on `/proc` and sysfs on `/sys`.
+//! 2. Load the modules named in [`MODULE_LIST`], in order, from
+//!    [`MODULE_DIR`] (`finit_module`; already loaded is fine).
+//! 3. Wait for the root and config disks to appear by serial number; the
+//!    work disk is optional.
+//! 4. Read the [`GuestConfig`] from the raw config drive.
+//! 5. Mount the root disk (ext4) on [`NEW_ROOT`], the work disk on its `/root`.
+//! 6. Switch root without exec, as `switch_root` does: move `/dev`, `/proc`
+//!    and `/sys` under the new root, empty the initramfs (it is RAM), move
+//!    the new root onto `/`, `chroot(".")`. The agent stays PID 1.
+//!
+//! Only a root disk that cannot be mounted is fatal; every other failure is
+//! logged and boot goes on without that piece.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use banger_proto::{
+    CONFIG_DRIVE_SERIAL, CONFIG_DRIVE_SIZE, GuestConfig, ROOT_DRIVE_SERIAL, WORK_DRIVE_SERIAL,
+};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::mount::MountFlags;
+
+use crate::console::{log, step};
+use crate::devices;
+
+/// Kernel modules to load, one file name per line, in the initramfs.
+pub const MODULE_LIST: &str = "/etc/banger/modules";
+/// Where the listed `.ko` files are, in the initramfs.
+pub const MODULE_DIR: &str = "/lib/modules/banger";
+/// Where the root disk is mounted before it becomes `/`.
+pub const NEW_ROOT: &str = "/newroot";
+/// How long to wait for the root and config disks.
+pub const DISK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `statfs` magic numbers of the filesystems an initramfs can be.
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("mounting {fstype} {source_name} on {target}")]
+    Mount {
+        fstype: &'static str,
+        source_name: String,
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("moving the mount {from} to {to}")]
+    MoveMount {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no disk with serial {serial} appeared within {timeout:?}")]
+    DiskMissing {
+        serial: &'static str,
+        timeout: Duration,
+    },
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading kernel module {path}")]
+    Module {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("switching root to {NEW_ROOT}")]
+    SwitchRoot {
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What boot found out, for the steps after it.
+#[derive(Debug, Default)]
+pub struct Booted {
+    pub config: GuestConfig,
+    pub work_disk: bool,
+}
+
+/// Runs steps 1-6. An error means the guest cannot come up.
+pub fn boot() -> Result<Booted, BootError> {
+    early_mounts();
+    load_modules();
+
+    let disks = step("found disks", || {
+        let disks = devices::wait_for_disks(
+            Path::new("/sys/block"),
+            Path::new("/dev"),
+            &[ROOT_DRIVE_SERIAL, CONFIG_DRIVE_SERIAL],
+            DISK_TIMEOUT,
+        );
+        match disks.contains_key(ROOT_DRIVE_SERIAL) {
+            true => Ok(disks),
+            false => Err(BootError::DiskMissing {
+                serial: ROOT_DRIVE_SERIAL,
+                timeout: DISK_TIMEOUT,
+            }),
+        }
+    })?;
+    let dev = |serial: &str| {
+        disks
+            .get(serial)
+            .map(|name| PathBuf::from("/dev").join(name))
+    };
+
+    let config = match dev(CONFIG_DRIVE_SERIAL) {
+        Some(path) => step("read the config drive", || read_config(&path)).unwrap_or_default(),
+        None => {
+            log(format_args!(
+                "no config drive ({CONFIG_DRIVE_SERIAL}): using defaults"
+            ));
+            GuestConfig::default()
+        }
+    };
+
+    let root = dev(ROOT_DRIVE_SERIAL).expect("checked above");
+    std::fs::create_dir_all(NEW_ROOT).ok();
+    step(&format!("mounted {} on {NEW_ROOT}", root.display()), || {
+        mount(&root.display().to_string(), Path::new(NEW_ROOT), "ext4", "")
+    })?;
+    let work_disk = match dev(WORK_DRIVE_SERIAL) {
+        Some(work) => {
+            let target = Path::new(NEW_ROOT).join("root");
+            std::fs::create_dir_all(&target).ok();
+            step(&format!("mounted {} on /root", work.display()), || {
+                mount(&work.display().to_string(), &target, "ext4", "")
+            })
+            .is_ok()
+        }
+        None => {
+            log(format_args!("no work disk ({WORK_DRIVE_SERIAL})"));
+            false
+        }
+    };
+
+    step("switched root", switch_root)?;
+    Ok(Booted { config, work_disk })
+}
+
+/// Step 1. Failures are logged; a guest without `/proc` still serves.
+fn early_mounts() {
+    for dir in ["/dev", "/proc", "/sys"] {
+        std::fs::create_dir_all(dir).ok();
+    }
+    // The kernel may have mounted devtmpfs already (CONFIG_DEVTMPFS_MOUNT).
+    let dev = mount("devtmpfs", Path::new("/dev"), "devtmpfs", "mode=0755");
+    if let Ok(console) =
+        rustix::fs::open("/dev/console", OFlags::RDWR | OFlags::NOCTTY, Mode::empty())
+    {
+        let _ = rustix::stdio::dup2_stdout(&console);
+        let _ = rustix::stdio::dup2_stderr(&console);
+    }
+    if let Ok(null) = rustix::fs::open("/dev/null", OFlags::RDWR, Mode::empty()) {
+        let _ = rustix::stdio::dup2_stdin(&null);
+    }
+    match dev {
+        Ok(()) => log(format_args!("mounted /dev")),
+        Err(e) => log(format_args!(
+            "mounting /dev failed: {}",
+            crate::console::chain(&e)
+        )),
+    }
+    let _ = step("mounted /proc", || {
+        mount("proc", Path::new("/proc"), "proc", "")
+    });
+    let _ = step("mounted /sys", || {
+        mount("sysfs", Path::new("/sys"), "sysfs", "")
+    });
+}
+
+/// Step 2.
+fn load_modules() {
+    let list = match std::fs::read_to_string(MODULE_LIST) {
+        Ok(list) => list,
+        Err(e) => {
+            log(format_args!("no module list {MODULE_LIST}: {e}"));
+            return;
+        }
+    };
+    for name in module_names(&list) {
+        let path = Path::new(MODULE_DIR).join(name);
+        let _ = step(&format!("loaded {name}"), || load_module(&path));
+    }
+}
+
+/// The module file names of a module list: one a line, `#` comments.
+fn module_names(list: &str) -> impl Iterator<Item = &str> {
+    list.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+fn load_module(path: &Path) -> Result<(), BootError> {
+    let err = |source: io::Error| BootError::Module {
+        path: path.to_path_buf(),
+        source,
+    };
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| err(e.into()))?;
+    match rustix::system::finit_module(&fd, c"", 0) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(err(e.into())),
+    }
+}
+
+/// Step 4: the JSON config, NUL-padded on the raw drive.
+fn read_config(path: &Path) -> Result<GuestConfig, BootError> {
+    let err = |source: io::Error| BootError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::with_capacity(CONFIG_DRIVE_SIZE);
+    let file = std::fs::File::open(path).map_err(err)?;
+    io::Read::read_to_end(
+        &mut io::Read::take(file, CONFIG_DRIVE_SIZE as u64),
+        &mut bytes,
+    )
+    .map_err(err)?;
+    GuestConfig::from_drive(&bytes).map_err(err)
+}
+
+/// Step 6.
+fn switch_root() -> Result<(), BootError> {
+    let new_root = Path::new(NEW_ROOT);
+    for dir in ["/dev", "/proc", "/sys"] {
+        let to = new_root.join(&dir[1..]);
+        std::fs::create_dir_all(&to).ok();
+        rustix::mount::mount_move(dir, &to).map_err(|e| BootError::MoveMount {
+            from: dir.into(),
+            to: to.clone(),
+            source: e.into(),
+        })?;
+    }
+    free_initramfs();
+    let switch = || -> rustix::io::Result<()> {
+        rustix::process::chdir(new_root)?;
+        rustix::mount::mount_move(".", "/")?;
+        rustix::process::chroot(".")?;
+        rustix::process::chdir("/")
+    };
+    switch().map_err(|e| BootError::SwitchRoot { source: e.into() })
+}
+
+/// Deletes the initramfs's files, which would otherwise hold RAM for the
+/// guest's life. Only when `/` is a RAM filesystem, and never crossing into
+/// another mount (the new root is one).
+fn free_initramfs() {
+    let is_ram = rustix::fs::statfs("/").is_ok_and(|s| {
+        #[allow(clippy::unnecessary_cast)] // the field's type differs per architecture
+        let magic = s.f_type as i64;
+        magic == RAMFS_MAGIC || magic == TMPFS_MAGIC
+    });
+    let Ok(root_dev) = std::fs::symlink_metadata("/").map(|m| m.dev()) else {
+        return;
+    };
+    if is_ram && crate::is_init() {
+        remove_tree_on(Path::new("/"), root_dev);
+    }
+}
+
+fn remove_tree_on(dir: &Path, dev: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.dev() != dev {
+            continue;
+        }
+        if meta.is_dir() {
+            remove_tree_on(&path, dev);
+            let _ = std::fs::remove_dir(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// `mount(2)` with the error naming what was mounted where.
+pub fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &'static str,
+    data: &str,
+) -> Result<(), BootError> {
+    rustix::mount::mount(source, target, fstype, MountFlags::empty(), data).map_err(|e| {
+        BootError::Mount {
+            fstype,
+            source_name: source.to_string(),
+            target: target.to_path_buf(),
+            source: e.into(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_list_keeps_order_and_skips_comments() {
+        let list = "virtio_ring.ko\n\n# block\nvirtio.ko\n  virtio_blk.ko  \n";
+        assert_eq!(
+            module_names(list).collect::<Vec<_>>(),
+            ["virtio_ring.ko", "virtio.ko", "virtio_blk.ko"]
+        );
+    }
+
+    #[test]
+    fn config_is_read_from_a_padded_drive_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.img");
+        let cfg = GuestConfig {
+            version: 1,
+            vm_name: "web".into(),
+            hostname: "web-1".into(),
+            authorized_keys: vec![],
+        };
+        std::fs::write(&path, cfg.to_drive().unwrap()).unwrap();
+        assert_eq!(read_config(&path).unwrap(), cfg);
+    }
+}

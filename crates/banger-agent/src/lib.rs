@@ -1,0 +1,60 @@
+//! `banger-agent`: the guest's PID 1 and the server end of the host⇄agent
+//! protocol (`banger-proto`).
+//!
+//! As init it boots the guest (`boot`: kernel modules, disks found by
+//! serial, switch to the root disk; `setup`: the mounts, hostname and ssh
+//! keys a system expects), then serves the host on the virtio-serial port
+//! (`port`) for the rest of the guest's life. The server half
+//! ([`serve_connection`]) runs over any byte stream, so it is tested on the
+//! host as a normal process, and a host-side client can be tested against it
+//! without a VM.
+//!
+//! What runs where: one current-thread tokio runtime for all I/O; one
+//! thread that reaps children (`reaper`); blocking threads only for the
+//! shutdown sequence.
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+pub mod boot;
+pub mod console;
+pub mod devices;
+pub mod exec;
+pub mod fdio;
+pub mod port;
+pub mod reaper;
+pub mod session;
+pub mod setup;
+pub mod shutdown;
+pub mod spawn;
+
+pub use session::{Session, SessionError, serve_connection};
+pub use shutdown::{GuestPower, Power};
+pub use spawn::ExecDefaults;
+
+/// What every request handler shares.
+pub struct Agent {
+    /// The process-wide child reaper.
+    pub reaper: &'static reaper::Reaper,
+    /// Defaults for exec'd processes.
+    pub exec: ExecDefaults,
+    /// What a shutdown request calls.
+    pub power: Arc<dyn Power>,
+}
+
+impl Agent {
+    /// An agent with default exec settings that powers off through `power`.
+    pub fn new(power: Arc<dyn Power>) -> Self {
+        Agent {
+            reaper: reaper::Reaper::global(),
+            exec: ExecDefaults::default(),
+            power,
+        }
+    }
+}
+
+/// Whether this process is the system's init.
+pub fn is_init() -> bool {
+    rustix::process::getpid().is_init()
+}

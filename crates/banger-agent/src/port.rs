@@ -1,0 +1,52 @@
+//! The agent's end of the virtio-serial port, served for the guest's whole
+//! life. Owns opening the port and the reconnect loop; the protocol on it is
+//! `session.rs`'s.
+//!
+//! A virtio-serial port reads end of file (and polls `POLLHUP`) while no
+//! host process holds the host side, and `EAGAIN` while one does but sent
+//! nothing. So end of file means "host gone": the session ends (killing the
+//! processes its streams ran), and the loop looks again every [`RETRY`] for
+//! the next host's sync line, forever.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::Agent;
+use crate::console::{chain, log};
+use crate::fdio::FdStream;
+use crate::session::Session;
+
+/// Pause between looks while no host is connected.
+pub const RETRY: Duration = Duration::from_millis(10);
+
+/// Opens the port device read-write and non-blocking.
+pub fn open(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Serves host connections on `port` forever. Each attempt gets its own
+/// registration with the reactor (a duplicate of `port`), because a
+/// registration that saw a hang-up stays hung up (see `fdio.rs`).
+pub async fn serve_forever(port: OwnedFd, agent: Arc<Agent>) -> ! {
+    let mut session = Session::default();
+    loop {
+        match port.try_clone().and_then(FdStream::new) {
+            Ok(io) => {
+                if let Err(e) = session.serve(io, agent.clone()).await {
+                    log(format_args!("host session ended: {}", chain(&e)));
+                }
+            }
+            Err(e) => log(format_args!("cannot watch the agent port: {e}")),
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}

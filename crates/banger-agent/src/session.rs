@@ -1,0 +1,330 @@
+//! One host connection over any byte stream: the `banger-proto` handshake,
+//! then a yamux session (the agent is the server) whose every inbound stream
+//! carries one request. Owns the handshake, the session loop and routing a
+//! stream to its request; owns no transport (`port.rs` brings the
+//! virtio-serial port, tests a `tokio::io::duplex`).
+//!
+//! 1. Discard bytes until a full `BANGER-SYNC <nonce>` line whose nonce is
+//!    one printable word; anything before the marker on that line is
+//!    garbage from an earlier connection.
+//! 2. Answer `BANGER-READY <nonce> <protocol>`.
+//! 3. Run yamux until the host hangs up or sends something that is not
+//!    yamux. In the second case the host most likely reconnected without the
+//!    agent seeing a hang-up, and its new sync line went into the yamux
+//!    decoder; the last bytes read are handed back ([`Session::tail`]) so the
+//!    next handshake finds that line.
+//! 4. Ending the session drops every stream, which kills the processes they
+//!    run (see `exec.rs`).
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use banger_proto::{
+    Envelope, ErrorBody, Frame, FrameKind, HealthResponse, PROTOCOL_VERSION, Request,
+};
+use futures::future::poll_fn;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+
+use crate::Agent;
+
+/// Longest run of bytes without a newline kept while looking for the sync line.
+const MAX_PENDING: usize = 4096;
+/// How many of the last bytes read are kept for resynchronisation.
+const TAIL: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("handshake failed")]
+    Handshake {
+        #[source]
+        source: io::Error,
+    },
+    #[error("yamux session failed")]
+    Yamux {
+        #[source]
+        source: yamux::ConnectionError,
+    },
+}
+
+/// Serves one host connection on `io` until the host hangs up. Returns
+/// `Ok` on a clean end, including a hang-up before the handshake.
+pub async fn serve_connection<IO>(io: IO, agent: Arc<Agent>) -> Result<(), SessionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Session::default().serve(io, agent).await
+}
+
+/// State carried from one connection to the next on the same channel.
+#[derive(Debug, Default)]
+pub struct Session {
+    /// Bytes to look for the next sync line in before reading more.
+    pub tail: Vec<u8>,
+}
+
+impl Session {
+    /// Like [`serve_connection`], starting from (and afterwards leaving in
+    /// `self.tail`) bytes an earlier session read but did not use.
+    pub async fn serve<IO>(&mut self, mut io: IO, agent: Arc<Agent>) -> Result<(), SessionError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let pending = std::mem::take(&mut self.tail);
+        let Some((nonce, leftover)) = handshake(&mut io, pending)
+            .await
+            .map_err(|source| SessionError::Handshake { source })?
+        else {
+            return Ok(());
+        };
+        crate::console::log(format_args!("host connected"));
+        let ready = banger_proto::ready_line(&nonce, PROTOCOL_VERSION);
+        async {
+            io.write_all(ready.as_bytes()).await?;
+            io.flush().await
+        }
+        .await
+        .map_err(|source| SessionError::Handshake { source })?;
+
+        let recent = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL)));
+        let io = Rewind {
+            leftover,
+            inner: io,
+            recent: recent.clone(),
+        };
+        let mut conn =
+            yamux::Connection::new(io.compat(), yamux::Config::default(), yamux::Mode::Server);
+        loop {
+            match poll_fn(|cx| conn.poll_next_inbound(cx)).await {
+                Some(Ok(stream)) => {
+                    tokio::spawn(handle_stream(stream, agent.clone()));
+                }
+                Some(Err(source)) => {
+                    if !matches!(
+                        source,
+                        yamux::ConnectionError::Io(_) | yamux::ConnectionError::Closed
+                    ) {
+                        self.tail = recent
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .iter()
+                            .copied()
+                            .collect();
+                    }
+                    return Err(SessionError::Yamux { source });
+                }
+                None => {
+                    crate::console::log(format_args!("host disconnected"));
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Reads until a full sync line; returns its nonce and the bytes after it,
+/// or `None` if the stream ended first.
+async fn handshake<R: AsyncRead + Unpin>(
+    io: &mut R,
+    mut pending: Vec<u8>,
+) -> io::Result<Option<(String, Vec<u8>)>> {
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line[..end]);
+            let nonce = line
+                .rfind("BANGER-SYNC ")
+                .and_then(|at| banger_proto::parse_sync(&line[at..]));
+            if let Some(nonce) = nonce.filter(|n| plausible_nonce(n)) {
+                return Ok(Some((nonce.to_string(), pending)));
+            }
+        }
+        if pending.len() > MAX_PENDING {
+            pending.drain(..pending.len() - TAIL);
+        }
+        let n = io.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A nonce is one short printable word; a "sync line" that is a stale
+/// fragment glued to binary garbage is not answered.
+fn plausible_nonce(nonce: &str) -> bool {
+    nonce.len() <= 128 && nonce.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The channel after the handshake: first the bytes the handshake read past
+/// the sync line, then the channel itself; remembers the last bytes read.
+struct Rewind<IO> {
+    leftover: Vec<u8>,
+    inner: IO,
+    recent: Arc<Mutex<VecDeque<u8>>>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.leftover.is_empty() {
+            let n = self.leftover.len().min(buf.remaining());
+            buf.put_slice(&self.leftover[..n]);
+            self.leftover.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            for &b in &buf.filled()[before..] {
+                if recent.len() == TAIL {
+                    recent.pop_front();
+                }
+                recent.push_back(b);
+            }
+        }
+        result
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves the one request of an inbound stream.
+async fn handle_stream(stream: yamux::Stream, agent: Arc<Agent>) {
+    let (mut input, mut output) = tokio::io::split(stream.compat());
+    let frame = match banger_proto::read_frame(&mut input).await {
+        Ok(Some(frame)) => frame,
+        _ => return,
+    };
+    let request = match parse_request(&frame) {
+        Ok(request) => request,
+        Err((code, message)) => {
+            let _ = write_error(&mut output, code, message).await;
+            let _ = output.shutdown().await;
+            return;
+        }
+    };
+    match request {
+        Request::Health => {
+            let _ = respond(&mut output, &health()).await;
+        }
+        Request::Exec(req) => crate::exec::run(&agent, req, input, output).await,
+        Request::Shutdown { reboot } => {
+            let _ = respond(&mut output, &serde_json::json!({})).await;
+            drop(output);
+            // Give the session a moment to put the answer on the wire.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let power = agent.power.clone();
+            let _ = tokio::task::spawn_blocking(move || power.shutdown(reboot)).await;
+        }
+    }
+}
+
+/// Reads the envelope, checking the protocol version before the request
+/// itself (a newer host may send requests this agent cannot parse).
+fn parse_request(frame: &Frame) -> Result<Request, (&'static str, String)> {
+    if frame.kind != FrameKind::Request {
+        return Err((
+            "bad_request",
+            format!("expected a request frame, got {:?}", frame.kind),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&frame.payload)
+        .map_err(|e| ("bad_request", format!("request is not JSON: {e}")))?;
+    let version = value
+        .get("version")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or(("bad_request", "request has no protocol version".to_string()))?;
+    if version != u64::from(PROTOCOL_VERSION) {
+        return Err((
+            "protocol_mismatch",
+            format!(
+                "the host speaks protocol {version} but banger-agent {} in the guest speaks protocol {PROTOCOL_VERSION}: \
+                 rebuild the image with a matching agent",
+                env!("CARGO_PKG_VERSION"),
+            ),
+        ));
+    }
+    let envelope: Envelope = serde_json::from_value(value)
+        .map_err(|e| ("bad_request", format!("unsupported request: {e}")))?;
+    Ok(envelope.request)
+}
+
+fn health() -> HealthResponse {
+    HealthResponse {
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol: PROTOCOL_VERSION,
+        hostname: rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
+        uptime_ms: uptime_ms(),
+    }
+}
+
+/// Milliseconds since the kernel booted, from `/proc/uptime`.
+fn uptime_ms() -> u64 {
+    let text = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let secs: f64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    (secs * 1000.0) as u64
+}
+
+/// Writes one `Response` frame and closes the stream.
+async fn respond<W: AsyncWrite + Unpin, T: serde::Serialize>(
+    w: &mut W,
+    body: &T,
+) -> io::Result<()> {
+    banger_proto::write_frame(w, &Frame::json(FrameKind::Response, body)).await?;
+    w.shutdown().await
+}
+
+/// Writes one `Error` frame.
+pub async fn write_error<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    code: &str,
+    message: String,
+) -> io::Result<()> {
+    banger_proto::write_frame(
+        w,
+        &Frame::json(
+            FrameKind::Error,
+            &ErrorBody {
+                code: code.into(),
+                message,
+            },
+        ),
+    )
+    .await
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

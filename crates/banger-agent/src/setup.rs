@@ -1,0 +1,197 @@
+//! System set-up after the switch of root (boot step 7): the runtime
+//! filesystems a Linux system expects, the hostname, and the host's ssh
+//! keys. Owns what the guest looks like to programs run in it; every
+//! failure is logged and skipped. File edits take the root directory as a
+//! parameter, so tests run them in temp dirs.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use banger_proto::GuestConfig;
+
+use crate::boot::mount;
+use crate::console::step;
+
+/// Hostname when the config gives none.
+pub const DEFAULT_HOSTNAME: &str = "banger";
+
+/// Runs step 7 on the live system.
+pub fn run(config: &GuestConfig) {
+    runtime_mounts();
+    let name = hostname_of(config);
+    let _ = step(&format!("hostname {name}"), || -> io::Result<()> {
+        rustix::system::sethostname(name.as_bytes())?;
+        write_hostname_files(Path::new("/"), name)
+    });
+    if !config.authorized_keys.is_empty() {
+        let _ = step("installed ssh keys", || {
+            install_authorized_keys(Path::new("/root"), &config.authorized_keys)
+        });
+    }
+}
+
+/// The hostname to use: the configured one, else the VM's name.
+pub fn hostname_of(config: &GuestConfig) -> &str {
+    [config.hostname.as_str(), config.vm_name.as_str()]
+        .into_iter()
+        .map(str::trim)
+        .find(|n| !n.is_empty())
+        .unwrap_or(DEFAULT_HOSTNAME)
+}
+
+fn runtime_mounts() {
+    let mounts: [(&str, &str, &str, &str); 4] = [
+        ("tmpfs", "/tmp", "tmpfs", "mode=1777"),
+        ("tmpfs", "/run", "tmpfs", "mode=0755"),
+        ("devpts", "/dev/pts", "devpts", "mode=0620,ptmxmode=0666"),
+        ("tmpfs", "/dev/shm", "tmpfs", "mode=1777"),
+    ];
+    for (source, target, fstype, data) in mounts {
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(target);
+        let _ = step(&format!("mounted {target}"), || {
+            mount(source, Path::new(target), fstype, data)
+        });
+    }
+    // devtmpfs gives no /dev/ptmx on some kernels, and never the /proc links.
+    let links = [
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ];
+    for (link, target) in links {
+        if std::fs::symlink_metadata(link).is_err() {
+            let _ = std::os::unix::fs::symlink(target, link);
+        }
+    }
+}
+
+/// Writes `etc/hostname` and makes `etc/hosts` map localhost and `name`.
+pub fn write_hostname_files(root: &Path, name: &str) -> io::Result<()> {
+    let etc = root.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    std::fs::write(etc.join("hostname"), format!("{name}\n"))?;
+    let hosts = std::fs::read_to_string(etc.join("hosts")).unwrap_or_default();
+    std::fs::write(etc.join("hosts"), hosts_with(&hosts, name))
+}
+
+/// `hosts` with `127.0.0.1 localhost` kept or added and the `127.0.1.1`
+/// line naming `name`; other lines untouched.
+pub fn hosts_with(hosts: &str, name: &str) -> String {
+    let has_localhost = hosts.lines().any(|l| {
+        let mut words = l.split_whitespace();
+        words.next() == Some("127.0.0.1") && words.any(|w| w == "localhost")
+    });
+    let mut out = String::new();
+    if !has_localhost {
+        out.push_str("127.0.0.1\tlocalhost\n");
+    }
+    for line in hosts
+        .lines()
+        .filter(|l| l.split_whitespace().next() != Some("127.0.1.1"))
+    {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&format!("127.0.1.1\t{name}\n"));
+    out
+}
+
+/// Adds `keys` missing from `home/.ssh/authorized_keys` (directory 0700,
+/// file 0600), keeping the keys already there.
+pub fn install_authorized_keys(home: &Path, keys: &[String]) -> io::Result<()> {
+    let dir = home.join(".ssh");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let path = dir.join("authorized_keys");
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let merged = merge_keys(&existing, keys);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    io::Write::write_all(&mut file, merged.as_bytes())?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+}
+
+fn merge_keys(existing: &str, keys: &[String]) -> String {
+    let mut out = String::from(existing);
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    for key in keys.iter().map(|k| k.trim()).filter(|k| !k.is_empty()) {
+        if !existing.lines().any(|l| l.trim() == key) {
+            out.push_str(key);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn hosts_gains_localhost_and_the_hostname_once() {
+        let before = "127.0.1.1\told-name\n::1\tlocalhost ip6-localhost\n";
+        let after = hosts_with(before, "web");
+        assert_eq!(
+            after,
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\tweb\n"
+        );
+        assert_eq!(hosts_with(&after, "web"), after);
+    }
+
+    #[test]
+    fn hostname_files_are_written_under_the_given_root() {
+        let root = tempfile::tempdir().unwrap();
+        write_hostname_files(root.path(), "box").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("etc/hostname")).unwrap(),
+            "box\n"
+        );
+        let hosts = std::fs::read_to_string(root.path().join("etc/hosts")).unwrap();
+        assert!(hosts.contains("127.0.1.1\tbox"));
+    }
+
+    #[test]
+    fn hostname_falls_back_to_the_vm_name() {
+        let cfg = GuestConfig {
+            vm_name: "dev".into(),
+            ..Default::default()
+        };
+        assert_eq!(hostname_of(&cfg), "dev");
+        assert_eq!(hostname_of(&GuestConfig::default()), DEFAULT_HOSTNAME);
+    }
+
+    #[test]
+    fn authorized_keys_are_merged_with_private_permissions() {
+        let home = tempfile::tempdir().unwrap();
+        let keys = vec!["ssh-ed25519 AAAA host".to_string()];
+        install_authorized_keys(home.path(), &["ssh-rsa BBBB mine".to_string()]).unwrap();
+        install_authorized_keys(home.path(), &keys).unwrap();
+        install_authorized_keys(home.path(), &keys).unwrap();
+        let path = home.path().join(".ssh/authorized_keys");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "ssh-rsa BBBB mine\nssh-ed25519 AAAA host\n"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(home.path().join(".ssh")).unwrap().mode() & 0o777,
+            0o700
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Building the `minimal` preset: Debian's cloud kernel, busybox-static and
+//! the agent, in the stages of [`MINIMAL_STAGES`](crate::MINIMAL_STAGES):
+//!
+//! 1. `fetch_packages`: [`crate::packages`] downloads (or reuses) and unpacks
+//!    the kernel and busybox packages in the cache.
+//! 2. `extract_kernel`: `vmlinux` out of the package's LZ4 bzImage
+//!    ([`crate::kernel`]); the virtio modules and their dependencies
+//!    ([`crate::modules`]).
+//! 3. `initramfs`: `initrd.img` with the agent as `/init` ([`crate::initramfs`]).
+//! 4. `rootfs`: `rootfs.ext4` from busybox ([`crate::rootfs`]).
+//! 5. `work_seed`: `work-seed.ext4` ([`crate::work_seed`]).
+//! 6. `manifest`: fingerprints into `manifest.json`, then the staging
+//!    directory is renamed to `out_dir` ([`crate::staging`]).
+//!
+//! Blocking code: the daemon runs it on a blocking worker thread.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use banger_sys::command::Runner;
+
+use crate::initramfs;
+use crate::kernel;
+use crate::layout;
+use crate::manifest::{self, MANIFEST_FORMAT, Manifest, SOURCE_MINIMAL};
+use crate::modules::ModuleTree;
+use crate::packages;
+use crate::rootfs;
+use crate::stages::{self, BuildEvent, Reporter, human_size};
+use crate::staging::Staging;
+use crate::work_seed;
+use crate::{ImageError, validate_name};
+
+/// What [`build_minimal`] needs.
+#[derive(Clone)]
+pub struct BuildParams {
+    pub name: String,
+    /// Package cache (`debs/`, `extract/`), kept between builds.
+    pub cache_dir: PathBuf,
+    /// The static `banger-agent` binary, which becomes the initramfs' `/init`.
+    pub agent_bin: PathBuf,
+    /// The finished image directory; must not exist yet.
+    pub out_dir: PathBuf,
+    pub runner: Arc<dyn Runner>,
+}
+
+/// Builds the `minimal` image into `p.out_dir`; on error nothing is left
+/// there (the package cache keeps what was downloaded).
+pub fn build_minimal(
+    p: &BuildParams,
+    report: &mut dyn FnMut(BuildEvent),
+) -> Result<Manifest, ImageError> {
+    validate_name(&p.name)?;
+    let agent = initramfs::read_agent(&p.agent_bin)?;
+    let staging = Staging::beside(&p.out_dir)?;
+    let dir = staging.path().to_path_buf();
+    let runner = p.runner.as_ref();
+    let mut r = Reporter::new(&p.name, report);
+
+    let pkgs = r.stage(stages::FETCH_PACKAGES, |progress| {
+        let pkgs = packages::fetch_minimal(runner, &p.cache_dir, progress)?;
+        let detail = format!(
+            "{} {}, busybox {}",
+            pkgs.kernel.name, pkgs.kernel.version, pkgs.busybox.version
+        );
+        Ok((pkgs, Some(detail)))
+    })?;
+
+    let (kernel, modules) = r.stage(stages::EXTRACT_KERNEL, |progress| {
+        let vmlinuz = pkgs.kernel.dir.join(format!("boot/vmlinuz-{}", pkgs.kernel_release));
+        let kernel = kernel::prepare(&vmlinuz, &dir)?;
+        if !kernel.extracted {
+            progress("found no LZ4-compressed vmlinux in the bzImage: keeping the bzImage, which boots slower".into());
+        }
+        let tree = ModuleTree::scan(&pkgs.kernel.dir.join("lib/modules").join(&pkgs.kernel_release))?;
+        let modules = tree.resolve_guest_modules(Some(&pkgs.kernel_release))?;
+        let size = std::fs::metadata(dir.join(kernel.file_name)).map(|m| m.len()).unwrap_or(0);
+        let detail = format!("{} {}, {} modules", kernel.file_name, human_size(size), modules.len());
+        Ok(((kernel, modules), Some(detail)))
+    })?;
+
+    r.stage(stages::INITRAMFS, |progress| {
+        if agent.dynamic {
+            progress(format!(
+                "{} is dynamically linked: the guest cannot run it as /init",
+                p.agent_bin.display()
+            ));
+        }
+        let archive = initramfs::agent_archive(&agent, &modules)?;
+        let size = initramfs::write(&dir.join(layout::INITRD), None, &archive)?;
+        Ok(((), Some(format!("{} {}", layout::INITRD, human_size(size)))))
+    })?;
+
+    r.stage(stages::ROOTFS, |_| {
+        let image = dir.join(layout::ROOTFS);
+        let fs = rootfs::build_minimal(
+            runner,
+            &pkgs.busybox.dir,
+            &pkgs.busybox.version,
+            &dir.join(".rootfs-tree"),
+            &image,
+        )?;
+        Ok((
+            (),
+            Some(format!(
+                "{} {}, {} applets",
+                layout::ROOTFS,
+                human_size(fs.size_bytes),
+                fs.applets
+            )),
+        ))
+    })?;
+
+    r.stage(stages::WORK_SEED, |_| {
+        let size = work_seed::build(
+            runner,
+            &dir.join(".work-seed-tree"),
+            &dir.join(layout::WORK_SEED),
+        )?;
+        Ok((
+            (),
+            Some(format!("{} {}", layout::WORK_SEED, human_size(size))),
+        ))
+    })?;
+
+    r.stage(stages::MANIFEST, |_| {
+        let files = manifest::fingerprint(
+            &dir,
+            &[
+                kernel.file_name,
+                layout::INITRD,
+                layout::ROOTFS,
+                layout::WORK_SEED,
+            ],
+        )?;
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            name: p.name.clone(),
+            source: SOURCE_MINIMAL.to_string(),
+            kernel_version: Some(pkgs.kernel_release.clone()),
+            kernel_cmdline: String::new(),
+            modules: modules.iter().map(|m| m.file_name.clone()).collect(),
+            files,
+            created_at: manifest::now_unix(),
+            agent_version: manifest::agent_version(&agent.bytes),
+        };
+        manifest.save(&dir)?;
+        let out = staging.commit()?;
+        Ok((manifest, Some(format!("{}", out.display()))))
+    })
+}

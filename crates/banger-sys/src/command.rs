@@ -1,0 +1,473 @@
+//! Running external programs: the one place banger's logic starts a program
+//! and waits for it (`mkfs.ext4`, `apt-get`, `dpkg-deb`, `resize2fs`, …).
+//!
+//! Callers describe a run as a [`Cmd`] (program, arguments, working
+//! directory, extra environment, bytes for stdin) and hand it to a
+//! [`Runner`]. [`SystemRunner`] is the real one; logic elsewhere takes a
+//! `&dyn Runner` so unit tests drive it with a fake that answers from a
+//! table. A run succeeds only when the program exits 0; otherwise the error
+//! names the program and carries the last lines of its stderr, and a program
+//! missing from `PATH` says which package provides it.
+//!
+//! Long-lived children that banger supervises (engines, the daemon itself)
+//! are not run through here: see [`crate::process`].
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Instant;
+
+/// How many trailing stderr lines a [`CommandError::Failed`] keeps.
+const STDERR_TAIL_LINES: usize = 8;
+
+/// One program run, described but not yet started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cmd {
+    /// A name looked up in `PATH`, or a path.
+    pub program: String,
+    pub args: Vec<OsString>,
+    /// Working directory; the caller's when `None`.
+    pub cwd: Option<PathBuf>,
+    /// Added to (or overriding) the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Written to the program's stdin, which is then closed; stdin is
+    /// `/dev/null` when `None`.
+    pub stdin: Option<Vec<u8>>,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<String>) -> Cmd {
+        Cmd {
+            program: program.into(),
+            ..Cmd::default()
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Cmd {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Cmd {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Cmd {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Cmd {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// The arguments as (lossy) strings, for fakes and log lines.
+    pub fn args_lossy(&self) -> Vec<String> {
+        self.args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl fmt::Display for Cmd {
+    /// A shell-like rendering for logs; not meant to be pasted into a shell.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.program)?;
+        for a in self.args_lossy() {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '"') {
+                write!(f, " {a:?}")?;
+            } else {
+                write!(f, " {a}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a successful run printed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn stdout_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{program} not found in PATH: {hint}")]
+    NotFound { program: String, hint: String },
+    #[error("could not start {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("lost contact with {program} while it ran")]
+    Io {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{program} {}{}", describe_status(*.code, *.signal), render_tail(.stderr_tail))]
+    Failed {
+        program: String,
+        /// The exit code, when it exited.
+        code: Option<i32>,
+        /// The signal that killed it, when it was killed.
+        signal: Option<i32>,
+        /// Its last stderr lines (or stdout lines when stderr was empty).
+        stderr_tail: String,
+    },
+}
+
+impl CommandError {
+    pub fn program(&self) -> &str {
+        match self {
+            CommandError::NotFound { program, .. }
+            | CommandError::Spawn { program, .. }
+            | CommandError::Io { program, .. }
+            | CommandError::Failed { program, .. } => program,
+        }
+    }
+
+    /// Builds the error [`SystemRunner`] reports for a program missing from
+    /// `PATH`, so fakes can produce the same one.
+    pub fn not_found(program: &str) -> CommandError {
+        CommandError::NotFound {
+            program: program.to_string(),
+            hint: install_hint(program),
+        }
+    }
+}
+
+fn describe_status(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        (None, None) => "ended abnormally".to_string(),
+    }
+}
+
+fn render_tail(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(":\n  {}", tail.replace('\n', "\n  "))
+    }
+}
+
+/// What to tell a user whose `PATH` lacks `program`: the Debian package that
+/// ships it, for the programs banger drives.
+pub fn install_hint(program: &str) -> String {
+    let base = Path::new(program)
+        .file_name()
+        .and_then(OsStr::to_str)
+        .unwrap_or(program);
+    let package = match base {
+        "mkfs.ext4" | "mke2fs" | "resize2fs" | "e2fsck" | "debugfs" | "dumpe2fs" | "tune2fs" => {
+            "e2fsprogs"
+        }
+        "apt-get" | "apt-cache" | "apt-config" => "apt",
+        "dpkg-deb" | "dpkg" => "dpkg",
+        "qemu-system-x86_64" => "qemu-system-x86",
+        "qemu-img" => "qemu-utils",
+        "mmdebstrap" => "mmdebstrap",
+        "dnsmasq" => "dnsmasq",
+        "nft" => "nftables",
+        "ssh" | "ssh-keygen" => "openssh-client",
+        "cpio" => "cpio",
+        "busybox" => "busybox-static",
+        "firecracker" => {
+            return "install firecracker or set firecracker_bin in the config".to_string();
+        }
+        _ => return "install it or add its directory to PATH".to_string(),
+    };
+    format!("install {package}")
+}
+
+/// Runs programs to completion. Implementations must be usable from several
+/// threads (the daemon runs builds on blocking worker threads).
+pub trait Runner: Send + Sync {
+    /// Runs `cmd` to completion; exit status 0 is the only success.
+    fn run(&self, cmd: &Cmd) -> Result<Output, CommandError>;
+}
+
+/// The real [`Runner`], on `std::process`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemRunner;
+
+impl Runner for SystemRunner {
+    fn run(&self, cmd: &Cmd) -> Result<Output, CommandError> {
+        let started = Instant::now();
+        let mut command = Command::new(&cmd.program);
+        command
+            .args(&cmd.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command.stdin(if cmd.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        if let Some(dir) = &cmd.cwd {
+            command.current_dir(dir);
+        }
+        command.envs(cmd.env.iter().map(|(k, v)| (k, v)));
+
+        let mut child = command.spawn().map_err(|source| spawn_error(cmd, source))?;
+        let stdin_pipe = child.stdin.take();
+        // Feed stdin from a second thread while this one drains stdout and
+        // stderr, so neither side can block on a full pipe.
+        let (output, stdin_result) = std::thread::scope(|scope| {
+            let writer = stdin_pipe.map(|mut pipe| {
+                let data = cmd.stdin.as_deref().unwrap_or_default();
+                scope.spawn(move || pipe.write_all(data))
+            });
+            let output = child.wait_with_output();
+            let stdin_result = writer.map(|w| w.join().unwrap_or(Ok(())));
+            (output, stdin_result)
+        });
+        let io_err = |source| CommandError::Io {
+            program: cmd.program.clone(),
+            source,
+        };
+        let output = output.map_err(io_err)?;
+        tracing::debug!(
+            command = %cmd,
+            status = %output.status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "ran external program"
+        );
+        if !output.status.success() {
+            return Err(failed(cmd, output.status, &output.stdout, &output.stderr));
+        }
+        // A program may legitimately exit without reading all its input.
+        if let Some(Err(e)) = stdin_result
+            && e.kind() != io::ErrorKind::BrokenPipe
+        {
+            return Err(io_err(e));
+        }
+        Ok(Output {
+            stdout: output.stdout,
+            stderr: output.stderr,
+        })
+    }
+}
+
+fn spawn_error(cmd: &Cmd, source: io::Error) -> CommandError {
+    let bare_name = !cmd.program.contains('/');
+    if source.kind() == io::ErrorKind::NotFound && bare_name && which(&cmd.program).is_none() {
+        return CommandError::not_found(&cmd.program);
+    }
+    CommandError::Spawn {
+        program: cmd.program.clone(),
+        source,
+    }
+}
+
+fn failed(cmd: &Cmd, status: ExitStatus, stdout: &[u8], stderr: &[u8]) -> CommandError {
+    let source = if stderr.iter().any(|b| !b.is_ascii_whitespace()) {
+        stderr
+    } else {
+        stdout
+    };
+    CommandError::Failed {
+        program: cmd.program.clone(),
+        code: status.code(),
+        signal: status.signal(),
+        stderr_tail: tail_lines(source, STDERR_TAIL_LINES),
+    }
+}
+
+/// The last `n` non-blank lines of `bytes`, trimmed.
+pub fn tail_lines(bytes: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Finds `program` the way a shell would: a name containing `/` is taken as
+/// a path, anything else is searched in `PATH`. Only executable regular
+/// files count.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    which_in(program, &path)
+}
+
+/// [`which`] with an explicit search path (a `PATH`-style list).
+pub fn which_in(program: &str, search_path: &OsStr) -> Option<PathBuf> {
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return is_executable(&p).then_some(p);
+    }
+    std::env::split_paths(search_path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successful_run_returns_stdout() {
+        let out = SystemRunner
+            .run(&Cmd::new("sh").args(["-c", "printf hello"]))
+            .unwrap();
+        assert_eq!(out.stdout, b"hello");
+    }
+
+    #[test]
+    fn stdin_bytes_reach_the_program() {
+        let out = SystemRunner
+            .run(&Cmd::new("cat").stdin(b"through stdin".to_vec()))
+            .unwrap();
+        assert_eq!(out.stdout_lossy(), "through stdin");
+    }
+
+    #[test]
+    fn large_stdin_and_stdout_do_not_deadlock() {
+        let data = vec![b'x'; 4 << 20];
+        let out = SystemRunner
+            .run(&Cmd::new("cat").stdin(data.clone()))
+            .unwrap();
+        assert_eq!(out.stdout.len(), data.len());
+    }
+
+    #[test]
+    fn cwd_and_env_are_applied() {
+        let dir = std::env::temp_dir();
+        let cmd = Cmd::new("sh")
+            .args(["-c", "pwd; printf %s \"$BANGER_TEST_VAR\""])
+            .cwd(&dir)
+            .env("BANGER_TEST_VAR", "v1");
+        let out = SystemRunner.run(&cmd).unwrap().stdout_lossy();
+        let canonical = dir.canonicalize().unwrap();
+        assert!(out.starts_with(canonical.to_str().unwrap()), "{out}");
+        assert!(out.ends_with("v1"), "{out}");
+    }
+
+    #[test]
+    fn missing_program_names_the_package_to_install() {
+        let err = SystemRunner
+            .run(&Cmd::new("banger-no-such-program"))
+            .unwrap_err();
+        assert!(matches!(err, CommandError::NotFound { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "banger-no-such-program not found in PATH: install it or add its directory to PATH"
+        );
+        assert_eq!(
+            CommandError::not_found("mkfs.ext4").to_string(),
+            "mkfs.ext4 not found in PATH: install e2fsprogs"
+        );
+    }
+
+    #[test]
+    fn non_zero_exit_carries_the_last_stderr_lines() {
+        let script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo line$i >&2; done; exit 3";
+        let err = SystemRunner
+            .run(&Cmd::new("sh").args(["-c", script]))
+            .unwrap_err();
+        let CommandError::Failed {
+            code, stderr_tail, ..
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*code, Some(3));
+        assert!(
+            stderr_tail.starts_with("line3\n") && stderr_tail.ends_with("line10"),
+            "{stderr_tail}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("sh exited with status 3:\n  line3\n  line4"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn killed_program_reports_the_signal() {
+        let err = SystemRunner
+            .run(&Cmd::new("sh").args(["-c", "kill -9 $$"]))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "sh was killed by signal 9");
+    }
+
+    #[test]
+    fn missing_working_directory_is_not_reported_as_missing_program() {
+        let err = SystemRunner
+            .run(&Cmd::new("sh").cwd("/nonexistent/banger-dir"))
+            .unwrap_err();
+        assert!(matches!(err, CommandError::Spawn { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn which_finds_only_executable_files() {
+        let dir = tempdir();
+        let exe = dir.join("tool");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("plain"), "").unwrap();
+        std::fs::create_dir(dir.join("subdir")).unwrap();
+        let path = std::env::join_paths(["/nonexistent", dir.to_str().unwrap()]).unwrap();
+        assert_eq!(which_in("tool", &path), Some(exe.clone()));
+        assert_eq!(which_in("plain", &path), None);
+        assert_eq!(which_in("subdir", &path), None);
+        assert_eq!(which_in(exe.to_str().unwrap(), OsStr::new("")), Some(exe));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn display_quotes_arguments_with_spaces() {
+        let cmd = Cmd::new("mkfs.ext4").args(["-L", "my label", "-q"]);
+        assert_eq!(cmd.to_string(), r#"mkfs.ext4 -L "my label" -q"#);
+    }
+
+    fn tempdir() -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("banger-sys-which-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
