@@ -58,6 +58,27 @@ fn main() {
                 for l in t.lines().filter(|l| l.contains("virtio")) {
                     eprintln!("DBG irq {l}");
                 }
+                match std::fs::read_dir("/proc/self/task") {
+                    Ok(d) => {
+                        for e in d.flatten() {
+                            let p = e.path();
+                            let stat = std::fs::read_to_string(p.join("stat"))
+                                .unwrap_or_else(|e| e.to_string());
+                            let sc = std::fs::read_to_string(p.join("syscall"))
+                                .unwrap_or_else(|e| e.to_string());
+                            let wchan = std::fs::read_to_string(p.join("wchan"))
+                                .unwrap_or_else(|e| e.to_string());
+                            eprintln!(
+                                "DBG task {:?} stat={} wchan={} syscall={}",
+                                e.file_name(),
+                                stat.split(' ').take(3).collect::<Vec<_>>().join(" "),
+                                wchan,
+                                sc.trim()
+                            );
+                        }
+                    }
+                    Err(e) => eprintln!("DBG task read_dir: {e}"),
+                }
             }
         });
     }

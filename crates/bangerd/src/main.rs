@@ -30,6 +30,7 @@ async fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let home = std::env::var_os("HOME")
         .map(std::path::PathBuf::from)
@@ -43,8 +44,7 @@ async fn run() -> anyhow::Result<()> {
     for dir in [&paths.state_dir, &paths.runtime_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let _lock = banger_sys::fs::lock_exclusive(&paths.state_dir.join("bangerd.lock"))
-        .with_context(|| format!("another bangerd already owns {}", paths.state_dir.display()))?;
+    let _lock = take_lock(&paths.state_dir.join("bangerd.lock")).await?;
     let store = Store::open(&paths.state_dir.join("banger.db"))?;
     let engine = Arc::new(QemuEngine {
         binary: config.qemu_bin.clone(),
@@ -70,16 +70,54 @@ async fn run() -> anyhow::Result<()> {
         shutdown: Arc::new(shutdown_tx),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-                _ = shutdown_rx.wait_for(|v| *v) => {}
-            }
-            tracing::info!("bangerd shutting down; running vms keep running");
-        })
-        .await?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = shutdown_rx.wait_for(|v| *v) => {}
+        }
+        tracing::info!("bangerd shutting down; running vms keep running");
+    };
+    // Followers of logs and operations never end on their own: stop
+    // accepting at once, give open requests a moment, then exit.
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stop.await;
+        let _ = stopped_tx.send(());
+    });
+    let drain = async {
+        let _ = stopped_rx.await;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    };
+    tokio::select! {
+        r = server => r?,
+        _ = drain => tracing::info!("open requests did not finish in time; exiting anyway"),
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// One daemon per state dir. A predecessor that is still exiting holds the
+/// lock for a moment, so wait a little before giving up.
+async fn take_lock(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match banger_sys::fs::lock_exclusive(path) {
+            Ok(f) => return Ok(f),
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && e.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "another bangerd already owns {}",
+                        path.parent().unwrap_or(path).display()
+                    )
+                });
+            }
+        }
+    }
 }
