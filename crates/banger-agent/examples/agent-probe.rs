@@ -46,7 +46,7 @@ async fn main() -> std::io::Result<()> {
     let (done_tx, mut done_rx) = oneshot::channel::<()>();
     let driver = tokio::spawn(async move {
         poll_fn(|cx| {
-            if let Poll::Ready(_) = std::pin::Pin::new(&mut done_rx).poll(cx) {
+            if std::pin::Pin::new(&mut done_rx).poll(cx).is_ready() {
                 return Poll::Ready(());
             }
             loop {

@@ -66,21 +66,10 @@ impl FdStream {
         loop {
             let mut guard = ready!(self.inner.fd.poll_read_ready(cx))?;
             let hung_up = guard.ready().is_read_closed();
-            if std::env::var_os("AGENT_DEBUG").is_some() {
-                eprintln!("DBG read ready {:?}", guard.ready());
-            }
             let unfilled = buf.initialize_unfilled();
-            let r = guard
-                .try_io(|fd| rustix::io::read(fd.get_ref(), unfilled).map_err(io::Error::from));
-            if std::env::var_os("AGENT_DEBUG").is_some() {
-                eprintln!(
-                    "DBG read -> {:?}",
-                    r.as_ref()
-                        .map(|x| x.as_ref().map_err(|e| e.to_string()))
-                        .map_err(|_| "wouldblock")
-                );
-            }
-            match r {
+            match guard
+                .try_io(|fd| rustix::io::read(fd.get_ref(), unfilled).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -104,21 +93,7 @@ impl FdStream {
         loop {
             let mut guard = ready!(self.inner.fd.poll_write_ready(cx))?;
             let hung_up = guard.ready().is_write_closed();
-            if std::env::var_os("AGENT_DEBUG").is_some() {
-                eprintln!("DBG write ready {:?}", guard.ready());
-            }
-            let r =
-                guard.try_io(|fd| rustix::io::write(fd.get_ref(), buf).map_err(io::Error::from));
-            if std::env::var_os("AGENT_DEBUG").is_some() {
-                eprintln!(
-                    "DBG write {} -> {:?}",
-                    buf.len(),
-                    r.as_ref()
-                        .map(|x| x.as_ref().map_err(|e| e.to_string()))
-                        .map_err(|_| "wouldblock")
-                );
-            }
-            match r {
+            match guard.try_io(|fd| rustix::io::write(fd.get_ref(), buf).map_err(io::Error::from)) {
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(result) => return Poll::Ready(result),
                 Err(_would_block) if hung_up => {

@@ -10,7 +10,8 @@
 //! without a VM.
 //!
 //! What runs where: one current-thread tokio runtime for all I/O; one
-//! thread that reaps children (`reaper`); blocking threads only for the
+//! thread that reaps children (`reaper`); a boot-time thread that waits for
+//! the kernel's random numbers (`entropy`); blocking threads only for the
 //! shutdown sequence.
 
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ use std::sync::Arc;
 pub mod boot;
 pub mod console;
 pub mod devices;
+pub mod entropy;
 pub mod exec;
 pub mod fdio;
 pub mod port;

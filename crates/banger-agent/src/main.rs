@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use banger_agent::console::{chain, log};
+use banger_agent::console::{Millis, chain, log};
 use banger_agent::{Agent, GuestPower, boot, devices, port, setup, shutdown};
 
 fn main() {
@@ -24,6 +24,7 @@ fn main() {
         eprintln!("banger-agent: this is the guest's init and must run as PID 1 (try --version)");
         std::process::exit(2);
     }
+    let crng = banger_agent::entropy::spawn_crng_init();
     let booted = match boot::boot() {
         Ok(booted) => booted,
         Err(e) => {
@@ -49,39 +50,14 @@ fn main() {
         }
     };
     let path = Path::new("/dev").join(&name);
-
-    if std::env::var_os("AGENT_DEBUG").is_some() {
-        std::thread::spawn(|| {
-            loop {
-                std::thread::sleep(Duration::from_secs(3));
-                let t = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
-                for l in t.lines().filter(|l| l.contains("virtio")) {
-                    eprintln!("DBG irq {l}");
-                }
-                match std::fs::read_dir("/proc/self/task") {
-                    Ok(d) => {
-                        for e in d.flatten() {
-                            let p = e.path();
-                            let stat = std::fs::read_to_string(p.join("stat"))
-                                .unwrap_or_else(|e| e.to_string());
-                            let sc = std::fs::read_to_string(p.join("syscall"))
-                                .unwrap_or_else(|e| e.to_string());
-                            let wchan = std::fs::read_to_string(p.join("wchan"))
-                                .unwrap_or_else(|e| e.to_string());
-                            eprintln!(
-                                "DBG task {:?} stat={} wchan={} syscall={}",
-                                e.file_name(),
-                                stat.split(' ').take(3).collect::<Vec<_>>().join(" "),
-                                wchan,
-                                sc.trim()
-                            );
-                        }
-                    }
-                    Err(e) => eprintln!("DBG task read_dir: {e}"),
-                }
-            }
-        });
+    match crng.join() {
+        Ok(took) => log(format_args!(
+            "random numbers ready ({})",
+            Millis(took.as_secs_f64() * 1000.0)
+        )),
+        Err(_) => log(format_args!("waiting for random numbers failed")),
     }
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

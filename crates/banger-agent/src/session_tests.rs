@@ -491,7 +491,7 @@ async fn a_tty_exec_runs_on_a_terminal_of_the_requested_size() {
         argv: vec![
             "sh".into(),
             "-c".into(),
-            "test -t 0 && test -t 1 && tty && stty size".into(),
+            "test -t 0 && test -t 1 && tty && stty size && : < /dev/tty".into(),
         ],
         tty: true,
         size: Some(Resize { rows: 30, cols: 90 }),

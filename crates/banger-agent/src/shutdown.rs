@@ -9,7 +9,7 @@ use rustix::mount::{MountFlags, UnmountFlags};
 use rustix::process::Signal;
 use rustix::system::RebootCommand;
 
-use crate::console::log;
+use crate::console::{log, step};
 
 /// Ends the guest's life.
 pub trait Power: Send + Sync {
@@ -38,11 +38,16 @@ pub fn power_off(reboot: bool) -> ! {
         if reboot { "rebooting" } else { "powering off" }
     ));
     rustix::fs::sync();
-    let _ = banger_sys::guest::kill_all(Signal::Term);
-    if !wait_for_other_processes(Duration::from_secs(2)) {
+    let _ = step("stopped all processes", || -> Result<(), Lingering> {
+        let _ = banger_sys::guest::kill_all(Signal::Term);
+        if wait_for_other_processes(Duration::from_secs(2)) {
+            return Ok(());
+        }
+        let left = Lingering(other_user_processes());
         let _ = banger_sys::guest::kill_all(Signal::Kill);
         wait_for_other_processes(Duration::from_millis(500));
-    }
+        Err(left)
+    });
     if let Err(rustix::io::Errno::BUSY) = rustix::mount::unmount("/root", UnmountFlags::empty()) {
         let _ = rustix::mount::unmount("/root", UnmountFlags::DETACH);
     }
@@ -63,11 +68,16 @@ pub fn power_off(reboot: bool) -> ! {
     }
 }
 
+/// Processes that outlived SIGTERM, named in the log before SIGKILL.
+#[derive(Debug, thiserror::Error)]
+#[error("still running after SIGTERM, sent SIGKILL: {}", .0.join(", "))]
+struct Lingering(Vec<String>);
+
 /// Waits until no user process but us is left; `false` on timeout.
 fn wait_for_other_processes(limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
-        if other_user_processes() == 0 {
+        if other_user_processes().is_empty() {
             return true;
         }
         if Instant::now() >= deadline {
@@ -78,14 +88,18 @@ fn wait_for_other_processes(limit: Duration) -> bool {
 }
 
 /// Live processes other than PID 1 with a command line (kernel threads and
-/// zombies have none).
-fn other_user_processes() -> usize {
+/// zombies have none), as `pid (name)`.
+fn other_user_processes() -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
     dir.filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != 1)
         .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()))
-        .count()
+        .map(|pid| {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("{pid} ({})", name.trim())
+        })
+        .collect()
 }
