@@ -62,7 +62,9 @@ pub enum BootError {
         #[source]
         source: io::Error,
     },
-    #[error("no disk with serial {serial} appeared within {timeout:?}")]
+    #[error(
+        "no disk with serial {serial} appeared within {timeout:?}: if this kernel builds virtio as modules, give `banger image register` its modules with --modules"
+    )]
     DiskMissing {
         serial: &'static str,
         timeout: Duration,

@@ -202,7 +202,7 @@ impl Manager {
             self.config.accel,
             &self.config.qemu_bin,
             kernel,
-            &accel::cache_file(&self.paths.state_dir),
+            &accel::cache_file(&self.paths.cache_dir),
         )
         .await;
         tracing::info!(accel = d.0.as_str(), kvm = ?d.1, "accelerator chosen");
@@ -216,7 +216,7 @@ impl Manager {
             && self.config.accel == crate::config::AccelChoice::Auto
             && accel::kvm_device_status().is_none()
             && accel::cached(
-                &accel::cache_file(&self.paths.state_dir),
+                &accel::cache_file(&self.paths.cache_dir),
                 &self.config.qemu_bin,
                 kernel,
             )

@@ -377,3 +377,179 @@ fn doctor_reports_every_check() {
         .unwrap();
     assert_eq!(image["status"], "fail");
 }
+
+#[test]
+fn signals_reach_the_guest_command_and_a_vanished_client_kills_it() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let _permit = boot_permit();
+    env.ok(&["vm", "create", "--name", "sig"]);
+
+    // SIGTERM to the CLI is forwarded to the guest process, whose status comes back.
+    let mut child = env
+        .cmd(&[
+            "vm",
+            "exec",
+            "sig",
+            "--",
+            "sh",
+            "-c",
+            "echo started; exec sleep 300",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "started\n");
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "sleep killed by SIGTERM reports 128+15"
+    );
+
+    // A client that disappears (SIGKILL, no chance to forward anything) takes its process with it.
+    let mut child = env
+        .cmd(&[
+            "vm",
+            "exec",
+            "sig",
+            "--",
+            "sh",
+            "-c",
+            "echo started; exec sleep 301",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !env
+            .ok(&["vm", "exec", "sig", "--", "ps"])
+            .contains("sleep 301")),
+        "the guest process outlived its client"
+    );
+}
+
+#[test]
+fn register_validates_files_and_imports_a_bootable_image() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let img = env.state_dir().join("images/minimal");
+    let (kernel, rootfs) = (img.join("vmlinux"), img.join("rootfs.ext4"));
+    let k = kernel.to_string_lossy().into_owned();
+    let r = rootfs.to_string_lossy().into_owned();
+
+    // Files that are not what they claim are refused, naming the file.
+    let out = env.run(&[
+        "image", "register", "--name", "bad", "--kernel", &r, "--rootfs", &r,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rootfs.ext4"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.run(&[
+        "image", "register", "--name", "bad", "--kernel", &k, "--rootfs", &k,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = env.run(&[
+        "image",
+        "register",
+        "--name",
+        "bad",
+        "--kernel",
+        "/nonexistent/vmlinux",
+        "--rootfs",
+        &r,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        env.json(&["image", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["name"] != "bad"),
+        "nothing half-registered"
+    );
+
+    // A real kernel and rootfs register, with fingerprints, and boot. Debian's
+    // kernel builds virtio as modules: take them from the unpacked package.
+    let extract = banger_e2e::shared_cache().join("banger/extract");
+    let pkg = std::fs::read_dir(&extract)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("linux-image-")
+        })
+        .expect("kernel package unpacked");
+    let modules = std::fs::read_dir(pkg.join("lib/modules"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let m = modules.to_string_lossy().into_owned();
+    env.ok(&[
+        "image",
+        "register",
+        "--name",
+        "mine",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--modules",
+        &m,
+    ]);
+    let shown = env.json(&["image", "show", "mine", "--json"]);
+    assert_eq!(shown["source"], "registered");
+    assert!(
+        shown["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "rootfs.ext4" && f["sha256"].as_str().unwrap().len() == 64)
+    );
+    let _permit = boot_permit();
+    let out = env.run(&[
+        "vm",
+        "run",
+        "--rm",
+        "--image",
+        "mine",
+        "--",
+        "cat",
+        "/etc/os-release",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("banger"));
+    env.ok(&["image", "delete", "mine"]);
+    assert!(!env.state_dir().join("images/mine").exists());
+}

@@ -57,9 +57,19 @@ pub fn cached(cache_file: &Path, qemu: &Path, kernel: &Path) -> Option<KvmStatus
     (entry.key == cache_key(qemu, kernel)).then_some(entry.status)
 }
 
+/// The verdict depends on the host, QEMU and the kernel's content (not its
+/// path), so isolated instances on one host share it.
 fn cache_key(qemu: &Path, kernel: &Path) -> String {
+    use sha2::Digest;
+    use std::io::Read;
+    // Size plus the first 4 MiB (headers, version string) tell kernels apart
+    // without hashing 50 MB on every daemon start.
+    let mut h = sha2::Sha256::new();
     let size = std::fs::metadata(kernel).map(|m| m.len()).unwrap_or(0);
-    format!("{}|{}|{size}", qemu.display(), kernel.display())
+    if let Ok(f) = std::fs::File::open(kernel) {
+        let _ = std::io::copy(&mut f.take(4 << 20), &mut h);
+    }
+    format!("{}|{size}|{}", qemu.display(), hex::encode(h.finalize()))
 }
 
 /// Decides the accelerator for `choice`, probing (and caching) when `auto`
@@ -85,6 +95,9 @@ pub async fn decide(
                             key: cache_key(qemu, kernel),
                             status: s.clone(),
                         };
+                        if let Some(dir) = cache_file.parent() {
+                            let _ = std::fs::create_dir_all(dir);
+                        }
                         if let Ok(bytes) = serde_json::to_vec(&entry) {
                             let _ = std::fs::write(cache_file, bytes);
                         }
@@ -186,7 +199,7 @@ pub async fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> KvmStatus {
     }
 }
 
-/// Where the probe verdict is cached.
-pub fn cache_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("kvm-probe.json")
+/// Where the probe verdict is cached: with other host facts in the cache dir.
+pub fn cache_file(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("kvm-probe.json")
 }
