@@ -336,6 +336,7 @@ mod tests {
             vm_name: "web".into(),
             hostname: "web-1".into(),
             authorized_keys: vec![],
+            network: None,
         };
         std::fs::write(&path, cfg.to_drive().unwrap()).unwrap();
         assert_eq!(read_config(&path).unwrap(), cfg);

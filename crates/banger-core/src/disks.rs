@@ -225,6 +225,7 @@ mod tests {
             vm_name: "web".into(),
             hostname: "web".into(),
             authorized_keys: vec![],
+            network: None,
         };
         write_config_drive(&cfg, &p).unwrap();
         assert_eq!(

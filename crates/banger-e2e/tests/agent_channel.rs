@@ -88,8 +88,7 @@ fn agent_on_a_raw_descriptor_in_a_current_thread_runtime_answers() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let fd: std::os::fd::OwnedFd = guest.into();
-            let port = banger_agent::fdio::FdStream::new(fd).unwrap();
+            let port: std::os::fd::OwnedFd = guest.into();
             let power = Arc::new(RecordPower(Mutex::new(Vec::new())));
             banger_agent::port::serve_forever(port, Arc::new(banger_agent::Agent::new(power))).await
         })

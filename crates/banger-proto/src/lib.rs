@@ -288,6 +288,29 @@ pub struct GuestConfig {
     /// Extra lines for `/root/.ssh/authorized_keys`.
     #[serde(default)]
     pub authorized_keys: Vec<String>,
+    /// The guest's network, configured by the agent over netlink; `None`
+    /// means no network device (agent channel only).
+    #[serde(default)]
+    pub network: Option<GuestNetwork>,
+}
+
+/// Static network configuration for the guest's one NIC (the agent
+/// configures it itself: Debian's cloud kernel ignores `ip=`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GuestNetwork {
+    /// MAC address of the NIC to configure (`52:54:00:..`), to find it among links.
+    pub mac: String,
+    /// Address with prefix length, e.g. `172.30.0.5/24`.
+    pub address: String,
+    /// Default gateway, e.g. `172.30.0.1`.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// Resolvers for `/etc/resolv.conf`.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// Search domain for `/etc/resolv.conf` (the DNS suffix, e.g. `banger`).
+    #[serde(default)]
+    pub search: Option<String>,
 }
 
 impl GuestConfig {

@@ -74,6 +74,7 @@ impl Manager {
                 vm_name: vm.name.clone(),
                 hostname: vm.name.clone(),
                 authorized_keys: vec![],
+                network: None,
             };
             crate::disks::write_config_drive(&cfg, &dir.join("config.img"))
                 .map_err(|e| Error::failed(crate::error::chain(&e)))

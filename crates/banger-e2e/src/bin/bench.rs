@@ -70,6 +70,7 @@ fn bare_boot(image: &Path, scratch: &Path, accel: Accel) -> f64 {
         vm_name: "bare".into(),
         hostname: "bare".into(),
         authorized_keys: vec![],
+        network: None,
     };
     std::fs::write(&config, cfg.to_drive().unwrap()).unwrap();
     let spec = MachineSpec {
