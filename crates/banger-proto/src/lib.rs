@@ -219,6 +219,14 @@ pub enum Request {
     Shutdown {
         reboot: bool,
     },
+    /// Open a TCP connection to `127.0.0.1:port` inside the guest. The agent
+    /// answers one `Response` frame (`{}`) or an `Error` frame, then the
+    /// stream carries the connection's raw bytes both ways (no more frames)
+    /// until either side closes. This is how `vm ssh` reaches sshd in every
+    /// network mode, routable address or not.
+    Connect {
+        port: u16,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
