@@ -407,7 +407,14 @@ mod tests {
             version: 1,
             vm_name: "web".into(),
             hostname: "web".into(),
-            authorized_keys: vec![],
+            authorized_keys: vec!["ssh-ed25519 AAAA test".into()],
+            network: Some(GuestNetwork {
+                mac: "52:54:00:12:34:56".into(),
+                address: "172.30.0.5/24".into(),
+                gateway: Some("172.30.0.1".into()),
+                dns: vec!["172.30.0.1".into()],
+                search: Some("banger".into()),
+            }),
         };
         let drive = cfg.to_drive().unwrap();
         assert_eq!(drive.len(), CONFIG_DRIVE_SIZE);
