@@ -2,9 +2,10 @@
 //! protocol (`banger-proto`).
 //!
 //! As init it boots the guest (`boot`: kernel modules, disks found by
-//! serial, switch to the root disk; `setup`: the mounts, hostname and ssh
-//! keys a system expects), then serves the host on the virtio-serial port
-//! (`port`) for the rest of the guest's life. The server half
+//! serial, switch to the root disk; `setup`: the mounts, hostname, ssh
+//! keys and network (`net`) a system expects), then serves the host on the
+//! virtio-serial port (`port`) for the rest of the guest's life, with sshd
+//! (`sshd`) kept running beside it when the image has one. The server half
 //! ([`serve_connection`]) runs over any byte stream, so it is tested on the
 //! host as a normal process, and a host-side client can be tested against it
 //! without a VM.
@@ -12,24 +13,27 @@
 //! What runs where: one current-thread tokio runtime for all I/O; one
 //! thread that reaps children (`reaper`); a boot-time thread that waits for
 //! the kernel's random numbers (`entropy`); blocking threads only for the
-//! shutdown sequence.
+//! shutdown sequence. sshd's supervisor is a task on the runtime.
 
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
 pub mod boot;
+pub mod connect;
 pub mod console;
 pub mod devices;
 pub mod entropy;
 pub mod exec;
 pub mod fdio;
+pub mod net;
 pub mod port;
 pub mod reaper;
 pub mod session;
 pub mod setup;
 pub mod shutdown;
 pub mod spawn;
+pub mod sshd;
 
 pub use session::{Session, SessionError, serve_connection};
 pub use shutdown::{GuestPower, Power};

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use banger_agent::console::{Millis, chain, log};
+use banger_agent::sshd::Sshd;
 use banger_agent::{Agent, GuestPower, boot, devices, port, setup, shutdown};
 
 fn main() {
@@ -74,6 +75,10 @@ fn main() {
         };
         log(format_args!("serving on {}", path.display()));
         log(format_args!("ready"));
-        port::serve_forever(port, Arc::new(Agent::new(Arc::new(GuestPower)))).await
+        let agent = Arc::new(Agent::new(Arc::new(GuestPower)));
+        // Runs once serving yields: host keys may take seconds to generate.
+        let reaper = agent.reaper;
+        tokio::spawn(async move { Sshd::guest().run(reaper).await });
+        port::serve_forever(port, agent).await
     })
 }

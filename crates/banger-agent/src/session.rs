@@ -233,25 +233,7 @@ async fn handle_stream(stream: yamux::Stream, agent: Arc<Agent>) {
             let _ = respond(&mut output, &health()).await;
         }
         Request::Exec(req) => crate::exec::run(&agent, req, input, output).await,
-        Request::Connect { port } => {
-            let tcp = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                Ok(tcp) => tcp,
-                Err(e) => {
-                    let msg = format!("cannot connect to 127.0.0.1:{port} in the guest: {e}");
-                    let _ = write_error(&mut output, "connect_failed", msg).await;
-                    let _ = output.shutdown().await;
-                    return;
-                }
-            };
-            // Not `respond`: that closes our side, and the stream goes on.
-            let ok = Frame::json(FrameKind::Response, &serde_json::json!({}));
-            if banger_proto::write_frame(&mut output, &ok).await.is_err() {
-                return;
-            }
-            let mut stream = input.unsplit(output);
-            let mut tcp = tcp;
-            let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
-        }
+        Request::Connect { port } => crate::connect::run(port, input, output).await,
         Request::Shutdown { reboot } => {
             let _ = respond(&mut output, &serde_json::json!({})).await;
             drop(output);

@@ -604,3 +604,41 @@ async fn a_background_child_holding_stdout_does_not_hold_up_the_exit() {
     // The orphan is reaped once it exits, not left a zombie.
     wait_until_gone(out.trim().parse().unwrap()).await;
 }
+
+#[tokio::test]
+async fn connect_splices_a_guest_port_onto_the_stream_until_both_sides_close() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        sock.read_to_end(&mut got).await.unwrap();
+        got.reverse();
+        sock.write_all(&got).await.unwrap();
+    });
+    let client = connect().await;
+    let mut stream = request(&client, Request::Connect { port }).await;
+    assert_eq!(next(&mut stream).await.kind, FrameKind::Response);
+    // The host's yamux half-close reaches the guest program as end of file,
+    // and its answer still comes back.
+    stream.write_all(b"stressed").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, "desserts");
+}
+
+#[tokio::test]
+async fn connect_to_a_closed_port_gets_connect_failed() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let client = connect().await;
+    let mut stream = request(&client, Request::Connect { port }).await;
+    let frame = next(&mut stream).await;
+    assert_eq!(frame.kind, FrameKind::Error);
+    assert_eq!(frame.parse::<ErrorBody>().unwrap().code, "connect_failed");
+}

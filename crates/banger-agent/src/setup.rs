@@ -1,11 +1,11 @@
 //! System set-up after the switch of root (boot step 7): the runtime
-//! filesystems a Linux system expects, the hostname, and the host's ssh
-//! keys. Owns what the guest looks like to programs run in it; every
-//! failure is logged and skipped. File edits take the root directory as a
-//! parameter, so tests run them in temp dirs.
+//! filesystems a Linux system expects, the hostname, the host's ssh keys,
+//! then the network (`net.rs`). Owns what the guest looks like to programs
+//! run in it; every failure is logged and skipped. File edits take the root
+//! directory as a parameter, so tests run them in temp dirs.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use banger_proto::GuestConfig;
@@ -26,9 +26,10 @@ pub fn run(config: &GuestConfig) {
     });
     if !config.authorized_keys.is_empty() {
         let _ = step("installed ssh keys", || {
-            install_authorized_keys(Path::new("/root"), &config.authorized_keys)
+            install_authorized_keys(Path::new("/root"), &config.authorized_keys, Owner::ROOT)
         });
     }
+    crate::net::run(config.network.as_ref());
 }
 
 /// The hostname to use: the configured one, else the VM's name.
@@ -102,15 +103,45 @@ pub fn hosts_with(hosts: &str, name: &str) -> String {
     out
 }
 
+/// Who owns a home directory and its ssh files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    pub const ROOT: Owner = Owner { uid: 0, gid: 0 };
+
+    /// Gives `path` to this owner unless it has it already.
+    fn take(self, path: &Path) -> io::Result<()> {
+        let meta = std::fs::metadata(path)?;
+        if (meta.uid(), meta.gid()) != (self.uid, self.gid) {
+            std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))?;
+        }
+        Ok(())
+    }
+}
+
 /// Adds `keys` missing from `home/.ssh/authorized_keys` (directory 0700,
-/// file 0600), keeping the keys already there.
-pub fn install_authorized_keys(home: &Path, keys: &[String]) -> io::Result<()> {
+/// file 0600), keeping the keys already there. sshd's `StrictModes` ignores
+/// keys unless the file, its directory and `home` belong to the user (or
+/// root) and no one else may write to them, so all three are given to
+/// `owner` and `home` loses group and other write permission (the work
+/// disk mounted on `/root` was made on the host, by whoever ran the daemon).
+pub fn install_authorized_keys(home: &Path, keys: &[String], owner: Owner) -> io::Result<()> {
+    owner.take(home)?;
+    let mode = std::fs::metadata(home)?.mode();
+    if mode & 0o022 != 0 {
+        std::fs::set_permissions(home, std::fs::Permissions::from_mode(mode & 0o7755))?;
+    }
     let dir = home.join(".ssh");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    owner.take(&dir)?;
     let path = dir.join("authorized_keys");
     let existing = std::fs::read_to_string(&path).unwrap_or_default();
     let merged = merge_keys(&existing, keys);
@@ -121,7 +152,8 @@ pub fn install_authorized_keys(home: &Path, keys: &[String]) -> io::Result<()> {
         .mode(0o600)
         .open(&path)?;
     io::Write::write_all(&mut file, merged.as_bytes())?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    owner.take(&path)
 }
 
 fn merge_keys(existing: &str, keys: &[String]) -> String {
@@ -141,7 +173,6 @@ fn merge_keys(existing: &str, keys: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn hosts_gains_localhost_and_the_hostname_once() {
@@ -180,9 +211,9 @@ mod tests {
     fn authorized_keys_are_merged_with_private_permissions() {
         let home = tempfile::tempdir().unwrap();
         let keys = vec!["ssh-ed25519 AAAA host".to_string()];
-        install_authorized_keys(home.path(), &["ssh-rsa BBBB mine".to_string()]).unwrap();
-        install_authorized_keys(home.path(), &keys).unwrap();
-        install_authorized_keys(home.path(), &keys).unwrap();
+        install_authorized_keys(home.path(), &["ssh-rsa BBBB mine".to_string()], me()).unwrap();
+        install_authorized_keys(home.path(), &keys, me()).unwrap();
+        install_authorized_keys(home.path(), &keys, me()).unwrap();
         let path = home.path().join(".ssh/authorized_keys");
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
@@ -193,5 +224,36 @@ mod tests {
             std::fs::metadata(home.path().join(".ssh")).unwrap().mode() & 0o777,
             0o700
         );
+    }
+
+    #[test]
+    fn authorized_keys_and_home_are_given_to_the_owner() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        // As root the files can be given away; otherwise to ourselves.
+        let owner = match rustix::process::geteuid().is_root() {
+            true => Owner {
+                uid: 1234,
+                gid: 1234,
+            },
+            false => me(),
+        };
+        install_authorized_keys(home.path(), &["ssh-ed25519 AAAA host".to_string()], owner)
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(home.path()).unwrap().mode() & 0o777,
+            0o755
+        );
+        for path in ["", ".ssh", ".ssh/authorized_keys"] {
+            let meta = std::fs::metadata(home.path().join(path)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (owner.uid, owner.gid), "{path}");
+        }
+    }
+
+    fn me() -> Owner {
+        Owner {
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Owns that sequence behind the [`Power`] trait, so the request path is
 //! tested with a fake and never reboots the machine running the tests.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::mount::{MountFlags, UnmountFlags};
@@ -10,6 +11,14 @@ use rustix::process::Signal;
 use rustix::system::RebootCommand;
 
 use crate::console::{log, step};
+
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// Whether the shutdown sequence has begun; supervisors (`sshd.rs`) then
+/// stop restarting what it stops.
+pub fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(Ordering::SeqCst)
+}
 
 /// Ends the guest's life.
 pub trait Power: Send + Sync {
@@ -33,6 +42,7 @@ impl Power for GuestPower {
 
 /// Stops everything and powers off (or restarts). Only for PID 1.
 pub fn power_off(reboot: bool) -> ! {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
     log(format_args!(
         "{}",
         if reboot { "rebooting" } else { "powering off" }

@@ -15,6 +15,8 @@
 //! | POST | `/v1/vms/{name}/start` `…/stop` `…/restart` | → 202 [`OperationRef`] |
 //! | GET | `/v1/vms/{name}/logs?follow=bool` | → `text/plain` console, streamed while following |
 //! | POST | `/v1/vms/{name}/exec` | [`banger_proto::ExecRequest`]-shaped JSON in the `X-Banger-Exec` header, `Upgrade: banger-exec` → 101, then raw agent frames both ways |
+//! | GET | `/v1/vms/{name}/ssh?wait=bool` | → [`SshTarget`]; with `wait`, once sshd answers |
+//! | POST | `/v1/vms/{name}/connect?port=N` | `Upgrade: banger-connect` → 101, then the raw bytes of a TCP connection to guest port N |
 //! | GET | `/v1/images` | → `Vec<Image>` |
 //! | POST | `/v1/images/build` | [`BuildImage`] → 202 [`OperationRef`] |
 //! | POST | `/v1/images/register` | [`RegisterImage`] → 202 [`OperationRef`] |
@@ -88,6 +90,44 @@ pub struct Vm {
     pub last_error: Option<String>,
     /// The VM's own directory on the host (disks, console log).
     pub dir: String,
+    /// `bridge`, `user` or `none`.
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// The guest's address on the bridge (bridge mode).
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// `<name>.<suffix>` when the daemon serves DNS for it (bridge mode).
+    #[serde(default)]
+    pub dns_name: Option<String>,
+    /// Ports forwarded from 127.0.0.1 (user mode), including ssh's.
+    #[serde(default)]
+    pub ports: Vec<PortForward>,
+}
+
+fn default_network() -> String {
+    "none".into()
+}
+
+/// A guest TCP port reachable on the host's loopback.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortForward {
+    pub host: u16,
+    pub guest: u16,
+}
+
+impl PortForward {
+    /// Parses `HOST:GUEST` (both 1-65535).
+    pub fn parse(s: &str) -> Result<PortForward, String> {
+        let bad =
+            || format!("invalid --publish {s:?}: use HOST:GUEST with ports 1-65535, e.g. 8080:80");
+        let (h, g) = s.split_once(':').ok_or_else(bad)?;
+        let host: u16 = h.trim().parse().map_err(|_| bad())?;
+        let guest: u16 = g.trim().parse().map_err(|_| bad())?;
+        if host == 0 || guest == 0 {
+            return Err(bad());
+        }
+        Ok(PortForward { host, guest })
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -102,6 +142,12 @@ pub struct CreateVm {
     pub memory_mib: Option<u64>,
     #[serde(default)]
     pub disk_size_mib: Option<u64>,
+    /// `bridge`, `user` or `none`; the daemon's default when absent.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// `HOST:GUEST` forwards on 127.0.0.1 (user mode).
+    #[serde(default)]
+    pub publish: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -214,6 +260,9 @@ pub struct BuildImage {
     /// Rebuild even when an image of that name exists.
     #[serde(default)]
     pub force: bool,
+    /// Extra distro packages (the `debian` preset).
+    #[serde(default)]
+    pub packages: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -262,6 +311,25 @@ pub struct DaemonStatus {
     pub vms_running: usize,
 }
 
+/// How to reach a VM's sshd with the system `ssh`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SshTarget {
+    pub user: String,
+    /// Address to connect to (the bridge address, or 127.0.0.1 in user mode).
+    pub host: String,
+    pub port: u16,
+    /// Private key to use.
+    pub key: String,
+    /// When set, there is no route to the guest: tunnel through the agent
+    /// channel (`banger vm proxy NAME PORT` as the ProxyCommand).
+    #[serde(default)]
+    pub proxy: bool,
+}
+
+/// `Upgrade:` protocol token of a raw TCP tunnel to a guest port
+/// (`/v1/vms/{name}/connect?port=N`).
+pub const CONNECT_UPGRADE: &str = "banger-connect";
+
 /// Header carrying the JSON exec request on the upgrade request.
 pub const EXEC_HEADER: &str = "x-banger-exec";
 /// `Upgrade:` protocol token of the exec stream.
@@ -295,6 +363,20 @@ pub fn validate_image_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_specs_parse() {
+        assert_eq!(
+            PortForward::parse("8080:80"),
+            Ok(PortForward {
+                host: 8080,
+                guest: 80
+            })
+        );
+        assert!(PortForward::parse("80").unwrap_err().contains("HOST:GUEST"));
+        assert!(PortForward::parse("0:80").is_err());
+        assert!(PortForward::parse("70000:80").is_err());
+    }
 
     #[test]
     fn vm_names_are_dns_labels() {

@@ -17,6 +17,18 @@ pub enum AccelChoice {
     Tcg,
 }
 
+/// The default network mode of new VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkChoice {
+    /// `bridge` when the daemon may create taps (root or CAP_NET_ADMIN), else `user`.
+    #[default]
+    Auto,
+    Bridge,
+    User,
+    None,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -34,6 +46,24 @@ pub struct Config {
     pub boot_timeout_secs: u64,
     /// Seconds a graceful stop may take before the engine is killed.
     pub stop_timeout_secs: u64,
+    /// Network mode of VMs created without `--network`.
+    pub network: NetworkChoice,
+    /// Bridge of bridge mode (at most 15 characters).
+    pub bridge_name: String,
+    /// IPv4 subnet of the bridge, CIDR; the bridge takes the first address.
+    pub bridge_subnet: String,
+    /// DNS suffix: VMs resolve as `<name>.<suffix>`.
+    pub dns_suffix: String,
+    /// nftables table banger owns for NAT (no other table is touched).
+    pub nft_table: String,
+    /// Taps kept ready for bridge-mode VMs.
+    pub tap_pool_size: usize,
+    /// May banger turn on IPv4 forwarding (needed for NAT out of the bridge)?
+    pub allow_ip_forward: bool,
+    /// May guests reach the outside world (user mode's `restrict=off`, bridge NAT)?
+    pub egress: bool,
+    /// Private key `vm ssh` uses; generated under the state dir when unset.
+    pub ssh_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -48,6 +78,15 @@ impl Default for Config {
             default_disk_size_mib: 4096,
             boot_timeout_secs: 60,
             stop_timeout_secs: 10,
+            network: NetworkChoice::Auto,
+            bridge_name: "banger0".into(),
+            bridge_subnet: "172.30.0.0/24".into(),
+            dns_suffix: "banger".into(),
+            nft_table: "banger".into(),
+            tap_pool_size: 2,
+            allow_ip_forward: false,
+            egress: true,
+            ssh_key: None,
         }
     }
 }
@@ -115,6 +154,45 @@ impl Config {
             return Err(("stop_timeout_secs", "must be at most 3600".into()));
         }
         banger_api::validate_image_name(&self.default_image).map_err(|p| ("default_image", p))?;
+        if self.bridge_name.is_empty()
+            || self.bridge_name.len() > 15
+            || !self
+                .bridge_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err((
+                "bridge_name",
+                format!(
+                    "{:?} must be 1-15 letters, digits, '-' or '_' (a Linux interface name)",
+                    self.bridge_name
+                ),
+            ));
+        }
+        crate::net::Subnet::parse(&self.bridge_subnet).map_err(|p| ("bridge_subnet", p))?;
+        banger_api::validate_vm_name(&self.dns_suffix).map_err(|_| {
+            (
+                "dns_suffix",
+                format!(
+                    "{:?} must be a DNS label: lowercase letters, digits and '-'",
+                    self.dns_suffix
+                ),
+            )
+        })?;
+        if self.nft_table.is_empty()
+            || !self
+                .nft_table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err((
+                "nft_table",
+                format!("{:?} must be letters, digits, '-' or '_'", self.nft_table),
+            ));
+        }
+        if self.tap_pool_size > 64 {
+            return Err(("tap_pool_size", "must be at most 64".into()));
+        }
         Ok(())
     }
 }
@@ -187,6 +265,26 @@ mod tests {
         );
         let err = parse("default_cpus = 0").unwrap_err().to_string();
         assert!(err.contains("default_cpus"), "{err}");
+    }
+
+    #[test]
+    fn network_keys_are_validated_by_name() {
+        assert_eq!(
+            parse("network = \"user\"").unwrap().network,
+            NetworkChoice::User
+        );
+        let err = parse("bridge_name = \"a-very-long-bridge-name\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bridge_name"), "{err}");
+        let err = parse("bridge_subnet = \"10.0.0.0/33\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bridge_subnet"), "{err}");
+        let err = parse("dns_suffix = \"Bad.Suffix\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dns_suffix"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,9 @@ pub mod engine;
 pub mod error;
 pub mod images;
 pub mod manager;
+pub mod net;
 pub mod ops;
+pub mod ssh;
 pub mod store;
 pub mod vm;
 

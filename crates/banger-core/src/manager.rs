@@ -95,6 +95,7 @@ impl Manager {
     pub fn view(&self, vm: VmRecord) -> Vm {
         let vm = self.refresh(vm);
         let rt = self.handles.get(&vm.name);
+        let name = vm.name.clone();
         Vm {
             id: vm.id,
             name: vm.name,
@@ -108,6 +109,48 @@ impl Manager {
             pid: rt.as_ref().map(|r| r.handles.pid),
             last_error: vm.last_error,
             dir: vm.dir,
+            dns_name: (vm.network == "bridge")
+                .then(|| format!("{name}.{}", self.config.dns_suffix)),
+            network: vm.network,
+            ip: vm.ip,
+            ports: vm.publish,
+        }
+    }
+
+    /// The network mode of a VM created without `--network`.
+    pub fn default_network(&self) -> crate::net::Mode {
+        use crate::config::NetworkChoice;
+        match self.config.network {
+            NetworkChoice::Auto => crate::net::Mode::auto(banger_sys::process::euid() == 0),
+            NetworkChoice::Bridge => crate::net::Mode::Bridge,
+            NetworkChoice::User => crate::net::Mode::User,
+            NetworkChoice::None => crate::net::Mode::None,
+        }
+    }
+
+    /// The guest's network config for the config drive.
+    pub fn guest_network(&self, vm: &VmRecord) -> Option<banger_proto::GuestNetwork> {
+        let mac = vm.mac.clone()?;
+        match vm.network.as_str() {
+            "user" => Some(banger_proto::GuestNetwork {
+                mac,
+                address: crate::net::user::ADDRESS.into(),
+                gateway: Some(crate::net::user::GATEWAY.into()),
+                dns: vec![crate::net::user::DNS.into()],
+                search: None,
+            }),
+            "bridge" => {
+                let subnet = crate::net::Subnet::parse(&self.config.bridge_subnet).ok()?;
+                let ip: std::net::Ipv4Addr = vm.ip.as_deref()?.parse().ok()?;
+                Some(banger_proto::GuestNetwork {
+                    mac,
+                    address: subnet.with_prefix(ip),
+                    gateway: Some(subnet.gateway().to_string()),
+                    dns: vec![subnet.gateway().to_string()],
+                    search: Some(self.config.dns_suffix.clone()),
+                })
+            }
+            _ => None,
         }
     }
 
@@ -137,7 +180,11 @@ impl Manager {
 
     /// Forgets a VM's transient state: memory, scratch file, socket dir.
     pub fn release_runtime(&self, vm: &VmRecord) {
-        self.handles.remove(&vm.name);
+        let rt = self.handles.remove(&vm.name);
+        let tap = rt
+            .and_then(|rt| rt.handles.tap)
+            .or_else(|| handles::read(Path::new(&vm.dir)).and_then(|h| h.tap));
+        self.release_tap(vm, tap);
         handles::remove(Path::new(&vm.dir));
         let _ = std::fs::remove_dir_all(self.run_dir(vm));
     }
@@ -229,6 +276,7 @@ impl Manager {
         vm: &VmRecord,
         image: &ImageRecord,
         accel: Accel,
+        tap: Option<&str>,
     ) -> Result<MachineSpec, Error> {
         let img = Path::new(&image.dir);
         let dir = Path::new(&vm.dir);
@@ -276,6 +324,18 @@ impl Manager {
                     read_only: true,
                 },
             ],
+            nic: match (vm.network.as_str(), &vm.mac, tap) {
+                ("user", Some(mac), _) => Some(crate::engine::Nic::User {
+                    mac: mac.clone(),
+                    restrict: !self.config.egress,
+                    forwards: vm.publish.clone(),
+                }),
+                ("bridge", Some(mac), Some(tap)) => Some(crate::engine::Nic::Tap {
+                    ifname: tap.to_string(),
+                    mac: mac.clone(),
+                }),
+                _ => None,
+            },
             console_log: dir.join("console.log"),
             engine_log: dir.join("engine.log"),
             run_dir: self.run_dir(vm),

@@ -5,7 +5,9 @@
 //! directory, extra environment, bytes for stdin) and hand it to a
 //! [`Runner`]. [`SystemRunner`] is the real one; logic elsewhere takes a
 //! `&dyn Runner` so unit tests drive it with a fake that answers from a
-//! table. A run succeeds only when the program exits 0; otherwise the error
+//! table. [`Runner::run_lines`] is the same run for programs that take a
+//! while (`mmdebstrap`): their output lines reach a callback as they are
+//! printed. A run succeeds only when the program exits 0; otherwise the error
 //! names the program and carries the last lines of its stderr, and a program
 //! missing from `PATH` says which package provides it.
 //!
@@ -195,6 +197,9 @@ pub fn install_hint(program: &str) -> String {
         "qemu-system-x86_64" => "qemu-system-x86",
         "qemu-img" => "qemu-utils",
         "mmdebstrap" => "mmdebstrap",
+        "debootstrap" => "debootstrap",
+        "tar" => "tar",
+        "depmod" => "kmod",
         "dnsmasq" => "dnsmasq",
         "nft" => "nftables",
         "ssh" | "ssh-keygen" => "openssh-client",
@@ -213,6 +218,18 @@ pub fn install_hint(program: &str) -> String {
 pub trait Runner: Send + Sync {
     /// Runs `cmd` to completion; exit status 0 is the only success.
     fn run(&self, cmd: &Cmd) -> Result<Output, CommandError>;
+
+    /// [`Runner::run`] for long runs whose output is progress: hands each
+    /// line the program prints, on stdout or stderr, to `line` as it comes
+    /// (a line ends at `\n` or `\r`; blank lines are skipped). The default
+    /// replays the output of a successful [`Runner::run`], which is all a
+    /// fake needs.
+    fn run_lines(&self, cmd: &Cmd, line: &mut dyn FnMut(&str)) -> Result<Output, CommandError> {
+        let out = self.run(cmd)?;
+        each_line(&out.stdout, line);
+        each_line(&out.stderr, line);
+        Ok(out)
+    }
 }
 
 /// The real [`Runner`], on `std::process`.
@@ -222,22 +239,7 @@ pub struct SystemRunner;
 impl Runner for SystemRunner {
     fn run(&self, cmd: &Cmd) -> Result<Output, CommandError> {
         let started = Instant::now();
-        let mut command = Command::new(&cmd.program);
-        command
-            .args(&cmd.args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command.stdin(if cmd.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-        if let Some(dir) = &cmd.cwd {
-            command.current_dir(dir);
-        }
-        command.envs(cmd.env.iter().map(|(k, v)| (k, v)));
-
-        let mut child = command.spawn().map_err(|source| spawn_error(cmd, source))?;
+        let mut child = spawn(cmd)?;
         let stdin_pipe = child.stdin.take();
         // Feed stdin from a second thread while this one drains stdout and
         // stderr, so neither side can block on a full pipe.
@@ -275,6 +277,96 @@ impl Runner for SystemRunner {
             stderr: output.stderr,
         })
     }
+
+    fn run_lines(&self, cmd: &Cmd, line: &mut dyn FnMut(&str)) -> Result<Output, CommandError> {
+        let started = Instant::now();
+        let mut child = spawn(cmd)?;
+        let io_err = |source| CommandError::Io {
+            program: cmd.program.clone(),
+            source,
+        };
+        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let mut out = Output::default();
+        // Reader threads send (is_stderr, line) here; this thread calls
+        // `line`, which need not be Send.
+        let (tx, rx) = std::sync::mpsc::channel::<(bool, Vec<u8>)>();
+        let status = std::thread::scope(|scope| {
+            if let Some(mut pipe) = pipes.0 {
+                let data = cmd.stdin.as_deref().unwrap_or_default();
+                scope.spawn(move || pipe.write_all(data));
+            }
+            if let Some(pipe) = pipes.1 {
+                let tx = tx.clone();
+                scope.spawn(move || pump(pipe, false, tx));
+            }
+            if let Some(pipe) = pipes.2 {
+                let tx = tx.clone();
+                scope.spawn(move || pump(pipe, true, tx));
+            }
+            drop(tx);
+            for (is_stderr, bytes) in rx {
+                each_line(&bytes, line);
+                if is_stderr {
+                    &mut out.stderr
+                } else {
+                    &mut out.stdout
+                }
+                .extend_from_slice(&bytes);
+            }
+            child.wait()
+        });
+        let status = status.map_err(io_err)?;
+        tracing::debug!(
+            command = %cmd,
+            status = %status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "ran external program"
+        );
+        if !status.success() {
+            return Err(failed(cmd, status, &out.stdout, &out.stderr));
+        }
+        Ok(out)
+    }
+}
+
+/// Sends what `pipe` yields to `tx` a line at a time, until end of file.
+fn pump(pipe: impl io::Read, is_stderr: bool, tx: std::sync::mpsc::Sender<(bool, Vec<u8>)>) {
+    let mut reader = io::BufReader::new(pipe);
+    let mut buf = Vec::new();
+    while matches!(io::BufRead::read_until(&mut reader, b'\n', &mut buf), Ok(n) if n > 0) {
+        if tx.send((is_stderr, std::mem::take(&mut buf))).is_err() {
+            return;
+        }
+    }
+}
+
+/// Calls `line` with each non-blank line of `bytes`, split at `\n` or `\r`.
+fn each_line(bytes: &[u8], line: &mut dyn FnMut(&str)) {
+    for l in String::from_utf8_lossy(bytes).split(['\n', '\r']) {
+        if !l.trim().is_empty() {
+            line(l.trim_end());
+        }
+    }
+}
+
+/// Starts `cmd` with stdout and stderr piped, and stdin piped when it has
+/// bytes for it (`/dev/null` otherwise).
+fn spawn(cmd: &Cmd) -> Result<std::process::Child, CommandError> {
+    let mut command = Command::new(&cmd.program);
+    command
+        .args(&cmd.args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command.stdin(if cmd.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    if let Some(dir) = &cmd.cwd {
+        command.current_dir(dir);
+    }
+    command.envs(cmd.env.iter().map(|(k, v)| (k, v)));
+    command.spawn().map_err(|source| spawn_error(cmd, source))
 }
 
 fn spawn_error(cmd: &Cmd, source: io::Error) -> CommandError {
@@ -419,6 +511,35 @@ mod tests {
             err.to_string()
                 .starts_with("sh exited with status 3:\n  line3\n  line4"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn run_lines_streams_both_streams_and_keeps_the_output() {
+        let script = "echo one; echo two >&2; printf 'three\\rfour\\n'; echo; exit 0";
+        let mut lines = Vec::new();
+        let out = SystemRunner
+            .run_lines(&Cmd::new("sh").args(["-c", script]), &mut |l| {
+                lines.push(l.to_string())
+            })
+            .unwrap();
+        lines.sort();
+        assert_eq!(lines, ["four", "one", "three", "two"]);
+        assert_eq!(out.stdout_lossy(), "one\nthree\rfour\n\n");
+        assert_eq!(out.stderr, b"two\n");
+    }
+
+    #[test]
+    fn run_lines_failure_carries_the_stderr_tail() {
+        let err = SystemRunner
+            .run_lines(
+                &Cmd::new("sh").args(["-c", "echo E: no such suite >&2; exit 1"]),
+                &mut |_| {},
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "sh exited with status 1:\n  E: no such suite"
         );
     }
 

@@ -57,6 +57,33 @@ pub enum VmCommand {
     Exec(ExecArgs),
     /// Print a VM's console log.
     Logs(LogsArgs),
+    /// Open a shell (or run a command) over SSH with the system ssh client.
+    #[command(override_usage = "banger vm ssh <NAME> [-- <CMD>...]")]
+    Ssh(SshArgs),
+    /// Print ~/.ssh/config stanzas for VMs (all when no name is given).
+    SshConfig(SshConfigArgs),
+    /// Tunnel stdin/stdout to a TCP port in the guest (an ssh ProxyCommand).
+    #[command(hide = true)]
+    Proxy(ProxyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    pub name: String,
+    /// Command to run instead of a login shell, after `--`.
+    #[arg(trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SshConfigArgs {
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    pub name: String,
+    pub port: u16,
 }
 
 /// What a new VM looks like; every field falls back to the daemon's default.
@@ -77,6 +104,17 @@ pub struct VmSpec {
     /// Size of the work disk at /root (4G, 512M, 8GiB; plain numbers are MiB).
     #[arg(long, value_parser = parse_size_mib)]
     pub disk_size: Option<u64>,
+    /// Network: bridge (address, DNS name, NAT; needs root), user (QEMU NAT,
+    /// loopback forwards; no privileges) or none.
+    #[arg(long, value_parser = ["bridge", "user", "none"])]
+    pub network: Option<String>,
+    /// Forward 127.0.0.1:HOST to guest port GUEST (user network), e.g. 8080:80.
+    #[arg(long, value_name = "HOST:GUEST", value_parser = parse_publish)]
+    pub publish: Vec<String>,
+}
+
+fn parse_publish(s: &str) -> Result<String, String> {
+    banger_api::PortForward::parse(s).map(|_| s.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +211,9 @@ pub struct BuildArgs {
     /// Rebuild even if an image of that name exists.
     #[arg(long)]
     pub force: bool,
+    /// Extra packages to install (the debian preset), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub packages: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -188,6 +188,27 @@ impl Client {
         Ok(TokioIo::new(hyper::upgrade::on(response).await?))
     }
 
+    /// Opens a raw tunnel to TCP `port` inside the VM (the agent's Connect).
+    pub async fn connect(&self, vm: &str, port: u16) -> Result<TokioIo<Upgraded>> {
+        let path = format!("/v1/vms/{}/connect?port={port}", path_segment(vm));
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(&path)
+            .header(HOST, "localhost")
+            .header(CONNECTION, "Upgrade")
+            .header(UPGRADE, banger_api::CONNECT_UPGRADE)
+            .body(Full::default())
+            .map_err(|source| ClientError::Request {
+                path: path.clone(),
+                source,
+            })?;
+        let response = self.send(req).await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(error_from(response).await);
+        }
+        Ok(TokioIo::new(hyper::upgrade::on(response).await?))
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,

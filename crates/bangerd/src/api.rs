@@ -29,6 +29,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/vms/{name}/restart", post(restart_vm))
         .route("/v1/vms/{name}/logs", get(crate::streams::vm_logs))
         .route("/v1/vms/{name}/exec", post(crate::exec::exec))
+        .route("/v1/vms/{name}/connect", post(crate::exec::connect))
+        .route("/v1/vms/{name}/ssh", get(ssh_target))
         .route("/v1/images", get(list_images))
         .route("/v1/images/build", post(build_image))
         .route("/v1/images/register", post(register_image))
@@ -136,6 +138,20 @@ async fn stop_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResu
 
 async fn restart_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     Ok(accepted(s.manager.restart(&name)?))
+}
+
+async fn ssh_target(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Json<banger_api::SshTarget>> {
+    Ok(Json(s.manager.ssh_target(&name, q.wait).await?))
+}
+
+#[derive(serde::Deserialize)]
+pub struct WaitQuery {
+    #[serde(default)]
+    pub wait: bool,
 }
 
 async fn list_images(State(s): State<AppState>) -> ApiResult<Json<Vec<banger_api::Image>>> {

@@ -57,3 +57,47 @@ pub async fn exec(
     )
         .into_response())
 }
+
+#[derive(serde::Deserialize)]
+pub struct PortQuery {
+    pub port: u16,
+}
+
+/// `POST /v1/vms/{name}/connect?port=N`: the same upgrade, carrying a raw
+/// TCP connection to guest port N (the agent's `Connect`), for `vm proxy`.
+pub async fn connect(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<PortQuery>,
+    mut req: Request,
+) -> Result<Response, HttpError> {
+    let agent = s.manager.agent(&name).await?;
+    let mut stream = agent
+        .request(AgentRequest::Connect { port: q.port })
+        .await
+        .map_err(banger_core::Error::from)?;
+    let first = banger_proto::read_frame(&mut stream)
+        .await
+        .map_err(|e| error("engine", format!("guest agent: {e}")))?
+        .ok_or_else(|| error("engine", "the guest agent closed the connection"))?;
+    if first.kind == banger_proto::FrameKind::Error {
+        let e: banger_proto::ErrorBody =
+            first.parse().map_err(|e| error("engine", e.to_string()))?;
+        return Err(error("failed", e.message));
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let mut io = TokioIo::new(upgraded);
+            let _ = tokio::io::copy_bidirectional(&mut io, &mut stream).await;
+        }
+    });
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, banger_api::CONNECT_UPGRADE),
+        ],
+    )
+        .into_response())
+}

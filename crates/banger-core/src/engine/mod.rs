@@ -44,6 +44,19 @@ pub struct Drive {
     pub read_only: bool,
 }
 
+/// The VM's network card, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nic {
+    /// A tap the daemon prepared (bridge mode).
+    Tap { ifname: String, mac: String },
+    /// QEMU's user-mode NAT with loopback forwards; `restrict` cuts egress.
+    User {
+        mac: String,
+        restrict: bool,
+        forwards: Vec<banger_api::PortForward>,
+    },
+}
+
 /// Everything an engine needs to boot one VM.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MachineSpec {
@@ -56,6 +69,7 @@ pub struct MachineSpec {
     /// Extra kernel arguments (the image's), appended to the engine's own.
     pub cmdline_extra: String,
     pub drives: Vec<Drive>,
+    pub nic: Option<Nic>,
     /// Guest serial console, appended to across boots.
     pub console_log: PathBuf,
     /// The engine's own stderr.
@@ -77,6 +91,9 @@ pub struct Handles {
     pub control_socket: PathBuf,
     /// Unix seconds.
     pub started_at: i64,
+    /// The tap the VM's NIC uses (bridge mode).
+    #[serde(default)]
+    pub tap: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

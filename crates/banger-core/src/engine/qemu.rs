@@ -11,7 +11,7 @@
 //! 3. Stop: QMP `quit` (the daemon first asks the agent for a clean
 //!    power-off), then SIGKILL after the timeout.
 
-use super::{Accel, DriveFormat, Engine, EngineError, Handles, MachineSpec};
+use super::{Accel, DriveFormat, Engine, EngineError, Handles, MachineSpec, Nic};
 use futures::future::BoxFuture;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -109,6 +109,37 @@ pub fn argv(spec: &MachineSpec) -> Vec<String> {
             &format!("virtio-blk-device,drive=disk{i},serial={}", d.serial),
         ]);
     }
+    match &spec.nic {
+        Some(Nic::Tap { ifname, mac }) => {
+            push(&[
+                "-netdev",
+                &format!("tap,id=net0,ifname={ifname},script=no,downscript=no"),
+            ]);
+            push(&[
+                "-device",
+                &format!("virtio-net-device,netdev=net0,mac={mac}"),
+            ]);
+        }
+        Some(Nic::User {
+            mac,
+            restrict,
+            forwards,
+        }) => {
+            let mut netdev = format!(
+                "user,id=net0,restrict={}",
+                if *restrict { "on" } else { "off" }
+            );
+            for f in forwards {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+            }
+            push(&["-netdev", &netdev]);
+            push(&[
+                "-device",
+                &format!("virtio-net-device,netdev=net0,mac={mac}"),
+            ]);
+        }
+        None => {}
+    }
     push(&[
         "-chardev",
         &format!(
@@ -190,6 +221,10 @@ impl QemuEngine {
             agent_socket: agent,
             control_socket: control,
             started_at: crate::now(),
+            tap: match &spec.nic {
+                Some(Nic::Tap { ifname, .. }) => Some(ifname.clone()),
+                _ => None,
+            },
         })
     }
 
@@ -329,6 +364,7 @@ mod tests {
                 serial: "banger-root",
                 read_only: false,
             }],
+            nic: None,
             console_log: "/vm/console.log".into(),
             engine_log: "/vm/qemu.log".into(),
             run_dir: "/run/b/abc".into(),
@@ -382,6 +418,46 @@ mod tests {
             "unix:/run/b/abc/qmp.sock,server=on,wait=off"
         ));
         assert!(has_pair(&a, "-smp", "2") && has_pair(&a, "-m", "512M"));
+    }
+
+    #[test]
+    fn nics_become_virtio_net_devices() {
+        let mut sp = spec(Accel::Tcg);
+        sp.nic = Some(Nic::Tap {
+            ifname: "bgtap3".into(),
+            mac: "52:54:00:01:02:03".into(),
+        });
+        let a = argv(&sp);
+        assert!(has_pair(
+            &a,
+            "-netdev",
+            "tap,id=net0,ifname=bgtap3,script=no,downscript=no"
+        ));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtio-net-device,netdev=net0,mac=52:54:00:01:02:03"
+        ));
+        sp.nic = Some(Nic::User {
+            mac: "52:54:00:01:02:03".into(),
+            restrict: true,
+            forwards: vec![
+                banger_api::PortForward {
+                    host: 2222,
+                    guest: 22,
+                },
+                banger_api::PortForward {
+                    host: 8080,
+                    guest: 80,
+                },
+            ],
+        });
+        let a = argv(&sp);
+        assert!(has_pair(
+            &a,
+            "-netdev",
+            "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80"
+        ));
     }
 
     #[test]

@@ -39,6 +39,15 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX operations_started ON operations(started_at);
     "#,
+    // 2: networking. The address is the IPAM lease: unique, so no two VMs
+    // ever share one, and released with the row.
+    r#"
+    ALTER TABLE vms ADD COLUMN network TEXT NOT NULL DEFAULT 'none';
+    ALTER TABLE vms ADD COLUMN publish TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE vms ADD COLUMN ip TEXT;
+    ALTER TABLE vms ADD COLUMN mac TEXT;
+    CREATE UNIQUE INDEX vms_ip ON vms(ip) WHERE ip IS NOT NULL;
+    "#,
 ];
 
 pub fn run(conn: &mut Connection) -> Result<(), StoreError> {

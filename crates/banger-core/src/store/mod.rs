@@ -38,6 +38,8 @@ pub enum StoreError {
     DuplicateImage(String),
     #[error("image {image:?} is used by vm {vm:?}: delete the vm first")]
     ImageInUse { image: String, vm: String },
+    #[error("address {0} is already leased to another vm")]
+    AddressTaken(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
 }

@@ -17,6 +17,13 @@ pub struct VmRecord {
     pub created_at: i64,
     pub dir: String,
     pub last_error: Option<String>,
+    /// `bridge`, `user` or `none`.
+    pub network: String,
+    /// `HOST:GUEST` loopback forwards (user mode).
+    pub publish: Vec<banger_api::PortForward>,
+    /// Bridge address (the IPAM lease), without prefix.
+    pub ip: Option<String>,
+    pub mac: Option<String>,
 }
 
 pub(crate) fn state_from_str(s: &str) -> Option<VmState> {
@@ -49,18 +56,23 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRecord> {
         created_at: r.get(7)?,
         dir: r.get(8)?,
         last_error: r.get(9)?,
+        network: r.get(10)?,
+        publish: serde_json::from_str(&r.get::<_, String>(11)?).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(11, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        ip: r.get(12)?,
+        mac: r.get(13)?,
     })
 }
 
-const COLUMNS: &str =
-    "id, name, image, state, cpus, memory_mib, disk_size_mib, created_at, dir, last_error";
+const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_size_mib, created_at, dir, last_error, network, publish, ip, mac";
 
 impl Store {
     pub fn insert_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute(
                 &format!(
-                    "INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                    "INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
                 ),
                 params![
                     vm.id,
@@ -72,15 +84,19 @@ impl Store {
                     vm.disk_size_mib,
                     vm.created_at,
                     vm.dir,
-                    vm.last_error
+                    vm.last_error,
+                    vm.network,
+                    serde_json::to_string(&vm.publish).expect("ports serialize"),
+                    vm.ip,
+                    vm.mac
                 ],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::DuplicateVm(vm.name.clone())
-                } else {
-                    e.into()
+            .map_err(|e| match &e {
+                rusqlite::Error::SqliteFailure(_, Some(msg)) if msg.contains("vms.ip") => {
+                    StoreError::AddressTaken(vm.ip.clone().unwrap_or_default())
                 }
+                _ if is_unique_violation(&e) => StoreError::DuplicateVm(vm.name.clone()),
+                _ => e.into(),
             })?;
             Ok(())
         })
@@ -123,6 +139,17 @@ impl Store {
         })
     }
 
+    /// Addresses leased to VMs (bridge mode).
+    pub fn leased_ips(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT ip FROM vms WHERE ip IS NOT NULL")?;
+            let rows = st
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(rows)
+        })
+    }
+
     pub fn delete_vm(&self, name: &str) -> Result<bool, StoreError> {
         self.write(|tx| Ok(tx.execute("DELETE FROM vms WHERE name = ?1", [name])? > 0))
     }
@@ -145,7 +172,27 @@ mod tests {
             created_at: 5,
             dir: format!("/vms/{name}"),
             last_error: None,
+            network: "none".into(),
+            publish: vec![],
+            ip: None,
+            mac: None,
         }
+    }
+
+    #[test]
+    fn an_address_is_leased_to_one_vm_at_a_time() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_image(&sample("minimal")).unwrap();
+        let mut a = vm("a");
+        a.ip = Some("172.30.0.2".into());
+        s.insert_vm(&a).unwrap();
+        let mut b = vm("b");
+        b.id = "id-b".into();
+        b.ip = Some("172.30.0.2".into());
+        assert!(matches!(s.insert_vm(&b), Err(StoreError::AddressTaken(ip)) if ip == "172.30.0.2"));
+        assert_eq!(s.leased_ips().unwrap(), vec!["172.30.0.2".to_string()]);
+        s.delete_vm("a").unwrap();
+        s.insert_vm(&b).unwrap();
     }
 
     #[test]

@@ -15,9 +15,9 @@ use std::sync::Arc;
 impl Manager {
     /// `vm create`: validates, records the VM and begins the operation.
     pub fn create(self: &Arc<Self>, req: CreateVm) -> Result<Arc<Op>, Error> {
-        let vm = self.plan_vm(req)?;
+        let mut vm = self.plan_vm(req)?;
         let image = self.image_record(&vm.image)?;
-        self.store.insert_vm(&vm)?;
+        self.record_new_vm(&mut vm)?;
         let op = self.ops.begin(OperationKind::Create, &vm.name);
         let (this, op2) = (self.clone(), op.clone());
         tokio::spawn(async move {
@@ -57,8 +57,17 @@ impl Manager {
             .unwrap_or(self.config.default_disk_size_mib);
         config::check_disk(disk_size_mib)
             .map_err(|p| Error::Invalid(format!("--disk-size {p}")))?;
+        let mode = match &req.network {
+            Some(m) => crate::net::Mode::parse(m).map_err(Error::Invalid)?,
+            None => self.default_network(),
+        };
+        let publish = self.plan_ports(mode, &req.publish)?;
         let id = format!("{:016x}", rand::random::<u64>());
         Ok(VmRecord {
+            mac: (mode != crate::net::Mode::None).then(|| crate::net::mac_for(&id)),
+            network: mode.as_str().into(),
+            publish,
+            ip: None,
             dir: self.vms_dir().join(&id).to_string_lossy().into_owned(),
             id,
             name,
@@ -70,6 +79,75 @@ impl Manager {
             created_at: crate::now(),
             last_error: None,
         })
+    }
+
+    /// Inserts the row, leasing a bridge address when the VM needs one (a
+    /// concurrent create may take the same address first: pick again).
+    fn record_new_vm(&self, vm: &mut VmRecord) -> Result<(), Error> {
+        if vm.network != crate::net::Mode::Bridge.as_str() {
+            return Ok(self.store.insert_vm(vm)?);
+        }
+        let subnet =
+            crate::net::Subnet::parse(&self.config.bridge_subnet).map_err(Error::Invalid)?;
+        for _ in 0..8 {
+            let ip = crate::net::ipam::allocate(&subnet, &self.store.leased_ips()?).ok_or_else(
+                || {
+                    Error::Conflict(format!(
+                        "no free address left in {subnet}: delete a vm or widen bridge_subnet"
+                    ))
+                },
+            )?;
+            vm.ip = Some(ip.to_string());
+            match self.store.insert_vm(vm) {
+                Err(crate::store::StoreError::AddressTaken(_)) => continue,
+                other => return Ok(other?),
+            }
+        }
+        Err(Error::failed(
+            "could not lease an address: too many concurrent creates, try again",
+        ))
+    }
+
+    /// Loopback forwards of a user-mode VM: the requested ones, plus one for
+    /// ssh when none forwards guest port 22.
+    fn plan_ports(
+        &self,
+        mode: crate::net::Mode,
+        publish: &[String],
+    ) -> Result<Vec<banger_api::PortForward>, Error> {
+        let mut ports = publish
+            .iter()
+            .map(|p| banger_api::PortForward::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::Invalid)?;
+        if mode != crate::net::Mode::User {
+            if !ports.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "--publish needs --network user; a {} vm is reached {}",
+                    mode.as_str(),
+                    if mode == crate::net::Mode::Bridge {
+                        "at its own address"
+                    } else {
+                        "through banger only"
+                    }
+                )));
+            }
+            return Ok(ports);
+        }
+        for p in &ports {
+            if std::net::TcpListener::bind(("127.0.0.1", p.host)).is_err() {
+                return Err(Error::Conflict(format!(
+                    "port {} on 127.0.0.1 is in use: pick another --publish host port",
+                    p.host
+                )));
+            }
+        }
+        if !ports.iter().any(|p| p.guest == 22) {
+            let host = crate::net::free_loopback_port()
+                .map_err(Error::io("cannot pick a loopback port for ssh"))?;
+            ports.push(banger_api::PortForward { host, guest: 22 });
+        }
+        Ok(ports)
     }
 
     async fn run_create(&self, op: &Op, vm: &VmRecord, image: &ImageRecord) -> Result<(), Error> {

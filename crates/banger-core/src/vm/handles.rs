@@ -87,6 +87,7 @@ mod tests {
             agent_socket: "/r/agent.sock".into(),
             control_socket: "/r/qmp.sock".into(),
             started_at: 7,
+            tap: None,
         }
     }
 

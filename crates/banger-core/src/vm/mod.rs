@@ -8,6 +8,7 @@ pub mod delete;
 pub mod handles;
 pub mod names;
 pub mod reconcile;
+pub mod ssh;
 pub mod start;
 pub mod stop;
 

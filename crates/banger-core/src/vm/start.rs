@@ -69,19 +69,24 @@ impl Manager {
     ) -> Result<(), Error> {
         let dir = Path::new(&vm.dir);
         op.stage("config", "write guest config", async {
+            let (_, public_key) = crate::ssh::ensure_key(
+                &*self.runner,
+                &self.paths.state_dir,
+                self.config.ssh_key.as_deref(),
+            )?;
             let cfg = GuestConfig {
+                network: self.guest_network(vm),
                 version: 1,
                 vm_name: vm.name.clone(),
                 hostname: vm.name.clone(),
-                authorized_keys: vec![],
-                network: None,
+                authorized_keys: vec![public_key],
             };
             crate::disks::write_config_drive(&cfg, &dir.join("config.img"))
                 .map_err(|e| Error::failed(crate::error::chain(&e)))
         })
         .await?;
         let probe_kernel = self
-            .machine_spec(vm, image, crate::engine::Accel::Tcg)?
+            .machine_spec(vm, image, crate::engine::Accel::Tcg, None)?
             .kernel;
         let (accel, _) = if self.accel_needs_probe(&probe_kernel).await {
             op.stage("accel", "probe /dev/kvm", async {
@@ -91,12 +96,26 @@ impl Manager {
         } else {
             self.accel(&probe_kernel).await
         };
-        let spec = self.machine_spec(vm, image, accel)?;
-        let handles = op
+        let tap = self.acquire_tap(op, vm).await?;
+        let spec = match self.machine_spec(vm, image, accel, tap.as_deref()) {
+            Ok(spec) => spec,
+            Err(e) => {
+                self.release_tap(vm, tap);
+                return Err(e);
+            }
+        };
+        let spawned = op
             .stage("engine", "start engine", async {
                 Ok::<_, Error>(self.engine.spawn(&spec).await?)
             })
-            .await?;
+            .await;
+        let handles = match spawned {
+            Ok(h) => h,
+            Err(e) => {
+                self.release_tap(vm, tap);
+                return Err(e);
+            }
+        };
         if let Err(e) = self.remember_runtime(vm, &handles, None) {
             self.kill_engine(vm, &handles).await;
             return Err(e);

@@ -23,6 +23,7 @@ pub async fn build(ctx: &Context, args: BuildArgs) -> anyhow::Result<i32> {
         name: args.name,
         preset: args.preset,
         force: args.force,
+        packages: args.packages,
     };
     let op: OperationRef = client.post("/v1/images/build", &body).await?;
     progress::follow(&client, &op, Style::for_stderr()).await?;

@@ -7,6 +7,7 @@ pub mod daemon_cmd;
 pub mod doctor;
 pub mod exec;
 pub mod image;
+pub mod ssh;
 pub mod vm;
 pub mod vm_run;
 
@@ -54,6 +55,9 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<i32> {
             VmCommand::Show(args) => vm::show(ctx, &args.name, args.json).await,
             VmCommand::Exec(args) => exec::run(ctx, args).await,
             VmCommand::Logs(args) => vm::logs(ctx, &args.name, args.follow).await,
+            VmCommand::Ssh(args) => ssh::ssh(ctx, args).await,
+            VmCommand::SshConfig(args) => ssh::ssh_config(ctx, &args.names).await,
+            VmCommand::Proxy(args) => ssh::proxy(ctx, &args.name, args.port).await,
         },
         Command::Image(cmd) => match cmd {
             ImageCommand::Build(args) => image::build(ctx, args).await,

@@ -34,6 +34,8 @@ pub async fn create_vm(client: &Client, spec: &VmSpec, style: Style) -> anyhow::
         cpus: spec.cpus,
         memory_mib: spec.memory,
         disk_size_mib: spec.disk_size,
+        network: spec.network.clone(),
+        publish: spec.publish.clone(),
     };
     let op: OperationRef = client.post("/v1/vms", &body).await?;
     let operation = progress::follow(client, &op, style).await?;
@@ -167,6 +169,21 @@ fn vm_fields(vm: &Vm, now: i64) -> String {
         ("created", format!("{} ago", format_age(now, vm.created_at))),
         ("accel", or_dash(vm.accel.as_ref())),
         ("pid", or_dash(vm.pid)),
+        ("network", vm.network.clone()),
+        ("ip", or_dash(vm.ip.as_ref())),
+        ("dns", or_dash(vm.dns_name.as_ref())),
+        (
+            "ports",
+            if vm.ports.is_empty() {
+                "-".to_string()
+            } else {
+                vm.ports
+                    .iter()
+                    .map(|p| format!("127.0.0.1:{}->{}", p.host, p.guest))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
         ("dir", vm.dir.clone()),
     ];
     if let Some(err) = &vm.last_error {
@@ -213,6 +230,10 @@ mod tests {
             pid: None,
             last_error: None,
             dir: "/d".into(),
+            network: "user".into(),
+            ip: None,
+            dns_name: None,
+            ports: vec![],
         }
     }
 

@@ -74,6 +74,8 @@ async fn ensure_vm(client: &Client, spec: &VmSpec) -> anyhow::Result<String> {
 }
 
 /// What to do with the VM `vm run` left running.
+use super::ssh::shell_quote;
+
 fn next_steps(name: &str, command: &[String]) -> String {
     let cmd = command
         .iter()
@@ -83,22 +85,10 @@ fn next_steps(name: &str, command: &[String]) -> String {
     format!(
         "vm {name} is still running:\n  \
          banger vm exec {name} -- {cmd}\n  \
+         banger vm ssh {name}\n  \
          banger vm logs {name}\n  \
          banger vm delete {name}\n"
     )
-}
-
-/// Quotes a word for a POSIX shell when it needs it.
-fn shell_quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 #[cfg(test)]
@@ -112,15 +102,9 @@ mod tests {
             text,
             "vm web is still running:\n  \
              banger vm exec web -- sh -c 'exit 7'\n  \
+             banger vm ssh web\n  \
              banger vm logs web\n  \
              banger vm delete web\n"
         );
-    }
-
-    #[test]
-    fn shell_quoting_survives_quotes() {
-        assert_eq!(shell_quote("make"), "make");
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 }

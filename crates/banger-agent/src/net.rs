@@ -1,0 +1,467 @@
+//! The guest's network, configured by the agent itself (Debian's cloud
+//! kernel has no `CONFIG_IP_PNP`, so `ip=` is ignored, and the minimal image
+//! has no `ip`). Owns bringing `lo` up, the one NIC the config names and
+//! `/etc/resolv.conf`; `/etc/hosts` is `setup.rs`'s, loading `virtio_net`
+//! is `boot.rs`'s.
+//!
+//! 1. Bring `lo` up, with or without a network config.
+//! 2. Write `/etc/resolv.conf` from `dns` and `search` (replacing whatever
+//!    was there, a dangling symlink to systemd-resolved's included).
+//! 3. Wait for the link whose MAC is `mac` to appear under
+//!    `/sys/class/net/*/address` (virtio_net may probe it a little after
+//!    boot): up to [`LINK_TIMEOUT`], looking every [`LINK_POLL`].
+//! 4. Set it up (`RTM_NEWLINK`, `IFF_UP`), add `address` (`RTM_NEWADDR`,
+//!    with the IPv4 broadcast as `ip addr add` sets it), then the default
+//!    route via `gateway` when there is one (`RTM_NEWROUTE`, on-link when
+//!    the gateway is outside the address's subnet).
+//!
+//! Every step is logged with its duration as `net: ...`; a failure is logged
+//! and skips the steps that need it, never the boot.
+//!
+//! Messages are built by `netlink-packet-route` (the message layer
+//! `rtnetlink` is made of) and sent on a plain blocking socket: the three
+//! requests run before the async runtime exists, each answered by one ack,
+//! so `rtnetlink`'s async connection (and the `nix` and `netlink-proto` it
+//! brings) would add nothing. Replies are read as bare `NLMSG_ERROR`
+//! acks, so the route-message parsers are never linked in.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use banger_proto::GuestNetwork;
+use netlink_packet_core::{
+    ErrorBuffer, ErrorMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+    NLMSG_ALIGNTO, NLMSG_ERROR, NetlinkBuffer, NetlinkMessage, Parseable,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rustix::net::{AddressFamily as SocketFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+
+use crate::console::step;
+
+/// Where the kernel lists network links.
+pub const SYS_CLASS_NET: &str = "/sys/class/net";
+/// How long to wait for the configured NIC to appear.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often to look for it meanwhile.
+pub const LINK_POLL: Duration = Duration::from_millis(10);
+/// How long to wait for the kernel's answer to one netlink request.
+const NETLINK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("{value:?} is not an address with a prefix length, such as 172.30.0.5/24")]
+    BadCidr { value: String },
+    #[error("gateway {value:?} is not an IP address")]
+    BadGateway { value: String },
+    #[error(
+        "no network link with MAC address {mac} appeared within {timeout:?}: \
+         check that the VM has a NIC with that MAC and the image loads virtio_net"
+    )]
+    NoLink { mac: String, timeout: Duration },
+    #[error("opening a netlink socket")]
+    Socket {
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An address with its prefix length, `a.b.c.d/nn` (or IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = NetError;
+
+    fn from_str(value: &str) -> Result<Self, NetError> {
+        let bad = || NetError::BadCidr {
+            value: value.to_string(),
+        };
+        let (addr, prefix) = value.trim().split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        if !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` is in this address's subnet.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+
+    /// The IPv4 broadcast address, as `ip addr add ... brd +` picks it;
+    /// none for IPv6 and for /31 and /32.
+    pub fn broadcast(&self) -> Option<Ipv4Addr> {
+        match self.addr {
+            IpAddr::V4(a) if self.prefix < 31 => {
+                Some(Ipv4Addr::from(u32::from(a) | (u32::MAX >> self.prefix)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A network link as `/sys/class/net` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub index: u32,
+}
+
+/// The link under `sys_class_net` whose MAC address is `mac` (any case).
+pub fn find_link(sys_class_net: &Path, mac: &str) -> Option<Link> {
+    let mac = mac.trim().to_ascii_lowercase();
+    let entries = std::fs::read_dir(sys_class_net).ok()?;
+    entries.filter_map(Result::ok).find_map(|entry| {
+        let dir = entry.path();
+        let address = std::fs::read_to_string(dir.join("address")).ok()?;
+        if address.trim().to_ascii_lowercase() != mac {
+            return None;
+        }
+        link_at(&dir)
+    })
+}
+
+/// The link named `name` under `sys_class_net`.
+pub fn link_named(sys_class_net: &Path, name: &str) -> Option<Link> {
+    link_at(&sys_class_net.join(name))
+}
+
+fn link_at(dir: &Path) -> Option<Link> {
+    let index = std::fs::read_to_string(dir.join("ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let name = dir.file_name()?.to_string_lossy().into_owned();
+    Some(Link { name, index })
+}
+
+/// Step 3: [`find_link`] every `poll` until it finds the link or `timeout`
+/// has passed.
+pub fn wait_for_link(
+    sys_class_net: &Path,
+    mac: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<Link, NetError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(link) = find_link(sys_class_net, mac) {
+            return Ok(link);
+        }
+        if Instant::now() >= deadline {
+            return Err(NetError::NoLink {
+                mac: mac.to_string(),
+                timeout,
+            });
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+/// The text of `/etc/resolv.conf` for `net`.
+pub fn resolv_conf(net: &GuestNetwork) -> String {
+    let mut out = String::from("# written by banger-agent at boot\n");
+    for server in net.dns.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        out.push_str(&format!("nameserver {server}\n"));
+    }
+    if let Some(search) = net.search.as_deref().map(str::trim)
+        && !search.is_empty()
+    {
+        out.push_str(&format!("search {search}\n"));
+    }
+    out
+}
+
+/// Step 2: replaces `root/etc/resolv.conf` (a file or a symlink) with a
+/// file of its own, atomically.
+pub fn write_resolv_conf(root: &Path, net: &GuestNetwork) -> Result<(), NetError> {
+    let path = root.join("etc/resolv.conf");
+    let tmp = root.join("etc/.resolv.conf.banger");
+    let err = |source| NetError::Write {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(root.join("etc")).map_err(err)?;
+    std::fs::write(&tmp, resolv_conf(net)).map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)
+}
+
+/// The link changes the configuration makes, behind a trait so the
+/// sequence is tested without a kernel.
+pub trait Rtnl {
+    /// Sets `IFF_UP` on the link.
+    fn link_up(&mut self, index: u32) -> io::Result<()>;
+    /// Adds (or replaces) an address on the link.
+    fn add_address(&mut self, index: u32, cidr: Cidr) -> io::Result<()>;
+    /// Adds (or replaces) the default route via `gateway` out of the link.
+    fn add_default_route(&mut self, index: u32, gateway: IpAddr, onlink: bool) -> io::Result<()>;
+}
+
+/// Runs steps 1-4 on the live system: `lo` always, the NIC when `network`
+/// is given. Logs every step; never fails.
+pub fn run(network: Option<&GuestNetwork>) {
+    let mut rtnl = match Netlink::open() {
+        Ok(rtnl) => rtnl,
+        Err(e) => {
+            crate::console::log(format_args!(
+                "net: cannot configure the network: {}",
+                crate::console::chain(&e)
+            ));
+            return;
+        }
+    };
+    let sys = Path::new(SYS_CLASS_NET);
+    let _ = step("net: lo up", || loopback_up(&mut rtnl, sys));
+    if let Some(net) = network {
+        let _ = configure(&mut rtnl, sys, Path::new("/"), net, LINK_TIMEOUT);
+    }
+}
+
+/// Step 1.
+pub fn loopback_up(rtnl: &mut impl Rtnl, sys_class_net: &Path) -> Result<(), NetError> {
+    // `lo` is always the first link of a namespace.
+    let index = link_named(sys_class_net, "lo").map_or(1, |l| l.index);
+    rtnl.link_up(index).map_err(|source| NetError::Netlink {
+        what: "setting lo up".into(),
+        source,
+    })
+}
+
+/// Steps 2-4 for `net`, with files under `root` and links listed under
+/// `sys_class_net`. Returns the first error after logging it.
+pub fn configure(
+    rtnl: &mut impl Rtnl,
+    sys_class_net: &Path,
+    root: &Path,
+    net: &GuestNetwork,
+    timeout: Duration,
+) -> Result<(), NetError> {
+    let resolv = step("net: wrote /etc/resolv.conf", || {
+        write_resolv_conf(root, net)
+    });
+    let cidr: Cidr = logged(net.address.parse())?;
+    let gateway = match net.gateway.as_deref().map(str::trim) {
+        Some(gw) if !gw.is_empty() => Some(logged(gw.parse::<IpAddr>().map_err(|_| {
+            NetError::BadGateway {
+                value: gw.to_string(),
+            }
+        }))?),
+        _ => None,
+    };
+    let link = step(&format!("net: found the link with MAC {}", net.mac), || {
+        wait_for_link(sys_class_net, &net.mac, timeout, LINK_POLL)
+    })?;
+    let name = &link.name;
+    let netlink = |what: String| move |source: io::Error| NetError::Netlink { what, source };
+    step(&format!("net: {name} up"), || {
+        rtnl.link_up(link.index)
+            .map_err(netlink(format!("setting {name} up")))
+    })?;
+    step(&format!("net: {cidr} on {name}"), || {
+        rtnl.add_address(link.index, cidr)
+            .map_err(netlink(format!("adding {cidr} to {name}")))
+    })?;
+    if let Some(gw) = gateway {
+        step(&format!("net: default route via {gw}"), || {
+            rtnl.add_default_route(link.index, gw, !cidr.contains(gw))
+                .map_err(netlink(format!("adding the default route via {gw}")))
+        })?;
+    }
+    resolv
+}
+
+/// Logs an error that has no step of its own.
+fn logged<T>(result: Result<T, NetError>) -> Result<T, NetError> {
+    if let Err(e) = &result {
+        crate::console::log(format_args!("net: {}", crate::console::chain(e)));
+    }
+    result
+}
+
+/// A blocking `NETLINK_ROUTE` socket that sends one request at a time and
+/// waits for its ack.
+#[derive(Debug)]
+pub struct Netlink {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl Netlink {
+    /// A socket in the caller's network namespace (the calling thread's).
+    pub fn open() -> Result<Self, NetError> {
+        let err = |e: rustix::io::Errno| NetError::Socket { source: e.into() };
+        // NETLINK_ROUTE is protocol 0; unbound, the kernel binds it on first send.
+        let fd = rustix::net::socket_with(
+            SocketFamily::NETLINK,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(err)?;
+        rustix::net::sockopt::set_socket_timeout(
+            &fd,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(NETLINK_TIMEOUT),
+        )
+        .map_err(err)?;
+        Ok(Netlink { fd, seq: 0 })
+    }
+
+    /// Sends `message` with `NLM_F_REQUEST | NLM_F_ACK | flags` and waits
+    /// for the kernel's ack; a negative ack becomes its errno.
+    fn request(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut msg = NetlinkMessage::from(message);
+        msg.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        msg.header.sequence_number = self.seq;
+        msg.finalize();
+        let mut bytes = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut bytes);
+        rustix::net::send(&self.fd, &bytes, SendFlags::empty())?;
+
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = rustix::net::recv(&self.fd, &mut buf, RecvFlags::empty())?;
+            if let Some(result) = ack_in(&buf[..n], self.seq) {
+                return result;
+            }
+        }
+    }
+}
+
+/// The outcome of the ack for `seq` among the messages of one datagram,
+/// if it is there.
+fn ack_in(datagram: &[u8], seq: u32) -> Option<io::Result<()>> {
+    let mut rest = datagram;
+    while let Ok(msg) = NetlinkBuffer::new_checked(rest) {
+        let len = msg.length() as usize;
+        if msg.message_type() == NLMSG_ERROR && msg.sequence_number() == seq {
+            let payload = msg.payload();
+            let parsed = ErrorBuffer::new_checked(&payload)
+                .and_then(|b| ErrorMessage::parse(&b))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+            return Some(match parsed {
+                Ok(err) if err.code.is_none() => Ok(()),
+                Ok(err) => Err(err.to_io()),
+                Err(e) => Err(e),
+            });
+        }
+        let next = len.next_multiple_of(usize::from(NLMSG_ALIGNTO));
+        if len == 0 || next >= rest.len() {
+            break;
+        }
+        rest = &rest[next..];
+    }
+    None
+}
+
+impl Rtnl for Netlink {
+    fn link_up(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    fn add_address(&mut self, index: u32, cidr: Cidr) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family(cidr.addr);
+        msg.header.prefix_len = cidr.prefix;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(cidr.addr));
+        msg.attributes.push(AddressAttribute::Address(cidr.addr));
+        if let Some(brd) = cidr.broadcast() {
+            msg.attributes.push(AddressAttribute::Broadcast(brd));
+        }
+        self.request(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    fn add_default_route(&mut self, index: u32, gateway: IpAddr, onlink: bool) -> io::Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(gateway);
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Static;
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unicast;
+        if onlink {
+            msg.header.flags = RouteFlags::Onlink;
+        }
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
+        msg.attributes.push(RouteAttribute::Oif(index));
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+}
+
+fn family(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+#[cfg(test)]
+#[path = "net_tests.rs"]
+mod tests;

@@ -1,0 +1,363 @@
+//! sshd, when the image has one (`debian` does, `minimal` does not). Owns
+//! its host keys, its runtime directory, the setting that lets root log in
+//! with a key, and keeping it running; the keys root logs in with are
+//! `setup.rs`'s (`/root/.ssh/authorized_keys`).
+//!
+//! 1. Nothing happens unless `/usr/sbin/sshd` exists.
+//! 2. Host keys: images ship without them so every VM has its own, so when
+//!    any of the default types is missing run `ssh-keygen -A`. It writes to
+//!    the VM's own root overlay, so this happens on a VM's first boot only.
+//! 3. `/run/sshd`, the privilege-separation directory, mode 0755 (`/run`
+//!    is a fresh tmpfs every boot).
+//! 4. Root logs in with keys: unless the global section of
+//!    `/etc/ssh/sshd_config` has a first `PermitRootLogin` that allows it,
+//!    write [`DROP_IN`] (`PermitRootLogin prohibit-password`,
+//!    `PasswordAuthentication no`). sshd keeps the first value it reads, so
+//!    that works only if the config includes `sshd_config.d` before its own
+//!    line (Debian's includes it first); otherwise the same two settings go
+//!    on sshd's command line as well.
+//! 5. Run `sshd -D -e` (in the foreground, logging to the console), reaped
+//!    by the agent's reaper. When it exits, log it and start it again after
+//!    a back-off that doubles from [`Backoff::min`] to [`Backoff::max`] and
+//!    starts over after a run of [`Backoff::stable`]; never once shutdown
+//!    has begun.
+//!
+//! It runs as a task beside the agent port, started once the port is being
+//! served: generating an RSA host key takes seconds under TCG and must not
+//! delay the host.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use banger_proto::ExitStatus;
+use tokio::sync::oneshot;
+
+use crate::console::{Millis, chain, log};
+use crate::reaper::Reaper;
+
+/// The drop-in written when `sshd_config` does not let root log in.
+pub const DROP_IN: &str = "etc/ssh/sshd_config.d/banger.conf";
+const DROP_IN_TEXT: &str = "# Written by banger-agent: root logs in with a key only.\n\
+                            PermitRootLogin prohibit-password\n\
+                            PasswordAuthentication no\n";
+/// The drop-in's settings as sshd options, for a config that would not read it in time.
+const OPTIONS: [&str; 4] = [
+    "-o",
+    "PermitRootLogin=prohibit-password",
+    "-o",
+    "PasswordAuthentication=no",
+];
+/// The key types `ssh-keygen -A` makes.
+const HOST_KEY_TYPES: [&str; 3] = ["rsa", "ecdsa", "ed25519"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshdError {
+    #[error("cannot run {path}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} failed with exit code {code}")]
+    Failed { path: PathBuf, code: i32 },
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How long to wait before restarting sshd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first wait, and the wait after a run of at least `stable`.
+    pub min: Duration,
+    /// The longest wait.
+    pub max: Duration,
+    /// A run this long counts as healthy.
+    pub stable: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            stable: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after a run of `ran`, the previous wait having been `previous`.
+    pub fn next(&self, previous: Option<Duration>, ran: Duration) -> Duration {
+        match previous {
+            Some(previous) if ran < self.stable => (previous * 2).clamp(self.min, self.max),
+            _ => self.min,
+        }
+    }
+}
+
+/// What `sshd_config` says about root logging in with a key (step 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootLogin {
+    /// Its first `PermitRootLogin` allows it.
+    Allowed,
+    /// It does not say so, and it includes `sshd_config.d` first: a drop-in decides.
+    DropIn,
+    /// It does not say so, and a drop-in would come too late or never be read.
+    Options,
+}
+
+/// Reads the global section (up to the first `Match`) of an `sshd_config`.
+pub fn root_login(sshd_config: &str) -> RootLogin {
+    let mut includes_drop_ins = false;
+    for line in sshd_config.lines().map(str::trim) {
+        if line.starts_with('#') {
+            continue;
+        }
+        let mut words = line
+            .split(|c: char| c.is_whitespace() || c == '=')
+            .filter(|w| !w.is_empty());
+        let Some(keyword) = words.next() else {
+            continue;
+        };
+        match keyword.to_ascii_lowercase().as_str() {
+            "match" => break,
+            "include" => includes_drop_ins |= words.any(|w| w.contains("sshd_config.d")),
+            "permitrootlogin" => {
+                let value = words.next().unwrap_or_default().to_ascii_lowercase();
+                let allows = matches!(
+                    value.as_str(),
+                    "yes" | "prohibit-password" | "without-password"
+                );
+                return match (allows, includes_drop_ins) {
+                    (true, _) => RootLogin::Allowed,
+                    (false, true) => RootLogin::DropIn,
+                    (false, false) => RootLogin::Options,
+                };
+            }
+            _ => {}
+        }
+    }
+    if includes_drop_ins {
+        RootLogin::DropIn
+    } else {
+        RootLogin::Options
+    }
+}
+
+/// Step 4 under `root`: writes the drop-in when needed and returns the
+/// options sshd needs on its command line.
+pub fn permit_root_login(root: &Path) -> Result<Vec<String>, SshdError> {
+    let config = std::fs::read_to_string(root.join("etc/ssh/sshd_config")).unwrap_or_default();
+    let verdict = root_login(&config);
+    if verdict == RootLogin::Allowed {
+        return Ok(Vec::new());
+    }
+    let path = root.join(DROP_IN);
+    let write = || -> io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(path.parent().expect("DROP_IN has a directory"))?;
+        std::fs::write(&path, DROP_IN_TEXT)
+    };
+    write().map_err(|source| SshdError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    log(format_args!("sshd: wrote /{DROP_IN}"));
+    Ok(match verdict {
+        RootLogin::Options => OPTIONS.iter().map(|s| s.to_string()).collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// Whether any default host key is missing under `root`.
+pub fn missing_host_keys(root: &Path) -> bool {
+    HOST_KEY_TYPES
+        .iter()
+        .any(|t| !root.join(format!("etc/ssh/ssh_host_{t}_key")).is_file())
+}
+
+/// Step 3 under `root`.
+pub fn make_run_dir(root: &Path) -> Result<(), SshdError> {
+    let path = root.join("run/sshd");
+    let make = || -> io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+    };
+    make().map_err(|source| SshdError::Write {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// sshd and where its files are.
+#[derive(Debug, Clone)]
+pub struct Sshd {
+    /// The root its files are under: `/` in the guest.
+    pub root: PathBuf,
+    /// The sshd binary.
+    pub program: PathBuf,
+    /// `ssh-keygen`.
+    pub keygen: PathBuf,
+    pub backoff: Backoff,
+}
+
+impl Sshd {
+    /// The guest's own sshd.
+    pub fn guest() -> Self {
+        Sshd {
+            root: "/".into(),
+            program: "/usr/sbin/sshd".into(),
+            keygen: "/usr/bin/ssh-keygen".into(),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Steps 1-5: returns at once when there is no sshd, otherwise only
+    /// once shutdown has begun.
+    pub async fn run(&self, reaper: &Reaper) {
+        if !self.program.is_file() {
+            log(format_args!(
+                "sshd: no {} in this image",
+                self.program.display()
+            ));
+            return;
+        }
+        let args = self.prepare(reaper).await;
+        self.supervise(reaper, &args).await
+    }
+
+    /// Steps 2-4, logging what fails; returns sshd's extra arguments.
+    pub async fn prepare(&self, reaper: &Reaper) -> Vec<String> {
+        if missing_host_keys(&self.root) {
+            let start = Instant::now();
+            match self.generate_host_keys(reaper).await {
+                Ok(()) => log(format_args!(
+                    "sshd: generated host keys ({})",
+                    Millis(start.elapsed().as_secs_f64() * 1000.0)
+                )),
+                Err(e) => log(format_args!(
+                    "sshd: generating host keys failed: {}",
+                    chain(&e)
+                )),
+            }
+        }
+        if let Err(e) = make_run_dir(&self.root) {
+            log(format_args!("sshd: {}", chain(&e)));
+        }
+        permit_root_login(&self.root).unwrap_or_else(|e| {
+            log(format_args!("sshd: {}", chain(&e)));
+            OPTIONS.iter().map(|s| s.to_string()).collect()
+        })
+    }
+
+    /// Step 2: `ssh-keygen -A`, which makes only the missing keys.
+    pub async fn generate_host_keys(&self, reaper: &Reaper) -> Result<(), SshdError> {
+        let etc_ssh = self.root.join("etc/ssh");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&etc_ssh)
+            .map_err(|source| SshdError::Write {
+                path: etc_ssh,
+                source,
+            })?;
+        let mut cmd = command(&self.keygen);
+        cmd.arg("-A").stdout(Stdio::null());
+        if self.root != Path::new("/") {
+            cmd.arg("-f").arg(&self.root);
+        }
+        let exited = start(reaper, &mut cmd)
+            .map_err(|source| SshdError::Spawn {
+                path: self.keygen.clone(),
+                source,
+            })?
+            .1;
+        match exited.await.map(|s| s.code) {
+            Ok(0) => Ok(()),
+            Ok(code) => Err(SshdError::Failed {
+                path: self.keygen.clone(),
+                code,
+            }),
+            Err(_) => Err(SshdError::Failed {
+                path: self.keygen.clone(),
+                code: 255,
+            }),
+        }
+    }
+
+    /// Step 5 with `args` after `-D -e`.
+    pub async fn supervise(&self, reaper: &Reaper, args: &[String]) {
+        let mut wait = None;
+        while !crate::shutdown::shutting_down() {
+            let started = Instant::now();
+            let mut cmd = command(&self.program);
+            cmd.args(["-D", "-e"]).args(args);
+            let outcome = match start(reaper, &mut cmd) {
+                Ok((pid, exited)) => {
+                    log(format_args!("sshd: started (pid {pid})"));
+                    match exited.await {
+                        Ok(status) => describe(status),
+                        Err(_) => "was lost".to_string(),
+                    }
+                }
+                Err(e) => format!("could not start: {e}"),
+            };
+            if crate::shutdown::shutting_down() {
+                return;
+            }
+            let ran = started.elapsed();
+            let next = self.backoff.next(wait, ran);
+            wait = Some(next);
+            log(format_args!(
+                "sshd: {outcome} after {}; restarting in {next:?}",
+                Millis(ran.as_secs_f64() * 1000.0)
+            ));
+            tokio::time::sleep(next).await;
+        }
+    }
+}
+
+/// A child with a clean environment, in its own process group, its output
+/// on the agent's (the console).
+fn command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .env("PATH", crate::spawn::DEFAULT_PATH)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .process_group(0);
+    cmd
+}
+
+/// Spawns `cmd` through the reaper; returns its pid and its exit.
+fn start(reaper: &Reaper, cmd: &mut Command) -> io::Result<(u32, oneshot::Receiver<ExitStatus>)> {
+    let (_, pid, exited) = reaper.spawn(|| {
+        let child = cmd.spawn()?;
+        Ok(((), child.id()))
+    })?;
+    Ok((pid, exited))
+}
+
+fn describe(status: ExitStatus) -> String {
+    match status.signal {
+        Some(sig) => format!("was killed by signal {sig}"),
+        None => format!("exited with code {}", status.code),
+    }
+}
+
+#[cfg(test)]
+#[path = "sshd_tests.rs"]
+mod tests;

@@ -1,0 +1,197 @@
+//! `banger vm ssh|ssh-config|proxy`: SSH with the system `ssh` client.
+//! The daemon says where a VM's sshd is (its bridge address, a loopback
+//! forward in user mode, or no route at all, in which case `ssh` tunnels
+//! through the agent channel with `banger vm proxy` as its ProxyCommand).
+//! Connections share one ControlMaster per VM, so repeated commands skip
+//! the handshake.
+
+use anyhow::Context as _;
+use banger_api::{SshTarget, Vm};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use super::Context;
+use crate::client::path_segment;
+
+/// `vm ssh NAME [-- CMD...]`: replaces this process with `ssh`.
+pub async fn ssh(ctx: &Context, args: crate::cli::SshArgs) -> anyhow::Result<i32> {
+    let client = ctx.client().await?;
+    let path = format!("/v1/vms/{}/ssh?wait=true", path_segment(&args.name));
+    let target: SshTarget = client.get(&path).await?;
+    let control_dir = ctx.paths.runtime_dir.join("ssh");
+    std::fs::create_dir_all(&control_dir)
+        .with_context(|| format!("cannot create {}", control_dir.display()))?;
+    let exe =
+        std::env::current_exe().context("cannot find the banger executable for ProxyCommand")?;
+    let mut argv = ssh_options(&target, &args.name, &control_dir, &exe);
+    if args.command.is_empty() {
+        argv.push("-t".into());
+    }
+    argv.push(format!("{}@{}", target.user, target.host));
+    if !args.command.is_empty() {
+        argv.push("--".into());
+        // ssh joins the remote command with spaces for the guest's shell: quote each word.
+        argv.push(
+            args.command
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    let err = std::process::Command::new("ssh").args(&argv).exec();
+    anyhow::bail!("cannot run ssh: {err} (install openssh-client)")
+}
+
+/// The `ssh -o` options for a target.
+pub fn ssh_options(t: &SshTarget, name: &str, control_dir: &Path, exe: &Path) -> Vec<String> {
+    let mut o: Vec<String> = vec!["-i".into(), t.key.clone(), "-p".into(), t.port.to_string()];
+    for opt in [
+        "IdentitiesOnly=yes",
+        "PasswordAuthentication=no",
+        // Every VM makes fresh host keys on first boot; its name is reused.
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "LogLevel=ERROR",
+        "ControlMaster=auto",
+        "ControlPersist=60",
+    ] {
+        o.push("-o".into());
+        o.push(opt.into());
+    }
+    o.push("-o".into());
+    o.push(format!("ControlPath={}/%C", control_dir.display()));
+    if t.proxy {
+        o.push("-o".into());
+        o.push(format!(
+            "ProxyCommand={} vm proxy {name} {}",
+            exe.display(),
+            t.port
+        ));
+    }
+    o
+}
+
+/// `vm ssh-config [NAME...]`: stanzas for `~/.ssh/config`.
+pub async fn ssh_config(ctx: &Context, names: &[String]) -> anyhow::Result<i32> {
+    let client = ctx.client().await?;
+    let names: Vec<String> = if names.is_empty() {
+        let vms: Vec<Vm> = client.get("/v1/vms").await?;
+        vms.into_iter().map(|v| v.name).collect()
+    } else {
+        names.to_vec()
+    };
+    let exe = std::env::current_exe().context("cannot find the banger executable")?;
+    let mut out = String::new();
+    for name in names {
+        let vm: Vm = client
+            .get(&format!("/v1/vms/{}", path_segment(&name)))
+            .await?;
+        let target: SshTarget = client
+            .get(&format!("/v1/vms/{}/ssh", path_segment(&name)))
+            .await?;
+        out.push_str(&stanza(&vm, &target, &exe));
+    }
+    crate::output::print_str(&out);
+    Ok(0)
+}
+
+pub fn stanza(vm: &Vm, t: &SshTarget, exe: &Path) -> String {
+    let mut hosts = vec![vm.name.clone()];
+    hosts.extend(vm.dns_name.clone());
+    let mut s = format!("Host {}\n", hosts.join(" "));
+    s.push_str(&format!(
+        "  HostName {}\n  Port {}\n  User {}\n  IdentityFile {}\n",
+        t.host, t.port, t.user, t.key
+    ));
+    s.push_str("  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n");
+    if t.proxy {
+        s.push_str(&format!(
+            "  ProxyCommand {} vm proxy {} {}\n",
+            exe.display(),
+            vm.name,
+            t.port
+        ));
+    }
+    s.push('\n');
+    s
+}
+
+/// `vm proxy NAME PORT`: stdin/stdout ⇄ guest TCP port, until either side ends.
+pub async fn proxy(ctx: &Context, name: &str, port: u16) -> anyhow::Result<i32> {
+    let client = ctx.client().await?;
+    let io = client.connect(name, port).await?;
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let up = async {
+        let mut stdin = tokio::io::stdin();
+        let r = tokio::io::copy(&mut stdin, &mut wr).await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+        r
+    };
+    let down = async {
+        let mut stdout = tokio::io::stdout();
+        let r = tokio::io::copy(&mut rd, &mut stdout).await;
+        let _ = tokio::io::AsyncWriteExt::flush(&mut stdout).await;
+        r
+    };
+    // The guest side ending is the end of the session.
+    tokio::select! {
+        r = down => { r?; }
+        _ = async { let _ = up.await; std::future::pending::<()>().await } => {}
+    }
+    Ok(0)
+}
+
+/// Single-quotes a word for a POSIX shell unless it is plainly safe.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(proxy: bool) -> SshTarget {
+        SshTarget {
+            user: "root".into(),
+            host: "127.0.0.1".into(),
+            port: 2222,
+            key: "/k/id".into(),
+            proxy,
+        }
+    }
+
+    #[test]
+    fn words_are_quoted_for_the_guest_shell() {
+        assert_eq!(shell_quote("git"), "git");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn options_reuse_a_control_master_and_proxy_when_unroutable() {
+        let o = ssh_options(
+            &target(false),
+            "web",
+            Path::new("/run/b/ssh"),
+            Path::new("/bin/banger"),
+        );
+        assert!(o.windows(2).any(|w| w[0] == "-p" && w[1] == "2222"));
+        assert!(o.contains(&"ControlPath=/run/b/ssh/%C".to_string()));
+        assert!(!o.iter().any(|x| x.starts_with("ProxyCommand")));
+        let o = ssh_options(
+            &target(true),
+            "web",
+            Path::new("/run/b/ssh"),
+            Path::new("/bin/banger"),
+        );
+        assert!(o.contains(&"ProxyCommand=/bin/banger vm proxy web 2222".to_string()));
+    }
+}
