@@ -22,8 +22,11 @@
 //! `rtnetlink` is made of) and sent on a plain blocking socket: the three
 //! requests run before the async runtime exists, each answered by one ack,
 //! so `rtnetlink`'s async connection (and the `nix` and `netlink-proto` it
-//! brings) would add nothing. Replies are read as bare `NLMSG_ERROR`
-//! acks, so the route-message parsers are never linked in.
+//! brings) would add nothing. Each message is emitted on its own rather
+//! than through `RouteNetlinkMessage`, and replies are read as bare
+//! `NLMSG_ERROR` acks, so the emitters and parsers of every other message
+//! kind (traffic control, neighbours, ...) are not linked into the static
+//! binary.
 
 use std::fmt;
 use std::io;
@@ -35,16 +38,16 @@ use std::time::{Duration, Instant};
 
 use banger_proto::GuestNetwork;
 use netlink_packet_core::{
-    ErrorBuffer, ErrorMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
-    NLMSG_ALIGNTO, NLMSG_ERROR, NetlinkBuffer, NetlinkMessage, Parseable,
+    Emitable, ErrorBuffer, ErrorMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+    NLMSG_ALIGNTO, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader, Parseable,
 };
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
     RouteType,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rustix::net::{AddressFamily as SocketFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
 use crate::console::step;
@@ -55,6 +58,10 @@ pub const SYS_CLASS_NET: &str = "/sys/class/net";
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often to look for it meanwhile.
 pub const LINK_POLL: Duration = Duration::from_millis(10);
+/// Message types from `<linux/rtnetlink.h>`.
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
 /// How long to wait for the kernel's answer to one netlink request.
 const NETLINK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -362,16 +369,19 @@ impl Netlink {
         Ok(Netlink { fd, seq: 0 })
     }
 
-    /// Sends `message` with `NLM_F_REQUEST | NLM_F_ACK | flags` and waits
-    /// for the kernel's ack; a negative ack becomes its errno.
-    fn request(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    /// Sends `body` as a `message_type` message with `NLM_F_REQUEST |
+    /// NLM_F_ACK | flags` and waits for the kernel's ack; a negative ack
+    /// becomes its errno.
+    fn request(&mut self, message_type: u16, body: &impl Emitable, flags: u16) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
-        let mut msg = NetlinkMessage::from(message);
-        msg.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        msg.header.sequence_number = self.seq;
-        msg.finalize();
-        let mut bytes = vec![0u8; msg.buffer_len()];
-        msg.serialize(&mut bytes);
+        let mut header = NetlinkHeader::default();
+        header.message_type = message_type;
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header.sequence_number = self.seq;
+        header.length = (header.buffer_len() + body.buffer_len()) as u32;
+        let mut bytes = vec![0u8; header.length as usize];
+        header.emit(&mut bytes);
+        body.emit(&mut bytes[header.buffer_len()..]);
         rustix::net::send(&self.fd, &bytes, SendFlags::empty())?;
 
         let mut buf = vec![0u8; 16 * 1024];
@@ -416,7 +426,7 @@ impl Rtnl for Netlink {
         msg.header.index = index;
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
-        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+        self.request(RTM_NEWLINK, &msg, 0)
     }
 
     fn add_address(&mut self, index: u32, cidr: Cidr) -> io::Result<()> {
@@ -429,10 +439,7 @@ impl Rtnl for Netlink {
         if let Some(brd) = cidr.broadcast() {
             msg.attributes.push(AddressAttribute::Broadcast(brd));
         }
-        self.request(
-            RouteNetlinkMessage::NewAddress(msg),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
+        self.request(RTM_NEWADDR, &msg, NLM_F_CREATE | NLM_F_REPLACE)
     }
 
     fn add_default_route(&mut self, index: u32, gateway: IpAddr, onlink: bool) -> io::Result<()> {
@@ -448,10 +455,7 @@ impl Rtnl for Netlink {
         msg.attributes
             .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
         msg.attributes.push(RouteAttribute::Oif(index));
-        self.request(
-            RouteNetlinkMessage::NewRoute(msg),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
+        self.request(RTM_NEWROUTE, &msg, NLM_F_CREATE | NLM_F_REPLACE)
     }
 }
 

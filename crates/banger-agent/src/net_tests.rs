@@ -340,14 +340,18 @@ fn json(script: &str) -> serde_json::Value {
 #[test]
 fn configures_a_real_link_in_a_network_namespace_of_its_own() {
     if !rustix::process::geteuid().is_root() || sh("command -v ip").is_none() {
-        eprintln!("SKIP configures_a_real_link...: needs root and iproute2's `ip`");
+        eprintln!(
+            "SKIP configures_a_real_link_in_a_network_namespace_of_its_own: needs root and iproute2's `ip`"
+        );
         return;
     }
     // Network namespaces are per thread: this thread's sockets and children
     // see only the namespace it makes, which goes away with it.
     let thread = std::thread::spawn(|| {
         if let Err(e) = rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNET) {
-            eprintln!("SKIP configures_a_real_link...: cannot make a network namespace: {e}");
+            eprintln!(
+                "SKIP configures_a_real_link_in_a_network_namespace_of_its_own: cannot make a network namespace: {e}"
+            );
             return;
         }
         let mac = "52:54:00:aa:bb:cc";

@@ -72,7 +72,7 @@ impl Default for Config {
             accel: AccelChoice::Auto,
             qemu_bin: PathBuf::from("qemu-system-x86_64"),
             agent_bin: None,
-            default_image: "minimal".into(),
+            default_image: "debian".into(),
             default_cpus: 1,
             default_memory_mib: 512,
             default_disk_size_mib: 4096,

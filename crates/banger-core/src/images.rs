@@ -14,7 +14,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Presets `image build` knows.
-pub const PRESETS: &[&str] = &["minimal"];
+pub const PRESETS: &[&str] = &["debian", "minimal"];
+
+fn check_preset(preset: &str) -> Result<(), Error> {
+    if PRESETS.contains(&preset) {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "unknown preset {preset:?}: known presets are {}",
+        PRESETS.join(", ")
+    )))
+}
 
 impl Manager {
     pub fn images(&self) -> Result<Vec<Image>, Error> {
@@ -45,13 +55,7 @@ impl Manager {
     }
 
     pub fn build_image(self: &Arc<Self>, req: BuildImage) -> Result<Arc<Op>, Error> {
-        if !PRESETS.contains(&req.preset.as_str()) {
-            return Err(Error::Invalid(format!(
-                "unknown preset {:?}: known presets are {}",
-                req.preset,
-                PRESETS.join(", ")
-            )));
-        }
+        check_preset(&req.preset)?;
         let name = req.name.clone().unwrap_or_else(|| req.preset.clone());
         banger_api::validate_image_name(&name).map_err(Error::Invalid)?;
         if !req.force && self.store.image(&name)?.is_some() {
@@ -63,25 +67,42 @@ impl Manager {
         let op = self.ops.begin(OperationKind::ImageBuild, &name);
         let (this, op2) = (self.clone(), op.clone());
         tokio::spawn(async move {
-            let (cache_dir, runner, image) = (
-                this.paths.cache_dir.clone(),
-                this.runner.clone(),
-                name.clone(),
-            );
-            let build = move |out_dir: PathBuf, report: &mut dyn FnMut(BuildEvent)| {
-                let params = banger_image::BuildParams {
-                    name: image,
-                    cache_dir,
-                    agent_bin,
-                    out_dir,
-                    runner,
-                };
-                banger_image::build_minimal(&params, report)
-            };
-            let result = this.install_image(&op2, &name, req.force, build).await;
+            let result = this.run_build(&op2, &name, &req, agent_bin).await;
             op2.finish(&this.store, result.map_err(|e| e.to_api()));
         });
         Ok(op)
+    }
+
+    /// Builds preset `req.preset` as image `name` inside operation `op`.
+    pub(crate) async fn run_build(
+        &self,
+        op: &Arc<Op>,
+        name: &str,
+        req: &BuildImage,
+        agent_bin: PathBuf,
+    ) -> Result<(), Error> {
+        let params = banger_image::BuildParams {
+            name: name.to_string(),
+            cache_dir: self.paths.cache_dir.clone(),
+            agent_bin,
+            out_dir: PathBuf::new(),
+            runner: self.runner.clone(),
+        };
+        let (preset, packages) = (req.preset.clone(), req.packages.clone());
+        let build = move |out_dir: PathBuf, report: &mut dyn FnMut(BuildEvent)| {
+            let params = banger_image::BuildParams { out_dir, ..params };
+            match preset.as_str() {
+                "debian" => {
+                    let opts = banger_image::DebianOptions {
+                        suite: "bookworm".into(),
+                        extra_packages: packages,
+                    };
+                    banger_image::build_debian(&params, &opts, report)
+                }
+                _ => banger_image::build_minimal(&params, report),
+            }
+        };
+        self.install_image(op, name, req.force, build).await
     }
 
     pub fn register_image(self: &Arc<Self>, req: RegisterImage) -> Result<Arc<Op>, Error> {

@@ -57,7 +57,7 @@ pub fn missing_prerequisite() -> Option<String> {
         "apt-get",
         "dpkg-deb",
     ] {
-        if !which(tool) {
+        if which(tool).is_none() {
             return Some(format!(
                 "{tool} is not installed (run the README's setup command)"
             ));

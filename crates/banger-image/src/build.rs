@@ -12,30 +12,35 @@
 //! 6. `manifest`: fingerprints into `manifest.json`, then the staging
 //!    directory is renamed to `out_dir` ([`crate::staging`]).
 //!
+//! Stages 2, 3, 5 and 6 are the same for every preset made from the cloud
+//! kernel package; they are the `pub(crate)` functions here, which the
+//! `debian` preset calls too.
+//!
 //! Blocking code: the daemon runs it on a blocking worker thread.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use banger_sys::command::Runner;
 
-use crate::initramfs;
-use crate::kernel;
+use crate::initramfs::{self, Agent};
+use crate::kernel::{self, PreparedKernel};
 use crate::layout;
 use crate::manifest::{self, MANIFEST_FORMAT, Manifest, SOURCE_MINIMAL};
-use crate::modules::ModuleTree;
-use crate::packages;
+use crate::modules::{Module, ModuleTree};
+use crate::packages::{self, KernelPackage};
 use crate::rootfs;
 use crate::stages::{self, BuildEvent, Reporter, human_size};
 use crate::staging::Staging;
 use crate::work_seed;
 use crate::{ImageError, validate_name};
 
-/// What [`build_minimal`] needs.
+/// What [`build_minimal`] (and [`crate::build_debian`]) need.
 #[derive(Clone)]
 pub struct BuildParams {
     pub name: String,
-    /// Package cache (`debs/`, `extract/`), kept between builds.
+    /// Package cache (`debs/`, `extract/`, `debian-archives/`), kept
+    /// between builds.
     pub cache_dir: PathBuf,
     /// The static `banger-agent` binary, which becomes the initramfs' `/init`.
     pub agent_bin: PathBuf,
@@ -61,35 +66,13 @@ pub fn build_minimal(
         let pkgs = packages::fetch_minimal(runner, &p.cache_dir, progress)?;
         let detail = format!(
             "{} {}, busybox {}",
-            pkgs.kernel.name, pkgs.kernel.version, pkgs.busybox.version
+            pkgs.kernel.package.name, pkgs.kernel.package.version, pkgs.busybox.version
         );
         Ok((pkgs, Some(detail)))
     })?;
 
-    let (kernel, modules) = r.stage(stages::EXTRACT_KERNEL, |progress| {
-        let vmlinuz = pkgs.kernel.dir.join(format!("boot/vmlinuz-{}", pkgs.kernel_release));
-        let kernel = kernel::prepare(&vmlinuz, &dir)?;
-        if !kernel.extracted {
-            progress("found no LZ4-compressed vmlinux in the bzImage: keeping the bzImage, which boots slower".into());
-        }
-        let tree = ModuleTree::scan(&pkgs.kernel.dir.join("lib/modules").join(&pkgs.kernel_release))?;
-        let modules = tree.resolve_guest_modules(Some(&pkgs.kernel_release))?;
-        let size = std::fs::metadata(dir.join(kernel.file_name)).map(|m| m.len()).unwrap_or(0);
-        let detail = format!("{} {}, {} modules", kernel.file_name, human_size(size), modules.len());
-        Ok(((kernel, modules), Some(detail)))
-    })?;
-
-    r.stage(stages::INITRAMFS, |progress| {
-        if agent.dynamic {
-            progress(format!(
-                "{} is dynamically linked: the guest cannot run it as /init",
-                p.agent_bin.display()
-            ));
-        }
-        let archive = initramfs::agent_archive(&agent, &modules)?;
-        let size = initramfs::write(&dir.join(layout::INITRD), None, &archive)?;
-        Ok(((), Some(format!("{} {}", layout::INITRD, human_size(size)))))
-    })?;
+    let (kernel, modules) = extract_kernel(&mut r, &pkgs.kernel, &dir)?;
+    write_initramfs(&mut r, &p.agent_bin, &agent, &modules, &dir)?;
 
     r.stage(stages::ROOTFS, |_| {
         let image = dir.join(layout::ROOTFS);
@@ -111,40 +94,108 @@ pub fn build_minimal(
         ))
     })?;
 
+    write_work_seed(&mut r, runner, &dir, &[])?;
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        name: p.name.clone(),
+        source: SOURCE_MINIMAL.to_string(),
+        kernel_version: Some(pkgs.kernel.release.clone()),
+        kernel_cmdline: String::new(),
+        modules: modules.iter().map(|m| m.file_name.clone()).collect(),
+        files: Vec::new(),
+        created_at: manifest::now_unix(),
+        agent_version: manifest::agent_version(&agent.bytes),
+        suite: None,
+        packages: Vec::new(),
+    };
+    finish(&mut r, staging, kernel.file_name, manifest)
+}
+
+/// The `extract_kernel` stage: the kernel from the unpacked package into
+/// `dir`, and the guest's modules resolved in its module tree.
+pub(crate) fn extract_kernel(
+    r: &mut Reporter<'_>,
+    pkg: &KernelPackage,
+    dir: &Path,
+) -> Result<(PreparedKernel, Vec<Module>), ImageError> {
+    r.stage(stages::EXTRACT_KERNEL, |progress| {
+        let vmlinuz = pkg.package.dir.join(format!("boot/vmlinuz-{}", pkg.release));
+        let kernel = kernel::prepare(&vmlinuz, dir)?;
+        if !kernel.extracted {
+            progress("found no LZ4-compressed vmlinux in the bzImage: keeping the bzImage, which boots slower".into());
+        }
+        let tree = ModuleTree::scan(&pkg.package.dir.join("lib/modules").join(&pkg.release))?;
+        let modules = tree.resolve_guest_modules(Some(&pkg.release))?;
+        let size = std::fs::metadata(dir.join(kernel.file_name)).map(|m| m.len()).unwrap_or(0);
+        let detail = format!("{} {}, {} modules", kernel.file_name, human_size(size), modules.len());
+        Ok(((kernel, modules), Some(detail)))
+    })
+}
+
+/// The `initramfs` stage: `initrd.img` with the agent as `/init` and the
+/// guest's modules.
+pub(crate) fn write_initramfs(
+    r: &mut Reporter<'_>,
+    agent_bin: &Path,
+    agent: &Agent,
+    modules: &[Module],
+    dir: &Path,
+) -> Result<(), ImageError> {
+    r.stage(stages::INITRAMFS, |progress| {
+        if agent.dynamic {
+            progress(format!(
+                "{} is dynamically linked: the guest cannot run it as /init",
+                agent_bin.display()
+            ));
+        }
+        let archive = initramfs::agent_archive(agent, modules)?;
+        let size = initramfs::write(&dir.join(layout::INITRD), None, &archive)?;
+        Ok(((), Some(format!("{} {}", layout::INITRD, human_size(size)))))
+    })
+}
+
+/// The `work_seed` stage; `extra` files go into the seed beside `.profile`.
+pub(crate) fn write_work_seed(
+    r: &mut Reporter<'_>,
+    runner: &dyn Runner,
+    dir: &Path,
+    extra: &[(&str, &str)],
+) -> Result<(), ImageError> {
     r.stage(stages::WORK_SEED, |_| {
         let size = work_seed::build(
             runner,
             &dir.join(".work-seed-tree"),
             &dir.join(layout::WORK_SEED),
+            extra,
         )?;
         Ok((
             (),
             Some(format!("{} {}", layout::WORK_SEED, human_size(size))),
         ))
-    })?;
+    })
+}
 
+/// The `manifest` stage: fingerprints the image's files into `manifest`
+/// (whose `files` are filled in here), saves it and moves the staging
+/// directory into place.
+pub(crate) fn finish(
+    r: &mut Reporter<'_>,
+    staging: Staging,
+    kernel_file: &str,
+    mut manifest: Manifest,
+) -> Result<Manifest, ImageError> {
     r.stage(stages::MANIFEST, |_| {
-        let files = manifest::fingerprint(
-            &dir,
+        let dir = staging.path();
+        manifest.files = manifest::fingerprint(
+            dir,
             &[
-                kernel.file_name,
+                kernel_file,
                 layout::INITRD,
                 layout::ROOTFS,
                 layout::WORK_SEED,
             ],
         )?;
-        let manifest = Manifest {
-            format: MANIFEST_FORMAT,
-            name: p.name.clone(),
-            source: SOURCE_MINIMAL.to_string(),
-            kernel_version: Some(pkgs.kernel_release.clone()),
-            kernel_cmdline: String::new(),
-            modules: modules.iter().map(|m| m.file_name.clone()).collect(),
-            files,
-            created_at: manifest::now_unix(),
-            agent_version: manifest::agent_version(&agent.bytes),
-        };
-        manifest.save(&dir)?;
+        manifest.save(dir)?;
         let out = staging.commit()?;
         Ok((manifest, Some(format!("{}", out.display()))))
     })

@@ -12,9 +12,11 @@
 //!    descriptor room so a 32 MiB work seed grows to a large disk quickly.
 //! 3. `-d` copies each file's host owner and does not copy the tree root's
 //!    mode. When the build runs unprivileged its files are owned by the build
-//!    user, so a `debugfs` script (on stdin) sets every such inode to 0:0 and
-//!    gives the root directory its mode.
+//!    user, so a `debugfs` script (on stdin) gives every such inode the owner
+//!    it should have ([`Owners`]: root, or what a tarball recorded) and the
+//!    root directory its mode.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -68,6 +70,21 @@ pub struct Ext4Spec<'a> {
     pub size_bytes: u64,
     /// Permission bits for the filesystem's root directory (default 0755).
     pub root_mode: Option<u32>,
+    pub owners: Owners<'a>,
+}
+
+/// Who owns the files in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owners<'a> {
+    /// Root owns everything, whoever owns the tree on the host (the build's
+    /// user assembled it).
+    Root,
+    /// The tree's owners are right already (root made it, system users'
+    /// files included): copy them.
+    AsIs,
+    /// Root owns everything but these paths (relative to the tree's root),
+    /// which get the `(uid, gid)` the tarball the tree came from recorded.
+    RootExcept(&'a BTreeMap<PathBuf, (u32, u32)>),
 }
 
 /// Makes the filesystem `spec` describes; see the module doc for the steps.
@@ -93,9 +110,11 @@ pub fn make(runner: &dyn Runner, spec: &Ext4Spec<'_>) -> Result<(), Ext4Error> {
         source,
     })?;
 
-    let script = fixup_script(spec.tree, spec.root_mode).map_err(|source| Ext4Error::ReadTree {
-        path: spec.tree.to_path_buf(),
-        source,
+    let script = fixup_script(spec.tree, spec.root_mode, spec.owners).map_err(|source| {
+        Ext4Error::ReadTree {
+            path: spec.tree.to_path_buf(),
+            source,
+        }
     })?;
     if script.is_empty() {
         return Ok(());
@@ -124,9 +143,10 @@ pub fn make(runner: &dyn Runner, spec: &Ext4Spec<'_>) -> Result<(), Ext4Error> {
     Ok(())
 }
 
-/// The `debugfs` commands that make `tree`'s files owned by 0:0 in the
-/// image and give its root `root_mode`; empty when nothing needs fixing.
-fn fixup_script(tree: &Path, root_mode: Option<u32>) -> io::Result<String> {
+/// The `debugfs` commands that give `tree`'s files the owners `owners`
+/// says in the image and its root `root_mode`; empty when nothing needs
+/// fixing.
+fn fixup_script(tree: &Path, root_mode: Option<u32>, owners: Owners<'_>) -> io::Result<String> {
     let mut script = String::new();
     if let Some(mode) = root_mode {
         script.push_str(&format!(
@@ -134,11 +154,18 @@ fn fixup_script(tree: &Path, root_mode: Option<u32>) -> io::Result<String> {
             0o040000 | (mode & 0o7777)
         ));
     }
+    if owners == Owners::AsIs {
+        return Ok(script);
+    }
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let full = tree.join(&rel);
         let meta = fs::symlink_metadata(&full)?;
-        if !rel.as_os_str().is_empty() && (meta.uid() != 0 || meta.gid() != 0) {
+        let (uid, gid) = match owners {
+            Owners::RootExcept(listed) => listed.get(&rel).copied().unwrap_or((0, 0)),
+            _ => (0, 0),
+        };
+        if !rel.as_os_str().is_empty() && (meta.uid() != uid || meta.gid() != gid) {
             let name = rel.to_string_lossy();
             if name.contains(['"', '\n']) {
                 return Err(io::Error::new(
@@ -146,7 +173,9 @@ fn fixup_script(tree: &Path, root_mode: Option<u32>) -> io::Result<String> {
                     format!("unsupported file name {name:?}"),
                 ));
             }
-            script.push_str(&format!("sif \"/{name}\" uid 0\nsif \"/{name}\" gid 0\n"));
+            script.push_str(&format!(
+                "sif \"/{name}\" uid {uid}\nsif \"/{name}\" gid {gid}\n"
+            ));
         }
         if meta.is_dir() {
             let mut children: Vec<_> = fs::read_dir(&full)?
@@ -202,13 +231,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join(".ssh")).unwrap();
         fs::write(dir.path().join(".profile"), "x").unwrap();
-        let script = fixup_script(dir.path(), Some(0o700)).unwrap();
+        let script = fixup_script(dir.path(), Some(0o700), Owners::Root).unwrap();
         assert!(script.starts_with("sif \"/\" mode 040700\n"), "{script}");
         let owned_by_us = fs::metadata(dir.path()).unwrap().uid() != 0;
         assert_eq!(
             script.contains("sif \"/.ssh\" uid 0\nsif \"/.ssh\" gid 0\n"),
             owned_by_us,
             "{script}"
+        );
+    }
+
+    #[test]
+    fn fixup_script_gives_listed_files_their_recorded_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("etc")).unwrap();
+        fs::write(dir.path().join("etc/shadow"), "x").unwrap();
+        let listed = BTreeMap::from([
+            (PathBuf::from("etc/shadow"), (0, 42)),
+            (PathBuf::from("dev/null"), (0, 0)),
+        ]);
+        let script = fixup_script(dir.path(), None, Owners::RootExcept(&listed)).unwrap();
+        assert!(
+            script.contains("sif \"/etc/shadow\" uid 0\nsif \"/etc/shadow\" gid 42\n"),
+            "{script}"
+        );
+        assert!(!script.contains("/dev/null"), "{script}");
+        assert_eq!(
+            fixup_script(dir.path(), None, Owners::AsIs).unwrap(),
+            "",
+            "a tree made by root is copied as is"
         );
     }
 
@@ -223,6 +274,7 @@ mod tests {
             label: "work",
             size_bytes: 1000,
             root_mode: Some(0o700),
+            owners: Owners::Root,
         };
         make(&runner, &spec).unwrap();
         let calls = runner.calls();
@@ -258,6 +310,7 @@ mod tests {
             label: "l",
             size_bytes: 4096,
             root_mode: Some(0o755),
+            owners: Owners::Root,
         };
         let err = make(&runner, &spec).unwrap_err();
         assert!(

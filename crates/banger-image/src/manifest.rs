@@ -16,6 +16,7 @@ use crate::layout;
 /// Bumped on incompatible changes to the manifest's shape.
 pub const MANIFEST_FORMAT: u32 = 1;
 pub const SOURCE_MINIMAL: &str = "minimal";
+pub const SOURCE_DEBIAN: &str = "debian";
 pub const SOURCE_REGISTERED: &str = "registered";
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +57,7 @@ pub enum ManifestError {
 pub struct Manifest {
     pub format: u32,
     pub name: String,
-    /// [`SOURCE_MINIMAL`] or [`SOURCE_REGISTERED`].
+    /// [`SOURCE_MINIMAL`], [`SOURCE_DEBIAN`] or [`SOURCE_REGISTERED`].
     pub source: String,
     /// The kernel release (`uname -r`), when known.
     pub kernel_version: Option<String>,
@@ -73,6 +74,14 @@ pub struct Manifest {
     /// `sha256:<hex>` of the agent binary baked into `initrd.img`; compare
     /// with the installed agent's to know when an image is stale.
     pub agent_version: String,
+    /// The Debian suite the root filesystem was installed from (`bookworm`),
+    /// for images made by a distribution's installer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
+    /// The packages asked for on top of the suite's base (dependencies
+    /// come along), sorted; empty when the image lists none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
 }
 
 impl Manifest {
@@ -282,6 +291,8 @@ mod tests {
             files: fingerprint(dir.path(), &["vmlinux", "rootfs.ext4"]).unwrap(),
             created_at: 1_700_000_000,
             agent_version: agent_version(b"agent"),
+            suite: None,
+            packages: Vec::new(),
         };
         manifest.save(dir.path()).unwrap();
         (dir, manifest)
@@ -298,6 +309,26 @@ mod tests {
             hex::encode(Sha256::digest(b"kernel"))
         );
         assert_eq!(manifest.to_api(dir.path()).size_bytes, 10);
+    }
+
+    #[test]
+    fn debian_fields_round_trip_and_older_manifests_load_without_them() {
+        let (dir, manifest) = image_dir();
+        let text = fs::read_to_string(dir.path().join("manifest.json")).unwrap();
+        assert!(
+            !text.contains("\"suite\"") && !text.contains("\"packages\""),
+            "{text}"
+        );
+        assert_eq!(Manifest::load(dir.path()).unwrap().suite, None);
+
+        let debian = Manifest {
+            source: SOURCE_DEBIAN.into(),
+            suite: Some("bookworm".into()),
+            packages: vec!["git".into(), "openssh-server".into()],
+            ..manifest
+        };
+        debian.save(dir.path()).unwrap();
+        assert_eq!(Manifest::load(dir.path()).unwrap(), debian);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Debian packages for the `minimal` preset, fetched with the host's apt and
-//! unpacked with `dpkg-deb`, never installed. Owns the package cache
+//! Debian packages the presets take files from (the cloud kernel, and
+//! busybox for `minimal`), fetched with the host's apt and unpacked with
+//! `dpkg-deb`, never installed. Owns the package cache
 //! (`<cache_dir>/debs`, `<cache_dir>/extract`); not what is taken out of the
 //! packages.
 //!
@@ -83,12 +84,18 @@ pub struct Package {
     pub dir: PathBuf,
 }
 
+/// Debian's cloud kernel, unpacked in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelPackage {
+    pub package: Package,
+    /// `6.1.0-56-cloud-amd64`: the kernel's release (`uname -r`).
+    pub release: String,
+}
+
 /// The packages the `minimal` preset is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MinimalPackages {
-    pub kernel: Package,
-    /// `6.1.0-56-cloud-amd64`: the kernel's release (`uname -r`).
-    pub kernel_release: String,
+    pub kernel: KernelPackage,
     pub busybox: Package,
 }
 
@@ -110,20 +117,37 @@ pub fn fetch_minimal(
     // apt-cache reloads every package list on each run (~0.6 s here), so
     // ask for as much as possible at once.
     let [meta, busybox] = show(runner, [KERNEL_METAPACKAGE, BUSYBOX_PACKAGE])?;
+    let kernel = fetch_kernel_of(runner, cache_dir, &meta, progress)?;
+    let busybox = fetch(runner, cache_dir, &busybox, progress)?;
+    Ok(MinimalPackages { kernel, busybox })
+}
+
+/// Resolves, downloads (or reuses) and unpacks the cloud kernel alone.
+pub fn fetch_kernel(
+    runner: &dyn Runner,
+    cache_dir: &Path,
+    progress: &mut dyn FnMut(String),
+) -> Result<KernelPackage, PackageError> {
+    let [meta] = show(runner, [KERNEL_METAPACKAGE])?;
+    fetch_kernel_of(runner, cache_dir, &meta, progress)
+}
+
+/// The kernel package the metapackage `meta` depends on, fetched.
+fn fetch_kernel_of(
+    runner: &dyn Runner,
+    cache_dir: &Path,
+    meta: &Candidate,
+    progress: &mut dyn FnMut(String),
+) -> Result<KernelPackage, PackageError> {
     let kernel_name =
         kernel_dependency(&meta.depends).ok_or_else(|| PackageError::NoKernelDependency {
             package: KERNEL_METAPACKAGE.to_string(),
             depends: meta.depends.clone(),
         })?;
-    let kernel_release = kernel_name.trim_start_matches("linux-image-").to_string();
+    let release = kernel_name.trim_start_matches("linux-image-").to_string();
     let [kernel] = show(runner, [kernel_name.as_str()])?;
-    let kernel = fetch(runner, cache_dir, &kernel, progress)?;
-    let busybox = fetch(runner, cache_dir, &busybox, progress)?;
-    Ok(MinimalPackages {
-        kernel,
-        kernel_release,
-        busybox,
-    })
+    let package = fetch(runner, cache_dir, &kernel, progress)?;
+    Ok(KernelPackage { package, release })
 }
 
 /// Downloads (unless cached) and unpacks (unless unpacked) a candidate.
@@ -375,10 +399,10 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let runner = fake_apt();
         let pkgs = fetch_minimal(&runner, cache.path(), &mut |_| {}).unwrap();
-        assert_eq!(pkgs.kernel_release, "6.1.0-56-cloud-amd64");
-        assert_eq!(pkgs.kernel.name, "linux-image-6.1.0-56-cloud-amd64");
+        assert_eq!(pkgs.kernel.release, "6.1.0-56-cloud-amd64");
+        assert_eq!(pkgs.kernel.package.name, "linux-image-6.1.0-56-cloud-amd64");
         assert_eq!(
-            pkgs.kernel.deb,
+            pkgs.kernel.package.deb,
             cache
                 .path()
                 .join("debs/linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb")
@@ -447,6 +471,19 @@ mod tests {
                 .calls()
                 .iter()
                 .all(|c| c.starts_with("apt-cache show")),
+            "{:?}",
+            runner.calls()
+        );
+    }
+
+    #[test]
+    fn kernel_alone_needs_no_busybox() {
+        let cache = tempfile::tempdir().unwrap();
+        let runner = fake_apt();
+        let kernel = fetch_kernel(&runner, cache.path(), &mut |_| {}).unwrap();
+        assert_eq!(kernel.release, "6.1.0-56-cloud-amd64");
+        assert!(
+            runner.calls().iter().all(|c| !c.contains("busybox")),
             "{:?}",
             runner.calls()
         );

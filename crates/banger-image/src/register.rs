@@ -154,6 +154,7 @@ pub fn register(
             runner,
             &dir.join(".work-seed-tree"),
             &dir.join(layout::WORK_SEED),
+            &[],
         )?;
         Ok((
             (),
@@ -181,6 +182,8 @@ pub fn register(
             files,
             created_at: manifest::now_unix(),
             agent_version: manifest::agent_version(&agent.bytes),
+            suite: None,
+            packages: Vec::new(),
         };
         manifest.save(&dir)?;
         let out = staging.commit()?;

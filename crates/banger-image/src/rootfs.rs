@@ -19,7 +19,7 @@ use std::path::{Component, Path, PathBuf};
 
 use banger_sys::command::{Cmd, CommandError, Runner};
 
-use crate::ext4::{self, Ext4Error, Ext4Spec};
+use crate::ext4::{self, Ext4Error, Ext4Spec, Owners};
 
 /// Bumped whenever the preset's contents change (`VERSION_ID` in os-release).
 pub const MINIMAL_VERSION: u32 = 1;
@@ -80,6 +80,7 @@ pub fn build_minimal(
             label: "rootfs",
             size_bytes,
             root_mode: None,
+            owners: Owners::Root,
         },
     )?;
     fs::remove_dir_all(scratch).map_err(tree_err)?;

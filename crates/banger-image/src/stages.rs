@@ -52,12 +52,30 @@ pub const COPY_ROOTFS: Stage = Stage {
     name: "rootfs",
     label: "copy the root filesystem",
 };
+pub const FETCH_KERNEL: Stage = Stage {
+    name: "fetch_packages",
+    label: "fetch the kernel package",
+};
+pub const DEBOOTSTRAP: Stage = Stage {
+    name: "debootstrap",
+    label: "install Debian with mmdebstrap",
+};
 
 /// The stages of [`crate::build_minimal`], in order.
 pub const MINIMAL_STAGES: &[Stage] = &[
     FETCH_PACKAGES,
     EXTRACT_KERNEL,
     INITRAMFS,
+    ROOTFS,
+    WORK_SEED,
+    MANIFEST,
+];
+/// The stages of [`crate::build_debian`], in order.
+pub const DEBIAN_STAGES: &[Stage] = &[
+    FETCH_KERNEL,
+    EXTRACT_KERNEL,
+    INITRAMFS,
+    DEBOOTSTRAP,
     ROOTFS,
     WORK_SEED,
     MANIFEST,

@@ -16,14 +16,30 @@ impl Manager {
     /// `vm create`: validates, records the VM and begins the operation.
     pub fn create(self: &Arc<Self>, req: CreateVm) -> Result<Arc<Op>, Error> {
         let mut vm = self.plan_vm(req)?;
-        let image = self.image_record(&vm.image)?;
-        self.record_new_vm(&mut vm)?;
+        // A preset image that does not exist yet is built first, in this operation.
+        let build_first = match self.store.image(&vm.image)? {
+            Some(_) => None,
+            None if crate::images::PRESETS.contains(&vm.image.as_str()) => Some(self.agent_bin()?),
+            None => return Err(self.image_record(&vm.image).unwrap_err()),
+        };
+        if build_first.is_none() {
+            self.record_new_vm(&mut vm)?;
+        }
         let op = self.ops.begin(OperationKind::Create, &vm.name);
         let (this, op2) = (self.clone(), op.clone());
         tokio::spawn(async move {
+            if let Some(agent_bin) = build_first {
+                if let Err(e) = this.build_missing_image(&op2, &mut vm, agent_bin).await {
+                    op2.finish(&this.store, Err(e.to_api()));
+                    return;
+                }
+            }
             let lock = this.vm_lock(&vm.name);
             let _guard = lock.lock().await;
-            let result = this.run_create(&op2, &vm, &image).await;
+            let result = match this.image_record(&vm.image) {
+                Ok(image) => this.run_create(&op2, &vm, &image).await,
+                Err(e) => Err(e),
+            };
             if let Err(e) = &result {
                 tracing::warn!(vm = %vm.name, error = %crate::error::chain(e), "create failed; cleaning up");
                 this.undo_create(&vm).await;
@@ -31,6 +47,30 @@ impl Manager {
             op2.finish(&this.store, result.map_err(|e| e.to_api()));
         });
         Ok(op)
+    }
+
+    /// Builds the preset `vm.image` (once, even with concurrent creates),
+    /// then records the VM.
+    async fn build_missing_image(
+        &self,
+        op: &Arc<Op>,
+        vm: &mut VmRecord,
+        agent_bin: std::path::PathBuf,
+    ) -> Result<(), Error> {
+        let lock = self.vm_lock(&format!("image:{}", vm.image));
+        let guard = lock.lock().await;
+        if self.store.image(&vm.image)?.is_none() {
+            let req = banger_api::BuildImage {
+                name: Some(vm.image.clone()),
+                preset: vm.image.clone(),
+                force: false,
+                packages: vec![],
+            };
+            let name = vm.image.clone();
+            self.run_build(op, &name, &req, agent_bin).await?;
+        }
+        drop(guard);
+        self.record_new_vm(vm)
     }
 
     /// Turns a request into the VM's durable record, or says what is wrong.

@@ -150,7 +150,7 @@ fn main() {
         eprintln!("bench: cannot run: {why}");
         std::process::exit(1);
     }
-    let env = Env::new("");
+    let env = Env::new("default_image = \"minimal\"\nnetwork = \"none\"\n");
     eprintln!("bench: building the minimal image in an isolated instance…");
     env.ok(&["image", "build", "--preset", "minimal"]);
     let image = env.state_dir().join("images/minimal");
