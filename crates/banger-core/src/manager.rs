@@ -27,6 +27,8 @@ pub struct Manager {
     pub runner: Arc<dyn Runner>,
     pub ops: OpRegistry,
     pub handles: HandleCache,
+    /// Idle bridge-mode taps.
+    pub(crate) bridge: crate::net::bridge::TapPool,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The accelerator decision, made once per daemon.
     accel: tokio::sync::Mutex<Option<(Accel, accel::KvmStatus)>>,
@@ -49,6 +51,7 @@ impl Manager {
             runner,
             ops: OpRegistry::default(),
             handles: HandleCache::default(),
+            bridge: Default::default(),
             locks: Mutex::new(HashMap::new()),
             accel: tokio::sync::Mutex::new(None),
             started_at: crate::now(),

@@ -1,11 +1,13 @@
 //! Guest images: building the `minimal` preset from Debian's packages
-//! ([`build_minimal`]), registering a user's kernel and root filesystem
+//! ([`build_minimal`]) and the `debian` preset with mmdebstrap
+//! ([`build_debian`]), registering a user's kernel and root filesystem
 //! ([`register`]), and checking an image is intact ([`verify`]). Images are
-//! made without mounting anything and without privileges: kernel and modules
-//! come out of the distro's kernel package, filesystems from
-//! `mkfs.ext4 -d`, the initramfs from our cpio writer.
+//! made without mounting anything: kernel and modules come out of the
+//! distro's kernel package, filesystems from `mkfs.ext4 -d`, the initramfs
+//! from our cpio writer. Only `debian` may use privileges, and only
+//! mmdebstrap's own (root, or a user namespace).
 //!
-//! Owns the image directory's contents ([`layout`]) and the package cache
+//! Owns the image directory's contents ([`layout`]) and the package caches
 //! under the cache directory it is given. Does not own where images live,
 //! their records in the daemon's store, per-VM disks, or booting.
 //!
@@ -16,7 +18,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`build`](crate::build_minimal) | the `minimal` preset's stages |
+//! | [`build`](crate::build_minimal) | the `minimal` preset's stages, and those all presets share |
+//! | [`debian`](crate::build_debian) | the `debian` preset: mmdebstrap, the installed tree |
 //! | [`register`](crate::register()) | validating and importing user files |
 //! | `packages` | apt/dpkg and the package cache |
 //! | `kernel`, `elf` | kernel formats, vmlinux extraction |
@@ -30,6 +33,7 @@
 
 mod build;
 pub mod cpio;
+mod debian;
 mod elf;
 mod ext4;
 mod initramfs;
@@ -50,18 +54,19 @@ mod testing;
 use std::path::Path;
 
 pub use build::{BuildParams, build_minimal};
+pub use debian::{BASE_PACKAGES as DEBIAN_BASE_PACKAGES, DebianError, DebianOptions, build_debian};
 pub use ext4::Ext4Error;
 pub use initramfs::InitramfsError;
 pub use kernel::KernelError;
 pub use manifest::{
-    FileCheck, FileStatus, MANIFEST_FORMAT, Manifest, ManifestError, SOURCE_MINIMAL,
+    FileCheck, FileStatus, MANIFEST_FORMAT, Manifest, ManifestError, SOURCE_DEBIAN, SOURCE_MINIMAL,
     SOURCE_REGISTERED,
 };
 pub use modules::{ModuleError, OPTIONAL as OPTIONAL_MODULES, REQUIRED as REQUIRED_MODULES};
 pub use packages::PackageError;
 pub use register::{RegisterError, RegisterParams, register};
 pub use rootfs::RootfsError;
-pub use stages::{BuildEvent, MINIMAL_STAGES, REGISTER_STAGES, Stage};
+pub use stages::{BuildEvent, DEBIAN_STAGES, MINIMAL_STAGES, REGISTER_STAGES, Stage};
 pub use staging::StagingError;
 pub use work_seed::WorkSeedError;
 
@@ -89,6 +94,8 @@ pub enum ImageError {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Register(#[from] RegisterError),
+    #[error(transparent)]
+    Debian(#[from] DebianError),
 }
 
 /// Re-hashes every file `dir`'s manifest lists (for `banger doctor`).

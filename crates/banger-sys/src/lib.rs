@@ -6,5 +6,6 @@
 pub mod command;
 pub mod fs;
 pub mod guest;
+pub mod net;
 pub mod process;
 pub mod pty;

@@ -55,6 +55,7 @@ impl Manager {
                 }
             }
         }
+        self.reconcile_bridge();
         Ok(())
     }
 }

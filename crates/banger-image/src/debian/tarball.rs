@@ -51,8 +51,12 @@ fn read_owners(mut tar: impl Read) -> io::Result<BTreeMap<PathBuf, (u32, u32)>> 
         }
         let overrides = std::mem::take(&mut next);
         let name = overrides.path.unwrap_or_else(|| member_name(&header));
-        let uid = overrides.uid.map_or_else(|| number(&header[108..116]), Ok)?;
-        let gid = overrides.gid.map_or_else(|| number(&header[116..124]), Ok)?;
+        let uid = overrides
+            .uid
+            .map_or_else(|| number(&header[108..116]), Ok)?;
+        let gid = overrides
+            .gid
+            .map_or_else(|| number(&header[116..124]), Ok)?;
         let rel = relative(&name);
         if (uid, gid) != (0, 0) && !rel.as_os_str().is_empty() {
             let id = |n: u64| u32::try_from(n).map_err(|_| invalid(format!("id {n} of {name}")));
@@ -73,7 +77,10 @@ impl Overrides {
     /// Parses pax records: `<length> <key>=<value>\n`, one after another.
     fn pax(&mut self, mut data: &[u8]) {
         while let Some(space) = data.iter().position(|&b| b == b' ') {
-            let len: usize = match std::str::from_utf8(&data[..space]).ok().and_then(|l| l.parse().ok()) {
+            let len: usize = match std::str::from_utf8(&data[..space])
+                .ok()
+                .and_then(|l| l.parse().ok())
+            {
                 Some(len) if len > space && len <= data.len() => len,
                 _ => return,
             };
@@ -127,7 +134,10 @@ fn number(field: &[u8]) -> io::Result<u64> {
     if field[0] & 0x80 != 0 {
         let mut n: u64 = u64::from(field[0] & 0x7f);
         for &b in &field[1..] {
-            n = n.checked_mul(256).ok_or_else(|| invalid("number too large".into()))? | u64::from(b);
+            n = n
+                .checked_mul(256)
+                .ok_or_else(|| invalid("number too large".into()))?
+                | u64::from(b);
         }
         return Ok(n);
     }
@@ -168,7 +178,10 @@ fn skip(tar: &mut impl Read, size: u64) -> io::Result<()> {
 }
 
 fn invalid(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("not a tarball we can read: {what}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("not a tarball we can read: {what}"),
+    )
 }
 
 #[cfg(test)]
@@ -200,7 +213,13 @@ mod tests {
         tar.extend(header("./", b'5', 0, (0, 0), true));
         tar.extend(header("./etc/shadow", b'0', 5, (0, 42), true));
         tar.extend(data(b"x:y:z"));
-        tar.extend(header("./var/lib/apt/lists/partial/", b'5', 0, (42, 0), true));
+        tar.extend(header(
+            "./var/lib/apt/lists/partial/",
+            b'5',
+            0,
+            (42, 0),
+            true,
+        ));
         tar.extend(header("./usr/bin/sudo", b'0', 3, (0, 0), true));
         tar.extend(data(b"elf"));
         tar.extend([0u8; 2 * BLOCK]);
@@ -227,7 +246,11 @@ mod tests {
             }
             format!("{len} {kv}\n")
         };
-        let pax = format!("{}{}", record(&format!("path={long}")), record("uid=2000000"));
+        let pax = format!(
+            "{}{}",
+            record(&format!("path={long}")),
+            record("uid=2000000")
+        );
         tar.extend(header("././@PaxHeader", b'x', pax.len(), (0, 0), false));
         tar.extend(data(pax.as_bytes()));
         tar.extend(header("truncated-name", b'0', 0, (0, 7), false));
