@@ -203,8 +203,17 @@ async fn a_first_boot_prepares_keys_run_dir_and_config() {
     let root = root_with_config(DEBIAN_CONFIG);
     let sshd = sshd_in(root.path());
     let args = sshd.prepare(Reaper::global()).await;
-    assert!(args.is_empty());
+    assert_eq!(
+        args,
+        vec!["-h".to_string(), HOST_KEY.to_string()],
+        "only the ed25519 host key is served"
+    );
     assert!(!missing_host_keys(root.path()));
+    assert!(root.path().join("etc/ssh/ssh_host_ed25519_key").is_file());
+    assert!(
+        !root.path().join("etc/ssh/ssh_host_rsa_key").exists(),
+        "no slow rsa key"
+    );
     assert!(root.path().join("run/sshd").is_dir());
     assert!(root.path().join(DROP_IN).is_file());
 }

@@ -90,6 +90,7 @@ impl Manager {
                 Some("run the README's setup command"),
             )),
         }
+        checks.extend(self.network_checks());
         checks.push(self.disk_check());
         checks.extend(self.image_checks());
         checks.push(check(
@@ -149,6 +150,129 @@ impl Manager {
                 Some("guests run under TCG (software, slower); enable virtualization for speed"),
             ),
         }
+    }
+
+    /// Bridge, NAT, forwarding and DNS state, and the tools behind them.
+    fn network_checks(&self) -> Vec<Check> {
+        use banger_sys::net::link::{Links, NetlinkLinks};
+        let mut out = Vec::new();
+        let mode = self.default_network();
+        out.push(check(
+            "network",
+            CheckStatus::Pass,
+            format!("new vms get --network {} by default", mode.as_str()),
+            None,
+        ));
+        for (tool, pkg, why) in [
+            ("nft", "nftables", "bridge mode's NAT"),
+            ("dnsmasq", "dnsmasq-base", "bridge mode's .banger names"),
+            ("ssh", "openssh-client", "banger vm ssh"),
+            ("mmdebstrap", "mmdebstrap", "the debian image preset"),
+        ] {
+            if which(tool).is_none() {
+                out.push(check(
+                    tool,
+                    CheckStatus::Warn,
+                    format!("{tool} not found: needed for {why}"),
+                    Some(&format!("apt-get install {pkg}")),
+                ));
+            }
+        }
+        if banger_sys::process::euid() != 0 {
+            out.push(check(
+                "bridge",
+                CheckStatus::Warn,
+                "not root: bridge mode is unavailable, vms use --network user",
+                Some("run bangerd as root for bridge networking"),
+            ));
+            return out;
+        }
+        let bridge = &self.config.bridge_name;
+        match NetlinkLinks::new().and_then(|l| {
+            Ok((
+                l.exists(bridge)?,
+                l.ipv4_addresses(bridge).unwrap_or_default(),
+            ))
+        }) {
+            Ok((true, addrs)) => {
+                let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                out.push(check(
+                    "bridge",
+                    CheckStatus::Pass,
+                    format!("{bridge} up with {}", addrs.join(", ")),
+                    None,
+                ));
+            }
+            Ok((false, _)) => out.push(check(
+                "bridge",
+                CheckStatus::Pass,
+                format!(
+                    "{bridge} is made by the first bridge-mode vm ({})",
+                    self.config.bridge_subnet
+                ),
+                None,
+            )),
+            Err(e) => out.push(check(
+                "bridge",
+                CheckStatus::Warn,
+                crate::error::chain(&e),
+                None,
+            )),
+        }
+        let nat = banger_sys::net::nft::Nft::new(&*self.runner).status(&self.config.nft_table);
+        match nat {
+            Ok(st) if st.is_present() => out.push(check(
+                "nat",
+                CheckStatus::Pass,
+                format!(
+                    "nftables table ip {} masquerades {}",
+                    self.config.nft_table, self.config.bridge_subnet
+                ),
+                None,
+            )),
+            Ok(_) => out.push(check(
+                "nat",
+                CheckStatus::Pass,
+                format!(
+                    "no table ip {} (added while bridge vms run)",
+                    self.config.nft_table
+                ),
+                None,
+            )),
+            Err(e) => out.push(check(
+                "nat",
+                CheckStatus::Warn,
+                crate::error::chain(&e),
+                Some("apt-get install nftables"),
+            )),
+        }
+        match banger_sys::net::nft::ipv4_forwarding() {
+            Ok(true) => out.push(check("forwarding", CheckStatus::Pass, "net.ipv4.ip_forward = 1", None)),
+            Ok(false) if self.config.allow_ip_forward => out.push(check("forwarding", CheckStatus::Pass, "net.ipv4.ip_forward = 0; banger turns it on for the first bridge vm (allow_ip_forward = true)", None)),
+            Ok(false) => out.push(check("forwarding", CheckStatus::Warn, "net.ipv4.ip_forward = 0: bridge vms cannot reach the outside", Some("set allow_ip_forward = true in config.toml, or sysctl -w net.ipv4.ip_forward=1"))),
+            Err(e) => out.push(check("forwarding", CheckStatus::Warn, crate::error::chain(&e), None)),
+        }
+        let dns_pid = self.paths.runtime_dir.join("dns/dnsmasq.pid");
+        let gateway = crate::net::Subnet::parse(&self.config.bridge_subnet)
+            .map(|s| s.gateway().to_string())
+            .unwrap_or_default();
+        let dns = match banger_sys::net::dnsmasq::running(&dns_pid) {
+            Some(pid) => format!(
+                "dnsmasq (pid {pid}) answers *.{} on {gateway}",
+                self.config.dns_suffix
+            ),
+            None => format!("dnsmasq starts with the first bridge vm, on {gateway}"),
+        };
+        out.push(check(
+            "dns",
+            CheckStatus::Pass,
+            dns,
+            Some(&format!(
+                "for host lookups: resolvectl dns {bridge} {gateway} && resolvectl domain {bridge} '~{}' (systemd-resolved), or `banger vm ssh-config >> ~/.ssh/config`",
+                self.config.dns_suffix
+            )),
+        ));
+        out
     }
 
     fn disk_check(&self) -> Check {

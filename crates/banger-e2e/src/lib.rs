@@ -132,6 +132,8 @@ pub fn boot_permit() -> BootPermit {
 /// One isolated banger instance.
 pub struct Env {
     pub root: tempfile::TempDir,
+    /// A network namespace this env made and runs every command in.
+    pub netns: Option<String>,
 }
 
 impl Env {
@@ -146,7 +148,45 @@ impl Env {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
         }
         std::fs::write(root.path().join("config/banger/config.toml"), config).unwrap();
-        Env { root }
+        Env { root, netns: None }
+    }
+
+    /// Like [`Env::new`], with the daemon, its VMs and their network inside
+    /// a fresh network namespace (needs root): nothing reaches the host's
+    /// own network.
+    pub fn in_netns(config: &str) -> Env {
+        let mut env = Env::new(config);
+        let ns = format!(
+            "bge2e-{}",
+            env.root
+                .path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .replace(['.', '_'], "")
+        );
+        let ok = Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot create network namespace {ns}");
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])
+            .status();
+        env.netns = Some(ns);
+        env
+    }
+
+    /// A command run inside this env's namespace (or plainly, without one).
+    pub fn host_cmd(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -158,7 +198,8 @@ impl Env {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin("banger"));
+        let banger = bin("banger");
+        let mut c = self.host_cmd(&banger.to_string_lossy());
         c.args(args)
             .env("XDG_CONFIG_HOME", self.root.path().join("config"))
             .env("XDG_STATE_HOME", self.root.path().join("state"))
@@ -226,6 +267,15 @@ impl Drop for Env {
             }
         }
         let _ = self.cmd(&["daemon", "stop"]).output();
+        if let Some(ns) = &self.netns {
+            // dnsmasq and any engine outlive the daemon by design: end them with the namespace.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 }
 

@@ -1,52 +1,142 @@
-//! End-to-end networking and SSH: a Debian guest (sshd, git, python3) in
-//! user mode — no privileges — reached through loopback forwards and the
-//! system `ssh`, and through the agent channel when there is no route.
-//! Traffic goes only to 127.0.0.1 on the host.
+//! End-to-end networking and SSH, inside a network namespace the test makes
+//! (needs root; nothing reaches the host's own network): bridge-mode guests
+//! with leased addresses that ping each other by name, a Debian guest (built
+//! on first use) reached by ssh by name, a user-mode guest with a published
+//! port and ssh through a loopback forward, ssh through the agent channel
+//! when there is no route, and a teardown that leaves no tap, nft table,
+//! DNS entry or lease.
 
 use banger_e2e::{Env, boot_permit, skip, wait_until};
-use std::io::{Read, Write};
 use std::time::Duration;
 
-fn http_get(port: u16) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+/// A DNS A query to the bridge's dnsmasq from inside the namespace; the
+/// answer's address, or None for NXDOMAIN.
+fn resolve(env: &Env, name: &str) -> Option<String> {
+    let script = r#"import socket,struct,sys
+q=struct.pack(">HHHHHH",7,0x100,1,0,0,0)+b"".join(bytes([len(p)])+p.encode() for p in sys.argv[1].split("."))+b"\0"+struct.pack(">HH",1,1)
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(2);s.sendto(q,(sys.argv[2],53));r=s.recv(512)
+print(".".join(str(b) for b in r[-4:]) if struct.unpack(">H",r[6:8])[0] else "NXDOMAIN")"#;
+    let out = env
+        .host_cmd("python3")
+        .args(["-c", script, name, "172.30.0.1"])
+        .output()
         .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && answer != "NXDOMAIN").then_some(answer)
+}
+
+/// An HTTP GET to 127.0.0.1:port inside the namespace.
+fn http_get(env: &Env, port: u16) -> Option<String> {
+    let script = "import urllib.request,sys;print(urllib.request.urlopen('http://127.0.0.1:'+sys.argv[1],timeout=3).read().decode())";
+    let out = env
+        .host_cmd("python3")
+        .args(["-c", script, &port.to_string()])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip_of(env: &Env, name: &str) -> String {
+    env.json(&["vm", "show", name, "--json"])["ip"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn host_taps(env: &Env) -> Vec<String> {
+    let out = env.host_cmd("ip").args(["-br", "link"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("bgtap"))
+        .map(String::from)
+        .collect()
 }
 
 #[test]
-fn debian_guest_in_user_mode_has_ssh_and_published_ports() {
+fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
     if skip() {
         return;
     }
-    if banger_e2e::which("mmdebstrap").is_none()
-        && std::env::var("BANGER_E2E_REQUIRED").as_deref() != Ok("1")
-    {
-        eprintln!("SKIPPED: mmdebstrap is not installed (run the README's setup command)");
+    if banger_sys::process::euid() != 0 {
+        assert!(
+            std::env::var("BANGER_E2E_REQUIRED").as_deref() != Ok("1"),
+            "network e2e needs root"
+        );
+        eprintln!("SKIPPED: network namespaces, taps and nftables need root");
         return;
     }
-    let env = Env::new("network = \"user\"\ndefault_memory_mib = 512\n");
-    // First use builds the default (debian) image inside the create, with progress.
+    for tool in ["nft", "dnsmasq", "ssh", "mmdebstrap", "python3"] {
+        if banger_e2e::which(tool).is_none() {
+            assert!(
+                std::env::var("BANGER_E2E_REQUIRED").as_deref() != Ok("1"),
+                "{tool} is missing"
+            );
+            eprintln!("SKIPPED: {tool} is not installed (run the README's setup command)");
+            return;
+        }
+    }
+    // Root and no --network: bridge mode is the default.
+    let env = Env::in_netns("default_memory_mib = 512\nallow_ip_forward = true\n");
+    env.ok(&["image", "build", "--preset", "minimal"]);
     let _permit = boot_permit();
-    let port = banger_e2e::free_port();
-    let publish = format!("{port}:8000");
-    let out = env.run(&["vm", "create", "--name", "api", "--publish", &publish]);
+
+    // Two bridge guests, leased distinct addresses, reach each other by name.
+    env.ok(&["vm", "create", "--name", "a", "--image", "minimal"]);
+    env.ok(&["vm", "create", "--name", "b", "--image", "minimal"]);
+    let (ip_a, ip_b) = (ip_of(&env, "a"), ip_of(&env, "b"));
+    assert!(
+        ip_a.starts_with("172.30.0.") && ip_b.starts_with("172.30.0.") && ip_a != ip_b,
+        "{ip_a} {ip_b}"
+    );
+    assert_eq!(
+        env.json(&["vm", "show", "a", "--json"])["dns_name"],
+        "a.banger"
+    );
+    let ping = env.ok(&[
+        "vm", "exec", "a", "--", "ping", "-c", "1", "-W", "5", "b.banger",
+    ]);
+    assert!(
+        ping.contains(&format!("({ip_b})")) && ping.contains("1 packets received"),
+        "{ping}"
+    );
+    let ping = env.ok(&["vm", "exec", "b", "--", "ping", "-c", "1", "-W", "5", "a"]);
+    assert!(
+        ping.contains(&format!("({ip_a})")),
+        "short names resolve through the search domain: {ping}"
+    );
+    // The host (here: the namespace) resolves them too, from the daemon's dnsmasq.
+    assert_eq!(resolve(&env, "a.banger").as_deref(), Some(ip_a.as_str()));
+    let nat = env
+        .host_cmd("nft")
+        .args(["list", "table", "ip", "banger"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&nat.stdout).contains("masquerade"),
+        "NAT is in banger's own table"
+    );
+
+    // Leases: a deleted VM's address goes back; never two VMs on one address.
+    env.ok(&["vm", "delete", "b"]);
+    assert_eq!(resolve(&env, "b.banger"), None, "b's name left DNS with it");
+    env.ok(&["vm", "create", "--name", "c", "--image", "minimal"]);
+    assert_eq!(ip_of(&env, "c"), ip_b, "the released address is reused");
+    assert_ne!(ip_of(&env, "c"), ip_a);
+
+    // A Debian guest, built on first use as the default image, reached by ssh by name.
+    let out = env.run(&["vm", "create", "--name", "api"]);
     assert!(
         out.status.success(),
-        "create failed: {}",
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let progress = String::from_utf8_lossy(&out.stderr);
     assert!(
-        progress.contains("mmdebstrap") || progress.contains("Debian"),
-        "the image build showed its stages: {progress}"
+        String::from_utf8_lossy(&out.stderr).contains("mmdebstrap"),
+        "the image build shows its stages"
     );
-    assert_eq!(env.json(&["image", "list", "--json"])[0]["name"], "debian");
-
-    // ssh with the system client, through the loopback forward; exit codes come back.
     let out = env.run(&["vm", "ssh", "api", "--", "git", "--version"]);
     assert_eq!(
         out.status.code(),
@@ -55,16 +145,32 @@ fn debian_guest_in_user_mode_has_ssh_and_published_ports() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("git version"));
-    let out = env.run(&["vm", "ssh", "api", "--", "sh", "-c", "exit 3"]);
-    assert_eq!(out.status.code(), Some(3));
-    let out = env.run(&["vm", "ssh", "api", "--", "echo", "two words"]);
+    assert_eq!(
+        env.run(&["vm", "ssh", "api", "--", "sh", "-c", "exit 3"])
+            .status
+            .code(),
+        Some(3)
+    );
+    let cfg = env.root.path().join("ssh_config");
+    std::fs::write(&cfg, env.ok(&["vm", "ssh-config", "api"])).unwrap();
+    let out = env
+        .host_cmd("ssh")
+        .args([
+            "-F",
+            &cfg.to_string_lossy(),
+            "api.banger",
+            "--",
+            "echo",
+            "by-name",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "two words\n",
-        "arguments keep their quoting"
+        "by-name\n",
+        "ssh api.banger: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-
-    // Each VM has its own sshd host keys, made at first boot.
     let keys = env.ok(&[
         "vm",
         "exec",
@@ -74,32 +180,64 @@ fn debian_guest_in_user_mode_has_ssh_and_published_ports() {
         "-c",
         "ls /etc/ssh/ssh_host_*_key",
     ]);
-    assert!(keys.contains("ssh_host_ed25519_key"), "{keys}");
-
-    // A published port reaches a server in the guest.
-    env.ok(&["vm", "exec", "api", "--", "sh", "-c", "cd /tmp && echo hello-from-guest > index.html && (setsid python3 -m http.server 8000 >/dev/null 2>&1 &)"]);
     assert!(
-        wait_until(Duration::from_secs(20), || http_get(port)
+        keys.contains("ssh_host_ed25519_key"),
+        "host keys are made per vm: {keys}"
+    );
+
+    // User mode: no tap, a published loopback port, ssh through a forward.
+    let port = banger_e2e::free_port();
+    env.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "w2",
+        "--network",
+        "user",
+        "--publish",
+        &format!("{port}:8000"),
+    ]);
+    env.ok(&["vm", "exec", "w2", "--", "sh", "-c", "cd /tmp && echo hello-from-guest > index.html && (setsid python3 -m http.server 8000 >/dev/null 2>&1 &)"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(&env, port)
             .is_some_and(|r| r.contains("hello-from-guest"))),
-        "127.0.0.1:{port} did not reach the guest's port 8000"
+        "127.0.0.1:{port} did not reach the guest"
     );
+    assert_eq!(env.ok(&["vm", "ssh", "w2", "--", "hostname"]), "w2\n");
 
-    // ssh-config names the VM and its forward.
-    let cfg = env.ok(&["vm", "ssh-config"]);
-    assert!(
-        cfg.contains("Host api") && cfg.contains("HostName 127.0.0.1"),
-        "{cfg}"
-    );
-
-    // Without a route (network none) ssh still works, through the agent channel.
+    // No route at all: ssh still works, through the agent channel.
     env.ok(&["vm", "create", "--name", "island", "--network", "none"]);
-    let out = env.run(&["vm", "ssh", "island", "--", "hostname"]);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "island\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        env.ok(&["vm", "ssh", "island", "--", "hostname"]),
+        "island\n"
     );
-    env.ok(&["vm", "delete", "island", "api"]);
-    assert!(http_get(port).is_none(), "the forward is gone with the vm");
+
+    // Deleting every VM leaves no tap, NAT table, DNS entry or lease.
+    env.ok(&["vm", "delete", "a", "c", "api", "w2", "island"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || host_taps(&env).is_empty()),
+        "taps left: {:?}",
+        host_taps(&env)
+    );
+    let rules = env
+        .host_cmd("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains("table ip banger"),
+        "nat table left behind"
+    );
+    let hosts = std::fs::read_dir(env.state_dir().join("dns/hosts"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(hosts, 0, "dns entries left behind");
+    assert_eq!(resolve(&env, "a.banger"), None);
+    assert_eq!(
+        env.json(&["vm", "list", "--json"]),
+        serde_json::json!([]),
+        "no leases: no rows"
+    );
 }

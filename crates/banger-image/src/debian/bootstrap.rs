@@ -449,7 +449,14 @@ pub fn install(
 ) -> Result<usize, DebianError> {
     let cache = ArchiveCache::open(cache_dir, target.suite)?;
     let cached = cache.count();
-    if cached > 0 {
+    let uses_cache = !matches!(
+        installer,
+        Installer::Mmdebstrap {
+            mode: Mode::Fakeroot,
+            ..
+        }
+    );
+    if cached > 0 && uses_cache {
         progress(format!(
             "{cached} packages cached in {}",
             cache.dir().display()

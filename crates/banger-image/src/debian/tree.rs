@@ -14,8 +14,9 @@
 //!    After debootstrap, which has no dpkg path filters, documentation and
 //!    translations are deleted and the filters are installed for later
 //!    `apt-get install`s. `/etc/os-release` stays Debian's.
-//! 3. [`install_modules`]: the kernel's modules under
-//!    `/lib/modules/<release>` and `depmod`, so `modprobe` works in the VM.
+//! 3. [`install_modules`] (after debootstrap; mmdebstrap does it in its
+//!    hooks): the kernel's modules under `/lib/modules/<release>`, indexed
+//!    by the tree's own `depmod` in a chroot, so `modprobe` works in the VM.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,7 +24,7 @@ use std::io;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use banger_sys::command::{Cmd, Runner, which};
+use banger_sys::command::{Cmd, Runner};
 
 use super::DebianError;
 use super::tarball;
@@ -136,30 +137,24 @@ fn remove_entries(dir: &Path, pick: impl Fn(&str) -> bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Copies the kernel's modules into the tree and indexes them with
-/// `depmod` when the host has it; returns the bytes copied and a note when
-/// depmod could not run.
+/// Copies the kernel's modules into the tree and indexes them with the
+/// tree's `depmod` in a chroot (so as root only); returns the bytes copied.
 pub fn install_modules(
     runner: &dyn Runner,
     tree: &Path,
     kernel: &KernelPackage,
-) -> Result<(u64, Option<String>), DebianError> {
+) -> Result<u64, DebianError> {
     let from = kernel.package.dir.join("lib/modules").join(&kernel.release);
     // `lib` is a symlink to `usr/lib` in a merged-/usr tree: go through it.
     let to = tree.join("lib/modules").join(&kernel.release);
     let bytes = copy_tree(&from, &to).map_err(tree_err(&to))?;
-    if which("depmod").is_none() {
-        let note = format!(
-            "depmod (package kmod) not found in PATH: run depmod -a {} in the VM before modprobe",
-            kernel.release
-        );
-        return Ok((bytes, Some(note)));
-    }
-    let depmod = Cmd::new("depmod").arg("-b").arg(tree).arg(&kernel.release);
+    let depmod = Cmd::new("chroot")
+        .arg(tree)
+        .args(["depmod", &kernel.release]);
     runner
         .run(&depmod)
         .map_err(|source| DebianError::Depmod { source })?;
-    Ok((bytes, None))
+    Ok(bytes)
 }
 
 /// Copies the directory tree `from` to `to` (files, directories, symlinks,
@@ -348,7 +343,7 @@ mod tests {
             release: release.into(),
         };
         let runner = FakeRunner::new(|_| Ok(Default::default()));
-        let (bytes, note) = install_modules(&runner, &tree, &kernel).unwrap();
+        let bytes = install_modules(&runner, &tree, &kernel).unwrap();
         assert_eq!(bytes, 1000);
         assert!(
             tree.join("usr/lib/modules")
@@ -356,12 +351,10 @@ mod tests {
                 .join("kernel/fs/overlay/overlay.ko")
                 .is_file()
         );
-        match note {
-            None => assert!(
-                runner.calls()[0].starts_with("depmod -b ") && runner.calls()[0].ends_with(release)
-            ),
-            Some(note) => assert!(note.contains("depmod (package kmod)")),
-        }
+        assert_eq!(
+            runner.calls(),
+            [format!("chroot {} depmod {release}", tree.display())]
+        );
     }
 
     #[test]

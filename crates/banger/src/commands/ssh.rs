@@ -16,9 +16,11 @@ use crate::client::path_segment;
 /// `vm ssh NAME [-- CMD...]`: replaces this process with `ssh`.
 pub async fn ssh(ctx: &Context, args: crate::cli::SshArgs) -> anyhow::Result<i32> {
     let client = ctx.client().await?;
-    let path = format!("/v1/vms/{}/ssh?wait=true", path_segment(&args.name));
-    let target: SshTarget = client.get(&path).await?;
     let control_dir = ctx.paths.runtime_dir.join("ssh");
+    // A live ControlMaster means sshd answered already: skip the readiness wait.
+    let warm = control_dir.join(&args.name).exists();
+    let path = format!("/v1/vms/{}/ssh?wait={}", path_segment(&args.name), !warm);
+    let target: SshTarget = client.get(&path).await?;
     std::fs::create_dir_all(&control_dir)
         .with_context(|| format!("cannot create {}", control_dir.display()))?;
     let exe =
@@ -43,6 +45,22 @@ pub async fn ssh(ctx: &Context, args: crate::cli::SshArgs) -> anyhow::Result<i32
     anyhow::bail!("cannot run ssh: {err} (install openssh-client)")
 }
 
+/// Ends the VM's ControlMaster, if any: it would outlive the guest it
+/// connects to (stop, delete) and confuse the next `vm ssh` of that name.
+pub fn close_master(ctx: &Context, name: &str) {
+    let path = ctx.paths.runtime_dir.join("ssh").join(name);
+    if path.exists() {
+        let _ = std::process::Command::new("ssh")
+            .args(["-O", "exit", "-o"])
+            .arg(format!("ControlPath={}", path.display()))
+            .arg(name)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 /// The `ssh -o` options for a target.
 pub fn ssh_options(t: &SshTarget, name: &str, control_dir: &Path, exe: &Path) -> Vec<String> {
     let mut o: Vec<String> = vec!["-i".into(), t.key.clone(), "-p".into(), t.port.to_string()];
@@ -60,7 +78,8 @@ pub fn ssh_options(t: &SshTarget, name: &str, control_dir: &Path, exe: &Path) ->
         o.push(opt.into());
     }
     o.push("-o".into());
-    o.push(format!("ControlPath={}/%C", control_dir.display()));
+    // One master per VM, at a path the CLI can look for.
+    o.push(format!("ControlPath={}/{name}", control_dir.display()));
     if t.proxy {
         o.push("-o".into());
         o.push(format!(
@@ -184,7 +203,7 @@ mod tests {
             Path::new("/bin/banger"),
         );
         assert!(o.windows(2).any(|w| w[0] == "-p" && w[1] == "2222"));
-        assert!(o.contains(&"ControlPath=/run/b/ssh/%C".to_string()));
+        assert!(o.contains(&"ControlPath=/run/b/ssh/web".to_string()));
         assert!(!o.iter().any(|x| x.starts_with("ProxyCommand")));
         let o = ssh_options(
             &target(true),

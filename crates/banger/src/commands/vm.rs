@@ -62,6 +62,9 @@ impl Action {
 /// `vm start|stop|restart NAME`.
 pub async fn lifecycle(ctx: &Context, action: Action, name: &str) -> anyhow::Result<i32> {
     let client = ctx.client().await?;
+    if action != Action::Start {
+        super::ssh::close_master(ctx, name);
+    }
     run_action(&client, action, name, Style::for_stderr()).await?;
     Ok(0)
 }
@@ -81,6 +84,9 @@ pub async fn run_action(
 /// `vm delete NAME...`: every name is tried; fails if any did.
 pub async fn delete(ctx: &Context, names: &[String]) -> anyhow::Result<i32> {
     let client = ctx.client().await?;
+    for name in names {
+        super::ssh::close_master(ctx, name);
+    }
     let style = Style::for_stderr();
     if let [name] = names {
         delete_vm(&client, name, style).await?;
