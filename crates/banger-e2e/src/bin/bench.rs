@@ -8,7 +8,9 @@
 //! (d) `banger vm exec NAME -- true` on a running VM;
 //!
 //! each over several runs, and prints medians and the ratios (b)/(a) and
-//! (c)/(a). Usage: `bench [RUNS]` (default 5). Uses an isolated banger
+//! (c)/(a). With `--ssh` also (e) create of a Debian guest (user network)
+//! until `vm ssh` answers, (f) `vm ssh NAME -- true` cold and (g) with the
+//! ControlMaster warm. Usage: `bench [RUNS] [--ssh]` (default 5 runs). Uses an isolated banger
 //! instance (its own daemon and state) and the shared download cache.
 
 use banger_core::engine::{Accel, Drive, DriveFormat, MachineSpec, qemu};
@@ -185,6 +187,47 @@ fn main() {
             env.ok(&["vm", "run", "--rm", "--", "true"]);
         }));
     }
+    // SSH (debian image, user network: no privileges needed, loopback only).
+    let with_ssh = std::env::args().any(|a| a == "--ssh");
+    let (mut e, mut f, mut g) = (Vec::new(), Vec::new(), Vec::new());
+    if with_ssh {
+        eprintln!("bench: building the debian image…");
+        env.ok(&["image", "build", "--preset", "debian"]);
+        let control = env.runtime_dir().join("ssh");
+        for i in 0..runs {
+            eprintln!("bench: ssh run {}/{runs}", i + 1);
+            let name = format!("ssh-{i}");
+            e.push(timed(|| {
+                env.ok(&[
+                    "vm",
+                    "create",
+                    "--name",
+                    &name,
+                    "--image",
+                    "debian",
+                    "--network",
+                    "user",
+                ]);
+                env.ok(&["vm", "ssh", &name, "--", "true"]);
+            }));
+            for _ in 0..3 {
+                // Cold: no ControlMaster left from the previous call.
+                let _ = std::process::Command::new("ssh")
+                    .args(["-O", "exit", "-o"])
+                    .arg(format!("ControlPath={}", control.join(&name).display()))
+                    .arg(&name)
+                    .output();
+                let _ = std::fs::remove_file(control.join(&name));
+                f.push(timed(|| {
+                    env.ok(&["vm", "ssh", &name, "--", "true"]);
+                }));
+                g.push(timed(|| {
+                    env.ok(&["vm", "ssh", &name, "--", "true"]);
+                }));
+            }
+            env.ok(&["vm", "delete", &name]);
+        }
+    }
     let (ma, mb, mc, md) = (median(a), median(b), median(c), median(d));
     println!(
         "banger bench: {runs} runs, accel {}, {} cpus",
@@ -201,6 +244,23 @@ fn main() {
     println!("{:<48} {:>10.0}", "(b) banger vm create to agent ready", mb);
     println!("{:<48} {:>10.0}", "(c) banger vm run --rm -- true", mc);
     println!("{:<48} {:>10.0}", "(d) banger vm exec NAME -- true", md);
+    if with_ssh {
+        println!(
+            "{:<48} {:>10.0}",
+            "(e) create (debian, user net) to ssh ready",
+            median(e)
+        );
+        println!(
+            "{:<48} {:>10.0}",
+            "(f) vm ssh NAME -- true, cold",
+            median(f)
+        );
+        println!(
+            "{:<48} {:>10.0}",
+            "(g) vm ssh NAME -- true, ControlMaster",
+            median(g)
+        );
+    }
     println!("{:<48} {:>10.2}", "(b)/(a)", mb / ma);
     println!("{:<48} {:>10.2}", "(c)/(a)", mc / ma);
 }
