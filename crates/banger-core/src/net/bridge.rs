@@ -158,9 +158,26 @@ impl Manager {
                 self.release_tap(vm, Some(tap));
                 return Err(net_err(e));
             }
+            self.refill_pool();
             Ok(Some(tap))
         })
         .await
+    }
+
+    /// Tops the idle pool up to `tap_pool_size` in the background, so the
+    /// next bridge-mode boot takes a ready tap (~0.3 ms to make each).
+    fn refill_pool(&self) {
+        let missing = self.config.tap_pool_size.saturating_sub(self.bridge.len());
+        for _ in 0..missing {
+            let t = new_tap_name();
+            match TunTaps.create_tap(&t, &TapOptions::default()) {
+                Ok(()) => self.bridge.put(t),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::chain(&e), "cannot pre-create a tap");
+                    break;
+                }
+            }
+        }
     }
 
     /// Gives a VM's tap back and removes its DNS name; the last running

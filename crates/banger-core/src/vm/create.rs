@@ -102,7 +102,19 @@ impl Manager {
             None => self.default_network(),
         };
         let publish = self.plan_ports(mode, &req.publish)?;
-        let id = format!("{:016x}", rand::random::<u64>());
+        // MACs derive from the id: draw again on the (rare) clash.
+        let macs: Vec<String> = self
+            .store
+            .vms()?
+            .into_iter()
+            .filter_map(|v| v.mac)
+            .collect();
+        let id = loop {
+            let id = format!("{:016x}", rand::random::<u64>());
+            if !macs.contains(&crate::net::mac_for(&id)) {
+                break id;
+            }
+        };
         Ok(VmRecord {
             mac: (mode != crate::net::Mode::None).then(|| crate::net::mac_for(&id)),
             network: mode.as_str().into(),
