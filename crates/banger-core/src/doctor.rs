@@ -179,6 +179,29 @@ impl Manager {
             }
         }
         if banger_sys::process::euid() != 0 {
+            let read = |p: &str| {
+                std::fs::read_to_string(p)
+                    .map(|s| s.trim().to_string())
+                    .ok()
+            };
+            let forbidden = read("/proc/sys/kernel/unprivileged_userns_clone").as_deref()
+                == Some("0")
+                || read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0");
+            if forbidden {
+                out.push(check(
+                    "userns",
+                    CheckStatus::Warn,
+                    "unprivileged user namespaces are off: the debian preset cannot use mmdebstrap's unshare mode",
+                    Some("sysctl -w kernel.unprivileged_userns_clone=1 (or build images as root)"),
+                ));
+            } else {
+                out.push(check(
+                    "userns",
+                    CheckStatus::Pass,
+                    "unprivileged user namespaces are on (mmdebstrap unshare mode)",
+                    None,
+                ));
+            }
             out.push(check(
                 "bridge",
                 CheckStatus::Warn,
