@@ -1,7 +1,7 @@
-//! Installing Debian: choosing and running mmdebstrap (or debootstrap), and
-//! the `.deb` cache that makes a second build of the same packages download
-//! nothing. Owns the installers' command lines; what happens to the tree
-//! afterwards is [`super::tree`]'s.
+//! Installing Debian: choosing and running mmdebstrap (or debootstrap), with
+//! the `.deb` cache ([`super::cache`]) wired in so a second build of the
+//! same packages downloads nothing. Owns the installers' command lines;
+//! what happens to the tree afterwards is [`super::tree`]'s.
 //!
 //! 1. [`Host::probe`] looks at the machine: the effective uid, which
 //!    programs are in `PATH`, whether unprivileged user namespaces are open
@@ -16,9 +16,8 @@
 //!    chroot's `/var/cache/apt/archives` before apt runs (`sync-in` setup
 //!    hook, with `--skip=essential/unlink` so apt keeps what it fetched), and
 //!    the directory is copied out after the install (`sync-out` customize
-//!    hook) into a fresh directory that replaces the old one once the build
-//!    succeeds: the cache always holds exactly the last good build's
-//!    packages. mmdebstrap removes them from the tree itself.
+//!    hook) into the cache's fresh directory ([`super::cache`]). mmdebstrap
+//!    removes the packages from the tree itself.
 //! 4. [`install`] runs the installer through [`Runner::run_lines`], each
 //!    output line becoming a progress message.
 //!
@@ -31,9 +30,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use banger_sys::command::{Cmd, Runner, which};
-use tempfile::TempDir;
 
 use super::DebianError;
+use super::cache::ArchiveCache;
 
 /// Where Debian's mmdebstrap package puts its hook directories.
 const HOOKS: &str = "/usr/share/mmdebstrap/hooks";
@@ -274,88 +273,6 @@ pub struct Modules<'a> {
     pub release: &'a str,
 }
 
-/// `<cache>/debian-archives/<suite>` and the fresh directory that replaces
-/// it after a good build (step 3 of the module doc).
-pub struct ArchiveCache {
-    /// `<cache>/debian-archives`, mmdebstrap's working directory: its
-    /// special hooks take paths relative to it, so no path in a hook
-    /// command can contain a space.
-    root: PathBuf,
-    suite: String,
-    fresh: TempDir,
-}
-
-impl ArchiveCache {
-    pub fn open(cache_dir: &Path, suite: &str) -> Result<ArchiveCache, DebianError> {
-        let root = cache_dir.join("debian-archives");
-        let cache_err = |source| DebianError::Cache {
-            path: root.clone(),
-            source,
-        };
-        fs::create_dir_all(root.join(suite)).map_err(cache_err)?;
-        let fresh = tempfile::Builder::new()
-            .prefix(&format!(".{suite}.new-"))
-            .tempdir_in(&root)
-            .map_err(cache_err)?;
-        Ok(ArchiveCache {
-            root,
-            suite: suite.to_string(),
-            fresh,
-        })
-    }
-
-    pub fn dir(&self) -> PathBuf {
-        self.root.join(&self.suite)
-    }
-
-    /// How many packages the cache holds.
-    pub fn count(&self) -> usize {
-        count_debs(&self.dir())
-    }
-
-    /// Makes what the last install copied out the cache; returns how many
-    /// packages it holds.
-    pub fn commit(self) -> Result<usize, DebianError> {
-        let cache_err = |source| DebianError::Cache {
-            path: self.root.clone(),
-            source,
-        };
-        let fresh = self.fresh.path();
-        // apt's lock file and partial/ directory came along.
-        for entry in fs::read_dir(fresh).map_err(cache_err)? {
-            let path = entry.map_err(cache_err)?.path();
-            if path.extension().is_none_or(|e| e != "deb") {
-                match path.is_dir() {
-                    true => fs::remove_dir_all(&path),
-                    false => fs::remove_file(&path),
-                }
-                .map_err(cache_err)?;
-            }
-        }
-        let count = count_debs(fresh);
-        if count == 0 {
-            // Nothing came out (debootstrap, fakeroot mode): keep the old.
-            return Ok(self.count());
-        }
-        let old = self.root.join(format!(".{}.old", self.suite));
-        let _ = fs::remove_dir_all(&old);
-        fs::rename(self.dir(), &old).map_err(cache_err)?;
-        fs::rename(fresh, self.dir()).map_err(cache_err)?;
-        let _ = self.fresh.keep();
-        fs::remove_dir_all(&old).map_err(cache_err)?;
-        Ok(count)
-    }
-}
-
-fn count_debs(dir: &Path) -> usize {
-    fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "deb"))
-            .count()
-    })
-}
-
 /// The mmdebstrap command line for `target` in `mode`.
 pub fn mmdebstrap(
     mode: Mode,
@@ -381,17 +298,16 @@ pub fn mmdebstrap(
     // Special hooks run tar inside the chroot in fakeroot mode, which an
     // empty chroot at setup time does not have.
     if mode != Mode::Fakeroot {
-        let fresh = cache.fresh.path().file_name().unwrap_or_default();
         cmd = cmd.args([
             "--skip=essential/unlink".to_string(),
             format!("--setup-hook=mkdir -p \"$1\"{ARCHIVES}"),
-            format!("--setup-hook=sync-in {} {ARCHIVES}", cache.suite),
+            format!("--setup-hook=sync-in {} {ARCHIVES}", cache.suite()),
             // sync-in gives the directory the cache's owner (the build's
             // user in unshare mode), and the tarball would keep it.
             format!("--setup-hook=chown 0:0 \"$1\"{ARCHIVES}"),
             format!(
                 "--customize-hook=sync-out {ARCHIVES} {}",
-                fresh.to_string_lossy()
+                cache.fresh_name()
             ),
         ]);
     }
@@ -403,7 +319,7 @@ pub fn mmdebstrap(
             "--customize-hook=mkdir -p \"$1/lib/modules\"".to_string(),
             format!(
                 "--customize-hook=copy-in {} /lib/modules",
-                relative_to(&cache.root, modules.dir).display()
+                relative_to(cache.root(), modules.dir).display()
             ),
             format!(
                 "--customize-hook=chown -R 0:0 \"$1/lib/modules/{release}\" && chroot \"$1\" depmod {release}"
@@ -412,7 +328,7 @@ pub fn mmdebstrap(
     }
     cmd.arg(target.suite)
         .arg(target.output)
-        .cwd(&cache.root)
+        .cwd(cache.root())
         .env("TMPDIR", target.scratch)
 }
 
@@ -478,7 +394,15 @@ pub fn install(
             suite: target.suite.to_string(),
             source,
         })?;
-    cache.commit()
+    match cache.commit() {
+        Ok(kept) => Ok(kept),
+        // The system is installed; only the next build pays for this.
+        Err(e) => {
+            let why = std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s}"));
+            progress(format!("the package cache was not updated ({e}{why})"));
+            Ok(0)
+        }
+    }
 }
 
 /// dpkg's `(Reading database ... 45%` counters: a hundred lines a run that
@@ -700,44 +624,6 @@ mod tests {
         };
         assert_eq!(hook_dirs.len(), 1);
         assert!(p.notes[0].contains("dpkg-architecture (package dpkg-dev)"));
-    }
-
-    #[test]
-    fn cache_becomes_what_the_last_install_copied_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ArchiveCache::open(dir.path(), "bookworm").unwrap();
-        fs::write(cache.dir().join("old_1_all.deb"), b"").unwrap();
-        assert_eq!(cache.count(), 1);
-        fs::write(cache.fresh.path().join("git_1_amd64.deb"), b"").unwrap();
-        fs::write(cache.fresh.path().join("bash_5_amd64.deb"), b"").unwrap();
-        fs::write(cache.fresh.path().join("lock"), b"").unwrap();
-        fs::create_dir(cache.fresh.path().join("partial")).unwrap();
-        let kept = cache.commit().unwrap();
-        assert_eq!(kept, 2);
-        let root = dir.path().join("debian-archives");
-        let mut names: Vec<_> = fs::read_dir(root.join("bookworm"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["bash_5_amd64.deb", "git_1_amd64.deb"]);
-        assert_eq!(
-            fs::read_dir(&root).unwrap().count(),
-            1,
-            "no temporary directories left"
-        );
-    }
-
-    #[test]
-    fn failed_install_keeps_the_old_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ArchiveCache::open(dir.path(), "bookworm").unwrap();
-        fs::write(cache.dir().join("git_1_amd64.deb"), b"").unwrap();
-        fs::write(cache.fresh.path().join("half.deb"), b"").unwrap();
-        drop(cache);
-        let root = dir.path().join("debian-archives");
-        assert_eq!(fs::read_dir(&root).unwrap().count(), 1);
-        assert!(root.join("bookworm/git_1_amd64.deb").exists());
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! installer to run) is checked before the first stage starts.
 
 mod bootstrap;
+mod cache;
 mod tarball;
 mod tree;
 
