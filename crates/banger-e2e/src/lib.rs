@@ -51,6 +51,29 @@ pub fn which(p: &str) -> Option<PathBuf> {
         .find(|f| f.is_file())
 }
 
+/// The unpacked Debian cloud kernel's `/lib/modules/<release>` in the
+/// shared cache (there after any image build).
+pub fn kernel_modules_dir() -> PathBuf {
+    let extract = shared_cache().join("banger/extract");
+    let pkg = std::fs::read_dir(&extract)
+        .expect("the package cache has unpacked packages")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("linux-image-")
+        })
+        .expect("kernel package unpacked");
+    std::fs::read_dir(pkg.join("lib/modules"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind(("127.0.0.1", 0))

@@ -497,24 +497,7 @@ fn register_validates_files_and_imports_a_bootable_image() {
 
     // A real kernel and rootfs register, with fingerprints, and boot. Debian's
     // kernel builds virtio as modules: take them from the unpacked package.
-    let extract = banger_e2e::shared_cache().join("banger/extract");
-    let pkg = std::fs::read_dir(&extract)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("linux-image-")
-        })
-        .expect("kernel package unpacked");
-    let modules = std::fs::read_dir(pkg.join("lib/modules"))
-        .unwrap()
-        .flatten()
-        .next()
-        .unwrap()
-        .path();
+    let modules = banger_e2e::kernel_modules_dir();
     let m = modules.to_string_lossy().into_owned();
     env.ok(&[
         "image",
