@@ -195,9 +195,16 @@ fn fetch(
             deb: deb.clone(),
             source,
         })?;
-        fs::rename(tmp.path(), &dir).map_err(cache_err)?;
-        // The directory now lives on under its final name.
-        let _ = tmp.keep();
+        match fs::rename(tmp.path(), &dir) {
+            // The directory now lives on under its final name.
+            Ok(()) => {
+                let _ = tmp.keep();
+            }
+            // A concurrent build unpacked the same package first: its copy is
+            // as good as ours, which the temp dir's drop removes.
+            Err(_) if dir.is_dir() => {}
+            Err(e) => return Err(cache_err(e)),
+        }
     }
     Ok(Package {
         name: name.to_string(),
