@@ -20,7 +20,6 @@ use banger_sys::net::tap::{TapOptions, Taps, TunTaps};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
 
 /// Every tap banger makes starts with this (and fits 15 characters).
 pub const TAP_PREFIX: &str = "bgtap";
@@ -279,6 +278,3 @@ fn host_resolvers() -> Vec<String> {
         .filter(|s| s.parse::<Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()))
         .collect()
 }
-
-/// How long teardown waits for the pool's taps in tests.
-pub const TAP_DELETE_BUDGET: Duration = Duration::from_secs(2);
