@@ -352,7 +352,13 @@ fn each_line(bytes: &[u8], line: &mut dyn FnMut(&str)) {
 /// Starts `cmd` with stdout and stderr piped, and stdin piped when it has
 /// bytes for it (`/dev/null` otherwise).
 fn spawn(cmd: &Cmd) -> Result<std::process::Child, CommandError> {
-    let mut command = Command::new(&cmd.program);
+    // Resolve bare names ourselves, so the sbin fallback applies.
+    let program = if cmd.program.contains('/') {
+        None
+    } else {
+        which(&cmd.program)
+    };
+    let mut command = Command::new(program.as_deref().unwrap_or(Path::new(&cmd.program)));
     command
         .args(&cmd.args)
         .stdout(Stdio::piped())
@@ -409,8 +415,23 @@ pub fn tail_lines(bytes: &[u8], n: usize) -> String {
 /// a path, anything else is searched in `PATH`. Only executable regular
 /// files count.
 pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    which_in(program, &path)
+    which_in(program, &search_path())
+}
+
+/// `PATH`, then the sbin directories: a normal user's PATH on Debian has
+/// no /usr/sbin, where mkfs.ext4, resize2fs, nft and dnsmasq live, and
+/// those run fine unprivileged on files of ours.
+pub fn search_path() -> OsString {
+    let mut path = std::env::var_os("PATH").unwrap_or_default();
+    for extra in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        if !std::env::split_paths(&path).any(|d| d == Path::new(extra)) {
+            if !path.is_empty() {
+                path.push(":");
+            }
+            path.push(extra);
+        }
+    }
+    path
 }
 
 /// [`which`] with an explicit search path (a `PATH`-style list).
@@ -434,6 +455,19 @@ fn is_executable(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn sbin_directories_are_searched_after_path() {
+        let p = search_path();
+        let dirs: Vec<PathBuf> = std::env::split_paths(&p).collect();
+        assert!(
+            dirs.contains(&PathBuf::from("/usr/sbin")) && dirs.contains(&PathBuf::from("/sbin"))
+        );
+        let path_dirs: Vec<PathBuf> =
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+        assert_eq!(&dirs[..path_dirs.len()], &path_dirs[..], "PATH comes first");
+    }
+
     use super::*;
 
     #[test]

@@ -293,7 +293,9 @@ pub fn start(config: &DnsmasqConfig) -> Result<u32, DnsmasqError> {
     let err_log = log.try_clone().map_err(io_err("open", &config.log_file))?;
 
     let program = config.program.display().to_string();
-    let mut child = Command::new(&config.program)
+    let resolved = crate::command::which(&config.program.to_string_lossy())
+        .unwrap_or_else(|| config.program.clone());
+    let mut child = Command::new(&resolved)
         .args(&args)
         .stdin(Stdio::null())
         .stdout(log)
