@@ -69,7 +69,7 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         let s = e.to_string();
-        if !s.is_empty() && !parts.last().is_some_and(|p| p == &s) {
+        if !s.is_empty() && parts.last().is_none_or(|p| p != &s) {
             parts.push(s);
         }
         cur = e.source();

@@ -119,12 +119,12 @@ impl Manager {
             ("--initrd", req.initrd.as_ref()),
             ("--modules", req.modules.as_ref()),
         ] {
-            if let Some(p) = p {
-                if !Path::new(p).is_absolute() || !Path::new(p).exists() {
-                    return Err(Error::Invalid(format!(
-                        "{what} {p}: no such file (give an absolute path that exists)"
-                    )));
-                }
+            if let Some(p) = p
+                && (!Path::new(p).is_absolute() || !Path::new(p).exists())
+            {
+                return Err(Error::Invalid(format!(
+                    "{what} {p}: no such file (give an absolute path that exists)"
+                )));
             }
         }
         let agent_bin = self.agent_bin()?;
@@ -214,11 +214,12 @@ impl Manager {
             created_at: manifest.created_at,
             manifest: serde_json::to_string(&manifest).expect("manifest serializes"),
         };
-        if force && self.store.image(name)?.is_some() {
-            if let Err(e) = self.delete_image(name) {
-                let _ = std::fs::remove_dir_all(&staging);
-                return Err(e);
-            }
+        if force
+            && self.store.image(name)?.is_some()
+            && let Err(e) = self.delete_image(name)
+        {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
         }
         std::fs::rename(&staging, &final_dir).map_err(Error::io(format!(
             "cannot move the image into {}",

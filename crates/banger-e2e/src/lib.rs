@@ -280,12 +280,12 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         // Leave nothing running: delete every VM, then stop the daemon.
-        if let Ok(out) = self.cmd(&["vm", "list", "--json"]).output() {
-            if let Ok(serde_json::Value::Array(vms)) = serde_json::from_slice(&out.stdout) {
-                for vm in vms {
-                    if let Some(name) = vm["name"].as_str() {
-                        let _ = self.cmd(&["vm", "delete", name]).output();
-                    }
+        if let Ok(out) = self.cmd(&["vm", "list", "--json"]).output()
+            && let Ok(serde_json::Value::Array(vms)) = serde_json::from_slice(&out.stdout)
+        {
+            for vm in vms {
+                if let Some(name) = vm["name"].as_str() {
+                    let _ = self.cmd(&["vm", "delete", name]).output();
                 }
             }
         }

@@ -90,10 +90,10 @@ pub async fn vm_logs(
 
 fn read_from(path: &std::path::Path, pos: u64) -> Vec<u8> {
     let mut buf = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        if f.seek(SeekFrom::Start(pos)).is_ok() {
-            let _ = f.by_ref().take(1 << 20).read_to_end(&mut buf);
-        }
+    if let Ok(mut f) = std::fs::File::open(path)
+        && f.seek(SeekFrom::Start(pos)).is_ok()
+    {
+        let _ = f.by_ref().take(1 << 20).read_to_end(&mut buf);
     }
     buf
 }

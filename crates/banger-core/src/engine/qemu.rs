@@ -42,11 +42,11 @@ pub fn kernel_cmdline(spec: &MachineSpec) -> String {
         "quiet".into(),
         "random.trust_cpu=on".into(),
     ];
-    if spec.accel == Accel::Tcg {
-        if let Some(khz) = spec.tsc_khz {
-            // Without it the guest's clock calibration under TCG hangs at random.
-            args.push(format!("tsc_early_khz={khz}"));
-        }
+    if spec.accel == Accel::Tcg
+        && let Some(khz) = spec.tsc_khz
+    {
+        // Without it the guest's clock calibration under TCG hangs at random.
+        args.push(format!("tsc_early_khz={khz}"));
     }
     if !spec.cmdline_extra.trim().is_empty() {
         args.push(spec.cmdline_extra.trim().to_string());

@@ -28,11 +28,11 @@ impl Manager {
         let op = self.ops.begin(OperationKind::Create, &vm.name);
         let (this, op2) = (self.clone(), op.clone());
         tokio::spawn(async move {
-            if let Some(agent_bin) = build_first {
-                if let Err(e) = this.build_missing_image(&op2, &mut vm, agent_bin).await {
-                    op2.finish(&this.store, Err(e.to_api()));
-                    return;
-                }
+            if let Some(agent_bin) = build_first
+                && let Err(e) = this.build_missing_image(&op2, &mut vm, agent_bin).await
+            {
+                op2.finish(&this.store, Err(e.to_api()));
+                return;
             }
             let lock = this.vm_lock(&vm.name);
             let _guard = lock.lock().await;
