@@ -224,3 +224,122 @@ pub struct FollowQuery {
 }
 
 pub type LogsQuery = Query<FollowQuery>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn app_in(dir: &std::path::Path) -> Router {
+        let paths = banger_api::paths::Paths {
+            config_file: dir.join("config.toml"),
+            state_dir: dir.join("state"),
+            runtime_dir: dir.join("run"),
+            cache_dir: dir.join("cache"),
+        };
+        std::fs::create_dir_all(&paths.state_dir).unwrap();
+        let store = banger_core::store::Store::open(&paths.state_dir.join("banger.db")).unwrap();
+        let engine = Arc::new(banger_core::engine::qemu::QemuEngine {
+            binary: "qemu-system-x86_64".into(),
+        });
+        let manager = Arc::new(Manager::new(
+            paths,
+            banger_core::config::Config::default(),
+            store,
+            engine,
+            Arc::new(banger_sys::command::SystemRunner),
+        ));
+        let (tx, _rx) = tokio::sync::watch::channel(false);
+        app(AppState {
+            manager,
+            shutdown: Arc::new(tx),
+        })
+    }
+
+    async fn call(
+        app: Router,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let res = app.oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_empty_daemon_lists_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, body) = call(app_in(dir.path()), "GET", "/v1/vms", "").await;
+        assert_eq!((status, body), (StatusCode::OK, serde_json::json!([])));
+    }
+
+    #[tokio::test]
+    async fn unknown_vms_are_404_with_a_stable_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, body) = call(app_in(dir.path()), "GET", "/v1/vms/nope", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["code"], "not_found");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("no vm named \"nope\"")
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_create_requests_are_400_and_record_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app_in(dir.path());
+        let (status, body) = call(app.clone(), "POST", "/v1/vms", "{\"cpus\": \"many\"}").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid"))
+        );
+        let (status, body) = call(app.clone(), "POST", "/v1/vms", "{\"name\": \"Bad_Name\"}").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["message"].as_str().unwrap().contains("lowercase"));
+        let (status, body) =
+            call(app.clone(), "POST", "/v1/vms", "{\"image\": \"none-such\"}").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+        let (_, list) = call(app, "GET", "/v1/vms", "").await;
+        assert_eq!(list, serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn unknown_presets_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, body) = call(
+            app_in(dir.path()),
+            "POST",
+            "/v1/images/build",
+            "{\"preset\": \"arch\"}",
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("debian, minimal"),
+            "{body}"
+        );
+    }
+}
