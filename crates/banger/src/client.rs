@@ -168,38 +168,36 @@ impl Client {
     /// Opens an exec stream to the VM's agent (see the module doc).
     pub async fn exec(&self, vm: &str, exec: &ExecRequest) -> Result<TokioIo<Upgraded>> {
         let path = format!("/v1/vms/{}/exec", path_segment(vm));
-        let header = ascii_json(exec);
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(&path)
-            .header(HOST, "localhost")
-            .header(CONNECTION, "Upgrade")
-            .header(UPGRADE, EXEC_UPGRADE)
-            .header(EXEC_HEADER, header)
-            .body(Full::default())
-            .map_err(|source| ClientError::Request {
-                path: path.clone(),
-                source,
-            })?;
-        let response = self.send(req).await?;
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Err(error_from(response).await);
-        }
-        Ok(TokioIo::new(hyper::upgrade::on(response).await?))
+        self.upgrade(&path, EXEC_UPGRADE, Some((EXEC_HEADER, ascii_json(exec))))
+            .await
     }
 
     /// Opens a raw tunnel to TCP `port` inside the VM (the agent's Connect).
     pub async fn connect(&self, vm: &str, port: u16) -> Result<TokioIo<Upgraded>> {
         let path = format!("/v1/vms/{}/connect?port={port}", path_segment(vm));
-        let req = Request::builder()
+        self.upgrade(&path, banger_api::CONNECT_UPGRADE, None).await
+    }
+
+    /// POSTs an HTTP upgrade to `protocol` and returns the raw stream.
+    async fn upgrade(
+        &self,
+        path: &str,
+        protocol: &str,
+        header: Option<(&str, String)>,
+    ) -> Result<TokioIo<Upgraded>> {
+        let mut builder = Request::builder()
             .method(Method::POST)
-            .uri(&path)
+            .uri(path)
             .header(HOST, "localhost")
             .header(CONNECTION, "Upgrade")
-            .header(UPGRADE, banger_api::CONNECT_UPGRADE)
+            .header(UPGRADE, protocol);
+        if let Some((name, value)) = header {
+            builder = builder.header(name, value);
+        }
+        let req = builder
             .body(Full::default())
             .map_err(|source| ClientError::Request {
-                path: path.clone(),
+                path: path.to_string(),
                 source,
             })?;
         let response = self.send(req).await?;

@@ -32,30 +32,43 @@ pub async fn exec(
         ));
     }
     let agent = s.manager.agent(&name).await?;
-    let mut stream = agent
+    let stream = agent
         .request(AgentRequest::Exec(exec))
         .await
         .map_err(banger_core::Error::from)?;
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    Ok(splice_upgrade(
+        &mut req,
+        stream,
+        name,
+        banger_api::EXEC_UPGRADE,
+    ))
+}
+
+/// Answers 101 and, once the client's side of the upgrade is ready, copies
+/// bytes both ways between it and the agent stream until either ends.
+fn splice_upgrade(
+    req: &mut Request,
+    mut stream: banger_core::agent::AgentStream,
+    vm: String,
+    protocol: &'static str,
+) -> Response {
+    let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut io = TokioIo::new(upgraded);
                 if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut stream).await {
-                    tracing::debug!(vm = %name, error = %e, "exec stream ended");
+                    tracing::debug!(%vm, error = %e, "upgraded stream ended");
                 }
             }
-            Err(e) => tracing::warn!(vm = %name, error = %e, "exec upgrade failed"),
+            Err(e) => tracing::warn!(%vm, error = %e, "upgrade failed"),
         }
     });
-    Ok((
+    (
         StatusCode::SWITCHING_PROTOCOLS,
-        [
-            (header::CONNECTION, "upgrade"),
-            (header::UPGRADE, banger_api::EXEC_UPGRADE),
-        ],
+        [(header::CONNECTION, "upgrade"), (header::UPGRADE, protocol)],
     )
-        .into_response())
+        .into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -85,19 +98,10 @@ pub async fn connect(
             first.parse().map_err(|e| error("engine", e.to_string()))?;
         return Err(error("failed", e.message));
     }
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        if let Ok(upgraded) = on_upgrade.await {
-            let mut io = TokioIo::new(upgraded);
-            let _ = tokio::io::copy_bidirectional(&mut io, &mut stream).await;
-        }
-    });
-    Ok((
-        StatusCode::SWITCHING_PROTOCOLS,
-        [
-            (header::CONNECTION, "upgrade"),
-            (header::UPGRADE, banger_api::CONNECT_UPGRADE),
-        ],
-    )
-        .into_response())
+    Ok(splice_upgrade(
+        &mut req,
+        stream,
+        name,
+        banger_api::CONNECT_UPGRADE,
+    ))
 }
