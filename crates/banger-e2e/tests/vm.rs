@@ -536,3 +536,77 @@ fn register_validates_files_and_imports_a_bootable_image() {
     env.ok(&["image", "delete", "mine"]);
     assert!(!env.state_dir().join("images/mine").exists());
 }
+
+#[test]
+fn run_inside_a_git_checkout_works_in_a_copy_at_root_repo() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let repo = env.root.path().join("project");
+    std::fs::create_dir_all(repo.join("src/deep")).unwrap();
+    let git = |args: &[&str]| {
+        let st = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.join(".gitignore"), "build/\n").unwrap();
+    std::fs::write(repo.join("src/deep/tracked.txt"), "committed\n").unwrap();
+    git(&["add", "."]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        "init",
+    ]);
+    std::fs::write(repo.join("src/deep/tracked.txt"), "edited, not committed\n").unwrap();
+    std::fs::write(repo.join("untracked.txt"), "new\n").unwrap();
+    std::fs::create_dir_all(repo.join("build")).unwrap();
+    std::fs::write(repo.join("build/out.bin"), "ignored\n").unwrap();
+
+    let _permit = boot_permit();
+    let out = env
+        .cmd(&[
+            "vm",
+            "run",
+            "--rm",
+            "--",
+            "sh",
+            "-c",
+            "pwd; cat tracked.txt; cd /root/repo && find . -type f | sort; exit 4",
+        ])
+        .current_dir(repo.join("src/deep"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout,
+        "/root/repo/src/deep\nedited, not committed\n./.gitignore\n./src/deep/tracked.txt\n./untracked.txt\n",
+        "the checkout as it is on disk, without ignored files, and the command runs where the caller stood"
+    );
+
+    // Outside a checkout (or with --no-checkout) the command runs in /root.
+    let out = env
+        .cmd(&["vm", "run", "--rm", "--no-checkout", "--", "pwd"])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/root\n");
+}

@@ -124,6 +124,9 @@ pub struct RunArgs {
     /// Delete the VM when the command ends.
     #[arg(long)]
     pub rm: bool,
+    /// Do not copy the git checkout around the current directory to /root/repo.
+    #[arg(long)]
+    pub no_checkout: bool,
     /// Run the command under a pseudo-terminal (needs a terminal on stdin).
     #[arg(short, long)]
     pub tty: bool,

@@ -3,6 +3,7 @@
 //! through `client.rs` and returns its exit status; errors go back to `main`,
 //! which prints them once.
 
+pub mod checkout;
 pub mod daemon_cmd;
 pub mod doctor;
 pub mod exec;

@@ -1,5 +1,6 @@
 //! `banger vm run`: get a VM (reuse the one `--name` names, starting it if
-//! stopped, or create one), run the command in it with our stdio, optionally
+//! stopped, or create one), copy the git checkout we are in to `/root/repo`
+//! (see `checkout.rs`), run the command there with our stdio, optionally
 //! delete it afterwards, and exit with the command's status. banger's own
 //! failures exit 125, so the guest's statuses stay unambiguous.
 
@@ -16,13 +17,27 @@ use crate::progress::Style;
 
 pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     let client = ctx.client().await?;
+    let checkout = if args.no_checkout {
+        None
+    } else {
+        super::checkout::find()
+    };
     let name = ensure_vm(&client, &args.spec).await?;
-    let request = ExecRequest {
+    let mut request = ExecRequest {
         argv: args.command.clone(),
         tty: args.tty,
         ..Default::default()
     };
-    let result = exec_in_vm(&client, &name, request).await;
+    let result = match &checkout {
+        Some(c) => match super::checkout::copy_in(&client, &name, c).await {
+            Ok(()) => {
+                request.cwd = Some(super::checkout::guest_cwd(&c.subdir));
+                exec_in_vm(&client, &name, request).await
+            }
+            Err(e) => Err(e),
+        },
+        None => exec_in_vm(&client, &name, request).await,
+    };
     if args.rm {
         // Also after a failed command: `--rm` promises no leftovers.
         if let Err(err) = delete_vm(&client, &name, Style::Quiet).await {
