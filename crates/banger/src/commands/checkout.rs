@@ -84,8 +84,13 @@ pub fn parse_file_list(raw: &[u8], top: &Path) -> Vec<PathBuf> {
 
 /// The guest working directory for a caller at `subdir` of the checkout.
 pub fn guest_cwd(subdir: &Path) -> String {
-    let p = Path::new(GUEST_DIR).join(subdir);
-    p.to_string_lossy().into_owned()
+    if subdir.as_os_str().is_empty() {
+        return GUEST_DIR.to_string();
+    }
+    Path::new(GUEST_DIR)
+        .join(subdir)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Copies the checkout into the VM (replacing an earlier copy).
