@@ -54,7 +54,7 @@ impl FdStream {
         rustix::io::ioctl_fionbio(&fd, true)?;
         // Deprecated for arbitrary `T: AsRawFd`, whose fd may change or be
         // closed behind tokio's back; an `OwnedFd` we own and never swap
-        // upholds what the unsafe `AsyncFd::register` asks for.
+        // upholds the contract of `AsyncFd::register`.
         #[allow(deprecated)]
         let fd = AsyncFd::new(fd)?;
         Ok(FdStream {

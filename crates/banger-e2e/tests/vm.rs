@@ -378,26 +378,11 @@ fn doctor_reports_every_check() {
     assert_eq!(image["status"], "fail");
 }
 
-#[test]
-fn signals_reach_the_guest_command_and_a_vanished_client_kills_it() {
-    if skip() {
-        return;
-    }
-    let env = Env::new(CONFIG).with_image();
-    let _permit = boot_permit();
-    env.ok(&["vm", "create", "--name", "sig"]);
-
-    // SIGTERM to the CLI is forwarded to the guest process, whose status comes back.
+/// Starts `vm exec NAME -- sh -c SCRIPT` and returns once the guest
+/// process printed its first line ("started"), so it is surely running.
+fn exec_started(env: &Env, vm: &str, script: &str) -> std::process::Child {
     let mut child = env
-        .cmd(&[
-            "vm",
-            "exec",
-            "sig",
-            "--",
-            "sh",
-            "-c",
-            "echo started; exec sleep 300",
-        ])
+        .cmd(&["vm", "exec", vm, "--", "sh", "-c", script])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -408,6 +393,20 @@ fn signals_reach_the_guest_command_and_a_vanished_client_kills_it() {
     )
     .unwrap();
     assert_eq!(line, "started\n");
+    child
+}
+
+#[test]
+fn signals_reach_the_guest_command_and_a_vanished_client_kills_it() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let _permit = boot_permit();
+    env.ok(&["vm", "create", "--name", "sig"]);
+
+    // SIGTERM to the CLI is forwarded to the guest process, whose status comes back.
+    let mut child = exec_started(&env, "sig", "echo started; exec sleep 300");
     let st = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -421,25 +420,7 @@ fn signals_reach_the_guest_command_and_a_vanished_client_kills_it() {
     );
 
     // A client that disappears (SIGKILL, no chance to forward anything) takes its process with it.
-    let mut child = env
-        .cmd(&[
-            "vm",
-            "exec",
-            "sig",
-            "--",
-            "sh",
-            "-c",
-            "echo started; exec sleep 301",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let mut child = exec_started(&env, "sig", "echo started; exec sleep 301");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
