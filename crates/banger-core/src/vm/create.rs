@@ -217,10 +217,12 @@ impl Manager {
 
     /// Removes everything a failed create made.
     async fn undo_create(&self, vm: &VmRecord) {
-        if let Some(rt) = self.handles.get(&vm.name) {
-            self.kill_engine(vm, &rt.handles).await;
+        // kill_engine releases the runtime itself; without an engine there
+        // may still be a socket dir from a spawn that failed.
+        match self.handles.get(&vm.name) {
+            Some(rt) => self.kill_engine(vm, &rt.handles).await,
+            None => self.release_runtime(vm),
         }
-        self.release_runtime(vm);
         let _ = std::fs::remove_dir_all(&vm.dir);
         if let Err(e) = self.store.delete_vm(&vm.name) {
             tracing::error!(vm = %vm.name, error = %e, "cannot remove the failed vm's record");
