@@ -302,15 +302,9 @@ impl Drop for Env {
     }
 }
 
-/// True when `pid` is a live (non-zombie) process.
+/// True when `pid` is a live (non-zombie) process, any of its threads.
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rfind(')')
-            .and_then(|i| s[i + 1..].trim_start().chars().next())
-            .is_some_and(|c| c != 'Z' && c != 'X'),
-        Err(_) => false,
-    }
+    banger_sys::process::alive(pid)
 }
 
 /// Waits until `cond` holds or `timeout` passes.

@@ -7,9 +7,22 @@ use std::path::Path;
 
 pub use rustix::process::Signal;
 
-/// True when `pid` names a live process (not a zombie).
+/// True when `pid` names a live process (not a zombie). A process counts
+/// as live while any of its threads runs: after SIGKILL the leader can show
+/// as a zombie while other threads still hold its files and sockets.
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return stat_is_live(&format!("/proc/{pid}/stat"));
+    };
+    tasks.flatten().any(|task| {
+        let stat = task.path().join("stat");
+        stat_is_live(&stat.to_string_lossy())
+    })
+}
+
+/// Whether a `/proc/.../stat` file shows a state other than zombie or dead.
+fn stat_is_live(path: &str) -> bool {
+    match std::fs::read_to_string(path) {
         // The state is the first field after the parenthesised command name.
         Ok(stat) => match stat.rfind(')') {
             Some(i) => !matches!(

@@ -66,9 +66,16 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// True when no daemon listens, so starting one makes sense.
+    /// True when no daemon listens, so starting one makes sense. A daemon
+    /// that dropped the connection without answering counts too: that is a
+    /// daemon in the middle of dying (a killed process's threads close its
+    /// socket last), and a new one waits on its lock until it is gone.
     pub fn is_not_running(&self) -> bool {
-        matches!(self, ClientError::NotRunning { .. })
+        match self {
+            ClientError::NotRunning { .. } => true,
+            ClientError::Http(err) => dropped_unanswered(err),
+            _ => false,
+        }
     }
 
     /// The daemon's stable error code, when it answered with one.
@@ -251,6 +258,25 @@ impl Client {
         });
         Ok(sender.send_request(req).await?)
     }
+}
+
+/// Whether hyper gave up because the peer closed or reset the connection
+/// before a response began.
+fn dropped_unanswered(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() || err.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn request(method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Request<Full<Bytes>>> {
@@ -464,6 +490,25 @@ mod tests {
     async fn missing_socket_means_not_running() {
         let dir = tempfile::tempdir().unwrap();
         let err = Client::new(dir.path().join("nope.sock"))
+            .get::<()>("/v1/daemon")
+            .await
+            .unwrap_err();
+        assert!(err.is_not_running(), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_daemon_dropping_connections_unanswered_counts_as_not_running() {
+        // What a client sees while a killed daemon's threads are exiting:
+        // the connect succeeds, then the connection closes with no answer.
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("bangerd.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        let err = Client::new(&socket)
             .get::<()>("/v1/daemon")
             .await
             .unwrap_err();
