@@ -6,6 +6,33 @@ use crate::manager::Manager;
 use banger_api::{Check, CheckStatus, DoctorReport};
 use banger_sys::command::{Cmd, which};
 
+/// How a `debian` image build would run for this user, or why it cannot.
+fn debian_build_check() -> Check {
+    match banger_image::debian_installer() {
+        Ok((installer, notes)) if notes.is_empty() => check(
+            "debian-build",
+            CheckStatus::Pass,
+            format!("the debian preset builds with {installer}"),
+            None,
+        ),
+        Ok((installer, notes)) => check(
+            "debian-build",
+            CheckStatus::Warn,
+            format!(
+                "the debian preset builds with {installer}: {}",
+                notes.join("; ")
+            ),
+            None,
+        ),
+        Err(err) => check(
+            "debian-build",
+            CheckStatus::Fail,
+            format!("the debian preset cannot be built here: {err}"),
+            Some("see the message; or build the image as root and `banger image register` it"),
+        ),
+    }
+}
+
 fn check(name: &str, status: CheckStatus, detail: impl Into<String>, fix: Option<&str>) -> Check {
     Check {
         name: name.into(),
@@ -167,7 +194,6 @@ impl Manager {
             ("nft", "nftables", "bridge mode's NAT"),
             ("dnsmasq", "dnsmasq-base", "bridge mode's .banger names"),
             ("ssh", "openssh-client", "banger vm ssh"),
-            ("mmdebstrap", "mmdebstrap", "the debian image preset"),
         ] {
             if which(tool).is_none() {
                 out.push(check(
@@ -178,30 +204,8 @@ impl Manager {
                 ));
             }
         }
+        out.push(debian_build_check());
         if banger_sys::process::euid() != 0 {
-            let read = |p: &str| {
-                std::fs::read_to_string(p)
-                    .map(|s| s.trim().to_string())
-                    .ok()
-            };
-            let forbidden = read("/proc/sys/kernel/unprivileged_userns_clone").as_deref()
-                == Some("0")
-                || read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0");
-            if forbidden {
-                out.push(check(
-                    "userns",
-                    CheckStatus::Warn,
-                    "unprivileged user namespaces are off: the debian preset cannot use mmdebstrap's unshare mode",
-                    Some("sysctl -w kernel.unprivileged_userns_clone=1 (or build images as root)"),
-                ));
-            } else {
-                out.push(check(
-                    "userns",
-                    CheckStatus::Pass,
-                    "unprivileged user namespaces are on (mmdebstrap unshare mode)",
-                    None,
-                ));
-            }
             out.push(check(
                 "bridge",
                 CheckStatus::Warn,

@@ -152,11 +152,57 @@ pub fn boot_permit() -> BootPermit {
     BootPermit(sem)
 }
 
+/// An account without privileges, for the rootless tests.
+#[derive(Debug, Clone, Copy)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The name of the account [`unprivileged_user`] makes.
+pub const E2E_USER: &str = "banger-e2e";
+
+/// A plain user account, made on first use (needs root) the way a Debian
+/// admin makes one: `useradd`, plus a subordinate id range in
+/// `/etc/subuid` and `/etc/subgid` (which `useradd` only adds when those
+/// files exist), so mmdebstrap's unshare mode works for it.
+pub fn unprivileged_user() -> User {
+    static USER: OnceLock<User> = OnceLock::new();
+    *USER.get_or_init(|| {
+        let id = |flag: &str| -> Option<u32> {
+            let out = Command::new("id").args([flag, E2E_USER]).output().ok()?;
+            String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+        };
+        if id("-u").is_none() {
+            let st = Command::new("useradd")
+                .args(["--user-group", "--shell", "/bin/sh", E2E_USER])
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .status()
+                .expect("run useradd");
+            assert!(st.success(), "useradd {E2E_USER} failed");
+        }
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            if !text.lines().any(|l| l.starts_with(&format!("{E2E_USER}:"))) {
+                // A range above what useradd hands out by default.
+                let line = format!("{E2E_USER}:1800000000:65536\n");
+                std::fs::write(file, text + &line).expect("add a subordinate id range");
+            }
+        }
+        User {
+            uid: id("-u").expect("uid"),
+            gid: id("-g").expect("gid"),
+        }
+    })
+}
+
 /// One isolated banger instance.
 pub struct Env {
     pub root: tempfile::TempDir,
     /// A network namespace this env made and runs every command in.
     pub netns: Option<String>,
+    /// The account every command runs as, when not the test's own.
+    pub user: Option<User>,
 }
 
 impl Env {
@@ -171,7 +217,35 @@ impl Env {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
         }
         std::fs::write(root.path().join("config/banger/config.toml"), config).unwrap();
-        Env { root, netns: None }
+        Env {
+            root,
+            netns: None,
+            user: None,
+        }
+    }
+
+    /// Like [`Env::new`], with every command run as `user` (needs root):
+    /// the instance's files, its own copies of the binaries (the build tree
+    /// may sit where the user cannot read), its cache and its home all
+    /// belong to that user.
+    pub fn as_user(config: &str, user: User) -> Env {
+        let mut env = Env::new(config);
+        let bins = env.root.path().join("bin");
+        std::fs::create_dir_all(&bins).unwrap();
+        for b in [bin("banger"), bin("bangerd"), agent_bin()] {
+            std::fs::copy(&b, bins.join(b.file_name().unwrap())).expect("copy a binary");
+        }
+        for d in ["cache", "home"] {
+            std::fs::create_dir_all(env.root.path().join(d)).unwrap();
+        }
+        let st = Command::new("chown")
+            .args(["-R", &format!("{}:{}", user.uid, user.gid)])
+            .arg(env.root.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown the env to {}", user.uid);
+        env.user = Some(user);
+        env
     }
 
     /// Like [`Env::new`], with the daemon, its VMs and their network inside
@@ -221,16 +295,37 @@ impl Env {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let banger = bin("banger");
+        let (banger, bangerd, agent, cache) = match self.user {
+            None => (bin("banger"), bin("bangerd"), agent_bin(), shared_cache()),
+            Some(_) => {
+                let bins = self.root.path().join("bin");
+                (
+                    bins.join("banger"),
+                    bins.join("bangerd"),
+                    bins.join("banger-agent"),
+                    self.root.path().join("cache"),
+                )
+            }
+        };
         let mut c = self.host_cmd(&banger.to_string_lossy());
         c.args(args)
             .env("XDG_CONFIG_HOME", self.root.path().join("config"))
             .env("XDG_STATE_HOME", self.root.path().join("state"))
             .env("XDG_RUNTIME_DIR", self.root.path().join("run"))
-            .env("XDG_CACHE_HOME", shared_cache())
-            .env("BANGER_DAEMON_BIN", bin("bangerd"))
-            .env("BANGER_AGENT_BIN", agent_bin())
+            .env("XDG_CACHE_HOME", cache)
+            .env("BANGER_DAEMON_BIN", bangerd)
+            .env("BANGER_AGENT_BIN", agent)
             .stdin(Stdio::null());
+        if let Some(user) = self.user {
+            use std::os::unix::process::CommandExt;
+            // A login's environment: its own home, and a PATH without sbin.
+            c.uid(user.uid)
+                .gid(user.gid)
+                .env("HOME", self.root.path().join("home"))
+                .env("USER", E2E_USER)
+                .env("LOGNAME", E2E_USER)
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+        }
         c
     }
 

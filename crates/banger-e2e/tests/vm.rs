@@ -345,6 +345,7 @@ fn doctor_reports_every_check() {
         "disk",
         "image minimal",
         "daemon",
+        "debian-build",
     ] {
         assert!(names.contains(&want), "doctor lacks {want}: {names:?}");
     }

@@ -54,7 +54,10 @@ mod testing;
 use std::path::Path;
 
 pub use build::{BuildParams, build_minimal};
-pub use debian::{BASE_PACKAGES as DEBIAN_BASE_PACKAGES, DebianError, DebianOptions, build_debian};
+pub use debian::{
+    BASE_PACKAGES as DEBIAN_BASE_PACKAGES, DebianError, DebianOptions, build_debian,
+    debian_installer,
+};
 pub use ext4::Ext4Error;
 pub use initramfs::InitramfsError;
 pub use kernel::KernelError;

@@ -142,6 +142,14 @@ pub enum DebianError {
     Ext4(#[from] Ext4Error),
 }
 
+/// How this process would install the `debian` preset's root filesystem
+/// (`mmdebstrap --mode=unshare`, …) and what the user should know about
+/// the choice, or why it cannot: what `doctor` reports.
+pub fn debian_installer() -> Result<(String, Vec<String>), DebianError> {
+    let plan = bootstrap::plan(&Host::probe())?;
+    Ok((plan.installer.to_string(), plan.notes))
+}
+
 /// Builds the `debian` image into `p.out_dir`; on error nothing is left
 /// there (the package caches keep what was downloaded).
 pub fn build_debian(

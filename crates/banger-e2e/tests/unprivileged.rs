@@ -1,0 +1,153 @@
+//! End-to-end as a plain user, the way a developer without sudo meets
+//! banger: the debian image built rootless on first use (mmdebstrap's
+//! unshare mode), user-mode networking chosen by default, ssh into the
+//! guest with its exit code, a port published on 127.0.0.1, and nothing of
+//! the user's left running afterwards. Needs root only to make the account
+//! (see [`banger_e2e::unprivileged_user`]); every banger command runs as it.
+
+use std::process::Command;
+use std::time::Duration;
+
+use banger_e2e::{Env, boot_permit, skip, unprivileged_user, wait_until};
+
+fn required() -> bool {
+    std::env::var("BANGER_E2E_REQUIRED").as_deref() == Ok("1")
+}
+
+/// Processes the account owns, with their command lines.
+fn processes_of(uid: u32) -> Vec<String> {
+    let out = Command::new("ps")
+        .args(["-o", "pid=,stat=,args=", "-u", &uid.to_string()])
+        .output()
+        .expect("run ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|s| !s.starts_with('Z'))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_user_without_privileges_builds_the_image_boots_and_sshes_in() {
+    if skip() {
+        return;
+    }
+    if banger_sys::process::euid() != 0 {
+        assert!(
+            !required(),
+            "the rootless e2e test needs root to make its account"
+        );
+        eprintln!("SKIPPED: making the unprivileged test account needs root");
+        return;
+    }
+    for tool in ["mmdebstrap", "newuidmap", "ssh", "useradd"] {
+        let found = banger_e2e::which(tool).is_some()
+            || ["/usr/sbin", "/sbin"]
+                .iter()
+                .any(|d| std::path::Path::new(d).join(tool).is_file());
+        if !found {
+            assert!(!required(), "{tool} is missing");
+            eprintln!("SKIPPED: {tool} is not installed (run the README's setup command)");
+            return;
+        }
+    }
+    let user = unprivileged_user();
+    // No network setting: without privileges the default is user mode.
+    let env = Env::as_user("default_memory_mib = 512\n", user);
+    assert!(
+        processes_of(user.uid).is_empty(),
+        "the account runs nothing before the test: {:?}",
+        processes_of(user.uid)
+    );
+
+    // doctor tells how an image build would run for this user.
+    let doctor = env.json(&["doctor", "--json"]);
+    let build = doctor["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["name"] == "debian-build"))
+        .unwrap_or_else(|| panic!("doctor has a debian-build line: {doctor}"));
+    assert_eq!(build["status"], "pass", "{build}");
+    assert!(
+        build["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("--mode=unshare")),
+        "{build}"
+    );
+
+    let _permit = boot_permit();
+    let port = banger_e2e::free_port();
+    let out = env.run(&[
+        "vm",
+        "create",
+        "--name",
+        "a",
+        "--publish",
+        &format!("{port}:8000"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("install Debian with mmdebstrap ... ok"),
+        "the first create builds the debian image, rootless, with progress: {stderr}"
+    );
+    let vm = env.json(&["vm", "show", "a", "--json"]);
+    assert_eq!(vm["network"], "user", "{vm}");
+
+    let out = env.run(&["vm", "ssh", "a", "--", "git", "--version"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("git version"));
+    assert_eq!(
+        env.run(&["vm", "ssh", "a", "--", "sh", "-c", "exit 4"])
+            .status
+            .code(),
+        Some(4)
+    );
+    // The guest's root user is root inside the guest, whoever runs banger.
+    assert_eq!(env.ok(&["vm", "exec", "a", "--", "id", "-u"]), "0\n");
+
+    env.ok(&["vm", "exec", "a", "--", "sh", "-c", "cd /tmp && echo rootless > index.html && (setsid python3 -m http.server 8000 >/dev/null 2>&1 &)"]);
+    let get = || {
+        Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=3).read().decode())"
+                ),
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || get()
+            .is_some_and(|b| b.contains("rootless"))),
+        "127.0.0.1:{port} did not reach the guest"
+    );
+
+    env.ok(&["vm", "delete", "a"]);
+    assert!(get().is_none(), "the published port went with the vm");
+    let left = processes_of(user.uid);
+    assert!(
+        left.iter().all(|p| p.contains("bangerd")),
+        "only the daemon is left: {left:?}"
+    );
+    env.ok(&["daemon", "stop"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || processes_of(user.uid).is_empty()),
+        "the account runs nothing after daemon stop: {:?}",
+        processes_of(user.uid)
+    );
+    let vms = env.state_dir().join("vms");
+    let leftovers = banger_e2e::files_under(&vms);
+    assert!(leftovers.is_empty(), "vm files left: {leftovers:?}");
+}
