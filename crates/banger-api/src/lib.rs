@@ -239,7 +239,7 @@ pub struct ImageFile {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Image {
     pub name: String,
     /// `minimal`, `debian`, or `registered`.
@@ -249,6 +249,19 @@ pub struct Image {
     pub dir: String,
     pub files: Vec<ImageFile>,
     pub size_bytes: u64,
+    /// The Debian suite, for images built by its installer.
+    #[serde(default)]
+    pub suite: Option<String>,
+    /// The packages asked for on top of the suite's base.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// The kernel's Debian package as `name=version`.
+    #[serde(default)]
+    pub kernel_package: Option<String>,
+    /// How many packages the root filesystem has installed (the manifest
+    /// lists them with their versions).
+    #[serde(default)]
+    pub installed_packages: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -263,6 +276,14 @@ pub struct BuildImage {
     /// Extra distro packages (the `debian` preset).
     #[serde(default)]
     pub packages: Vec<String>,
+    /// The Debian suite (the `debian` preset; default bookworm).
+    #[serde(default)]
+    pub suite: Option<String>,
+    /// Rebuild the image an existing manifest describes (absolute path of
+    /// a `manifest.json` or an image directory): its preset, suite,
+    /// packages and kernel, compared package by package afterwards.
+    #[serde(default)]
+    pub from_manifest: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

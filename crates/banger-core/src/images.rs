@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::manager::Manager;
 use crate::ops::Op;
 use crate::store::ImageRecord;
-use banger_api::{BuildImage, Image, ImageFile, OperationKind, RegisterImage};
+use banger_api::{BuildImage, Image, OperationKind, RegisterImage};
 use banger_image::{BuildEvent, Manifest};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,68 @@ fn check_preset(preset: &str) -> Result<(), Error> {
         "unknown preset {preset:?}: known presets are {}",
         PRESETS.join(", ")
     )))
+}
+
+/// A build request resolved: the preset and its inputs, from the flags or
+/// read back from a manifest.
+#[derive(Debug, Clone, PartialEq)]
+struct BuildPlan {
+    name: String,
+    preset: String,
+    suite: String,
+    packages: Vec<String>,
+    kernel_release: Option<String>,
+    expect_installed: std::collections::BTreeMap<String, String>,
+}
+
+/// Checks `req` and works out what to build; reads the manifest it names.
+fn plan_build(req: &BuildImage) -> Result<BuildPlan, Error> {
+    let Some(path) = &req.from_manifest else {
+        check_preset(&req.preset)?;
+        let plan = BuildPlan {
+            name: req.name.clone().unwrap_or_else(|| req.preset.clone()),
+            preset: req.preset.clone(),
+            suite: req
+                .suite
+                .clone()
+                .unwrap_or_else(|| banger_image::DebianOptions::default().suite),
+            packages: req.packages.clone(),
+            kernel_release: None,
+            expect_installed: Default::default(),
+        };
+        if plan.preset != "debian" && (!plan.packages.is_empty() || req.suite.is_some()) {
+            return Err(Error::Invalid(format!(
+                "--packages and --suite are for the debian preset, not {}",
+                plan.preset
+            )));
+        }
+        // Bad package names and suites fail now, not a minute into a build.
+        banger_image::debian_package_set(&banger_image::DebianOptions {
+            suite: plan.suite.clone(),
+            extra_packages: plan.packages.clone(),
+        })
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        return Ok(plan);
+    };
+    if !req.packages.is_empty() || req.suite.is_some() {
+        return Err(Error::Invalid(
+            "--from-manifest takes the suite and packages from the manifest: drop --suite and --packages"
+                .into(),
+        ));
+    }
+    let invalid = |e: banger_image::ManifestError| Error::Invalid(e.to_string());
+    let manifest = Manifest::load_given(Path::new(path)).map_err(invalid)?;
+    let recipe = manifest.recipe().map_err(invalid)?;
+    Ok(BuildPlan {
+        name: req.name.clone().unwrap_or(manifest.name),
+        suite: recipe
+            .suite
+            .unwrap_or_else(|| banger_image::DebianOptions::default().suite),
+        preset: recipe.preset,
+        packages: recipe.packages,
+        kernel_release: recipe.kernel_release,
+        expect_installed: recipe.expect_installed,
+    })
 }
 
 impl Manager {
@@ -55,8 +117,7 @@ impl Manager {
     }
 
     pub fn build_image(self: &Arc<Self>, req: BuildImage) -> Result<Arc<Op>, Error> {
-        check_preset(&req.preset)?;
-        let name = req.name.clone().unwrap_or_else(|| req.preset.clone());
+        let name = plan_build(&req)?.name;
         banger_api::validate_image_name(&name).map_err(Error::Invalid)?;
         if !req.force && self.store.image(&name)?.is_some() {
             return Err(Error::Conflict(format!(
@@ -81,21 +142,23 @@ impl Manager {
         req: &BuildImage,
         agent_bin: PathBuf,
     ) -> Result<(), Error> {
+        let plan = plan_build(req)?;
         let params = banger_image::BuildParams {
             name: name.to_string(),
             cache_dir: self.paths.cache_dir.clone(),
             agent_bin,
             out_dir: PathBuf::new(),
             runner: self.runner.clone(),
+            kernel_release: plan.kernel_release,
+            expect_installed: plan.expect_installed,
         };
-        let (preset, packages) = (req.preset.clone(), req.packages.clone());
         let build = move |out_dir: PathBuf, report: &mut dyn FnMut(BuildEvent)| {
             let params = banger_image::BuildParams { out_dir, ..params };
-            match preset.as_str() {
+            match plan.preset.as_str() {
                 "debian" => {
                     let opts = banger_image::DebianOptions {
-                        suite: "bookworm".into(),
-                        extra_packages: packages,
+                        suite: plan.suite,
+                        extra_packages: plan.packages,
                     };
                     banger_image::build_debian(&params, &opts, report)
                 }
@@ -242,17 +305,21 @@ fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
 }
 
 fn image_view(rec: ImageRecord) -> Image {
-    let files: Vec<ImageFile> = serde_json::from_str::<Manifest>(&rec.manifest)
-        .map(|m| m.files)
-        .unwrap_or_default();
-    Image {
-        size_bytes: files.iter().map(|f| f.size).sum(),
-        name: rec.name,
-        source: rec.source,
-        kernel_version: rec.kernel_version,
-        created_at: rec.created_at,
-        dir: rec.dir,
-        files,
+    match serde_json::from_str::<Manifest>(&rec.manifest) {
+        Ok(manifest) => Image {
+            // The row names the image; a manifest copied in may say otherwise.
+            name: rec.name,
+            ..manifest.to_api(Path::new(&rec.dir))
+        },
+        // A row whose manifest is unreadable still lists; doctor flags it.
+        Err(_) => Image {
+            name: rec.name,
+            source: rec.source,
+            kernel_version: rec.kernel_version,
+            created_at: rec.created_at,
+            dir: rec.dir,
+            ..Default::default()
+        },
     }
 }
 
@@ -274,4 +341,102 @@ pub fn find_agent_bin(configured: Option<&Path>) -> Option<PathBuf> {
         PathBuf::from("/usr/local/lib/banger/banger-agent"),
     ];
     candidates.into_iter().find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest_file(dir: &Path, source: &str) -> String {
+        let manifest = serde_json::json!({
+            "format": 1,
+            "name": "dev",
+            "source": source,
+            "kernel_version": "6.1.0-56-cloud-amd64",
+            "files": [],
+            "created_at": 1,
+            "agent_version": "sha256:00",
+            "suite": "trixie",
+            "packages": ["git", "vim"],
+            "kernel_package": "linux-image-6.1.0-56-cloud-amd64=6.1.192-2",
+            "installed": {"git": "1:2.47", "vim": "2:9.1"}
+        });
+        let path = dir.join("manifest.json");
+        std::fs::write(&path, manifest.to_string()).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_preset_build_takes_its_flags() {
+        let plan = plan_build(&BuildImage {
+            preset: "debian".into(),
+            packages: vec!["vim".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (plan.name.as_str(), plan.suite.as_str(), plan.kernel_release),
+            ("debian", "bookworm", None)
+        );
+        let err = plan_build(&BuildImage {
+            preset: "alpine".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("unknown preset \"alpine\""));
+        let err = plan_build(&BuildImage {
+            preset: "debian".into(),
+            suite: Some("Bookworm!".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("invalid Debian suite"), "{err}");
+        let err = plan_build(&BuildImage {
+            preset: "minimal".into(),
+            packages: vec!["vim".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("for the debian preset"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_gives_the_preset_suite_packages_and_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan_build(&BuildImage {
+            from_manifest: Some(manifest_file(dir.path(), "debian")),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(plan.name, "dev");
+        assert_eq!(plan.preset, "debian");
+        assert_eq!(plan.suite, "trixie");
+        assert_eq!(plan.packages, ["git", "vim"]);
+        assert_eq!(plan.kernel_release.as_deref(), Some("6.1.0-56-cloud-amd64"));
+        assert_eq!(plan.expect_installed.len(), 2);
+    }
+
+    #[test]
+    fn a_manifest_refuses_flags_it_overrides_and_registered_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = plan_build(&BuildImage {
+            from_manifest: Some(manifest_file(dir.path(), "debian")),
+            packages: vec!["curl".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("drop --suite and --packages"),
+            "{err}"
+        );
+        let err = plan_build(&BuildImage {
+            from_manifest: Some(manifest_file(dir.path(), "registered")),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("nothing to rebuild it from"),
+            "{err}"
+        );
+    }
 }

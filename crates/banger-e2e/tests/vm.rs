@@ -592,3 +592,61 @@ fn run_inside_a_git_checkout_works_in_a_copy_at_root_repo() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "/root\n");
 }
+
+#[test]
+fn an_image_builds_again_from_its_manifest() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let original = env.json(&["image", "show", "minimal", "--json"]);
+    assert!(
+        original["kernel_package"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("linux-image-")),
+        "{original}"
+    );
+    let dir = original["dir"].as_str().unwrap().to_string();
+    let out = env.run(&[
+        "image",
+        "build",
+        "--from-manifest",
+        &format!("{dir}/manifest.json"),
+        "--name",
+        "again",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("all 1 packages at the manifest's versions"),
+        "the rebuild says it matches: {stderr}"
+    );
+    let again = env.json(&["image", "show", "again", "--json"]);
+    for field in ["source", "kernel_version", "kernel_package"] {
+        assert_eq!(again[field], original[field], "{field}");
+    }
+    assert!(
+        env.ok(&["image", "show", "again"])
+            .contains("kernel package:")
+    );
+
+    // The manifest decides the inputs: flags that would change them are refused.
+    let out = env.run(&[
+        "image",
+        "build",
+        "--from-manifest",
+        &dir,
+        "--packages",
+        "vim",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--packages"));
+    let out = env.run(&["image", "build", "--from-manifest", "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
+    let out = env.run(&["image", "build", "--from-manifest", &dir]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists: pass --force"),
+        "the manifest's name is the default and is not overwritten"
+    );
+}

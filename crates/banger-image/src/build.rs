@@ -18,6 +18,7 @@
 //!
 //! Blocking code: the daemon runs it on a blocking worker thread.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,6 +48,24 @@ pub struct BuildParams {
     /// The finished image directory; must not exist yet.
     pub out_dir: PathBuf,
     pub runner: Arc<dyn Runner>,
+    /// Take this kernel release (`6.1.0-56-cloud-amd64`) instead of the one
+    /// Debian's cloud kernel metapackage names today: rebuilding an image
+    /// from its manifest.
+    pub kernel_release: Option<String>,
+    /// The packages and versions a manifest recorded, when rebuilding from
+    /// it: the build reports how what it installed differs.
+    pub expect_installed: BTreeMap<String, String>,
+}
+
+/// How `installed` differs from what a rebuild expected, as one line; none
+/// when nothing was expected.
+pub(crate) fn drift_summary(
+    p: &BuildParams,
+    installed: &BTreeMap<String, String>,
+) -> Option<String> {
+    (!p.expect_installed.is_empty()).then(|| {
+        crate::debian::dpkg::Drift::between(&p.expect_installed, installed).summary(installed.len())
+    })
 }
 
 /// Builds the `minimal` image into `p.out_dir`; on error nothing is left
@@ -63,11 +82,15 @@ pub fn build_minimal(
     let mut r = Reporter::new(&p.name, report);
 
     let pkgs = r.stage(stages::FETCH_PACKAGES, |progress| {
-        let pkgs = packages::fetch_minimal(runner, &p.cache_dir, progress)?;
-        let detail = format!(
+        let pkgs =
+            packages::fetch_minimal(runner, &p.cache_dir, p.kernel_release.as_deref(), progress)?;
+        let mut detail = format!(
             "{} {}, busybox {}",
             pkgs.kernel.package.name, pkgs.kernel.package.version, pkgs.busybox.version
         );
+        if let Some(summary) = drift_summary(p, &pkgs.installed()) {
+            detail = format!("{detail}; {summary}");
+        }
         Ok((pkgs, Some(detail)))
     })?;
 
@@ -107,6 +130,11 @@ pub fn build_minimal(
         agent_version: manifest::agent_version(&agent.bytes),
         suite: None,
         packages: Vec::new(),
+        kernel_package: Some(format!(
+            "{}={}",
+            pkgs.kernel.package.name, pkgs.kernel.package.version
+        )),
+        installed: pkgs.installed(),
     };
     finish(&mut r, staging, kernel.file_name, manifest)
 }

@@ -56,14 +56,14 @@ use std::path::Path;
 pub use build::{BuildParams, build_minimal};
 pub use debian::{
     BASE_PACKAGES as DEBIAN_BASE_PACKAGES, DebianError, DebianOptions, build_debian,
-    debian_installer,
+    debian_installer, package_set as debian_package_set,
 };
 pub use ext4::Ext4Error;
 pub use initramfs::InitramfsError;
 pub use kernel::KernelError;
 pub use manifest::{
-    FileCheck, FileStatus, MANIFEST_FORMAT, Manifest, ManifestError, SOURCE_DEBIAN, SOURCE_MINIMAL,
-    SOURCE_REGISTERED,
+    FileCheck, FileStatus, MANIFEST_FORMAT, Manifest, ManifestError, Recipe, SOURCE_DEBIAN,
+    SOURCE_MINIMAL, SOURCE_REGISTERED,
 };
 pub use modules::{ModuleError, OPTIONAL as OPTIONAL_MODULES, REQUIRED as REQUIRED_MODULES};
 pub use packages::PackageError;

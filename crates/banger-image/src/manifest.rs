@@ -3,6 +3,7 @@
 //! size) and their verification for `banger doctor`; not the image records in
 //! the daemon's store.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,12 @@ pub enum ManifestError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot read the manifest {path}: give an image's manifest.json or its directory")]
+    ReadGiven {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("image manifest {path} is corrupt: delete the image and build or register it again")]
     Parse {
         path: PathBuf,
@@ -39,6 +46,10 @@ pub enum ManifestError {
         "image manifest {path} has format {format}, newer than this banger understands: upgrade banger"
     )]
     UnsupportedFormat { path: PathBuf, format: u32 },
+    #[error(
+        "image {name} was {source_kind}, not built from a preset: there is nothing to rebuild it from"
+    )]
+    NotBuilt { name: String, source_kind: String },
     #[error("could not write image manifest {path}")]
     Write {
         path: PathBuf,
@@ -51,6 +62,19 @@ pub enum ManifestError {
         #[source]
         source: io::Error,
     },
+}
+
+/// The inputs that made an image, read back from its manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipe {
+    /// `minimal` or `debian`.
+    pub preset: String,
+    pub suite: Option<String>,
+    pub packages: Vec<String>,
+    /// The kernel release to take again.
+    pub kernel_release: Option<String>,
+    /// The installed packages to compare the rebuild with.
+    pub expect_installed: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -82,6 +106,15 @@ pub struct Manifest {
     /// come along), sorted; empty when the image lists none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<String>,
+    /// The kernel's Debian package, `name=version` as apt pins it, for
+    /// images made from Debian's kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_package: Option<String>,
+    /// Every package installed in the root filesystem and its version, for
+    /// images made by a distribution's installer: what a rebuild from this
+    /// manifest is compared with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub installed: BTreeMap<String, String>,
 }
 
 impl Manifest {
@@ -91,8 +124,26 @@ impl Manifest {
             path: path.clone(),
             source,
         })?;
+        Manifest::parse(path, &text)
+    }
+
+    /// A manifest a user points at: a `manifest.json`, or an image
+    /// directory holding one (say, a copy of an image built elsewhere).
+    pub fn load_given(path: &Path) -> Result<Manifest, ManifestError> {
+        let path = match path.is_dir() {
+            true => path.join(layout::MANIFEST),
+            false => path.to_path_buf(),
+        };
+        let text = fs::read(&path).map_err(|source| ManifestError::ReadGiven {
+            path: path.clone(),
+            source,
+        })?;
+        Manifest::parse(path, &text)
+    }
+
+    fn parse(path: PathBuf, text: &[u8]) -> Result<Manifest, ManifestError> {
         let manifest: Manifest =
-            serde_json::from_slice(&text).map_err(|source| ManifestError::Parse {
+            serde_json::from_slice(text).map_err(|source| ManifestError::Parse {
                 path: path.clone(),
                 source,
             })?;
@@ -103,6 +154,26 @@ impl Manifest {
             });
         }
         Ok(manifest)
+    }
+
+    /// What a build needs to make again the image this manifest describes.
+    pub fn recipe(&self) -> Result<Recipe, ManifestError> {
+        let preset = match self.source.as_str() {
+            SOURCE_MINIMAL | SOURCE_DEBIAN => self.source.clone(),
+            other => {
+                return Err(ManifestError::NotBuilt {
+                    name: self.name.clone(),
+                    source_kind: other.to_string(),
+                });
+            }
+        };
+        Ok(Recipe {
+            preset,
+            suite: self.suite.clone(),
+            packages: self.packages.clone(),
+            kernel_release: self.kernel_version.clone(),
+            expect_installed: self.installed.clone(),
+        })
     }
 
     /// Writes `manifest.json` into `dir` (through a temporary file and a
@@ -142,6 +213,10 @@ impl Manifest {
             dir: dir.display().to_string(),
             files: self.files.clone(),
             size_bytes: self.size_bytes(),
+            suite: self.suite.clone(),
+            packages: self.packages.clone(),
+            kernel_package: self.kernel_package.clone(),
+            installed_packages: self.installed.len(),
         }
     }
 }
@@ -293,9 +368,37 @@ mod tests {
             agent_version: agent_version(b"agent"),
             suite: None,
             packages: Vec::new(),
+            kernel_package: Some("linux-image-6.1.0-56-cloud-amd64=6.1.192-2".into()),
+            installed: [("busybox-static".to_string(), "1:1.35.0-4".to_string())].into(),
         };
         manifest.save(dir.path()).unwrap();
         (dir, manifest)
+    }
+
+    #[test]
+    fn a_built_images_manifest_gives_back_its_recipe() {
+        let (dir, manifest) = image_dir();
+        let loaded = Manifest::load_given(&dir.path().join(layout::MANIFEST)).unwrap();
+        assert_eq!(Manifest::load_given(dir.path()).unwrap(), loaded);
+        let recipe = loaded.recipe().unwrap();
+        assert_eq!(recipe.preset, "minimal");
+        assert_eq!(recipe.kernel_release, manifest.kernel_version);
+        assert_eq!(recipe.expect_installed, manifest.installed);
+    }
+
+    #[test]
+    fn registered_images_have_no_recipe_and_missing_files_say_what_to_give() {
+        let (_dir, mut manifest) = image_dir();
+        manifest.source = SOURCE_REGISTERED.into();
+        assert_eq!(
+            manifest.recipe().unwrap_err().to_string(),
+            "image minimal was registered, not built from a preset: there is nothing to rebuild it from"
+        );
+        let err = Manifest::load_given(Path::new("/nonexistent/manifest.json")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read the manifest /nonexistent/manifest.json: give an image's manifest.json or its directory"
+        );
     }
 
     #[test]

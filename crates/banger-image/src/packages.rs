@@ -35,6 +35,10 @@ pub enum PackageError {
         "apt knows no package {package}: run apt-get update (Debian's main archive must be in the apt sources)"
     )]
     UnknownPackage { package: String },
+    #[error(
+        "the kernel {release} is not offered by the host's apt sources any more (Debian's archive keeps only current kernels): build without pinning it to take today's kernel"
+    )]
+    KernelGone { release: String },
     #[error("could not look up {package} with apt-cache")]
     Lookup {
         package: String,
@@ -99,6 +103,13 @@ pub struct MinimalPackages {
     pub busybox: Package,
 }
 
+impl MinimalPackages {
+    /// What the root filesystem is made of, as a manifest records it.
+    pub fn installed(&self) -> std::collections::BTreeMap<String, String> {
+        [(self.busybox.name.clone(), self.busybox.version.clone())].into()
+    }
+}
+
 /// The fields of one `apt-cache show` stanza that matter here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Candidate {
@@ -112,40 +123,78 @@ struct Candidate {
 pub fn fetch_minimal(
     runner: &dyn Runner,
     cache_dir: &Path,
+    release: Option<&str>,
     progress: &mut dyn FnMut(String),
 ) -> Result<MinimalPackages, PackageError> {
     // apt-cache reloads every package list on each run (~0.6 s here), so
     // ask for as much as possible at once.
-    let [meta, busybox] = show(runner, [KERNEL_METAPACKAGE, BUSYBOX_PACKAGE])?;
-    let kernel = fetch_kernel_of(runner, cache_dir, &meta, progress)?;
+    let (kernel, busybox) = match release {
+        None => {
+            let [meta, busybox] = show(runner, [KERNEL_METAPACKAGE, BUSYBOX_PACKAGE])?;
+            (kernel_of(runner, &meta)?, busybox)
+        }
+        Some(release) => {
+            let [busybox] = show(runner, [BUSYBOX_PACKAGE])?;
+            (pinned_kernel(runner, release)?, busybox)
+        }
+    };
+    let kernel = fetch_kernel_candidate(runner, cache_dir, kernel, progress)?;
     let busybox = fetch(runner, cache_dir, &busybox, progress)?;
     Ok(MinimalPackages { kernel, busybox })
 }
 
-/// Resolves, downloads (or reuses) and unpacks the cloud kernel alone.
+/// Resolves, downloads (or reuses) and unpacks the cloud kernel alone: the
+/// one of `release` (`6.1.0-56-cloud-amd64`, to rebuild an image as it
+/// was), else the one the metapackage depends on today.
 pub fn fetch_kernel(
     runner: &dyn Runner,
     cache_dir: &Path,
+    release: Option<&str>,
     progress: &mut dyn FnMut(String),
 ) -> Result<KernelPackage, PackageError> {
-    let [meta] = show(runner, [KERNEL_METAPACKAGE])?;
-    fetch_kernel_of(runner, cache_dir, &meta, progress)
+    let kernel = match release {
+        Some(release) => pinned_kernel(runner, release)?,
+        None => {
+            let [meta] = show(runner, [KERNEL_METAPACKAGE])?;
+            kernel_of(runner, &meta)?
+        }
+    };
+    fetch_kernel_candidate(runner, cache_dir, kernel, progress)
 }
 
-/// The kernel package the metapackage `meta` depends on, fetched.
-fn fetch_kernel_of(
-    runner: &dyn Runner,
-    cache_dir: &Path,
-    meta: &Candidate,
-    progress: &mut dyn FnMut(String),
-) -> Result<KernelPackage, PackageError> {
+/// The candidate of the kernel package the metapackage `meta` depends on.
+fn kernel_of(runner: &dyn Runner, meta: &Candidate) -> Result<Candidate, PackageError> {
     let kernel_name =
         kernel_dependency(&meta.depends).ok_or_else(|| PackageError::NoKernelDependency {
             package: KERNEL_METAPACKAGE.to_string(),
             depends: meta.depends.clone(),
         })?;
-    let release = kernel_name.trim_start_matches("linux-image-").to_string();
     let [kernel] = show(runner, [kernel_name.as_str()])?;
+    Ok(kernel)
+}
+
+/// The candidate of `linux-image-<release>`.
+fn pinned_kernel(runner: &dyn Runner, release: &str) -> Result<Candidate, PackageError> {
+    let name = format!("linux-image-{release}");
+    match show(runner, [name.as_str()]) {
+        Ok([kernel]) => Ok(kernel),
+        Err(PackageError::UnknownPackage { .. }) => Err(PackageError::KernelGone {
+            release: release.to_string(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+fn fetch_kernel_candidate(
+    runner: &dyn Runner,
+    cache_dir: &Path,
+    kernel: Candidate,
+    progress: &mut dyn FnMut(String),
+) -> Result<KernelPackage, PackageError> {
+    let release = kernel
+        .package
+        .trim_start_matches("linux-image-")
+        .to_string();
     let package = fetch(runner, cache_dir, &kernel, progress)?;
     Ok(KernelPackage { package, release })
 }
@@ -405,7 +454,7 @@ mod tests {
     fn kernel_package_and_release_come_from_the_metapackage() {
         let cache = tempfile::tempdir().unwrap();
         let runner = fake_apt();
-        let pkgs = fetch_minimal(&runner, cache.path(), &mut |_| {}).unwrap();
+        let pkgs = fetch_minimal(&runner, cache.path(), None, &mut |_| {}).unwrap();
         assert_eq!(pkgs.kernel.release, "6.1.0-56-cloud-amd64");
         assert_eq!(pkgs.kernel.package.name, "linux-image-6.1.0-56-cloud-amd64");
         assert_eq!(
@@ -436,10 +485,10 @@ mod tests {
     #[test]
     fn second_fetch_reuses_the_cache() {
         let cache = tempfile::tempdir().unwrap();
-        fetch_minimal(&fake_apt(), cache.path(), &mut |_| {}).unwrap();
+        fetch_minimal(&fake_apt(), cache.path(), None, &mut |_| {}).unwrap();
         let runner = fake_apt();
         let mut messages = Vec::new();
-        fetch_minimal(&runner, cache.path(), &mut |m| messages.push(m)).unwrap();
+        fetch_minimal(&runner, cache.path(), None, &mut |m| messages.push(m)).unwrap();
         assert!(
             runner
                 .calls()
@@ -469,10 +518,10 @@ mod tests {
     #[test]
     fn unpacked_package_needs_no_deb() {
         let cache = tempfile::tempdir().unwrap();
-        fetch_minimal(&fake_apt(), cache.path(), &mut |_| {}).unwrap();
+        fetch_minimal(&fake_apt(), cache.path(), None, &mut |_| {}).unwrap();
         fs::remove_dir_all(cache.path().join("debs")).unwrap();
         let runner = fake_apt();
-        fetch_minimal(&runner, cache.path(), &mut |_| {}).unwrap();
+        fetch_minimal(&runner, cache.path(), None, &mut |_| {}).unwrap();
         assert!(
             runner
                 .calls()
@@ -487,12 +536,71 @@ mod tests {
     fn kernel_alone_needs_no_busybox() {
         let cache = tempfile::tempdir().unwrap();
         let runner = fake_apt();
-        let kernel = fetch_kernel(&runner, cache.path(), &mut |_| {}).unwrap();
+        let kernel = fetch_kernel(&runner, cache.path(), None, &mut |_| {}).unwrap();
         assert_eq!(kernel.release, "6.1.0-56-cloud-amd64");
         assert!(
             runner.calls().iter().all(|c| !c.contains("busybox")),
             "{:?}",
             runner.calls()
+        );
+    }
+
+    #[test]
+    fn a_pinned_kernel_release_skips_the_metapackage() {
+        let cache = tempfile::tempdir().unwrap();
+        let runner = fake_apt();
+        let kernel = fetch_kernel(
+            &runner,
+            cache.path(),
+            Some("6.1.0-56-cloud-amd64"),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(kernel.release, "6.1.0-56-cloud-amd64");
+        assert!(
+            runner
+                .calls()
+                .iter()
+                .all(|c| !c.contains("linux-image-cloud-amd64")),
+            "{:?}",
+            runner.calls()
+        );
+    }
+
+    #[test]
+    fn a_pinned_kernel_gone_from_the_archive_says_so() {
+        let cache = tempfile::tempdir().unwrap();
+        let runner = FakeRunner::new(|cmd| {
+            Err(CommandError::Failed {
+                program: cmd.program.clone(),
+                code: Some(100),
+                signal: None,
+                stderr_tail: "E: No packages found".into(),
+            })
+        });
+        let err = fetch_minimal(
+            &runner,
+            cache.path(),
+            Some("6.1.0-9-cloud-amd64"),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            PackageError::UnknownPackage { .. } | PackageError::KernelGone { .. }
+        ));
+        let err = fetch_kernel(
+            &runner,
+            cache.path(),
+            Some("6.1.0-9-cloud-amd64"),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "the kernel 6.1.0-9-cloud-amd64 is not offered by the host's apt sources any more"
+            ),
+            "{err}"
         );
     }
 
@@ -507,7 +615,7 @@ mod tests {
                 stderr_tail: "E: No packages found".into(),
             })
         });
-        let err = fetch_minimal(&runner, cache.path(), &mut |_| {}).unwrap_err();
+        let err = fetch_minimal(&runner, cache.path(), None, &mut |_| {}).unwrap_err();
         assert_eq!(
             err.to_string(),
             "apt knows no package linux-image-cloud-amd64: run apt-get update (Debian's main archive must be in the apt sources)"

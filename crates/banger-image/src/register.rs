@@ -184,6 +184,8 @@ pub fn register(
             agent_version: manifest::agent_version(&agent.bytes),
             suite: None,
             packages: Vec::new(),
+            kernel_package: None,
+            installed: Default::default(),
         };
         manifest.save(&dir)?;
         let out = staging.commit()?;

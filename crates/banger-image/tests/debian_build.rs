@@ -10,7 +10,7 @@
 //! test binary as another user). `BANGER_IMAGE_TEST_KEEP=1` keeps the
 //! images built, to look at them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,6 +76,9 @@ fn build(
     cache: &Path,
     out: &Path,
     agent: &Path,
+    opts: &DebianOptions,
+    kernel_release: Option<String>,
+    expect_installed: BTreeMap<String, String>,
 ) -> (Result<Manifest, ImageError>, Vec<BuildEvent>) {
     let params = BuildParams {
         name: "debian".into(),
@@ -83,11 +86,13 @@ fn build(
         agent_bin: agent.to_path_buf(),
         out_dir: out.to_path_buf(),
         runner: Arc::new(SystemRunner),
+        kernel_release,
+        expect_installed,
     };
     let started = Instant::now();
     let mut stage_started = HashMap::new();
     let mut events = Vec::new();
-    let result = build_debian(&params, &DebianOptions::default(), &mut |e| {
+    let result = build_debian(&params, opts, &mut |e| {
         match &e {
             BuildEvent::StageStarted { name, .. } => {
                 stage_started.insert(*name, Instant::now());
@@ -132,7 +137,14 @@ fn debian_image_builds_with_mmdebstrap() {
     let images = work.path().join("images");
     let out = images.join("debian");
 
-    let (result, events) = build(&cache, &out, &agent);
+    let (result, events) = build(
+        &cache,
+        &out,
+        &agent,
+        &DebianOptions::default(),
+        None,
+        BTreeMap::new(),
+    );
     let manifest = match result {
         Err(ImageError::Packages(e @ PackageError::UnknownPackage { .. })) => {
             skip(&e.to_string());
@@ -247,10 +259,53 @@ fn debian_image_builds_with_mmdebstrap() {
     }
     assert!(debugfs(&out.join("work-seed.ext4"), "ls /").contains(".bashrc"));
 
-    // A second build of the same inputs downloads no packages.
-    let (again, events) = build(&cache, &images.join("again"), &agent);
-    let again = again.expect("second debian build");
+    // The manifest records every installed package and the kernel package.
+    assert!(
+        ["git", "openssh-server", "python3", "libc6"]
+            .iter()
+            .all(|p| manifest.installed.contains_key(*p)),
+        "{:?}",
+        manifest.installed.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        manifest
+            .kernel_package
+            .as_deref()
+            .is_some_and(|k| k.starts_with(&format!("linux-image-{release}="))),
+        "{:?}",
+        manifest.kernel_package
+    );
+
+    // A rebuild from the manifest takes the same suite, packages and kernel,
+    // installs the same versions and says so, and downloads no packages.
+    let recipe = Manifest::load_given(&out).unwrap().recipe().unwrap();
+    let opts = DebianOptions {
+        suite: recipe.suite.clone().unwrap(),
+        extra_packages: recipe.packages.clone(),
+    };
+    let (again, events) = build(
+        &cache,
+        &images.join("again"),
+        &agent,
+        &opts,
+        recipe.kernel_release.clone(),
+        recipe.expect_installed.clone(),
+    );
+    let again = again.expect("debian rebuild from the manifest");
     assert_eq!(again.packages, manifest.packages);
+    assert_eq!(again.kernel_package, manifest.kernel_package);
+    assert_eq!(again.installed, manifest.installed);
+    let summary = format!(
+        "all {} packages at the manifest's versions",
+        manifest.installed.len()
+    );
+    assert!(
+        events.iter().any(
+            |e| matches!(e, BuildEvent::StageFinished { name: "debootstrap", detail: Some(d) }
+            if d.contains(&summary))
+        ),
+        "the rebuild reports it matches: {events:?}"
+    );
     let fakeroot = events.iter().any(|e| {
         matches!(e, BuildEvent::StageFinished { name: "debootstrap", detail: Some(d) }
             if d.contains("--mode=fakeroot"))

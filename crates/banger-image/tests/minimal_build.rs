@@ -49,6 +49,8 @@ fn build(
         agent_bin: agent.to_path_buf(),
         out_dir: out.to_path_buf(),
         runner: Arc::new(SystemRunner),
+        kernel_release: None,
+        expect_installed: Default::default(),
     };
     let mut events = Vec::new();
     let result = build_minimal(&params, &mut |e| events.push(e));

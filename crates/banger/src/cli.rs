@@ -205,9 +205,17 @@ pub enum ImageCommand {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Preset to build.
-    #[arg(long, default_value = "minimal")]
+    /// Preset to build: minimal or debian.
+    #[arg(long, default_value = "minimal", conflicts_with = "from_manifest")]
     pub preset: String,
+    /// Build again the image a manifest describes (an image's
+    /// manifest.json or its directory): same preset, suite, packages and
+    /// kernel; reports every package whose version differs.
+    #[arg(long, value_name = "FILE")]
+    pub from_manifest: Option<PathBuf>,
+    /// Debian suite for the debian preset (default: bookworm).
+    #[arg(long, conflicts_with = "from_manifest")]
+    pub suite: Option<String>,
     /// Image name (default: the preset's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -215,7 +223,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub force: bool,
     /// Extra packages to install (the debian preset), comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "from_manifest")]
     pub packages: Vec<String>,
 }
 

@@ -152,17 +152,26 @@ impl<W: Write> Renderer<W> {
                 }
             }
             OperationEvent::StageFinished {
-                name, duration_ms, ..
+                name,
+                duration_ms,
+                detail,
             } => {
                 let (label, bar) = self.take(name);
                 let duration = format_duration_ms(*duration_ms);
+                // What the stage found or made, when it says: "Debian
+                // bookworm by mmdebstrap --mode=unshare, 310 MiB tree…".
+                let detail = detail
+                    .as_deref()
+                    .filter(|d| !d.is_empty())
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
                 match bar {
                     Some(bar) => {
                         bar.set_style(finished_style("green"));
                         bar.set_prefix("✓");
-                        bar.finish_with_message(format!("{label}  {duration}"));
+                        bar.finish_with_message(format!("{label}  {duration}{detail}"));
                     }
-                    None => self.line(&format!("  {label} ... ok ({duration})")),
+                    None => self.line(&format!("  {label} ... ok ({duration}){detail}")),
                 }
             }
             OperationEvent::StageFailed {

@@ -64,7 +64,7 @@ impl Manager {
                 name: Some(vm.image.clone()),
                 preset: vm.image.clone(),
                 force: false,
-                packages: vec![],
+                ..Default::default()
             };
             let name = vm.image.clone();
             self.run_build(op, &name, &req, agent_bin).await?;

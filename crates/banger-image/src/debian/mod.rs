@@ -21,6 +21,7 @@
 
 mod bootstrap;
 mod cache;
+pub mod dpkg;
 mod tarball;
 mod tree;
 
@@ -167,7 +168,8 @@ pub fn build_debian(
     let mut r = Reporter::new(&p.name, report);
 
     let kernel = r.stage(stages::FETCH_KERNEL, |progress| {
-        let kernel = packages::fetch_kernel(runner, &p.cache_dir, progress)?;
+        let kernel =
+            packages::fetch_kernel(runner, &p.cache_dir, p.kernel_release.as_deref(), progress)?;
         let detail = format!("{} {}", kernel.package.name, kernel.package.version);
         Ok((kernel, Some(detail)))
     })?;
@@ -202,18 +204,26 @@ pub fn build_debian(
             tree::install_modules(runner, &tree, &kernel)?;
         }
         tree::prepare(&tree, debootstrap)?;
-        let size = ext4::tree_size(&tree).map_err(|source| DebianError::Tree {
+        let tree_err = |source| DebianError::Tree {
             path: tree.clone(),
             source,
-        })?;
-        let detail = format!(
-            "Debian {} by {}, {} tree, {cached} .debs cached for the next build",
+        };
+        let size = ext4::tree_size(&tree).map_err(tree_err)?;
+        let installed = dpkg::installed(&tree).map_err(tree_err)?;
+        let mut detail = format!(
+            "Debian {} by {}, {} packages, {} tree, {cached} .debs cached for the next build",
             opts.suite,
             plan.installer,
+            installed.len(),
             human_size(size),
         );
-        Ok((owners, Some(detail)))
+        if let Some(summary) = build::drift_summary(p, &installed) {
+            progress(summary.clone());
+            detail = format!("{detail}; {summary}");
+        }
+        Ok(((owners, installed), Some(detail)))
     })?;
+    let (owners, installed) = owners;
 
     r.stage(stages::ROOTFS, |_| {
         let tree_err = |source| DebianError::Tree {
@@ -262,6 +272,11 @@ pub fn build_debian(
         agent_version: manifest::agent_version(&agent.bytes),
         suite: Some(opts.suite.clone()),
         packages,
+        kernel_package: Some(format!(
+            "{}={}",
+            kernel.package.name, kernel.package.version
+        )),
+        installed,
     };
     build::finish(&mut r, staging, prepared.file_name, manifest)
 }

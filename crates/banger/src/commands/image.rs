@@ -18,12 +18,19 @@ pub async fn build(ctx: &Context, args: BuildArgs) -> anyhow::Result<i32> {
     if let Some(name) = &args.name {
         banger_api::validate_image_name(name).map_err(anyhow::Error::msg)?;
     }
+    let from_manifest = args
+        .from_manifest
+        .as_deref()
+        .map(|p| absolute(p, "manifest"))
+        .transpose()?;
     let client = ctx.client().await?;
     let body = BuildImage {
         name: args.name,
         preset: args.preset,
         force: args.force,
         packages: args.packages,
+        suite: args.suite,
+        from_manifest,
     };
     let op: OperationRef = client.post("/v1/images/build", &body).await?;
     progress::follow(&client, &op, Style::for_stderr()).await?;
@@ -105,10 +112,30 @@ pub async fn show(ctx: &Context, name: &str, json: bool) -> anyhow::Result<i32> 
 }
 
 fn image_fields(image: &Image, now: i64) -> String {
-    let mut text = render_fields(&[
+    let mut fields = vec![
         ("name", image.name.clone()),
         ("source", image.source.clone()),
         ("kernel", or_dash(image.kernel_version.as_ref())),
+    ];
+    if let Some(package) = &image.kernel_package {
+        fields.push(("kernel package", package.clone()));
+    }
+    if let Some(suite) = &image.suite {
+        fields.push(("suite", suite.clone()));
+    }
+    if !image.packages.is_empty() {
+        fields.push(("packages", image.packages.join(",")));
+    }
+    if image.installed_packages > 0 {
+        fields.push((
+            "installed",
+            format!(
+                "{} packages (versions in {}/manifest.json; rebuild with image build --from-manifest)",
+                image.installed_packages, image.dir
+            ),
+        ));
+    }
+    fields.extend([
         ("size", format_bytes(image.size_bytes)),
         (
             "created",
@@ -116,6 +143,7 @@ fn image_fields(image: &Image, now: i64) -> String {
         ),
         ("dir", image.dir.clone()),
     ]);
+    let mut text = render_fields(&fields);
     if !image.files.is_empty() {
         text.push_str("files:\n");
         let mut table = Table::new(&["  NAME", "SIZE", "SHA256"]);
@@ -160,6 +188,7 @@ mod tests {
                 size: 30 * 1024 * 1024,
             }],
             size_bytes: 48 * 1024 * 1024,
+            ..Default::default()
         }
     }
 
@@ -181,6 +210,28 @@ mod tests {
     fn image_show_lists_files_with_short_hashes() {
         let text = image_fields(&image(), 0);
         assert!(text.contains("  vmlinux  30M   abababababab\n"), "{text}");
+        assert!(!text.contains("installed"), "{text}");
+    }
+
+    #[test]
+    fn image_show_tells_what_a_debian_image_is_made_of() {
+        let debian = Image {
+            source: "debian".into(),
+            suite: Some("bookworm".into()),
+            packages: vec!["git".into(), "vim".into()],
+            kernel_package: Some("linux-image-6.1.0-31-cloud-amd64=6.1.128-1".into()),
+            installed_packages: 215,
+            ..image()
+        };
+        let text = image_fields(&debian, 0);
+        for want in [
+            "kernel package:  linux-image-6.1.0-31-cloud-amd64=6.1.128-1\n",
+            "suite:           bookworm\n",
+            "packages:        git,vim\n",
+            "installed:       215 packages (versions in /s/images/minimal/manifest.json; rebuild with image build --from-manifest)\n",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
     }
 
     #[test]
