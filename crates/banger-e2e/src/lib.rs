@@ -365,6 +365,49 @@ impl Env {
         self
     }
 
+    /// Asserts `vm ssh VM` runs commands and returns their exit codes.
+    pub fn assert_ssh_works(&self, vm: &str) {
+        let out = self.run(&["vm", "ssh", vm, "--", "git", "--version"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("git version"));
+        let out = self.run(&["vm", "ssh", vm, "--", "sh", "-c", "exit 3"]);
+        assert_eq!(out.status.code(), Some(3), "ssh passes the exit code");
+    }
+
+    /// Serves `body` over HTTP on `guest_port` inside `vm` (python3's
+    /// http.server, detached), then waits until 127.0.0.1:`host_port`
+    /// (where the vm's port is published) answers with it.
+    pub fn assert_published(&self, vm: &str, guest_port: u16, host_port: u16, body: &str) {
+        let serve = format!(
+            "mkdir -p /tmp/www && cd /tmp/www && echo {body} > index.html && (setsid python3 -m http.server {guest_port} >/dev/null 2>&1 &)"
+        );
+        self.ok(&["vm", "exec", vm, "--", "sh", "-c", &serve]);
+        assert!(
+            wait_until(Duration::from_secs(20), || self
+                .http_get(host_port)
+                .is_some_and(|r| r.contains(body))),
+            "127.0.0.1:{host_port} did not reach port {guest_port} of {vm}"
+        );
+    }
+
+    /// An HTTP GET to 127.0.0.1:`port` (inside the namespace, with one).
+    pub fn http_get(&self, port: u16) -> Option<String> {
+        let script = "import urllib.request,sys;print(urllib.request.urlopen('http://127.0.0.1:'+sys.argv[1],timeout=3).read().decode())";
+        let out = self
+            .host_cmd("python3")
+            .args(["-c", script, &port.to_string()])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn daemon_pid(&self) -> Option<u32> {
         let out = self.run(&["daemon", "status", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;

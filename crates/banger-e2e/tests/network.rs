@@ -25,19 +25,6 @@ print(".".join(str(b) for b in r[-4:]) if struct.unpack(">H",r[6:8])[0] else "NX
     (out.status.success() && answer != "NXDOMAIN").then_some(answer)
 }
 
-/// An HTTP GET to 127.0.0.1:port inside the namespace.
-fn http_get(env: &Env, port: u16) -> Option<String> {
-    let script = "import urllib.request,sys;print(urllib.request.urlopen('http://127.0.0.1:'+sys.argv[1],timeout=3).read().decode())";
-    let out = env
-        .host_cmd("python3")
-        .args(["-c", script, &port.to_string()])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn ip_of(env: &Env, name: &str) -> String {
     env.json(&["vm", "show", name, "--json"])["ip"]
         .as_str()
@@ -100,20 +87,7 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         String::from_utf8_lossy(&out.stderr).contains("mmdebstrap"),
         "the image build shows its stages"
     );
-    let out = host.run(&["vm", "ssh", "w2", "--", "git", "--version"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("git version"));
-    assert_eq!(
-        host.run(&["vm", "ssh", "w2", "--", "sh", "-c", "exit 3"])
-            .status
-            .code(),
-        Some(3)
-    );
+    host.assert_ssh_works("w2");
     assert_eq!(
         host.ok(&["vm", "ssh", "w2", "--", "echo", "two words"]),
         "two words\n",
@@ -132,12 +106,7 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         keys.contains("ssh_host_ed25519_key"),
         "host keys are made per vm: {keys}"
     );
-    host.ok(&["vm", "exec", "w2", "--", "sh", "-c", "cd /tmp && echo hello-from-guest > index.html && (setsid python3 -m http.server 8000 >/dev/null 2>&1 &)"]);
-    assert!(
-        wait_until(Duration::from_secs(20), || http_get(&host, port)
-            .is_some_and(|r| r.contains("hello-from-guest"))),
-        "127.0.0.1:{port} did not reach the guest"
-    );
+    host.assert_published("w2", 8000, port, "hello-from-guest");
     let cfg = host.ok(&["vm", "ssh-config", "w2"]);
     assert!(
         cfg.contains("Host w2") && cfg.contains("HostName 127.0.0.1"),
@@ -151,7 +120,7 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
     );
     host.ok(&["vm", "delete", "w2", "island"]);
     assert!(
-        http_get(&host, port).is_none(),
+        host.http_get(port).is_none(),
         "the forward went with the vm"
     );
 

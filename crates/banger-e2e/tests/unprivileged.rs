@@ -97,45 +97,17 @@ fn a_user_without_privileges_builds_the_image_boots_and_sshes_in() {
     let vm = env.json(&["vm", "show", "a", "--json"]);
     assert_eq!(vm["network"], "user", "{vm}");
 
-    let out = env.run(&["vm", "ssh", "a", "--", "git", "--version"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("git version"));
-    assert_eq!(
-        env.run(&["vm", "ssh", "a", "--", "sh", "-c", "exit 4"])
-            .status
-            .code(),
-        Some(4)
-    );
+    env.assert_ssh_works("a");
     // The guest's root user is root inside the guest, whoever runs banger.
     assert_eq!(env.ok(&["vm", "exec", "a", "--", "id", "-u"]), "0\n");
 
-    env.ok(&["vm", "exec", "a", "--", "sh", "-c", "cd /tmp && echo rootless > index.html && (setsid python3 -m http.server 8000 >/dev/null 2>&1 &)"]);
-    let get = || {
-        Command::new("python3")
-            .args([
-                "-c",
-                &format!(
-                    "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=3).read().decode())"
-                ),
-            ])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-    };
-    assert!(
-        wait_until(Duration::from_secs(20), || get()
-            .is_some_and(|b| b.contains("rootless"))),
-        "127.0.0.1:{port} did not reach the guest"
-    );
+    env.assert_published("a", 8000, port, "rootless");
 
     env.ok(&["vm", "delete", "a"]);
-    assert!(get().is_none(), "the published port went with the vm");
+    assert!(
+        env.http_get(port).is_none(),
+        "the published port went with the vm"
+    );
     let left = processes_of(user.uid);
     assert!(
         left.iter().all(|p| p.contains("bangerd")),

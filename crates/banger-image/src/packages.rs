@@ -450,6 +450,18 @@ mod tests {
         })
     }
 
+    /// apt-cache with empty package lists.
+    fn apt_knows_nothing() -> FakeRunner {
+        FakeRunner::new(|cmd| {
+            Err(CommandError::Failed {
+                program: cmd.program.clone(),
+                code: Some(100),
+                signal: None,
+                stderr_tail: "E: No packages found".into(),
+            })
+        })
+    }
+
     #[test]
     fn kernel_package_and_release_come_from_the_metapackage() {
         let cache = tempfile::tempdir().unwrap();
@@ -570,14 +582,7 @@ mod tests {
     #[test]
     fn a_pinned_kernel_gone_from_the_archive_says_so() {
         let cache = tempfile::tempdir().unwrap();
-        let runner = FakeRunner::new(|cmd| {
-            Err(CommandError::Failed {
-                program: cmd.program.clone(),
-                code: Some(100),
-                signal: None,
-                stderr_tail: "E: No packages found".into(),
-            })
-        });
+        let runner = apt_knows_nothing();
         let err = fetch_minimal(
             &runner,
             cache.path(),
@@ -607,14 +612,7 @@ mod tests {
     #[test]
     fn empty_package_lists_say_to_run_apt_get_update() {
         let cache = tempfile::tempdir().unwrap();
-        let runner = FakeRunner::new(|cmd| {
-            Err(CommandError::Failed {
-                program: cmd.program.clone(),
-                code: Some(100),
-                signal: None,
-                stderr_tail: "E: No packages found".into(),
-            })
-        });
+        let runner = apt_knows_nothing();
         let err = fetch_minimal(&runner, cache.path(), None, &mut |_| {}).unwrap_err();
         assert_eq!(
             err.to_string(),
