@@ -331,8 +331,18 @@ impl Env {
 
     /// Runs the CLI and returns its output (whatever the exit code).
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_in(self.root.path(), args)
+    }
+
+    /// [`Env::run`] with `dir` as the working directory (inside a git
+    /// checkout, `vm run` copies it into the guest).
+    pub fn run_in(&self, dir: &Path, args: &[&str]) -> Output {
         let t0 = Instant::now();
-        let out = self.cmd(args).output().expect("run banger");
+        let out = self
+            .cmd(args)
+            .current_dir(dir)
+            .output()
+            .expect("run banger");
         eprintln!(
             "$ banger {} -> {:?} in {:.1}s\n{}",
             args.join(" "),
@@ -345,7 +355,12 @@ impl Env {
 
     /// Runs the CLI, asserts success and returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
+        self.ok_in(self.root.path(), args)
+    }
+
+    /// [`Env::ok`] with `dir` as the working directory.
+    pub fn ok_in(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.run_in(dir, args);
         assert!(
             out.status.success(),
             "banger {} failed: {}",

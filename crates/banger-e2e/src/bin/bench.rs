@@ -170,6 +170,10 @@ fn main() {
     let mut b = Vec::new();
     let mut c = Vec::new();
     let mut d = Vec::new();
+    let mut h = Vec::new();
+    // The headline case: `vm run` in a git checkout (this repository's),
+    // which is copied to /root/repo first.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     for i in 0..runs {
         eprintln!("bench: run {}/{runs}", i + 1);
         a.push(bare_boot(&image, &scratch, accel));
@@ -185,6 +189,9 @@ fn main() {
         env.ok(&["vm", "delete", &name]);
         c.push(timed(|| {
             env.ok(&["vm", "run", "--rm", "--", "true"]);
+        }));
+        h.push(timed(|| {
+            env.ok_in(&repo, &["vm", "run", "--rm", "--", "true"]);
         }));
     }
     // SSH (debian image, user network: no privileges needed, loopback only).
@@ -244,6 +251,22 @@ fn main() {
     println!("{:<48} {:>10.0}", "(b) banger vm create to agent ready", mb);
     println!("{:<48} {:>10.0}", "(c) banger vm run --rm -- true", mc);
     println!("{:<48} {:>10.0}", "(d) banger vm exec NAME -- true", md);
+    let files = Command::new("git")
+        .args(["ls-files", "--cached", "--others", "--exclude-standard"])
+        .current_dir(&repo)
+        .output()
+        .map(|o| {
+            o.stdout
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count()
+        })
+        .unwrap_or(0);
+    println!(
+        "{:<48} {:>10.0}",
+        format!("(h) vm run --rm -- true in a checkout ({files} files)"),
+        median(h)
+    );
     if with_ssh {
         println!(
             "{:<48} {:>10.0}",
