@@ -67,6 +67,11 @@ impl Paths {
         self.runtime_dir.join("bangerd.sock")
     }
 
+    /// The lock that makes one daemon per state dir; it holds the owner's pid.
+    pub fn daemon_lock(&self) -> PathBuf {
+        self.state_dir.join("bangerd.lock")
+    }
+
     /// The daemon's log file (its stderr when the CLI starts it).
     pub fn daemon_log(&self) -> PathBuf {
         self.state_dir.join("bangerd.log")

@@ -308,8 +308,13 @@ fn bad_input_gets_clear_errors_and_distinct_exit_codes() {
         "nothing recorded by failed requests"
     );
 
-    // A malformed config stops the daemon from starting, with the key named.
+    // daemon stop returns once the daemon has exited.
+    let daemon = env.daemon_pid().expect("daemon runs");
     env.ok(&["daemon", "stop"]);
+    assert!(!process_alive(daemon), "daemon stop waits for the exit");
+    assert_eq!(env.run(&["daemon", "status"]).status.code(), Some(1));
+
+    // A malformed config stops the daemon from starting, with the key named.
     std::fs::write(
         env.root.path().join("config/banger/config.toml"),
         "default_cpus = \"many\"\n",

@@ -38,6 +38,19 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// Something accepts connections on the socket but never answers.
+    #[error(
+        "the daemon on {} did not answer within {secs} s: it may be stuck; see its log {}{}",
+        socket.display(),
+        log.display(),
+        pid.map(|p| format!(", or end it with kill {p}")).unwrap_or_default()
+    )]
+    NoAnswer {
+        socket: PathBuf,
+        log: PathBuf,
+        secs: u64,
+        pid: Option<u32>,
+    },
     #[error("cannot connect to the daemon on {}", socket.display())]
     Connect {
         socket: PathBuf,

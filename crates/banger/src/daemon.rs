@@ -24,13 +24,15 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 const LOG_TAIL_LINES: usize = 15;
 
+/// How long a daemon may take to answer `GET /v1/daemon` before it counts
+/// as stuck (it answers from memory, in about a millisecond).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A client on a daemon that answers, started if need be.
 pub async fn connect(paths: &Paths) -> anyhow::Result<Client> {
     let client = Client::new(paths.socket());
-    match client.get::<DaemonStatus>("/v1/daemon").await {
-        Ok(_) => return Ok(client),
-        Err(err) if err.is_not_running() => {}
-        Err(err) => return Err(err.into()),
+    if status(paths, &client).await?.is_some() {
+        return Ok(client);
     }
     let log = paths.daemon_log();
     let mut child = spawn(&daemon_binary(), &log)?;
@@ -123,18 +125,77 @@ fn log_tail(log: &Path) -> String {
     tail.iter().map(|l| format!("\n  {l}")).collect()
 }
 
-/// Whether a daemon answers, without starting one.
-pub async fn status(client: &Client) -> Result<Option<DaemonStatus>, ClientError> {
-    match client.get::<DaemonStatus>("/v1/daemon").await {
-        Ok(status) => Ok(Some(status)),
-        Err(err) if err.is_not_running() => Ok(None),
-        Err(err) => Err(err),
+/// Whether a daemon answers, without starting one; a daemon that takes
+/// the connection and says nothing for [`PROBE_TIMEOUT`] is an error.
+pub async fn status(paths: &Paths, client: &Client) -> Result<Option<DaemonStatus>, ClientError> {
+    status_within(paths, client, PROBE_TIMEOUT).await
+}
+
+async fn status_within(
+    paths: &Paths,
+    client: &Client,
+    timeout: Duration,
+) -> Result<Option<DaemonStatus>, ClientError> {
+    let probe = client.get::<DaemonStatus>("/v1/daemon");
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(status)) => Ok(Some(status)),
+        Ok(Err(err)) if err.is_not_running() => Ok(None),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(ClientError::NoAnswer {
+            socket: client.socket().to_path_buf(),
+            log: paths.daemon_log(),
+            secs: timeout.as_secs(),
+            pid: lock_holder(&paths.daemon_lock()),
+        }),
     }
 }
 
+/// The pid bangerd wrote into its lock file, if it did.
+fn lock_holder(lock: &Path) -> Option<u32> {
+    std::fs::read_to_string(lock).ok()?.trim().parse().ok()
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The layout of an instance rooted at `dir`.
+    pub fn paths_in(dir: &Path) -> Paths {
+        let var = |k: &str| match k {
+            "XDG_CONFIG_HOME" => Some(dir.join("config")),
+            "XDG_STATE_HOME" => Some(dir.join("state")),
+            "XDG_RUNTIME_DIR" => Some(dir.join("run")),
+            "XDG_CACHE_HOME" => Some(dir.join("cache")),
+            _ => None,
+        };
+        Paths::resolve(|k| var(k).map(|p| p.display().to_string()), dir, 1000)
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_never_answers_is_named_with_its_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths_in(dir.path());
+        for d in [&paths.runtime_dir, &paths.state_dir] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(paths.daemon_lock(), "4242\n").unwrap();
+        let listener = tokio::net::UnixListener::bind(paths.socket()).unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream); // accepted, never answered
+            }
+        });
+        let client = Client::new(paths.socket());
+        let err = status_within(&paths, &client, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("did not answer within 0 s"), "{text}");
+        assert!(text.contains("bangerd.log"), "{text}");
+        assert!(text.ends_with("or end it with kill 4242"), "{text}");
+        held.abort();
+    }
 
     #[test]
     fn log_tail_keeps_the_last_lines() {

@@ -44,7 +44,14 @@ async fn run() -> anyhow::Result<()> {
     for dir in [&paths.state_dir, &paths.runtime_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let _lock = take_lock(&paths.state_dir.join("bangerd.lock")).await?;
+    let lock = take_lock(&paths.daemon_lock()).await?;
+    // For a CLI that finds the socket taken but unanswered: whom to kill.
+    {
+        use std::io::Write as _;
+        let _ = lock.set_len(0);
+        let _ = (&lock).write_all(format!("{}\n", std::process::id()).as_bytes());
+    }
+    let _lock = lock;
     let store = Store::open(&paths.state_dir.join("banger.db"))?;
     let engine = Arc::new(QemuEngine {
         binary: config.qemu_bin.clone(),

@@ -1,11 +1,12 @@
 //! `banger daemon status|stop`. Neither starts the daemon: status reports
 //! "not running" (exit 1), stop asks it to shut down and waits until its
-//! socket stops answering.
+//! socket stops answering and its process has exited.
 
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use banger_api::DaemonStatus;
+use banger_api::paths::Paths;
 
 use super::Context;
 use crate::cli::DaemonCommand;
@@ -21,13 +22,13 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 pub async fn run(ctx: &Context, command: DaemonCommand) -> anyhow::Result<i32> {
     let client = Client::new(ctx.paths.socket());
     match command {
-        DaemonCommand::Status(flag) => status(&client, flag.json).await,
-        DaemonCommand::Stop => stop(&client).await,
+        DaemonCommand::Status(flag) => status(&ctx.paths, &client, flag.json).await,
+        DaemonCommand::Stop => stop(&ctx.paths, &client).await,
     }
 }
 
-async fn status(client: &Client, json: bool) -> anyhow::Result<i32> {
-    let Some(status) = daemon::status(client).await? else {
+async fn status(paths: &Paths, client: &Client, json: bool) -> anyhow::Result<i32> {
+    let Some(status) = daemon::status(paths, client).await? else {
         if json {
             let socket = client.socket().display().to_string();
             output::print_json(&serde_json::json!({ "running": false, "socket": socket }))?;
@@ -56,11 +57,11 @@ fn status_fields(status: &DaemonStatus, now: i64) -> String {
     ])
 }
 
-async fn stop(client: &Client) -> anyhow::Result<i32> {
-    if daemon::status(client).await?.is_none() {
+async fn stop(paths: &Paths, client: &Client) -> anyhow::Result<i32> {
+    let Some(running) = daemon::status(paths, client).await? else {
         eprintln!("daemon is not running");
         return Ok(0);
-    }
+    };
     match client.post_empty::<()>("/v1/daemon/shutdown").await {
         Ok(()) => {}
         // It may close the connection as it goes down.
@@ -69,9 +70,10 @@ async fn stop(client: &Client) -> anyhow::Result<i32> {
         Err(err) => return Err(err.into()),
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
-    // Only "nothing listens" means gone: a connection cut mid-answer is
-    // the daemon on its way out, not out yet.
-    while !matches!(daemon::status(client).await, Ok(None)) {
+    // Gone means nothing answers and the process has exited: it stops
+    // listening first, then gives open requests a moment.
+    let exited = || !banger_sys::process::alive_with_arg(running.pid, "bangerd");
+    while !(matches!(daemon::status(paths, client).await, Ok(None)) && exited()) {
         if Instant::now() >= deadline {
             bail!(
                 "the daemon still answers on {} after {} s",
@@ -92,12 +94,10 @@ mod tests {
     #[tokio::test]
     async fn status_of_a_missing_daemon_is_not_running() {
         let dir = tempfile::tempdir().unwrap();
-        let client = Client::new(dir.path().join("bangerd.sock"));
-        assert_eq!(status(&client, false).await.unwrap(), exit::FAILURE);
-        assert!(
-            !dir.path().join("bangerd.sock").exists(),
-            "status must not start a daemon"
-        );
+        let paths = crate::daemon::tests::paths_in(dir.path());
+        let client = Client::new(paths.socket());
+        assert_eq!(status(&paths, &client, false).await.unwrap(), exit::FAILURE);
+        assert!(!paths.socket().exists(), "status must not start a daemon");
     }
 
     #[test]
