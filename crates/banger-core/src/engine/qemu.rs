@@ -314,7 +314,22 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 impl Engine for QemuEngine {
     fn spawn<'a>(&'a self, spec: &'a MachineSpec) -> BoxFuture<'a, Result<Handles, EngineError>> {
-        Box::pin(self.spawn_inner(spec))
+        Box::pin(async move {
+            // A tap made a moment ago can still be held by a child another
+            // thread is forking (until its exec drops close-on-exec files):
+            // QEMU's open then fails with EBUSY. That passes; try once more.
+            match self.spawn_inner(spec).await {
+                Err(EngineError::EarlyExit { log })
+                    if matches!(spec.nic, Some(Nic::Tap { .. }))
+                        && log.contains("Device or resource busy") =>
+                {
+                    tracing::warn!(vm = %spec.name, %log, "tap busy at engine start; retrying");
+                    tokio::time::sleep(banger_sys::net::tap::BUSY_WAIT).await;
+                    self.spawn_inner(spec).await
+                }
+                other => other,
+            }
+        })
     }
 
     fn connect_agent<'a>(

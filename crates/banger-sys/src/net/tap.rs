@@ -23,6 +23,12 @@
 //! ([`TapError::Busy`]); [`crate::net::link::Links::delete`] (`RTM_DELLINK`)
 //! removes it regardless.
 //!
+//! A file closed here can outlive its close for a moment: a child another
+//! thread is forking holds a copy of every descriptor until it execs (and
+//! close-on-exec drops them). Until then the tap still counts as attached
+//! and `TUNSETIFF` answers `EBUSY`, so steps 2 and the deletion's
+//! `TUNSETIFF` retry `EBUSY` for up to [`BUSY_WAIT`].
+//!
 //! Not here: bridge membership and link state ([`crate::net::link`]), the
 //! pool's policy (`banger-core`).
 
@@ -33,6 +39,10 @@ use std::os::fd::AsRawFd;
 use super::{IfNameError, validate_ifname};
 
 const TUN_DEVICE: &str = "/dev/net/tun";
+
+/// How long `EBUSY` may last before the tap counts as really in use: far
+/// longer than any fork-to-exec window.
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Who may open a tap without `CAP_NET_ADMIN` (the kernel's tap owner and
 /// group). `None` leaves that check unset: only privileged openers.
@@ -108,7 +118,7 @@ pub fn create_tap(name: &str, options: &TapOptions) -> Result<(), TapError> {
     let action = "creating";
     let tun = open_tun(action, name)?;
     let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
-    set_iff(&tun, name, flags).map_err(|e| classify(action, name, e))?;
+    attach(&tun, name, flags).map_err(|e| classify(action, name, e))?;
     if let Some(uid) = options.owner {
         ioctl_value(&tun, libc::TUNSETOWNER, uid.into()).map_err(|e| classify(action, name, e))?;
     }
@@ -130,7 +140,7 @@ pub fn delete_tap(name: &str) -> Result<(), TapError> {
     let tun = open_tun(action, name)?;
     // Attaching needs the same type (tap) and queue mode as the device had;
     // IFF_VNET_HDR is per open file and does not matter here.
-    set_iff(&tun, name, libc::IFF_TAP | libc::IFF_NO_PI).map_err(|e| classify(action, name, e))?;
+    attach(&tun, name, libc::IFF_TAP | libc::IFF_NO_PI).map_err(|e| classify(action, name, e))?;
     ioctl_value(&tun, libc::TUNSETPERSIST, 0).map_err(|e| classify(action, name, e))?;
     // The device goes away when its last file closes: this one, here.
     drop(tun);
@@ -171,6 +181,22 @@ struct IfReq {
     name: [libc::c_char; libc::IFNAMSIZ],
     flags: libc::c_short,
     _union_rest: [u8; 22],
+}
+
+/// [`set_iff`], waiting out a transient `EBUSY` (see the module doc).
+fn attach(tun: &File, name: &str, flags: libc::c_int) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_WAIT;
+    loop {
+        match set_iff(tun, name, flags) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn set_iff(tun: &File, name: &str, flags: libc::c_int) -> io::Result<()> {
