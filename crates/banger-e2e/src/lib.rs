@@ -111,16 +111,34 @@ pub fn missing_prerequisite() -> Option<String> {
 
 /// Returns true when the test should be skipped (after saying why).
 pub fn skip() -> bool {
-    match missing_prerequisite() {
-        None => false,
-        Some(why) => {
-            if std::env::var("BANGER_E2E_REQUIRED").is_ok_and(|v| v == "1") {
-                panic!("e2e prerequisite missing and BANGER_E2E_REQUIRED=1: {why}");
-            }
-            eprintln!("SKIPPED: {why}");
-            true
-        }
+    skip_for(missing_prerequisite())
+}
+
+/// Like [`skip`], for a test that also needs root (`why_root` says for
+/// what) and the host tools `tools` (found in PATH or the sbin dirs).
+pub fn skip_unless_root_with(why_root: &str, tools: &[&str]) -> bool {
+    if skip() {
+        return true;
     }
+    if banger_sys::process::euid() != 0 {
+        return skip_for(Some(format!("{why_root} need root")));
+    }
+    let absent = tools
+        .iter()
+        .find(|t| banger_sys::command::which(t).is_none());
+    skip_for(absent.map(|t| format!("{t} is not installed (run the README's setup command)")))
+}
+
+/// Says why and returns true, or fails where CI demands the real thing.
+fn skip_for(why: Option<String>) -> bool {
+    let Some(why) = why else {
+        return false;
+    };
+    if std::env::var("BANGER_E2E_REQUIRED").is_ok_and(|v| v == "1") {
+        panic!("e2e prerequisite missing and BANGER_E2E_REQUIRED=1: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    true
 }
 
 struct Semaphore {

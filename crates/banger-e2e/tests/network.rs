@@ -6,7 +6,7 @@
 //! when there is no route, and a teardown that leaves no tap, nft table,
 //! DNS entry or lease.
 
-use banger_e2e::{Env, boot_permit, skip, wait_until};
+use banger_e2e::{Env, boot_permit, skip_unless_root_with, wait_until};
 use std::time::Duration;
 
 /// A DNS A query to the bridge's dnsmasq from inside the namespace; the
@@ -44,26 +44,11 @@ fn host_taps(env: &Env) -> Vec<String> {
 
 #[test]
 fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
-    if skip() {
+    if skip_unless_root_with(
+        "network namespaces, taps and nftables",
+        &["nft", "dnsmasq", "ssh", "mmdebstrap", "python3"],
+    ) {
         return;
-    }
-    if banger_sys::process::euid() != 0 {
-        assert!(
-            std::env::var("BANGER_E2E_REQUIRED").as_deref() != Ok("1"),
-            "network e2e needs root"
-        );
-        eprintln!("SKIPPED: network namespaces, taps and nftables need root");
-        return;
-    }
-    for tool in ["nft", "dnsmasq", "ssh", "mmdebstrap", "python3"] {
-        if banger_e2e::which(tool).is_none() {
-            assert!(
-                std::env::var("BANGER_E2E_REQUIRED").as_deref() != Ok("1"),
-                "{tool} is missing"
-            );
-            eprintln!("SKIPPED: {tool} is not installed (run the README's setup command)");
-            return;
-        }
     }
     // Part 1, on the host (traffic on 127.0.0.1 only): user mode, no
     // privileges needed. The default image (debian) is built on first use.

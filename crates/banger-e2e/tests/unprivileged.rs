@@ -8,11 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use banger_e2e::{Env, boot_permit, skip, unprivileged_user, wait_until};
-
-fn required() -> bool {
-    std::env::var("BANGER_E2E_REQUIRED").as_deref() == Ok("1")
-}
+use banger_e2e::{Env, boot_permit, skip_unless_root_with, unprivileged_user, wait_until};
 
 /// Processes the account owns, with their command lines.
 fn processes_of(uid: u32) -> Vec<String> {
@@ -33,27 +29,11 @@ fn processes_of(uid: u32) -> Vec<String> {
 
 #[test]
 fn a_user_without_privileges_builds_the_image_boots_and_sshes_in() {
-    if skip() {
+    if skip_unless_root_with(
+        "making the test account (useradd)",
+        &["mmdebstrap", "newuidmap", "ssh", "useradd"],
+    ) {
         return;
-    }
-    if banger_sys::process::euid() != 0 {
-        assert!(
-            !required(),
-            "the rootless e2e test needs root to make its account"
-        );
-        eprintln!("SKIPPED: making the unprivileged test account needs root");
-        return;
-    }
-    for tool in ["mmdebstrap", "newuidmap", "ssh", "useradd"] {
-        let found = banger_e2e::which(tool).is_some()
-            || ["/usr/sbin", "/sbin"]
-                .iter()
-                .any(|d| std::path::Path::new(d).join(tool).is_file());
-        if !found {
-            assert!(!required(), "{tool} is missing");
-            eprintln!("SKIPPED: {tool} is not installed (run the README's setup command)");
-            return;
-        }
     }
     let user = unprivileged_user();
     // No network setting: without privileges the default is user mode.

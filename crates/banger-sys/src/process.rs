@@ -3,7 +3,7 @@
 //! line, send it a signal. Spawning lives with its callers' traits
 //! ([`crate::command`]) or in tokio; this module never forks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use rustix::process::Signal;
 
@@ -11,18 +11,26 @@ pub use rustix::process::Signal;
 /// as live while any of its threads runs: after SIGKILL the leader can show
 /// as a zombie while other threads still hold its files and sockets.
 pub fn alive(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return stat_is_live(&format!("/proc/{pid}/stat"));
-    };
-    tasks.flatten().any(|task| {
-        let stat = task.path().join("stat");
-        stat_is_live(&stat.to_string_lossy())
-    })
+    !live_tasks(pid).is_empty()
 }
 
-/// Whether a `/proc/.../stat` file shows a state other than zombie or dead.
-fn stat_is_live(path: &str) -> bool {
-    match std::fs::read_to_string(path) {
+/// The `/proc` directories of `pid`'s threads that have not exited: under
+/// `/proc/<pid>/task`, or `/proc/<pid>` itself where that is unreadable.
+fn live_tasks(pid: u32) -> Vec<PathBuf> {
+    let leader = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(tasks) = std::fs::read_dir(leader.join("task")) else {
+        return [leader].into_iter().filter(|d| stat_is_live(d)).collect();
+    };
+    tasks
+        .flatten()
+        .map(|t| t.path())
+        .filter(|d| stat_is_live(d))
+        .collect()
+}
+
+/// Whether `<dir>/stat` shows a state other than zombie or dead.
+fn stat_is_live(dir: &Path) -> bool {
+    match std::fs::read_to_string(dir.join("stat")) {
         // The state is the first field after the parenthesised command name.
         Ok(stat) => match stat.rfind(')') {
             Some(i) => !matches!(
@@ -37,7 +45,11 @@ fn stat_is_live(path: &str) -> bool {
 
 /// The argv of `pid`, or `None` when it is gone or unreadable.
 pub fn cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    read_cmdline(&PathBuf::from(format!("/proc/{pid}")))
+}
+
+fn read_cmdline(dir: &Path) -> Option<Vec<String>> {
+    let raw = std::fs::read(dir.join("cmdline")).ok()?;
     if raw.is_empty() {
         return None;
     }
@@ -51,9 +63,12 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
 
 /// True when `pid` is alive and one of its arguments mentions `needle`
 /// (a socket path unique to one VM), so a recycled pid is never mistaken
-/// for a VM's engine.
+/// for a VM's engine. The arguments are read from a live thread: a zombie
+/// leader's own `cmdline` is empty while its other threads still run.
 pub fn alive_with_arg(pid: u32, needle: &str) -> bool {
-    alive(pid) && cmdline(pid).is_some_and(|args| args.iter().any(|a| a.contains(needle)))
+    live_tasks(pid)
+        .iter()
+        .any(|task| read_cmdline(task).is_some_and(|args| args.iter().any(|a| a.contains(needle))))
 }
 
 /// Sends `signal` to `pid`; a pid that is already gone is not an error.
@@ -115,6 +130,36 @@ mod tests {
     fn own_process_is_alive_and_has_a_cmdline() {
         assert!(alive(own_pid()));
         assert!(cmdline(own_pid()).unwrap()[0].contains("banger_sys"));
+    }
+
+    #[test]
+    fn a_process_lives_while_any_thread_runs_though_its_leader_is_a_zombie() {
+        // The main thread exits first; another keeps running for a moment.
+        let script = "import threading,time,ctypes\n\
+            t=threading.Thread(target=time.sleep,args=(1.0,)); t.start()\n\
+            ctypes.CDLL(None).pthread_exit(None)";
+        let Ok(mut child) = std::process::Command::new("python3")
+            .args(["-c", script, "banger-needle"])
+            .spawn()
+        else {
+            eprintln!("SKIPPED: python3 is not installed");
+            return;
+        };
+        let pid = child.id();
+        let leader_zombie = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.rsplit(')').next().unwrap().trim_start().starts_with('Z'))
+        };
+        let t0 = std::time::Instant::now();
+        while !leader_zombie() && t0.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(leader_zombie(), "the leader exited first");
+        assert!(alive(pid), "a thread still runs");
+        assert!(alive_with_arg(pid, "banger-needle"));
+        assert!(!alive_with_arg(pid, "someone-else"));
+        child.wait().unwrap();
+        assert!(!alive(pid));
     }
 
     #[test]
