@@ -20,11 +20,3 @@ pub mod vm;
 
 pub use error::Error;
 pub use manager::Manager;
-
-/// Unix seconds now.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}

@@ -54,7 +54,7 @@ impl Manager {
             bridge: Default::default(),
             locks: Mutex::new(HashMap::new()),
             accel: tokio::sync::Mutex::new(None),
-            started_at: crate::now(),
+            started_at: banger_sys::clock::unix_now(),
         }
     }
 

@@ -212,7 +212,7 @@ impl OpRegistry {
                     state: OperationState::Running,
                     stages: Vec::new(),
                     error: None,
-                    started_at: crate::now(),
+                    started_at: banger_sys::clock::unix_now(),
                     duration_ms: None,
                 },
                 events: Vec::new(),

@@ -126,7 +126,7 @@ pub fn build_minimal(
         kernel_cmdline: String::new(),
         modules: modules.iter().map(|m| m.file_name.clone()).collect(),
         files: Vec::new(),
-        created_at: manifest::now_unix(),
+        created_at: banger_sys::clock::unix_now(),
         agent_version: manifest::agent_version(&agent.bytes),
         suite: None,
         packages: Vec::new(),

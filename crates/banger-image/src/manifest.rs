@@ -340,14 +340,6 @@ pub fn verify(dir: &Path) -> Result<Vec<FileCheck>, ManifestError> {
     Ok(checks)
 }
 
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

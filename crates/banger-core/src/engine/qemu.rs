@@ -220,7 +220,7 @@ impl QemuEngine {
             accel: spec.accel,
             agent_socket: agent,
             control_socket: control,
-            started_at: crate::now(),
+            started_at: banger_sys::clock::unix_now(),
             tap: match &spec.nic {
                 Some(Nic::Tap { ifname, .. }) => Some(ifname.clone()),
                 _ => None,

@@ -128,7 +128,7 @@ impl Manager {
             cpus,
             memory_mib,
             disk_size_mib,
-            created_at: crate::now(),
+            created_at: banger_sys::clock::unix_now(),
             last_error: None,
         })
     }

@@ -14,7 +14,8 @@ use crate::client::Client;
 use crate::daemon;
 use crate::exit;
 use crate::output::{self, render_fields};
-use crate::units::{format_age, unix_now};
+use crate::units::format_age;
+use banger_sys::clock::unix_now;
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_EVERY: Duration = Duration::from_millis(20);

@@ -12,7 +12,8 @@ use crate::cli::{BuildArgs, RegisterArgs};
 use crate::client::path_segment;
 use crate::output::{self, Table, or_dash, render_fields};
 use crate::progress::{self, Style};
-use crate::units::{format_age, format_bytes, unix_now};
+use crate::units::{format_age, format_bytes};
+use banger_sys::clock::unix_now;
 
 pub async fn build(ctx: &Context, args: BuildArgs) -> anyhow::Result<i32> {
     if let Some(name) = &args.name {

@@ -13,7 +13,8 @@ use crate::cli::VmSpec;
 use crate::client::{Client, path_segment};
 use crate::output::{self, Table, or_dash, render_fields};
 use crate::progress::{self, Style};
-use crate::units::{format_age, format_mib, unix_now};
+use crate::units::{format_age, format_mib};
+use banger_sys::clock::unix_now;
 
 /// `vm create`: boots a VM and prints its name on stdout.
 pub async fn create(ctx: &Context, spec: VmSpec) -> anyhow::Result<i32> {
