@@ -164,26 +164,11 @@ mod tests {
             .run(&Cmd::new("dumpe2fs").args(["-h"]).arg(&disk))
             .unwrap()
             .stdout_lossy();
-        let blocks: u64 = out
-            .lines()
-            .find(|l| l.starts_with("Block count:"))
-            .unwrap()
-            .split(':')
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let bsize: u64 = out
-            .lines()
-            .find(|l| l.starts_with("Block size:"))
-            .unwrap()
-            .split(':')
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let field = |name: &str| -> u64 {
+            let line = out.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split(':').nth(1).unwrap().trim().parse().unwrap()
+        };
+        let (blocks, bsize) = (field("Block count:"), field("Block size:"));
         assert_eq!(
             blocks * bsize,
             256 * 1024 * 1024,
