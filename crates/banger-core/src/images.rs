@@ -29,8 +29,10 @@ fn check_preset(preset: &str) -> Result<(), Error> {
 /// A build request resolved: the preset and its inputs, from the flags or
 /// read back from a manifest.
 #[derive(Debug, Clone, PartialEq)]
-struct BuildPlan {
+pub(crate) struct BuildPlan {
     name: String,
+    /// Replace an image of that name.
+    force: bool,
     preset: String,
     suite: String,
     packages: Vec<String>,
@@ -39,11 +41,12 @@ struct BuildPlan {
 }
 
 /// Checks `req` and works out what to build; reads the manifest it names.
-fn plan_build(req: &BuildImage) -> Result<BuildPlan, Error> {
+pub(crate) fn plan_build(req: &BuildImage) -> Result<BuildPlan, Error> {
     let Some(path) = &req.from_manifest else {
         check_preset(&req.preset)?;
         let plan = BuildPlan {
             name: req.name.clone().unwrap_or_else(|| req.preset.clone()),
+            force: req.force,
             preset: req.preset.clone(),
             suite: req
                 .suite
@@ -78,6 +81,7 @@ fn plan_build(req: &BuildImage) -> Result<BuildPlan, Error> {
     let recipe = manifest.recipe().map_err(invalid)?;
     Ok(BuildPlan {
         name: req.name.clone().unwrap_or(manifest.name),
+        force: req.force,
         suite: recipe
             .suite
             .unwrap_or_else(|| banger_image::DebianOptions::default().suite),
@@ -117,9 +121,10 @@ impl Manager {
     }
 
     pub fn build_image(self: &Arc<Self>, req: BuildImage) -> Result<Arc<Op>, Error> {
-        let name = plan_build(&req)?.name;
+        let plan = plan_build(&req)?;
+        let name = plan.name.clone();
         banger_api::validate_image_name(&name).map_err(Error::Invalid)?;
-        if !req.force && self.store.image(&name)?.is_some() {
+        if !plan.force && self.store.image(&name)?.is_some() {
             return Err(Error::Conflict(format!(
                 "image {name:?} already exists: pass --force to rebuild it"
             )));
@@ -128,23 +133,22 @@ impl Manager {
         let op = self.ops.begin(OperationKind::ImageBuild, &name);
         let (this, op2) = (self.clone(), op.clone());
         tokio::spawn(async move {
-            let result = this.run_build(&op2, &name, &req, agent_bin).await;
+            let result = this.run_build(&op2, plan, agent_bin).await;
             op2.finish(&this.store, result.map_err(|e| e.to_api()));
         });
         Ok(op)
     }
 
-    /// Builds preset `req.preset` as image `name` inside operation `op`.
+    /// Builds what `plan` says inside operation `op`.
     pub(crate) async fn run_build(
         &self,
         op: &Arc<Op>,
-        name: &str,
-        req: &BuildImage,
+        plan: BuildPlan,
         agent_bin: PathBuf,
     ) -> Result<(), Error> {
-        let plan = plan_build(req)?;
+        let (name, force) = (plan.name.clone(), plan.force);
         let params = banger_image::BuildParams {
-            name: name.to_string(),
+            name: name.clone(),
             cache_dir: self.paths.cache_dir.clone(),
             agent_bin,
             out_dir: PathBuf::new(),
@@ -165,7 +169,7 @@ impl Manager {
                 _ => banger_image::build_minimal(&params, report),
             }
         };
-        self.install_image(op, name, req.force, build).await
+        self.install_image(op, &name, force, build).await
     }
 
     pub fn register_image(self: &Arc<Self>, req: RegisterImage) -> Result<Arc<Op>, Error> {

@@ -66,8 +66,8 @@ impl Manager {
                 force: false,
                 ..Default::default()
             };
-            let name = vm.image.clone();
-            self.run_build(op, &name, &req, agent_bin).await?;
+            let plan = crate::images::plan_build(&req)?;
+            self.run_build(op, plan, agent_bin).await?;
         }
         drop(guard);
         self.record_new_vm(vm)
