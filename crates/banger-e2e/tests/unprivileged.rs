@@ -30,7 +30,7 @@ fn processes_of(uid: u32) -> Vec<String> {
 #[test]
 fn a_user_without_privileges_builds_the_image_boots_and_sshes_in() {
     if skip_unless_root_with(
-        "making the test account (useradd)",
+        "accounts made with useradd",
         &["mmdebstrap", "newuidmap", "ssh", "useradd"],
     ) {
         return;
