@@ -11,8 +11,9 @@
 //! names the program and carries the last lines of its stderr, and a program
 //! missing from `PATH` says which package provides it.
 //!
-//! Long-lived children that banger supervises (engines, the daemon itself)
-//! are not run through here: see [`crate::process`].
+//! Long-lived or streaming children (engines, the daemon itself, a `tar`
+//! whose output is streamed) are started through [`crate::spawn`], which
+//! takes the same [`Cmd`] and reports the same [`CommandError`].
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -127,6 +128,13 @@ pub enum CommandError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot open {} for the output of {program}", .path.display())]
+    OutputFile {
+        program: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("lost contact with {program} while it ran")]
     Io {
         program: String,
@@ -150,6 +158,7 @@ impl CommandError {
         match self {
             CommandError::NotFound { program, .. }
             | CommandError::Spawn { program, .. }
+            | CommandError::OutputFile { program, .. }
             | CommandError::Io { program, .. }
             | CommandError::Failed { program, .. } => program,
         }
@@ -352,30 +361,37 @@ fn each_line(bytes: &[u8], line: &mut dyn FnMut(&str)) {
 /// Starts `cmd` with stdout and stderr piped, and stdin piped when it has
 /// bytes for it (`/dev/null` otherwise).
 fn spawn(cmd: &Cmd) -> Result<std::process::Child, CommandError> {
-    // Resolve bare names ourselves, so the sbin fallback applies.
+    let mut command = std_command(cmd);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.stdin(if cmd.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    command.spawn().map_err(|source| spawn_error(cmd, source))
+}
+
+/// `cmd` as a `std::process::Command` (program, arguments, working
+/// directory, environment), stdio left to the caller. Bare names are
+/// resolved here, so the sbin fallback of [`search_path`] applies.
+pub(crate) fn std_command(cmd: &Cmd) -> Command {
     let program = if cmd.program.contains('/') {
         None
     } else {
         which(&cmd.program)
     };
     let mut command = Command::new(program.as_deref().unwrap_or(Path::new(&cmd.program)));
-    command
-        .args(&cmd.args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command.stdin(if cmd.stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
+    command.args(&cmd.args);
     if let Some(dir) = &cmd.cwd {
         command.current_dir(dir);
     }
     command.envs(cmd.env.iter().map(|(k, v)| (k, v)));
-    command.spawn().map_err(|source| spawn_error(cmd, source))
+    command
 }
 
-fn spawn_error(cmd: &Cmd, source: io::Error) -> CommandError {
+/// The error for a failed start: [`CommandError::NotFound`] (with its
+/// install hint) when a bare name is missing from the search path.
+pub(crate) fn spawn_error(cmd: &Cmd, source: io::Error) -> CommandError {
     let bare_name = !cmd.program.contains('/');
     if source.kind() == io::ErrorKind::NotFound && bare_name && which(&cmd.program).is_none() {
         return CommandError::not_found(&cmd.program);

@@ -10,3 +10,4 @@ pub mod guest;
 pub mod net;
 pub mod process;
 pub mod pty;
+pub mod spawn;

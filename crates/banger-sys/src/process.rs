@@ -1,7 +1,8 @@
 //! Process inspection and signalling through `/proc` and `kill(2)`: is a pid
 //! alive (zombies count as dead: they hold no resources), what is its command
-//! line, send it a signal. Spawning lives with its callers' traits
-//! ([`crate::command`]) or in tokio; this module never forks.
+//! line, send it a signal. Spawning lives in [`crate::command`] (run to
+//! completion) and [`crate::spawn`] (long-lived or streaming children);
+//! this module never forks.
 
 use std::path::{Path, PathBuf};
 

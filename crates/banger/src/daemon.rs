@@ -11,12 +11,13 @@
 //!    quoting its last lines.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use banger_api::DaemonStatus;
 use banger_api::paths::Paths;
+use banger_sys::command::{Cmd, CommandError};
+use banger_sys::spawn::{Child, SpawnOptions, Spawner};
 
 use crate::client::{Client, ClientError};
 
@@ -29,13 +30,13 @@ const LOG_TAIL_LINES: usize = 15;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client on a daemon that answers, started if need be.
-pub async fn connect(paths: &Paths) -> anyhow::Result<Client> {
+pub async fn connect(paths: &Paths, spawner: &dyn Spawner) -> anyhow::Result<Client> {
     let client = Client::new(paths.socket());
     if status(paths, &client).await?.is_some() {
         return Ok(client);
     }
     let log = paths.daemon_log();
-    let mut child = spawn(&daemon_binary(), &log)?;
+    let mut child = spawn(spawner, &daemon_binary(), &log)?;
     wait_until_up(&client, &mut child, &log).await?;
     Ok(client)
 }
@@ -55,33 +56,32 @@ pub fn daemon_binary() -> PathBuf {
     }
 }
 
-fn spawn(bin: &Path, log: &Path) -> anyhow::Result<Child> {
+fn spawn(spawner: &dyn Spawner, bin: &Path, log: &Path) -> anyhow::Result<Child> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot open the daemon log {}", log.display()))?;
-    let err = out
-        .try_clone()
-        .with_context(|| format!("cannot open the daemon log {}", log.display()))?;
-    std::os::unix::process::CommandExt::process_group(
-        Command::new(bin).stdin(Stdio::null()).stdout(out).stderr(err),
-        0,
+    let cmd = Cmd::new(bin.to_string_lossy());
+    spawner
+        .spawn(&cmd, &SpawnOptions::detached(log))
+        .map_err(|e| match e {
+            CommandError::NotFound { .. } => not_found(bin),
+            CommandError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                not_found(bin)
+            }
+            CommandError::OutputFile { source, .. } => anyhow::Error::new(source)
+                .context(format!("cannot open the daemon log {}", log.display())),
+            CommandError::Spawn { source, .. } => anyhow::Error::new(source)
+                .context(format!("cannot start the daemon {}", bin.display())),
+            other => anyhow::Error::new(other)
+                .context(format!("cannot start the daemon {}", bin.display())),
+        })
+}
+
+fn not_found(bin: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot start the daemon: {} not found; install bangerd next to banger or set BANGER_DAEMON_BIN",
+        bin.display()
     )
-    .spawn()
-    .map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            anyhow::anyhow!(
-                "cannot start the daemon: {} not found; install bangerd next to banger or set BANGER_DAEMON_BIN",
-                bin.display()
-            )
-        } else {
-            anyhow::Error::new(e).context(format!("cannot start the daemon {}", bin.display()))
-        }
-    })
 }
 
 async fn wait_until_up(client: &Client, child: &mut Child, log: &Path) -> anyhow::Result<()> {
@@ -158,6 +158,7 @@ fn lock_holder(lock: &Path) -> Option<u32> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use banger_sys::spawn::{RecordingSpawner, SystemSpawner};
 
     /// The layout of an instance rooted at `dir`.
     pub fn paths_in(dir: &Path) -> Paths {
@@ -221,7 +222,7 @@ pub(crate) mod tests {
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let mut child = spawn(&script, &log).unwrap();
+        let mut child = spawn(&SystemSpawner, &script, &log).unwrap();
         let client = Client::new(dir.path().join("bangerd.sock"));
         let err = wait_until_up(&client, &mut child, &log)
             .await
@@ -230,5 +231,36 @@ pub(crate) mod tests {
         assert!(err.contains("exited"), "{err}");
         assert!(err.contains(&log.display().to_string()), "{err}");
         assert!(err.contains("config.toml: bad key"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_daemon_starts_detached_with_its_output_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("state/bangerd.log");
+        let spawner = RecordingSpawner::new(Cmd::new("true"));
+        let mut child = spawn(&spawner, Path::new("/opt/b/bangerd"), &log).unwrap();
+        child.wait().await.unwrap();
+        let (cmd, opts) = &spawner.spawns()[0];
+        assert_eq!(cmd, &Cmd::new("/opt/b/bangerd"));
+        assert_eq!(opts, &SpawnOptions::detached(&log));
+        assert!(log.exists(), "the log and its directory are created");
+    }
+
+    #[tokio::test]
+    async fn a_missing_daemon_says_where_to_install_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("bangerd.log");
+        for (spawner, bin) in [
+            (&RecordingSpawner::missing() as &dyn Spawner, "bangerd"),
+            (&SystemSpawner, "/nonexistent/bangerd"),
+        ] {
+            let err = spawn(spawner, Path::new(bin), &log).unwrap_err();
+            assert_eq!(
+                format!("{err:#}"),
+                format!(
+                    "cannot start the daemon: {bin} not found; install bangerd next to banger or set BANGER_DAEMON_BIN"
+                )
+            );
+        }
     }
 }

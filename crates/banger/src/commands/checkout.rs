@@ -12,10 +12,10 @@
 
 use anyhow::{Context as _, bail};
 use banger_proto::ExecRequest;
+use banger_sys::command::{Cmd, Runner};
+use banger_sys::spawn::{Child, SpawnOptions, Spawner, Stdio};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::exec::{ExecEnd, session};
@@ -24,6 +24,7 @@ use crate::client::Client;
 /// Where the checkout lands in the guest.
 pub const GUEST_DIR: &str = "/root/repo";
 
+#[derive(Debug, PartialEq)]
 pub struct Checkout {
     pub top: PathBuf,
     /// Paths relative to `top`.
@@ -33,32 +34,32 @@ pub struct Checkout {
 }
 
 /// The git checkout around the current directory, if there is one (and git).
-pub fn find() -> Option<Checkout> {
-    let cwd = std::env::current_dir().ok()?;
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--show-toplevel"])
-        .stderr(Stdio::null())
-        .output()
+pub fn find(runner: &dyn Runner) -> Option<Checkout> {
+    find_from(runner, &std::env::current_dir().ok()?)
+}
+
+fn find_from(runner: &dyn Runner, cwd: &Path) -> Option<Checkout> {
+    let out = runner
+        .run(
+            &Cmd::new("git")
+                .args(["rev-parse", "--show-toplevel"])
+                .cwd(cwd),
+        )
         .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let top = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let list = std::process::Command::new("git")
-        .args([
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-        ])
-        .current_dir(&top)
-        .stderr(Stdio::null())
-        .output()
+    let top = PathBuf::from(out.stdout_lossy().trim());
+    let list = runner
+        .run(
+            &Cmd::new("git")
+                .args([
+                    "ls-files",
+                    "-z",
+                    "--cached",
+                    "--others",
+                    "--exclude-standard",
+                ])
+                .cwd(&top),
+        )
         .ok()?;
-    if !list.status.success() {
-        return None;
-    }
     let files = parse_file_list(&list.stdout, &top);
     let subdir = cwd
         .canonicalize()
@@ -94,31 +95,14 @@ pub fn guest_cwd(subdir: &Path) -> String {
 }
 
 /// Copies the checkout into the VM (replacing an earlier copy).
-pub async fn copy_in(client: &Client, vm: &str, checkout: &Checkout) -> anyhow::Result<()> {
+pub async fn copy_in(
+    client: &Client,
+    spawner: &dyn Spawner,
+    vm: &str,
+    checkout: &Checkout,
+) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let mut tar = tokio::process::Command::new("tar")
-        .args(["--null", "--no-recursion", "-T", "-", "-cf", "-"])
-        .current_dir(&checkout.top)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot run tar to copy the checkout (install tar)")?;
-    let mut list = tar.stdin.take().expect("piped");
-    let names: Vec<u8> = checkout
-        .files
-        .iter()
-        .flat_map(|f| {
-            f.to_string_lossy()
-                .into_owned()
-                .into_bytes()
-                .into_iter()
-                .chain([0])
-        })
-        .collect();
-    let feeder = tokio::spawn(async move {
-        let _ = list.write_all(&names).await;
-    });
+    let mut tar = start_tar(spawner, checkout)?;
     let archive = tar.stdout.take().expect("piped");
     let script =
         format!("rm -rf {GUEST_DIR} && mkdir -p {GUEST_DIR} && tar -x -f - -C {GUEST_DIR}");
@@ -137,7 +121,6 @@ pub async fn copy_in(client: &Client, vm: &str, checkout: &Checkout) -> anyhow::
         control_rx,
     )
     .await?;
-    let _ = feeder.await;
     let status = tar.wait().await?;
     match end {
         ExecEnd::Exited(s) if s.code == 0 && status.success() => {}
@@ -161,9 +144,146 @@ pub async fn copy_in(client: &Client, vm: &str, checkout: &Checkout) -> anyhow::
     Ok(())
 }
 
+/// The host `tar` writing the checkout's files, named on its stdin, as an
+/// archive on its stdout.
+fn start_tar(spawner: &dyn Spawner, checkout: &Checkout) -> anyhow::Result<Child> {
+    let names: Vec<u8> = checkout
+        .files
+        .iter()
+        .flat_map(|f| {
+            f.to_string_lossy()
+                .into_owned()
+                .into_bytes()
+                .into_iter()
+                .chain([0])
+        })
+        .collect();
+    let cmd = Cmd::new("tar")
+        .args(["--null", "--no-recursion", "-T", "-", "-cf", "-"])
+        .cwd(&checkout.top)
+        .stdin(names);
+    let opts = SpawnOptions {
+        stdout: Stdio::Piped,
+        stderr: Stdio::Inherit,
+        ..SpawnOptions::default()
+    };
+    spawner
+        .spawn(&cmd, &opts)
+        .context("cannot run tar to copy the checkout (install tar)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banger_sys::command::{CommandError, Output};
+    use banger_sys::spawn::RecordingSpawner;
+    use std::sync::Mutex;
+    use tokio::io::AsyncReadExt;
+
+    /// Answers `git rev-parse` with `top` (or fails, outside a checkout)
+    /// and `git ls-files` with `listing`; records each call with its cwd.
+    struct FakeGit {
+        top: Option<PathBuf>,
+        listing: &'static [u8],
+        calls: Mutex<Vec<(String, Option<PathBuf>)>>,
+    }
+
+    impl Runner for FakeGit {
+        fn run(&self, cmd: &Cmd) -> Result<Output, CommandError> {
+            let rendered = cmd.to_string();
+            self.calls
+                .lock()
+                .unwrap()
+                .push((rendered.clone(), cmd.cwd.clone()));
+            let Some(top) = &self.top else {
+                return Err(CommandError::Failed {
+                    program: "git".into(),
+                    code: Some(128),
+                    signal: None,
+                    stderr_tail: "fatal: not a git repository".into(),
+                });
+            };
+            let stdout = if rendered.starts_with("git rev-parse") {
+                format!("{}\n", top.display()).into_bytes()
+            } else {
+                self.listing.to_vec()
+            };
+            Ok(Output {
+                stdout,
+                stderr: Vec::new(),
+            })
+        }
+    }
+
+    fn fake_git(top: Option<&Path>, listing: &'static [u8]) -> FakeGit {
+        FakeGit {
+            top: top.map(Path::to_path_buf),
+            listing,
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn a_checkout_is_found_from_a_subdirectory_with_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("src/b.rs"), "b").unwrap();
+        let git = fake_git(Some(dir.path()), b"src/b.rs\0");
+        let found = find_from(&git, &dir.path().join("src")).unwrap();
+        assert_eq!(found.top, dir.path());
+        assert_eq!(found.files, vec![PathBuf::from("src/b.rs")]);
+        assert_eq!(found.subdir, PathBuf::from("src"));
+        let calls = git.calls.lock().unwrap();
+        assert_eq!(
+            calls[1].1.as_deref(),
+            Some(dir.path()),
+            "ls-files runs at the top"
+        );
+    }
+
+    #[test]
+    fn outside_a_checkout_nothing_is_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(find_from(&fake_git(None, b""), dir.path()), None);
+    }
+
+    #[tokio::test]
+    async fn tar_is_told_the_file_names_on_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkout = Checkout {
+            top: dir.path().to_path_buf(),
+            files: vec![PathBuf::from("a.txt"), PathBuf::from("src/b.rs")],
+            subdir: PathBuf::new(),
+        };
+        // `cat` stands in for tar: its "archive" is the list it was given.
+        let spawner = RecordingSpawner::new(Cmd::new("cat"));
+        let mut tar = start_tar(&spawner, &checkout).unwrap();
+        let mut archive = Vec::new();
+        tar.stdout
+            .take()
+            .unwrap()
+            .read_to_end(&mut archive)
+            .await
+            .unwrap();
+        assert_eq!(archive, b"a.txt\0src/b.rs\0");
+        let (cmd, _) = &spawner.spawns()[0];
+        assert_eq!(cmd.to_string(), "tar --null --no-recursion -T - -cf -");
+        assert_eq!(cmd.cwd.as_deref(), Some(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn a_missing_tar_says_to_install_it() {
+        let checkout = Checkout {
+            top: PathBuf::from("/"),
+            files: Vec::new(),
+            subdir: PathBuf::new(),
+        };
+        let err = start_tar(&RecordingSpawner::missing(), &checkout).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "cannot run tar to copy the checkout (install tar): tar not found in PATH: install tar"
+        );
+    }
 
     #[test]
     fn the_file_list_drops_deleted_and_duplicate_paths() {

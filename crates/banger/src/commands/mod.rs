@@ -13,16 +13,23 @@ pub mod vm;
 pub mod vm_run;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use banger_api::paths::Paths;
+use banger_sys::command::{Runner, SystemRunner};
+use banger_sys::spawn::{Spawner, SystemSpawner};
 
 use crate::cli::{Command, ImageCommand, VmCommand};
 use crate::client::Client;
 use crate::exit;
 
-/// What every command needs: where the daemon's files are.
+/// What every command needs: where the daemon's files are, and how to run
+/// the host programs some commands use (`git`, `tar`, `ssh`, `bangerd`),
+/// so tests can substitute them.
 pub struct Context {
     pub paths: Paths,
+    pub runner: Arc<dyn Runner>,
+    pub spawner: Arc<dyn Spawner>,
 }
 
 impl Context {
@@ -34,12 +41,14 @@ impl Context {
             .unwrap_or_else(|| PathBuf::from(if uid == 0 { "/root" } else { "/" }));
         Context {
             paths: Paths::resolve(|k| std::env::var(k).ok(), &home, uid),
+            runner: Arc::new(SystemRunner),
+            spawner: Arc::new(SystemSpawner),
         }
     }
 
     /// A client on a running daemon, started if need be.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        crate::daemon::connect(&self.paths).await
+        crate::daemon::connect(&self.paths, self.spawner.as_ref()).await
     }
 }
 

@@ -7,7 +7,7 @@
 
 use anyhow::Context as _;
 use banger_api::{SshTarget, Vm};
-use std::os::unix::process::CommandExt;
+use banger_sys::command::{Cmd, CommandError};
 use std::path::Path;
 
 use super::Context;
@@ -41,8 +41,14 @@ pub async fn ssh(ctx: &Context, args: crate::cli::SshArgs) -> anyhow::Result<i32
                 .join(" "),
         );
     }
-    let err = std::process::Command::new("ssh").args(&argv).exec();
-    anyhow::bail!("cannot run ssh: {err} (install openssh-client)")
+    match ctx.spawner.exec(&Cmd::new("ssh").args(&argv)) {
+        // The hint already says what to install.
+        err @ CommandError::NotFound { .. } => anyhow::bail!("cannot run ssh: {err}"),
+        CommandError::Spawn { source, .. } => {
+            anyhow::bail!("cannot run ssh: {source} (install openssh-client)")
+        }
+        err => anyhow::bail!("cannot run ssh: {err}"),
+    }
 }
 
 /// Ends the VM's ControlMaster, if any: it would outlive the guest it
@@ -50,13 +56,11 @@ pub async fn ssh(ctx: &Context, args: crate::cli::SshArgs) -> anyhow::Result<i32
 pub fn close_master(ctx: &Context, name: &str) {
     let path = ctx.paths.runtime_dir.join("ssh").join(name);
     if path.exists() {
-        let _ = std::process::Command::new("ssh")
+        let exit = Cmd::new("ssh")
             .args(["-O", "exit", "-o"])
             .arg(format!("ControlPath={}", path.display()))
-            .arg(name)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+            .arg(name);
+        let _ = ctx.runner.run(&exit);
         let _ = std::fs::remove_file(&path);
     }
 }
@@ -212,5 +216,40 @@ mod tests {
             Path::new("/bin/banger"),
         );
         assert!(o.contains(&"ProxyCommand=/bin/banger vm proxy web 2222".to_string()));
+    }
+
+    /// Records each command's rendering; every run succeeds.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    impl banger_sys::command::Runner for Recorder {
+        fn run(&self, cmd: &Cmd) -> Result<banger_sys::command::Output, CommandError> {
+            self.0.lock().unwrap().push(cmd.to_string());
+            Ok(Default::default())
+        }
+    }
+
+    fn context(dir: &Path, runner: std::sync::Arc<Recorder>) -> Context {
+        Context {
+            paths: crate::daemon::tests::paths_in(dir),
+            runner,
+            spawner: std::sync::Arc::new(banger_sys::spawn::RecordingSpawner::missing()),
+        }
+    }
+
+    #[test]
+    fn a_live_control_master_is_told_to_exit_and_its_socket_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = std::sync::Arc::new(Recorder::default());
+        let ctx = context(dir.path(), runner.clone());
+        let master = ctx.paths.runtime_dir.join("ssh/web");
+        std::fs::create_dir_all(master.parent().unwrap()).unwrap();
+        std::fs::write(&master, "").unwrap();
+        close_master(&ctx, "web");
+        let expected = format!("ssh -O exit -o ControlPath={} web", master.display());
+        assert_eq!(*runner.0.lock().unwrap(), vec![expected]);
+        assert!(!master.exists());
+        close_master(&ctx, "web");
+        assert_eq!(runner.0.lock().unwrap().len(), 1, "no master, no ssh");
     }
 }

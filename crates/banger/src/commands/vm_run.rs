@@ -20,7 +20,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     let checkout = if args.no_checkout {
         None
     } else {
-        super::checkout::find()
+        super::checkout::find(ctx.runner.as_ref())
     };
     let name = ensure_vm(&client, &args.spec).await?;
     let mut request = ExecRequest {
@@ -29,7 +29,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         ..Default::default()
     };
     let result = match &checkout {
-        Some(c) => match super::checkout::copy_in(&client, &name, c).await {
+        Some(c) => match super::checkout::copy_in(&client, ctx.spawner.as_ref(), &name, c).await {
             Ok(()) => {
                 request.cwd = Some(super::checkout::guest_cwd(&c.subdir));
                 exec_in_vm(&client, &name, request).await
