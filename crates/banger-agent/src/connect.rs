@@ -1,7 +1,7 @@
 //! The `connect` request on one stream: a TCP connection to a port on the
 //! guest's loopback, spliced onto the stream (how `vm ssh` reaches sshd in
 //! every network mode). Owns that splice; routing the request here is
-//! `session.rs`'s.
+//! `channel.rs`'s.
 //!
 //! How a stream runs after the request frame:
 //!
@@ -15,7 +15,7 @@
 //!    write side), shut down the other side's write half and keep copying
 //!    the other way until that ends too: protocols that half-close (ssh
 //!    sending EOF, `nc -N`) see what they expect.
-//! 4. An error either way (a reset, the host session gone) ends both
+//! 4. An error either way (a reset, the host connection gone) ends both
 //!    directions; dropping the socket closes the connection.
 
 use std::time::Duration;
@@ -42,7 +42,7 @@ where
         Ok(tcp) => tcp,
         Err(e) => {
             let msg = format!("cannot connect to 127.0.0.1:{port} in the guest: {e}");
-            let _ = crate::session::write_error(&mut output, "connect_failed", msg).await;
+            let _ = crate::channel::write_error(&mut output, "connect_failed", msg).await;
             let _ = output.shutdown().await;
             return;
         }

@@ -50,7 +50,7 @@ where
     let child = match spawn::spawn(&req, &agent.exec, agent.reaper) {
         Ok(child) => child,
         Err(e) => {
-            let _ = crate::session::write_error(&mut output, e.code(), chain(&e)).await;
+            let _ = crate::channel::write_error(&mut output, e.code(), chain(&e)).await;
             let _ = output.shutdown().await;
             return;
         }

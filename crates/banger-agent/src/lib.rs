@@ -20,6 +20,7 @@
 use std::sync::Arc;
 
 pub mod boot;
+pub mod channel;
 pub mod connect;
 pub mod console;
 pub mod devices;
@@ -29,13 +30,12 @@ pub mod fdio;
 pub mod net;
 pub mod port;
 pub mod reaper;
-pub mod session;
 pub mod setup;
 pub mod shutdown;
 pub mod spawn;
 pub mod sshd;
 
-pub use session::{Session, SessionError, serve_connection};
+pub use channel::{Channel, ChannelError, serve_connection};
 pub use shutdown::{GuestPower, Power};
 pub use spawn::ExecDefaults;
 

@@ -11,9 +11,10 @@
 //!    `/sys/class/net/*/address` (virtio_net may probe it a little after
 //!    boot): up to [`LINK_TIMEOUT`], looking every [`LINK_POLL`].
 //! 4. Set it up (`RTM_NEWLINK`, `IFF_UP`), add `address` (`RTM_NEWADDR`,
-//!    with the IPv4 broadcast as `ip addr add` sets it), then the default
-//!    route via `gateway` when there is one (`RTM_NEWROUTE`, on-link when
-//!    the gateway is outside the address's subnet).
+//!    with the broadcast as `ip addr add` sets it), then the default route
+//!    via `gateway` when there is one (`RTM_NEWROUTE`, on-link when the
+//!    gateway is outside the address's subnet). The config is IPv4 only, as
+//!    the host's networks are.
 //!
 //! Every step is logged with its duration as `net: ...`; a failure is logged
 //! and skips the steps that need it, never the boot.
@@ -28,15 +29,14 @@
 //! kind (traffic control, neighbours, ...) are not linked into the static
 //! binary.
 
-use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use banger_proto::GuestNetwork;
+use banger_sys::net::{CidrError, Ipv4Cidr};
 use netlink_packet_core::{
     Emitable, ErrorBuffer, ErrorMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
     NLMSG_ALIGNTO, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader, Parseable,
@@ -67,9 +67,12 @@ const NETLINK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("{value:?} is not an address with a prefix length, such as 172.30.0.5/24")]
-    BadCidr { value: String },
-    #[error("gateway {value:?} is not an IP address")]
+    #[error("the guest network's address is not usable")]
+    BadCidr {
+        #[source]
+        source: CidrError,
+    },
+    #[error("gateway {value:?} is not an IPv4 address")]
     BadGateway { value: String },
     #[error(
         "no network link with MAC address {mac} appeared within {timeout:?}: \
@@ -95,70 +98,10 @@ pub enum NetError {
     },
 }
 
-/// An address with its prefix length, `a.b.c.d/nn` (or IPv6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl FromStr for Cidr {
-    type Err = NetError;
-
-    fn from_str(value: &str) -> Result<Self, NetError> {
-        let bad = || NetError::BadCidr {
-            value: value.to_string(),
-        };
-        let (addr, prefix) = value.trim().split_once('/').ok_or_else(bad)?;
-        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-        if !prefix.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return Err(bad());
-        }
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl Cidr {
-    /// Whether `ip` is in this address's subnet.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(a) & mask == u32::from(b) & mask
-            }
-            (IpAddr::V6(a), IpAddr::V6(b)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(a) & mask == u128::from(b) & mask
-            }
-            _ => false,
-        }
-    }
-
-    /// The IPv4 broadcast address, as `ip addr add ... brd +` picks it;
-    /// none for IPv6 and for /31 and /32.
-    pub fn broadcast(&self) -> Option<Ipv4Addr> {
-        match self.addr {
-            IpAddr::V4(a) if self.prefix < 31 => {
-                Some(Ipv4Addr::from(u32::from(a) | (u32::MAX >> self.prefix)))
-            }
-            _ => None,
-        }
-    }
+/// The broadcast address `ip addr add ... brd +` would give `cidr`: none
+/// for /31 (point-to-point, RFC 3021) and /32.
+fn broadcast(cidr: Ipv4Cidr) -> Option<Ipv4Addr> {
+    (cidr.prefix() < 31).then(|| cidr.broadcast())
 }
 
 /// A network link as `/sys/class/net` shows it.
@@ -254,9 +197,9 @@ pub trait Rtnl {
     /// Sets `IFF_UP` on the link.
     fn link_up(&mut self, index: u32) -> io::Result<()>;
     /// Adds (or replaces) an address on the link.
-    fn add_address(&mut self, index: u32, cidr: Cidr) -> io::Result<()>;
+    fn add_address(&mut self, index: u32, cidr: Ipv4Cidr) -> io::Result<()>;
     /// Adds (or replaces) the default route via `gateway` out of the link.
-    fn add_default_route(&mut self, index: u32, gateway: IpAddr, onlink: bool) -> io::Result<()>;
+    fn add_default_route(&mut self, index: u32, gateway: Ipv4Addr, onlink: bool) -> io::Result<()>;
 }
 
 /// Runs steps 1-4 on the live system: `lo` always, the NIC when `network`
@@ -301,9 +244,14 @@ pub fn configure(
     let resolv = step("net: wrote /etc/resolv.conf", || {
         write_resolv_conf(root, net)
     });
-    let cidr: Cidr = logged(net.address.parse())?;
+    let cidr: Ipv4Cidr = logged(
+        net.address
+            .trim()
+            .parse()
+            .map_err(|source| NetError::BadCidr { source }),
+    )?;
     let gateway = match net.gateway.as_deref().map(str::trim) {
-        Some(gw) if !gw.is_empty() => Some(logged(gw.parse::<IpAddr>().map_err(|_| {
+        Some(gw) if !gw.is_empty() => Some(logged(gw.parse::<Ipv4Addr>().map_err(|_| {
             NetError::BadGateway {
                 value: gw.to_string(),
             }
@@ -429,22 +377,23 @@ impl Rtnl for Netlink {
         self.request(RTM_NEWLINK, &msg, 0)
     }
 
-    fn add_address(&mut self, index: u32, cidr: Cidr) -> io::Result<()> {
+    fn add_address(&mut self, index: u32, cidr: Ipv4Cidr) -> io::Result<()> {
+        let addr = IpAddr::V4(cidr.addr());
         let mut msg = AddressMessage::default();
-        msg.header.family = family(cidr.addr);
-        msg.header.prefix_len = cidr.prefix;
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = cidr.prefix();
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(cidr.addr));
-        msg.attributes.push(AddressAttribute::Address(cidr.addr));
-        if let Some(brd) = cidr.broadcast() {
+        msg.attributes.push(AddressAttribute::Local(addr));
+        msg.attributes.push(AddressAttribute::Address(addr));
+        if let Some(brd) = broadcast(cidr) {
             msg.attributes.push(AddressAttribute::Broadcast(brd));
         }
         self.request(RTM_NEWADDR, &msg, NLM_F_CREATE | NLM_F_REPLACE)
     }
 
-    fn add_default_route(&mut self, index: u32, gateway: IpAddr, onlink: bool) -> io::Result<()> {
+    fn add_default_route(&mut self, index: u32, gateway: Ipv4Addr, onlink: bool) -> io::Result<()> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = family(gateway);
+        msg.header.address_family = AddressFamily::Inet;
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         msg.header.protocol = RouteProtocol::Static;
         msg.header.scope = RouteScope::Universe;
@@ -456,13 +405,6 @@ impl Rtnl for Netlink {
             .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
         msg.attributes.push(RouteAttribute::Oif(index));
         self.request(RTM_NEWROUTE, &msg, NLM_F_CREATE | NLM_F_REPLACE)
-    }
-}
-
-fn family(ip: IpAddr) -> AddressFamily {
-    match ip {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
     }
 }
 

@@ -1,12 +1,12 @@
 //! The agent's end of the virtio-serial port, served for the guest's whole
 //! life. Owns opening the port and the reconnect loop; the protocol on it is
-//! `session.rs`'s.
+//! `channel.rs`'s.
 //!
 //! A virtio-serial port reads end of file (and polls `POLLHUP`) while no
 //! host process holds the host side, and `EAGAIN` while one does but sent
-//! nothing. So end of file means "host gone": the session ends (killing the
-//! processes its streams ran), and the loop looks again every [`RETRY`] for
-//! the next host's sync line, forever.
+//! nothing. So end of file means "host gone": the connection ends (killing
+//! the processes its streams ran), and the loop looks again every [`RETRY`]
+//! for the next host's sync line, forever.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -17,9 +17,9 @@ use std::time::Duration;
 use rustix::fs::{Mode, OFlags};
 
 use crate::Agent;
+use crate::channel::Channel;
 use crate::console::{chain, log};
 use crate::fdio::FdStream;
-use crate::session::Session;
 
 /// Pause between looks while no host is connected.
 pub const RETRY: Duration = Duration::from_millis(10);
@@ -37,12 +37,12 @@ pub fn open(path: &Path) -> io::Result<OwnedFd> {
 /// registration with the reactor (a duplicate of `port`), because a
 /// registration that saw a hang-up stays hung up (see `fdio.rs`).
 pub async fn serve_forever(port: OwnedFd, agent: Arc<Agent>) -> ! {
-    let mut session = Session::default();
+    let mut channel = Channel::default();
     loop {
         match port.try_clone().and_then(FdStream::new) {
             Ok(io) => {
-                if let Err(e) = session.serve(io, agent.clone()).await {
-                    log(format_args!("host session ended: {}", chain(&e)));
+                if let Err(e) = channel.serve(io, agent.clone()).await {
+                    log(format_args!("host connection ended: {}", chain(&e)));
                 }
             }
             Err(e) => log(format_args!("cannot watch the agent port: {e}")),

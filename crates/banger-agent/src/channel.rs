@@ -1,8 +1,9 @@
-//! One host connection over any byte stream: the `banger-proto` handshake,
-//! then a yamux session (the agent is the server) whose every inbound stream
-//! carries one request. Owns the handshake, the session loop and routing a
-//! stream to its request; owns no transport (`port.rs` brings the
-//! virtio-serial port, tests a `tokio::io::duplex`).
+//! The agent's end of the host⇄agent channel, over any byte stream: for
+//! each host connection, the `banger-proto` handshake, then yamux (the agent
+//! is the server) with one request on every inbound stream. Owns the
+//! handshake, the yamux loop and routing a stream to its request; owns no
+//! transport (`port.rs` brings the virtio-serial port, tests a
+//! `tokio::io::duplex`).
 //!
 //! 1. Discard bytes until a full `BANGER-SYNC <nonce>` line whose nonce is
 //!    one printable word; anything before the marker on that line is
@@ -11,10 +12,10 @@
 //! 3. Run yamux until the host hangs up or sends something that is not
 //!    yamux. In the second case the host most likely reconnected without the
 //!    agent seeing a hang-up, and its new sync line went into the yamux
-//!    decoder; the last bytes read are handed back ([`Session::tail`]) so the
+//!    decoder; the last bytes read are handed back ([`Channel::tail`]) so the
 //!    next handshake finds that line.
-//! 4. Ending the session drops every stream, which kills the processes they
-//!    run (see `exec.rs`).
+//! 4. Ending the connection drops every stream, which kills the processes
+//!    they run (see `exec.rs`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -37,13 +38,13 @@ const MAX_PENDING: usize = 4096;
 const TAIL: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub enum ChannelError {
     #[error("handshake failed")]
     Handshake {
         #[source]
         source: io::Error,
     },
-    #[error("yamux session failed")]
+    #[error("yamux connection failed")]
     Yamux {
         #[source]
         source: yamux::ConnectionError,
@@ -52,31 +53,32 @@ pub enum SessionError {
 
 /// Serves one host connection on `io` until the host hangs up. Returns
 /// `Ok` on a clean end, including a hang-up before the handshake.
-pub async fn serve_connection<IO>(io: IO, agent: Arc<Agent>) -> Result<(), SessionError>
+pub async fn serve_connection<IO>(io: IO, agent: Arc<Agent>) -> Result<(), ChannelError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    Session::default().serve(io, agent).await
+    Channel::default().serve(io, agent).await
 }
 
-/// State carried from one connection to the next on the same channel.
+/// The agent's end of one channel (such as the port), with what one host
+/// connection on it leaves for the next.
 #[derive(Debug, Default)]
-pub struct Session {
+pub struct Channel {
     /// Bytes to look for the next sync line in before reading more.
     pub tail: Vec<u8>,
 }
 
-impl Session {
+impl Channel {
     /// Like [`serve_connection`], starting from (and afterwards leaving in
-    /// `self.tail`) bytes an earlier session read but did not use.
-    pub async fn serve<IO>(&mut self, mut io: IO, agent: Arc<Agent>) -> Result<(), SessionError>
+    /// `self.tail`) bytes an earlier connection read but did not use.
+    pub async fn serve<IO>(&mut self, mut io: IO, agent: Arc<Agent>) -> Result<(), ChannelError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let pending = std::mem::take(&mut self.tail);
         let Some((nonce, leftover)) = handshake(&mut io, pending)
             .await
-            .map_err(|source| SessionError::Handshake { source })?
+            .map_err(|source| ChannelError::Handshake { source })?
         else {
             return Ok(());
         };
@@ -87,7 +89,7 @@ impl Session {
             io.flush().await
         }
         .await
-        .map_err(|source| SessionError::Handshake { source })?;
+        .map_err(|source| ChannelError::Handshake { source })?;
 
         let recent = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL)));
         let io = Rewind {
@@ -114,7 +116,7 @@ impl Session {
                             .copied()
                             .collect();
                     }
-                    return Err(SessionError::Yamux { source });
+                    return Err(ChannelError::Yamux { source });
                 }
                 None => {
                     crate::console::log(format_args!("host disconnected"));
@@ -237,7 +239,7 @@ async fn handle_stream(stream: yamux::Stream, agent: Arc<Agent>) {
         Request::Shutdown { reboot } => {
             let _ = respond(&mut output, &serde_json::json!({})).await;
             drop(output);
-            // Give the session a moment to put the answer on the wire.
+            // Give the yamux connection a moment to put the answer on the wire.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             let power = agent.power.clone();
             let _ = tokio::task::spawn_blocking(move || power.shutdown(reboot)).await;
@@ -327,5 +329,5 @@ pub async fn write_error<W: AsyncWrite + Unpin>(
 }
 
 #[cfg(test)]
-#[path = "session_tests.rs"]
+#[path = "channel_tests.rs"]
 mod tests;

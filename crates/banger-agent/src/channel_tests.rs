@@ -50,7 +50,7 @@ impl Client {
     }
 }
 
-/// Starts an agent session on one end of a duplex pipe and connects to it,
+/// Starts the agent's channel on one end of a duplex pipe and connects to it,
 /// optionally writing `garbage` before the sync line.
 async fn connect_with(garbage: &[u8], power: Arc<FakePower>) -> Client {
     let (host, guest) = tokio::io::duplex(256 * 1024);
@@ -304,9 +304,9 @@ async fn dropping_the_stream_kills_the_process() {
 }
 
 #[tokio::test]
-async fn ending_the_session_kills_the_processes_of_its_streams() {
+async fn ending_the_connection_kills_the_processes_of_its_streams() {
     let (host, guest) = tokio::io::duplex(64 * 1024);
-    let session = tokio::spawn(serve_connection(guest, agent(Arc::default())));
+    let served = tokio::spawn(serve_connection(guest, agent(Arc::default())));
     let (mut host_rd, mut host_wr) = tokio::io::split(host);
     host_wr
         .write_all(banger_proto::sync_line("x").as_bytes())
@@ -326,7 +326,7 @@ async fn ending_the_session_kills_the_processes_of_its_streams() {
     // The host hangs up: its connection and every stream go away.
     drop(client);
     drop(stream);
-    session.await.unwrap().ok();
+    served.await.unwrap().ok();
     wait_until_gone(pid).await;
 }
 
@@ -406,16 +406,16 @@ async fn a_sync_line_split_across_reads_is_found() {
 }
 
 #[tokio::test]
-async fn a_new_sync_line_inside_a_session_starts_a_new_one() {
+async fn a_new_sync_line_inside_a_connection_starts_a_new_one() {
     let (host, guest) = tokio::io::duplex(64 * 1024);
     let (mut host_rd, mut host_wr) = tokio::io::split(host);
     let server = tokio::spawn(async move {
         let agent = agent(Arc::default());
         let shared = SharedIo(Arc::new(Mutex::new(guest)));
-        let mut session = Session::default();
-        let first = session.serve(shared.clone(), agent.clone()).await;
+        let mut channel = Channel::default();
+        let first = channel.serve(shared.clone(), agent.clone()).await;
         assert!(first.is_err(), "a sync line is not yamux");
-        session.serve(shared, agent).await
+        channel.serve(shared, agent).await
     });
     host_wr
         .write_all(banger_proto::sync_line("first").as_bytes())
@@ -427,7 +427,7 @@ async fn a_new_sync_line_inside_a_session_starts_a_new_one() {
         .write_all(banger_proto::sync_line("second").as_bytes())
         .await
         .unwrap();
-    // As the host does: skip what the dying session sent until our ready line.
+    // As the host does: skip what the dying connection sent until our ready line.
     while !read_line(&mut host_rd)
         .await
         .ends_with("BANGER-READY second 1")
@@ -437,7 +437,7 @@ async fn a_new_sync_line_inside_a_session_starts_a_new_one() {
     server.await.unwrap().unwrap();
 }
 
-/// Reads up to a newline, lossily: bytes of a dying yamux session may come first.
+/// Reads up to a newline, lossily: bytes of a dying yamux connection may come first.
 async fn read_line(r: &mut ReadHalf<DuplexStream>) -> String {
     let mut line = Vec::new();
     loop {
@@ -452,7 +452,7 @@ async fn read_line(r: &mut ReadHalf<DuplexStream>) -> String {
     }
 }
 
-/// One duplex end shared by two sessions in turn, as the port is.
+/// One duplex end shared by two connections in turn, as the port is.
 #[derive(Clone)]
 struct SharedIo(Arc<Mutex<DuplexStream>>);
 
