@@ -26,17 +26,22 @@
 //! | GET | `/v1/operations/{id}/events` | → `text/event-stream` of [`OperationEvent`] (`data: <json>\n\n`), ending after `done` |
 //! | GET | `/v1/doctor` | → [`DoctorReport`] |
 //!
-//! Every error is an [`ApiError`] body with a stable `code`.
+//! Every error is an [`ApiError`] body with a stable [`ErrorCode`].
 
+pub mod error;
+pub mod modes;
 pub mod paths;
+
+pub use error::ErrorCode;
+pub use modes::{EngineKind, NetworkMode, Preset, UnknownWord};
 
 use serde::{Deserialize, Serialize};
 
 /// Error body of every non-2xx answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ApiError {
-    /// Stable code: `not_found`, `conflict`, `invalid`, `busy`, `engine`, `internal`.
-    pub code: String,
+    /// The stable cause, for programs to branch on.
+    pub code: ErrorCode,
     /// A sentence meant for humans, naming the problem and what to do.
     pub message: String,
 }
@@ -90,9 +95,11 @@ pub struct Vm {
     pub last_error: Option<String>,
     /// The VM's own directory on the host (disks, console log).
     pub dir: String,
-    /// `bridge`, `user` or `none`.
     #[serde(default = "default_network")]
-    pub network: String,
+    pub network: NetworkMode,
+    /// The VMM that runs it.
+    #[serde(default = "default_engine")]
+    pub engine: EngineKind,
     /// The guest's address on the bridge (bridge mode).
     #[serde(default)]
     pub ip: Option<String>,
@@ -104,8 +111,12 @@ pub struct Vm {
     pub ports: Vec<PortForward>,
 }
 
-fn default_network() -> String {
-    "none".into()
+fn default_network() -> NetworkMode {
+    NetworkMode::None
+}
+
+fn default_engine() -> EngineKind {
+    EngineKind::Qemu
 }
 
 /// A guest TCP port reachable on the host's loopback.
@@ -142,12 +153,15 @@ pub struct CreateVm {
     pub memory_mib: Option<u64>,
     #[serde(default)]
     pub disk_size_mib: Option<u64>,
-    /// `bridge`, `user` or `none`; the daemon's default when absent.
+    /// The daemon's default when absent.
     #[serde(default)]
-    pub network: Option<String>,
+    pub network: Option<NetworkMode>,
     /// `HOST:GUEST` forwards on 127.0.0.1 (user mode).
     #[serde(default)]
     pub publish: Vec<String>,
+    /// The VMM to run it under; the daemon's default when absent.
+    #[serde(default)]
+    pub engine: Option<EngineKind>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

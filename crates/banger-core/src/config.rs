@@ -169,7 +169,7 @@ impl Config {
                 ),
             ));
         }
-        crate::net::Subnet::parse(&self.bridge_subnet).map_err(|p| ("bridge_subnet", p))?;
+        crate::net::ipam::parse_subnet(&self.bridge_subnet).map_err(|p| ("bridge_subnet", p))?;
         banger_api::validate_vm_name(&self.dns_suffix).map_err(|_| {
             (
                 "dns_suffix",

@@ -1,7 +1,6 @@
-//! Per-VM disks, made without mounting anything:
+//! Per-VM disks besides the root disk (which is the engine's), made without
+//! mounting anything:
 //!
-//! - the system overlay: a qcow2 file over the image's raw, read-only
-//!   `rootfs.ext4` (O(1) in the image's size, ~10 ms);
 //! - the work disk at `/root`: a copy of the image's work seed grown to the
 //!   requested size. Growing (resize2fs) costs a few hundred ms, so the grown
 //!   seed is cached once per size in the image directory and each VM gets a
@@ -14,12 +13,6 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("cannot create the system overlay {path}")]
-    Overlay {
-        path: PathBuf,
-        #[source]
-        source: CommandError,
-    },
     #[error("cannot grow the work seed to {size_mib} MiB")]
     Grow {
         size_mib: u64,
@@ -45,19 +38,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
         path: path.to_owned(),
         source,
     }
-}
-
-/// `qemu-img create -f qcow2 -F raw -b <base> <overlay>`.
-pub fn create_overlay(runner: &dyn Runner, base: &Path, overlay: &Path) -> Result<(), DiskError> {
-    let cmd = Cmd::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(base)
-        .arg(overlay);
-    runner.run(&cmd).map_err(|source| DiskError::Overlay {
-        path: overlay.to_owned(),
-        source,
-    })?;
-    Ok(())
 }
 
 /// The cached copy of `seed` grown to `size_mib`, made on first use.
@@ -173,31 +153,6 @@ mod tests {
             blocks * bsize,
             256 * 1024 * 1024,
             "the filesystem itself was grown"
-        );
-    }
-
-    #[test]
-    fn overlay_is_a_qcow2_over_the_base() {
-        if !have("qemu-img") {
-            eprintln!("skipped: needs qemu-img (qemu-utils)");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("rootfs.ext4");
-        std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
-        let overlay = dir.path().join("root.qcow2");
-        create_overlay(&SystemRunner, &base, &overlay).unwrap();
-        let info = SystemRunner
-            .run(
-                &Cmd::new("qemu-img")
-                    .args(["info", "--output=json"])
-                    .arg(&overlay),
-            )
-            .unwrap()
-            .stdout_lossy();
-        assert!(
-            info.contains("\"format\": \"qcow2\"") && info.contains("rootfs.ext4"),
-            "{info}"
         );
     }
 

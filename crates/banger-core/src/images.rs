@@ -1,30 +1,19 @@
-//! Images as the daemon manages them: build a preset or register user files
-//! (both through `banger_image`, as operations with stages), list, show,
-//! delete. An image is a directory under `<state>/images/<name>` plus a row.
+//! The images service: build a preset or register user files (both through
+//! `banger_image`, as operations with stages), list, show, delete, and the
+//! build-on-first-use of a preset a create asks for. An image is a
+//! directory under `<state>/images/<name>` plus a row.
 
 use crate::error::Error;
-use crate::manager::Manager;
-use crate::ops::Op;
-use crate::store::ImageRecord;
-use banger_api::{BuildImage, Image, OperationKind, RegisterImage};
+use crate::ops::{Op, Operations};
+use crate::store::{ImageRecord, Store};
+use banger_api::paths::Paths;
+use banger_api::{BuildImage, Check, CheckStatus, Image, OperationKind, Preset, RegisterImage};
 use banger_image::{BuildEvent, Manifest};
+use banger_sys::command::Runner;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-/// Presets `image build` knows.
-pub const PRESETS: &[&str] = &["debian", "minimal"];
-
-fn check_preset(preset: &str) -> Result<(), Error> {
-    if PRESETS.contains(&preset) {
-        return Ok(());
-    }
-    Err(Error::Invalid(format!(
-        "unknown preset {preset:?}: known presets are {}",
-        PRESETS.join(", ")
-    )))
-}
 
 /// A build request resolved: the preset and its inputs, from the flags or
 /// read back from a manifest.
@@ -33,7 +22,7 @@ pub(crate) struct BuildPlan {
     name: String,
     /// Replace an image of that name.
     force: bool,
-    preset: String,
+    preset: Preset,
     suite: String,
     packages: Vec<String>,
     kernel_release: Option<String>,
@@ -43,11 +32,11 @@ pub(crate) struct BuildPlan {
 /// Checks `req` and works out what to build; reads the manifest it names.
 pub(crate) fn plan_build(req: &BuildImage) -> Result<BuildPlan, Error> {
     let Some(path) = &req.from_manifest else {
-        check_preset(&req.preset)?;
+        let preset: Preset = req.preset.parse()?;
         let plan = BuildPlan {
-            name: req.name.clone().unwrap_or_else(|| req.preset.clone()),
+            name: req.name.clone().unwrap_or_else(|| preset.to_string()),
             force: req.force,
-            preset: req.preset.clone(),
+            preset,
             suite: req
                 .suite
                 .clone()
@@ -56,53 +45,158 @@ pub(crate) fn plan_build(req: &BuildImage) -> Result<BuildPlan, Error> {
             kernel_release: None,
             expect_installed: Default::default(),
         };
-        if plan.preset != "debian" && (!plan.packages.is_empty() || req.suite.is_some()) {
-            return Err(Error::Invalid(format!(
-                "--packages and --suite are for the debian preset, not {}",
-                plan.preset
-            )));
+        if plan.preset != Preset::Debian && (!plan.packages.is_empty() || req.suite.is_some()) {
+            return Err(Error::invalid(
+                "--packages and --suite",
+                format!("are for the debian preset, not {}", plan.preset),
+            ));
         }
         // Bad package names and suites fail now, not a minute into a build.
         banger_image::debian_package_set(&banger_image::DebianOptions {
             suite: plan.suite.clone(),
             extra_packages: plan.packages.clone(),
-        })
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+        })?;
         return Ok(plan);
     };
     if !req.packages.is_empty() || req.suite.is_some() {
-        return Err(Error::Invalid(
-            "--from-manifest takes the suite and packages from the manifest: drop --suite and --packages"
-                .into(),
+        return Err(Error::invalid(
+            "--from-manifest",
+            "takes the suite and packages from the manifest: drop --suite and --packages",
         ));
     }
-    let invalid = |e: banger_image::ManifestError| Error::Invalid(e.to_string());
-    let manifest = Manifest::load_given(Path::new(path)).map_err(invalid)?;
-    let recipe = manifest.recipe().map_err(invalid)?;
+    let manifest = Manifest::load_given(Path::new(path))?;
+    let recipe = manifest.recipe()?;
     Ok(BuildPlan {
         name: req.name.clone().unwrap_or(manifest.name),
         force: req.force,
         suite: recipe
             .suite
             .unwrap_or_else(|| banger_image::DebianOptions::default().suite),
-        preset: recipe.preset,
+        preset: recipe.preset.parse()?,
         packages: recipe.packages,
         kernel_release: recipe.kernel_release,
         expect_installed: recipe.expect_installed,
     })
 }
 
-impl Manager {
-    pub fn images(&self) -> Result<Vec<Image>, Error> {
+/// The images service.
+pub struct Images {
+    paths: Paths,
+    configured_agent: Option<PathBuf>,
+    store: Arc<Store>,
+    runner: Arc<dyn Runner>,
+    ops: Arc<Operations>,
+    /// One build per image name at a time (a preset built on first use by
+    /// two concurrent creates is built once).
+    building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Images {
+    pub fn new(
+        paths: Paths,
+        configured_agent: Option<PathBuf>,
+        store: Arc<Store>,
+        runner: Arc<dyn Runner>,
+        ops: Arc<Operations>,
+    ) -> Images {
+        Images {
+            paths,
+            configured_agent,
+            store,
+            runner,
+            ops,
+            building: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn images_dir(&self) -> PathBuf {
+        self.paths.state_dir.join("images")
+    }
+
+    fn build_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.building
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn record(&self, name: &str) -> Result<ImageRecord, Error> {
+        self.store
+            .image(name)?
+            .ok_or_else(|| Error::ImageNotFound { name: name.into() })
+    }
+
+    /// What a create naming `image` needs first: nothing when it exists,
+    /// the agent to build it with when it is a preset not built yet.
+    pub fn needs_build(&self, image: &str) -> Result<Option<PathBuf>, Error> {
+        if self.store.image(image)?.is_some() {
+            return Ok(None);
+        }
+        match image.parse::<Preset>() {
+            Ok(_) => Ok(Some(self.agent_bin()?)),
+            Err(_) => Err(Error::ImageNotFound { name: image.into() }),
+        }
+    }
+
+    /// Builds the preset `image` inside `op` unless it exists by now (once,
+    /// even with concurrent creates).
+    pub async fn ensure_preset(
+        &self,
+        op: &Arc<Op>,
+        image: &str,
+        agent_bin: PathBuf,
+    ) -> Result<(), Error> {
+        let lock = self.build_lock(image);
+        let _guard = lock.lock().await;
+        if self.store.image(image)?.is_some() {
+            return Ok(());
+        }
+        let req = BuildImage {
+            name: Some(image.to_string()),
+            preset: image.to_string(),
+            force: false,
+            ..Default::default()
+        };
+        self.run_build(op, plan_build(&req)?, agent_bin).await
+    }
+
+    /// The kernel an image boots.
+    pub fn kernel(&self, image: &ImageRecord) -> Result<PathBuf, Error> {
+        let img = Path::new(&image.dir);
+        [banger_image::layout::VMLINUX, banger_image::layout::BZIMAGE]
+            .iter()
+            .map(|k| img.join(k))
+            .find(|p| p.exists())
+            .ok_or_else(|| Error::Io {
+                context: format!(
+                    "image {:?} has no kernel in {}: rebuild or re-register it",
+                    image.name, image.dir
+                ),
+                source: std::io::ErrorKind::NotFound.into(),
+            })
+    }
+
+    /// Some image's kernel, for probing the accelerator (doctor).
+    pub fn any_kernel(&self) -> Option<PathBuf> {
+        self.store
+            .images()
+            .ok()?
+            .iter()
+            .find_map(|i| self.kernel(i).ok())
+    }
+
+    pub fn list(&self) -> Result<Vec<Image>, Error> {
         Ok(self.store.images()?.into_iter().map(image_view).collect())
     }
 
-    pub fn image(&self, name: &str) -> Result<Image, Error> {
-        Ok(image_view(self.image_record(name)?))
+    pub fn show(&self, name: &str) -> Result<Image, Error> {
+        Ok(image_view(self.record(name)?))
     }
 
-    pub fn delete_image(&self, name: &str) -> Result<(), Error> {
-        let rec = self.image_record(name)?;
+    pub fn delete(&self, name: &str) -> Result<(), Error> {
+        let rec = self.record(name)?;
         self.store.delete_image(name)?;
         std::fs::remove_dir_all(&rec.dir)
             .or_else(ignore_missing)
@@ -112,31 +206,28 @@ impl Manager {
 
     /// The guest agent binary baked into images.
     pub fn agent_bin(&self) -> Result<PathBuf, Error> {
-        find_agent_bin(self.config.agent_bin.as_deref()).ok_or_else(|| {
-            Error::failed(
-                "cannot find the banger-agent binary: set agent_bin in config.toml or BANGER_AGENT_BIN, \
-                 or install it next to bangerd (the README's setup command builds it)",
-            )
-        })
+        find_agent_bin(self.configured_agent.as_deref()).ok_or(Error::AgentBinaryMissing)
     }
 
-    pub fn build_image(self: &Arc<Self>, req: BuildImage) -> Result<Arc<Op>, Error> {
+    pub fn build(self: &Arc<Self>, req: BuildImage) -> Result<Arc<Op>, Error> {
         let plan = plan_build(&req)?;
         let name = plan.name.clone();
-        banger_api::validate_image_name(&name).map_err(Error::Invalid)?;
+        banger_api::validate_image_name(&name).map_err(|p| Error::invalid("--name", p))?;
         if !plan.force && self.store.image(&name)?.is_some() {
-            return Err(Error::Conflict(format!(
-                "image {name:?} already exists: pass --force to rebuild it"
-            )));
+            return Err(Error::ImageExists {
+                name,
+                hint: "pass --force to rebuild it",
+            });
         }
         let agent_bin = self.agent_bin()?;
-        let op = self.ops.begin(OperationKind::ImageBuild, &name);
-        let (this, op2) = (self.clone(), op.clone());
-        tokio::spawn(async move {
-            let result = this.run_build(&op2, plan, agent_bin).await;
-            op2.finish(&this.store, result.map_err(|e| e.to_api()));
-        });
-        Ok(op)
+        let this = self.clone();
+        Ok(self
+            .ops
+            .spawn(OperationKind::ImageBuild, &name, |op| async move {
+                let lock = this.build_lock(&plan.name);
+                let _guard = lock.lock().await;
+                this.run_build(&op, plan, agent_bin).await
+            }))
     }
 
     /// Builds what `plan` says inside operation `op`.
@@ -158,27 +249,27 @@ impl Manager {
         };
         let build = move |out_dir: PathBuf, report: &mut dyn FnMut(BuildEvent)| {
             let params = banger_image::BuildParams { out_dir, ..params };
-            match plan.preset.as_str() {
-                "debian" => {
+            match plan.preset {
+                Preset::Debian => {
                     let opts = banger_image::DebianOptions {
                         suite: plan.suite,
                         extra_packages: plan.packages,
                     };
                     banger_image::build_debian(&params, &opts, report)
                 }
-                _ => banger_image::build_minimal(&params, report),
+                Preset::Minimal => banger_image::build_minimal(&params, report),
             }
         };
         self.install_image(op, &name, force, build).await
     }
 
-    pub fn register_image(self: &Arc<Self>, req: RegisterImage) -> Result<Arc<Op>, Error> {
-        banger_api::validate_image_name(&req.name).map_err(Error::Invalid)?;
+    pub fn register(self: &Arc<Self>, req: RegisterImage) -> Result<Arc<Op>, Error> {
+        banger_api::validate_image_name(&req.name).map_err(|p| Error::invalid("--name", p))?;
         if self.store.image(&req.name)?.is_some() {
-            return Err(Error::Conflict(format!(
-                "image {:?} already exists: delete it first or pick another name",
-                req.name
-            )));
+            return Err(Error::ImageExists {
+                name: req.name,
+                hint: "delete it first or pick another name",
+            });
         }
         for (what, p) in [
             ("--kernel", Some(&req.kernel)),
@@ -189,34 +280,36 @@ impl Manager {
             if let Some(p) = p
                 && (!Path::new(p).is_absolute() || !Path::new(p).exists())
             {
-                return Err(Error::Invalid(format!(
-                    "{what} {p}: no such file (give an absolute path that exists)"
-                )));
+                return Err(Error::invalid(
+                    what,
+                    format!("{p}: no such file (give an absolute path that exists)"),
+                ));
             }
         }
         let agent_bin = self.agent_bin()?;
         let name = req.name.clone();
-        let op = self.ops.begin(OperationKind::ImageRegister, &name);
-        let (this, op2) = (self.clone(), op.clone());
-        tokio::spawn(async move {
-            let runner = this.runner.clone();
-            let build = move |out_dir: PathBuf, report: &mut dyn FnMut(BuildEvent)| {
-                let params = banger_image::RegisterParams {
-                    name: req.name,
-                    kernel: req.kernel.into(),
-                    rootfs: req.rootfs.into(),
-                    initrd: req.initrd.map(Into::into),
-                    modules: req.modules.map(Into::into),
-                    agent_bin,
-                    out_dir,
-                    runner,
+        let this = self.clone();
+        Ok(self.ops.spawn(
+            OperationKind::ImageRegister,
+            &req.name.clone(),
+            |op| async move {
+                let runner = this.runner.clone();
+                let build = move |out_dir: PathBuf, report: &mut dyn FnMut(BuildEvent)| {
+                    let params = banger_image::RegisterParams {
+                        name: req.name,
+                        kernel: req.kernel.into(),
+                        rootfs: req.rootfs.into(),
+                        initrd: req.initrd.map(Into::into),
+                        modules: req.modules.map(Into::into),
+                        agent_bin,
+                        out_dir,
+                        runner,
+                    };
+                    banger_image::register(&params, report)
                 };
-                banger_image::register(&params, report)
-            };
-            let result = this.install_image(&op2, &name, false, build).await;
-            op2.finish(&this.store, result.map_err(|e| e.to_api()));
-        });
-        Ok(op)
+                this.install_image(&op, &name, false, build).await
+            },
+        ))
     }
 
     /// Runs a blocking image builder into a fresh directory and records it;
@@ -265,12 +358,15 @@ impl Manager {
             out
         })
         .await
-        .map_err(|e| Error::failed(format!("image build task panicked: {e}")))?;
+        .map_err(|source| Error::Task {
+            task: "image build",
+            source,
+        })?;
         let manifest = match manifest {
             Ok(m) => m,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&staging);
-                return Err(Error::failed(crate::error::chain(&e)));
+                return Err(e.into());
             }
         };
         let record = ImageRecord {
@@ -283,7 +379,7 @@ impl Manager {
         };
         if force
             && self.store.image(name)?.is_some()
-            && let Err(e) = self.delete_image(name)
+            && let Err(e) = self.delete(name)
         {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
@@ -297,6 +393,70 @@ impl Manager {
             return Err(e.into());
         }
         Ok(())
+    }
+}
+
+impl Images {
+    /// Each image's files against their fingerprints.
+    pub fn checks(&self) -> Vec<Check> {
+        let images = match self.store.images() {
+            Ok(i) => i,
+            Err(e) => {
+                return vec![crate::doctor::check(
+                    "images",
+                    CheckStatus::Fail,
+                    crate::error::chain(&e),
+                    None,
+                )];
+            }
+        };
+        if images.is_empty() {
+            return vec![crate::doctor::check(
+                "images",
+                CheckStatus::Warn,
+                "no images yet",
+                Some("banger image build --preset minimal"),
+            )];
+        }
+        images
+            .into_iter()
+            .map(|img| {
+                let name = format!("image {}", img.name);
+                match banger_image::verify(std::path::Path::new(&img.dir)) {
+                    Ok(files) => {
+                        let bad: Vec<String> = files
+                            .iter()
+                            .filter(|f| !f.is_ok())
+                            .map(|f| f.to_string())
+                            .collect();
+                        if bad.is_empty() {
+                            crate::doctor::check(
+                                &name,
+                                CheckStatus::Pass,
+                                format!("{} files match their sha256 fingerprints", files.len()),
+                                None,
+                            )
+                        } else {
+                            crate::doctor::check(
+                                &name,
+                                CheckStatus::Fail,
+                                bad.join("; "),
+                                Some(&format!(
+                                    "rebuild it: banger image build --force --name {}",
+                                    img.name
+                                )),
+                            )
+                        }
+                    }
+                    Err(e) => crate::doctor::check(
+                        &name,
+                        CheckStatus::Fail,
+                        crate::error::chain(&e),
+                        Some("rebuild or re-register the image"),
+                    ),
+                }
+            })
+            .collect()
     }
 }
 
@@ -413,7 +573,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(plan.name, "dev");
-        assert_eq!(plan.preset, "debian");
+        assert_eq!(plan.preset, Preset::Debian);
         assert_eq!(plan.suite, "trixie");
         assert_eq!(plan.packages, ["git", "vim"]);
         assert_eq!(plan.kernel_release.as_deref(), Some("6.1.0-56-cloud-amd64"));

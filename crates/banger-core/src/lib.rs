@@ -1,22 +1,30 @@
-//! banger's domain: VM lifecycle (one file per operation), the SQLite store,
-//! engines, disks, the agent client, operations with stages, reconcile.
-//! No HTTP here (that is `bangerd`), no kernel calls (that is `banger-sys`).
+//! banger's domain: the VM lifecycle (one file per operation) with its
+//! capability pipeline, the engines behind their trait, images, networking,
+//! operations with stages, the SQLite store and reconcile. Each concern is
+//! a service with private state ([`Services`] wires them); bangerd's
+//! handlers call their APIs. No HTTP here (that is `bangerd`), no kernel
+//! calls (that is `banger-sys`).
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod capability;
 pub mod config;
 pub mod disks;
 pub mod doctor;
 pub mod engine;
 pub mod error;
 pub mod images;
-pub mod manager;
+pub mod layout;
 pub mod net;
 pub mod ops;
+pub mod services;
 pub mod ssh;
 pub mod store;
 pub mod vm;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 pub use error::Error;
-pub use manager::Manager;
+pub use services::{Deps, Services};

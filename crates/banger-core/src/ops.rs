@@ -1,8 +1,10 @@
 //! Operations with stages: every long action (create, start, stop, delete,
 //! image build) runs as an [`Op`] whose stages are timed, logged, kept as
 //! events for late subscribers (the CLI's progress view, the web page) and
-//! saved to the store when the operation ends.
+//! saved to the store when the operation ends. [`Operations`] is the
+//! service that begins them and answers for them, live or finished.
 
+use crate::error::Error;
 use crate::store::Store;
 use banger_api::{ApiError, Operation, OperationEvent, OperationKind, OperationState, Stage};
 use std::collections::HashMap;
@@ -20,6 +22,12 @@ struct OpInner {
     record: Operation,
     events: Vec<OperationEvent>,
     done: bool,
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Op").field("id", &self.id()).finish()
+    }
 }
 
 impl Op {
@@ -45,7 +53,7 @@ impl Op {
     }
 
     /// Runs `fut` as stage `name`, recording its duration and outcome.
-    pub async fn stage<T, E: std::fmt::Display>(
+    pub async fn stage<T, E: std::error::Error + 'static>(
         &self,
         name: &str,
         label: &str,
@@ -53,7 +61,8 @@ impl Op {
     ) -> Result<T, E> {
         let t0 = self.begin_stage(name, label);
         let out = fut.await;
-        self.end_stage(name, t0, out.as_ref().err().map(|e| e.to_string()), None);
+        let error = out.as_ref().err().map(|e| crate::error::chain(e));
+        self.end_stage(name, t0, error, None);
         out
     }
 
@@ -131,7 +140,7 @@ impl Op {
     }
 
     /// Ends the operation, saves it and tells subscribers.
-    pub fn finish(&self, store: &Store, result: Result<(), ApiError>) -> Operation {
+    fn finish(&self, store: &Store, result: Result<(), ApiError>) -> Operation {
         let record = {
             let mut inner = self.lock();
             inner.record.duration_ms = Some(self.started.elapsed().as_millis() as u64);
@@ -191,14 +200,29 @@ impl Op {
     }
 }
 
-/// Operations of this daemon's lifetime, by id (finished ones are also in
-/// the store).
-#[derive(Default)]
-pub struct OpRegistry {
+/// An operation to follow: still running here, or finished (perhaps
+/// before this daemon started).
+pub enum Watch {
+    Live(Arc<Op>),
+    Done(Operation),
+}
+
+/// The operations service: begins operations, finishes them into the
+/// store, and finds them again (this daemon's live ones in memory, a
+/// bounded number of finished ones too, older ones in the store).
+pub struct Operations {
+    store: Arc<Store>,
     ops: Mutex<HashMap<String, Arc<Op>>>,
 }
 
-impl OpRegistry {
+impl Operations {
+    pub fn new(store: Arc<Store>) -> Operations {
+        Operations {
+            store,
+            ops: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn begin(&self, kind: OperationKind, target: &str) -> Arc<Op> {
         let id = format!("op-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let (changed, _) = watch::channel(0);
@@ -229,12 +253,58 @@ impl OpRegistry {
         op
     }
 
-    pub fn get(&self, id: &str) -> Option<Arc<Op>> {
+    /// Ends `op` with `result`, records it, and tells its followers.
+    pub fn finish(&self, op: &Op, result: Result<(), Error>) -> Operation {
+        if let Err(e) = &result {
+            tracing::warn!(op = %op.id(), error = %crate::error::chain(e), "operation failed");
+        }
+        op.finish(&self.store, result.map_err(|e| e.to_api()))
+    }
+
+    /// Runs `work` as the body of a new operation in the background.
+    pub fn spawn<F>(
+        self: &Arc<Self>,
+        kind: OperationKind,
+        target: &str,
+        work: impl FnOnce(Arc<Op>) -> F,
+    ) -> Arc<Op>
+    where
+        F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let op = self.begin(kind, target);
+        let fut = work(op.clone());
+        let (this, op2) = (self.clone(), op.clone());
+        tokio::spawn(async move {
+            let result = fut.await;
+            this.finish(&op2, result);
+        });
+        op
+    }
+
+    fn live(&self, id: &str) -> Option<Arc<Op>> {
         self.ops
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
+    }
+
+    /// The operation's record as it stands.
+    pub fn get(&self, id: &str) -> Result<Operation, Error> {
+        match self.watch(id)? {
+            Watch::Live(op) => Ok(op.snapshot()),
+            Watch::Done(rec) => Ok(rec),
+        }
+    }
+
+    pub fn watch(&self, id: &str) -> Result<Watch, Error> {
+        if let Some(op) = self.live(id) {
+            return Ok(Watch::Live(op));
+        }
+        self.store
+            .operation(id)?
+            .map(Watch::Done)
+            .ok_or_else(|| Error::OperationNotFound { id: id.into() })
     }
 }
 
@@ -244,25 +314,19 @@ mod tests {
 
     #[tokio::test]
     async fn stages_are_timed_recorded_and_replayed() {
-        let reg = OpRegistry::default();
-        let store = Store::open_in_memory().unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let reg = Operations::new(store.clone());
         let op = reg.begin(OperationKind::Create, "web");
-        op.stage("disks", "prepare disks", async { Ok::<_, String>(()) })
+        op.stage("disks", "prepare disks", async { Ok::<_, Error>(()) })
             .await
             .unwrap();
         let err = op
             .stage("boot", "boot", async {
-                Err::<(), _>("no kernel".to_string())
+                Err::<(), _>(Error::Guest("no kernel".into()))
             })
             .await;
         assert!(err.is_err());
-        let rec = op.finish(
-            &store,
-            Err(ApiError {
-                code: "engine".into(),
-                message: "no kernel".into(),
-            }),
-        );
+        let rec = reg.finish(&op, err);
         assert_eq!(rec.state, OperationState::Failed);
         assert_eq!(
             rec.stages
@@ -274,7 +338,10 @@ mod tests {
                 ("boot", OperationState::Failed)
             ]
         );
-        let (events, done) = reg.get(&op.id()).unwrap().events_from(0);
+        let Watch::Live(live) = reg.watch(&op.id()).unwrap() else {
+            panic!("a finished operation of this daemon is still live")
+        };
+        let (events, done) = live.events_from(0);
         assert!(done);
         assert!(matches!(events.last(), Some(OperationEvent::Done { .. })));
         assert_eq!(events.len(), 5);
@@ -283,5 +350,13 @@ mod tests {
             OperationState::Failed
         );
         assert_eq!(op.wait().await.state, OperationState::Failed);
+        assert_eq!(rec.error.unwrap().code, banger_api::ErrorCode::Engine);
+    }
+
+    #[test]
+    fn unknown_operations_are_not_found() {
+        let reg = Operations::new(Arc::new(Store::open_in_memory().unwrap()));
+        let err = reg.get("op-nope").unwrap_err();
+        assert_eq!(err.code(), banger_api::ErrorCode::NotFound);
     }
 }

@@ -26,24 +26,19 @@ pub fn ensure_key(
                             .args(["-q", "-t", "ed25519", "-N", "", "-C", "banger", "-f"])
                             .arg(&key),
                     )
-                    .map_err(|e| {
-                        Error::failed(format!(
-                            "cannot create the ssh key {}: {}",
-                            key.display(),
-                            crate::error::chain(&e)
-                        ))
+                    .map_err(|source| Error::SshKey {
+                        path: key.clone(),
+                        source,
                     })?;
             }
             key
         }
     };
     let public = PathBuf::from(format!("{}.pub", key.display()));
-    let line = std::fs::read_to_string(&public).map_err(|e| {
-        Error::failed(format!(
-            "cannot read the public key {} (ssh_key needs its .pub beside it): {e}",
-            public.display()
-        ))
-    })?;
+    let line = std::fs::read_to_string(&public).map_err(Error::io(format!(
+        "cannot read the public key {} (ssh_key needs its .pub beside it)",
+        public.display()
+    )))?;
     Ok((key, line.trim().to_string()))
 }
 

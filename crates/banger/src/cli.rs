@@ -106,8 +106,8 @@ pub struct VmSpec {
     pub disk_size: Option<u64>,
     /// Network: bridge (address, DNS name, NAT; needs root), user (QEMU NAT,
     /// loopback forwards; no privileges) or none.
-    #[arg(long, value_parser = ["bridge", "user", "none"])]
-    pub network: Option<String>,
+    #[arg(long, value_parser = parse_network)]
+    pub network: Option<banger_api::NetworkMode>,
     /// Forward 127.0.0.1:HOST to guest port GUEST (user network), e.g. 8080:80.
     #[arg(long, value_name = "HOST:GUEST", value_parser = parse_publish)]
     pub publish: Vec<String>,
@@ -259,6 +259,12 @@ fn parse_env(input: &str) -> Result<(String, String), String> {
             "invalid environment variable {input:?}: use KEY=VALUE"
         )),
     }
+}
+
+/// `--network`: one of the network modes, by name.
+fn parse_network(s: &str) -> Result<banger_api::NetworkMode, String> {
+    s.parse()
+        .map_err(|e: banger_api::UnknownWord| e.to_string())
 }
 
 #[cfg(test)]

@@ -92,9 +92,9 @@ impl ClientError {
     }
 
     /// The daemon's stable error code, when it answered with one.
-    pub fn api_code(&self) -> Option<&str> {
+    pub fn api_code(&self) -> Option<banger_api::ErrorCode> {
         match self {
-            ClientError::Api { error, .. } => Some(&error.code),
+            ClientError::Api { error, .. } => Some(error.code),
             _ => None,
         }
     }
@@ -319,7 +319,7 @@ async fn error_from(response: Response<Incoming>) -> ClientError {
         let text = String::from_utf8_lossy(&bytes);
         let text = text.trim();
         ApiError {
-            code: "http".into(),
+            code: banger_api::ErrorCode::Internal,
             message: if text.is_empty() {
                 format!("the daemon answered {status}")
             } else {
@@ -464,7 +464,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "no vm named ghost");
-        assert_eq!(err.api_code(), Some("not_found"));
+        assert_eq!(err.api_code(), Some(banger_api::ErrorCode::NotFound));
     }
 
     #[tokio::test]

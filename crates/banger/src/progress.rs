@@ -324,7 +324,7 @@ mod tests {
         use crate::client::test_server::{json, serve};
         let mut failed = op(OperationKind::Start, OperationState::Failed);
         failed.error = Some(ApiError {
-            code: "engine".into(),
+            code: banger_api::ErrorCode::Engine,
             message: "qemu exited with status 1".into(),
         });
         let body = serde_json::to_value(OperationEvent::Done { operation: failed }).unwrap();

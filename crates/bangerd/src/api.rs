@@ -1,21 +1,51 @@
 //! The `/v1` HTTP API (routes are listed in `banger_api`'s module doc):
-//! thin handlers that call the core [`Manager`] and map its errors to
-//! [`ApiError`] bodies with a status per error code.
+//! thin handlers that call the core's services and map their errors to
+//! [`ApiError`] bodies, with the HTTP status of each [`ErrorCode`] decided
+//! in one place ([`status_of`]).
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use banger_api::{ApiError, BuildImage, CreateVm, DaemonStatus, OperationRef, RegisterImage};
-use banger_core::Manager;
-use banger_core::ops::Op;
+use banger_api::paths::Paths;
+use banger_api::{
+    ApiError, BuildImage, CreateVm, DaemonStatus, ErrorCode, OperationRef, RegisterImage,
+};
+use banger_core::Services;
+use banger_core::doctor::Doctor;
+use banger_core::images::Images;
+use banger_core::ops::{Op, Operations};
+use banger_core::vm::Lifecycle;
 use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub manager: Arc<Manager>,
+    pub vms: Arc<Lifecycle>,
+    pub images: Arc<Images>,
+    pub ops: Arc<Operations>,
+    pub doctor: Arc<Doctor>,
+    pub paths: Paths,
+    pub started_at: i64,
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl AppState {
+    pub fn new(
+        services: &Services,
+        paths: Paths,
+        shutdown: tokio::sync::watch::Sender<bool>,
+    ) -> AppState {
+        AppState {
+            vms: services.vms.clone(),
+            images: services.images.clone(),
+            ops: services.ops.clone(),
+            doctor: services.doctor.clone(),
+            paths,
+            started_at: banger_sys::clock::unix_now(),
+            shutdown: Arc::new(shutdown),
+        }
+    }
 }
 
 pub fn app(state: AppState) -> Router {
@@ -53,22 +83,27 @@ impl From<banger_core::Error> for HttpError {
     }
 }
 
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let status = match self.0.code.as_str() {
-            "not_found" => StatusCode::NOT_FOUND,
-            "invalid" => StatusCode::BAD_REQUEST,
-            "conflict" => StatusCode::CONFLICT,
-            "engine" => StatusCode::BAD_GATEWAY,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (status, Json(self.0)).into_response()
+/// The HTTP status of each error code: the one place it is decided.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Invalid => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Engine => StatusCode::BAD_GATEWAY,
+        ErrorCode::Host | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-pub fn error(code: &str, message: impl Into<String>) -> HttpError {
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (status_of(self.0.code), Json(self.0)).into_response()
+    }
+}
+
+pub fn error(code: ErrorCode, message: impl Into<String>) -> HttpError {
     HttpError(ApiError {
-        code: code.into(),
+        code,
         message: message.into(),
     })
 }
@@ -80,14 +115,13 @@ fn accepted(op: Arc<Op>) -> Response {
 }
 
 async fn daemon_status(State(s): State<AppState>) -> Json<DaemonStatus> {
-    let m = &s.manager;
     Json(DaemonStatus {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").into(),
-        socket: m.paths.socket().display().to_string(),
-        state_dir: m.paths.state_dir.display().to_string(),
-        started_at: m.started_at,
-        vms_running: m.handles.len(),
+        socket: s.paths.socket().display().to_string(),
+        state_dir: s.paths.state_dir.display().to_string(),
+        started_at: s.started_at,
+        vms_running: s.vms.running_count(),
     })
 }
 
@@ -97,47 +131,43 @@ async fn daemon_shutdown(State(s): State<AppState>) -> StatusCode {
 }
 
 async fn list_vms(State(s): State<AppState>) -> ApiResult<Json<Vec<banger_api::Vm>>> {
-    let m = &s.manager;
-    Ok(Json(
-        m.store
-            .vms()
-            .map_err(banger_core::Error::from)?
-            .into_iter()
-            .map(|v| m.view(v))
-            .collect(),
-    ))
+    Ok(Json(s.vms.list()?))
 }
 
 async fn show_vm(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<banger_api::Vm>> {
-    Ok(Json(s.manager.view(s.manager.vm_record(&name)?)))
+    Ok(Json(s.vms.show(&name)?))
 }
 
 async fn create_vm(
     State(s): State<AppState>,
     body: Result<Json<CreateVm>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(req) =
-        body.map_err(|e| error("invalid", format!("bad create request: {}", e.body_text())))?;
-    Ok(accepted(s.manager.create(req)?))
+    let Json(req) = body.map_err(|e| {
+        error(
+            ErrorCode::Invalid,
+            format!("bad create request: {}", e.body_text()),
+        )
+    })?;
+    Ok(accepted(s.vms.create(req)?))
 }
 
 async fn delete_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    Ok(accepted(s.manager.delete(&name)?))
+    Ok(accepted(s.vms.delete(&name)?))
 }
 
 async fn start_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    Ok(accepted(s.manager.start(&name)?))
+    Ok(accepted(s.vms.start(&name)?))
 }
 
 async fn stop_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    Ok(accepted(s.manager.stop(&name)?))
+    Ok(accepted(s.vms.stop(&name)?))
 }
 
 async fn restart_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    Ok(accepted(s.manager.restart(&name)?))
+    Ok(accepted(s.vms.restart(&name)?))
 }
 
 async fn ssh_target(
@@ -145,7 +175,7 @@ async fn ssh_target(
     Path(name): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Json<banger_api::SshTarget>> {
-    Ok(Json(s.manager.ssh_target(&name, q.wait).await?))
+    Ok(Json(s.vms.ssh_target(&name, q.wait).await?))
 }
 
 #[derive(serde::Deserialize)]
@@ -155,21 +185,21 @@ pub struct WaitQuery {
 }
 
 async fn list_images(State(s): State<AppState>) -> ApiResult<Json<Vec<banger_api::Image>>> {
-    Ok(Json(s.manager.images()?))
+    Ok(Json(s.images.list()?))
 }
 
 async fn show_image(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<banger_api::Image>> {
-    Ok(Json(s.manager.image(&name)?))
+    Ok(Json(s.images.show(&name)?))
 }
 
 async fn delete_image(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    s.manager.delete_image(&name)?;
+    s.images.delete(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -177,9 +207,13 @@ async fn build_image(
     State(s): State<AppState>,
     body: Result<Json<BuildImage>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(req) =
-        body.map_err(|e| error("invalid", format!("bad build request: {}", e.body_text())))?;
-    Ok(accepted(s.manager.build_image(req)?))
+    let Json(req) = body.map_err(|e| {
+        error(
+            ErrorCode::Invalid,
+            format!("bad build request: {}", e.body_text()),
+        )
+    })?;
+    Ok(accepted(s.images.build(req)?))
 }
 
 async fn register_image(
@@ -188,33 +222,22 @@ async fn register_image(
 ) -> ApiResult<Response> {
     let Json(req) = body.map_err(|e| {
         error(
-            "invalid",
+            ErrorCode::Invalid,
             format!("bad register request: {}", e.body_text()),
         )
     })?;
-    Ok(accepted(s.manager.register_image(req)?))
+    Ok(accepted(s.images.register(req)?))
 }
 
 async fn show_operation(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<banger_api::Operation>> {
-    if let Some(op) = s.manager.ops.get(&id) {
-        return Ok(Json(op.snapshot()));
-    }
-    match s
-        .manager
-        .store
-        .operation(&id)
-        .map_err(banger_core::Error::from)?
-    {
-        Some(op) => Ok(Json(op)),
-        None => Err(error("not_found", format!("no operation {id:?}"))),
-    }
+    Ok(Json(s.ops.get(&id)?))
 }
 
 async fn doctor(State(s): State<AppState>) -> Json<banger_api::DoctorReport> {
-    Json(s.manager.doctor().await)
+    Json(s.doctor.report().await)
 }
 
 #[derive(serde::Deserialize)]
@@ -242,21 +265,11 @@ mod tests {
         };
         std::fs::create_dir_all(&paths.state_dir).unwrap();
         let store = banger_core::store::Store::open(&paths.state_dir.join("banger.db")).unwrap();
-        let engine = Arc::new(banger_core::engine::qemu::QemuEngine {
-            binary: "qemu-system-x86_64".into(),
-        });
-        let manager = Arc::new(Manager::new(
-            paths,
-            banger_core::config::Config::default(),
-            store,
-            engine,
-            Arc::new(banger_sys::command::SystemRunner),
-        ));
+        let config = banger_core::config::Config::default();
+        let deps = banger_core::Deps::system(&config, &paths).unwrap();
+        let services = Services::new(paths.clone(), config, store, deps).unwrap();
         let (tx, _rx) = tokio::sync::watch::channel(false);
-        app(AppState {
-            manager,
-            shutdown: Arc::new(tx),
-        })
+        app(AppState::new(&services, paths, tx))
     }
 
     async fn call(
@@ -338,7 +351,7 @@ mod tests {
             body["message"]
                 .as_str()
                 .unwrap()
-                .contains("debian, minimal"),
+                .contains("debian or minimal"),
             "{body}"
         );
     }

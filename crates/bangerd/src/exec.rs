@@ -9,6 +9,7 @@ use crate::api::{AppState, HttpError, error};
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use banger_api::ErrorCode;
 use banger_proto::{ExecRequest, Request as AgentRequest};
 use hyper_util::rt::TokioIo;
 
@@ -19,19 +20,19 @@ pub async fn exec(
 ) -> Result<Response, HttpError> {
     let raw = req.headers().get(banger_api::EXEC_HEADER).ok_or_else(|| {
         error(
-            "invalid",
+            ErrorCode::Invalid,
             format!("exec needs the {} header", banger_api::EXEC_HEADER),
         )
     })?;
     let exec: ExecRequest = serde_json::from_slice(raw.as_bytes())
-        .map_err(|e| error("invalid", format!("bad exec request: {e}")))?;
+        .map_err(|e| error(ErrorCode::Invalid, format!("bad exec request: {e}")))?;
     if exec.argv.is_empty() {
         return Err(error(
-            "invalid",
+            ErrorCode::Invalid,
             "exec needs a command: banger vm exec NAME -- CMD...",
         ));
     }
-    let agent = s.manager.agent(&name).await?;
+    let agent = s.vms.agent(&name).await?;
     let stream = agent
         .request(AgentRequest::Exec(exec))
         .await
@@ -84,19 +85,20 @@ pub async fn connect(
     axum::extract::Query(q): axum::extract::Query<PortQuery>,
     mut req: Request,
 ) -> Result<Response, HttpError> {
-    let agent = s.manager.agent(&name).await?;
+    let agent = s.vms.agent(&name).await?;
     let mut stream = agent
         .request(AgentRequest::Connect { port: q.port })
         .await
         .map_err(banger_core::Error::from)?;
     let first = banger_proto::read_frame(&mut stream)
         .await
-        .map_err(|e| error("engine", format!("guest agent: {e}")))?
-        .ok_or_else(|| error("engine", "the guest agent closed the connection"))?;
+        .map_err(|e| error(ErrorCode::Engine, format!("guest agent: {e}")))?
+        .ok_or_else(|| error(ErrorCode::Engine, "the guest agent closed the connection"))?;
     if first.kind == banger_proto::FrameKind::Error {
-        let e: banger_proto::ErrorBody =
-            first.parse().map_err(|e| error("engine", e.to_string()))?;
-        return Err(error("failed", e.message));
+        let e: banger_proto::ErrorBody = first
+            .parse()
+            .map_err(|e| error(ErrorCode::Engine, e.to_string()))?;
+        return Err(error(ErrorCode::Engine, e.message));
     }
     Ok(splice_upgrade(
         &mut req,

@@ -9,11 +9,9 @@ mod streams;
 
 use anyhow::Context;
 use banger_api::paths::Paths;
-use banger_core::Manager;
 use banger_core::config::Config;
-use banger_core::engine::qemu::QemuEngine;
 use banger_core::store::Store;
-use std::sync::Arc;
+use banger_core::{Deps, Services};
 
 fn main() {
     if let Err(e) = run() {
@@ -53,17 +51,13 @@ async fn run() -> anyhow::Result<()> {
     }
     let _lock = lock;
     let store = Store::open(&paths.state_dir.join("banger.db"))?;
-    let engine = Arc::new(QemuEngine {
-        binary: config.qemu_bin.clone(),
-    });
-    let manager = Arc::new(Manager::new(
-        paths.clone(),
-        config,
-        store,
-        engine,
-        Arc::new(banger_sys::command::SystemRunner),
-    ));
-    manager.reconcile().await.context("reconcile at start-up")?;
+    let deps = Deps::system(&config, &paths)?;
+    let services = Services::new(paths.clone(), config, store, deps)?;
+    services
+        .vms
+        .reconcile()
+        .await
+        .context("reconcile at start-up")?;
 
     let socket = paths.socket();
     let _ = std::fs::remove_file(&socket); // we hold the lock: any socket here is stale
@@ -72,10 +66,7 @@ async fn run() -> anyhow::Result<()> {
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "bangerd listening");
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let app = api::app(api::AppState {
-        manager: manager.clone(),
-        shutdown: Arc::new(shutdown_tx),
-    });
+    let app = api::app(api::AppState::new(&services, paths.clone(), shutdown_tx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {
         tokio::select! {

@@ -2,12 +2,13 @@
 //! from the start, so a late subscriber sees every stage), and a VM's
 //! console log, optionally followed as it grows.
 
-use crate::api::{AppState, HttpError, LogsQuery, error};
+use crate::api::{AppState, HttpError, LogsQuery};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use banger_api::OperationEvent;
+use banger_core::ops::Watch;
 use futures::StreamExt;
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
@@ -28,15 +29,14 @@ pub async fn operation_events(
         (header::CONTENT_TYPE, "text/event-stream"),
         (header::CACHE_CONTROL, "no-cache"),
     ];
-    let Some(op) = s.manager.ops.get(&id) else {
+    let op = match s.ops.watch(&id)? {
+        Watch::Live(op) => op,
         // Finished before this daemon started: replay just the outcome.
-        let rec = s
-            .manager
-            .store
-            .operation(&id)
-            .map_err(banger_core::Error::from)?;
-        let rec = rec.ok_or_else(|| error("not_found", format!("no operation {id:?}")))?;
-        return Ok((headers, sse_line(&OperationEvent::Done { operation: rec })).into_response());
+        Watch::Done(rec) => {
+            return Ok(
+                (headers, sse_line(&OperationEvent::Done { operation: rec })).into_response(),
+            );
+        }
     };
     let rx = op.subscribe();
     let stream = futures::stream::unfold(
@@ -66,8 +66,7 @@ pub async fn vm_logs(
     Path(name): Path<String>,
     q: LogsQuery,
 ) -> Result<Response, HttpError> {
-    let vm = s.manager.vm_record(&name)?;
-    let path = std::path::Path::new(&vm.dir).join("console.log");
+    let path = s.vms.console_log(&name)?;
     let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if !q.follow {
         let text = std::fs::read(&path).unwrap_or_default();

@@ -51,6 +51,14 @@ pub struct AgentConn {
     closed: Arc<AtomicBool>,
 }
 
+impl std::fmt::Debug for AgentConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConn")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
 impl AgentConn {
     /// Synchronises with the agent on `io` and starts the session.
     pub async fn handshake<S>(mut io: S) -> Result<AgentConn, AgentError>

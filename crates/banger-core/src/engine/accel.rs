@@ -8,6 +8,8 @@
 
 use super::Accel;
 use crate::config::AccelChoice;
+use banger_sys::command::Cmd;
+use banger_sys::spawn::{SpawnOptions, Spawner, Stdio};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -76,6 +78,7 @@ fn cache_key(qemu: &Path, kernel: &Path) -> String {
 /// needs to know. Returns the accelerator and, when it is TCG under `auto`,
 /// why.
 pub async fn decide(
+    spawner: &dyn Spawner,
     choice: AccelChoice,
     qemu: &Path,
     kernel: &Path,
@@ -90,7 +93,7 @@ pub async fn decide(
                 None => match cached(cache_file, qemu, kernel) {
                     Some(s) => s,
                     None => {
-                        let s = probe(qemu, kernel, Duration::from_secs(8)).await;
+                        let s = probe(spawner, qemu, kernel, Duration::from_secs(8)).await;
                         let entry = CacheEntry {
                             key: cache_key(qemu, kernel),
                             status: s.clone(),
@@ -117,8 +120,13 @@ pub async fn decide(
 
 /// Boots `kernel` under KVM with an init that does not exist and waits for
 /// the kernel's complaint about it.
-pub async fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> KvmStatus {
-    let child = tokio::process::Command::new(qemu)
+pub async fn probe(
+    spawner: &dyn Spawner,
+    qemu: &Path,
+    kernel: &Path,
+    timeout: Duration,
+) -> KvmStatus {
+    let cmd = Cmd::new(qemu.to_string_lossy())
         .args([
             "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128M", "-smp", "1",
         ])
@@ -136,17 +144,19 @@ pub async fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> KvmStatus {
         .args([
             "-append",
             "console=ttyS0 panic=-1 rdinit=/banger-kvm-probe init=/banger-kvm-probe",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match child {
+        ]);
+    let opts = SpawnOptions {
+        stdin: Stdio::Null,
+        stdout: Stdio::Piped,
+        stderr: Stdio::Piped,
+        own_process_group: false,
+        kill_on_drop: true,
+    };
+    let mut child = match spawner.spawn(&cmd, &opts) {
         Ok(c) => c,
         Err(e) => {
             return KvmStatus::Unusable {
-                reason: format!("cannot run {}: {e}", qemu.display()),
+                reason: format!("cannot run {}: {}", qemu.display(), crate::error::chain(&e)),
             };
         }
     };

@@ -1,15 +1,26 @@
-//! The VMM boundary: what an engine must do to run one VM (spawn from a
-//! [`MachineSpec`], give a byte stream to the guest agent, stop, kill, say
-//! whether it is alive) and the transient [`Handles`] it returns. Engines
-//! know nothing of the store, operations or capabilities.
+//! The VMM boundary. An [`Engine`] runs one VM from a [`MachineSpec`] and
+//! owns everything that depends on which VMM that is: its root disk format
+//! and how the copy-on-write disk over an image is made, the accelerator
+//! decision, where the console goes, spawning, the agent channel, stop and
+//! kill, liveness and waiting for exit. It returns transient [`Handles`].
+//!
+//! Engines know nothing of the store, operations or capabilities. The daemon
+//! holds an [`Engines`] registry; each VM records its [`EngineKind`], so VMs
+//! of several engines live side by side.
 
 pub mod accel;
+#[cfg(test)]
+pub mod fake;
 pub mod qemu;
 
+use crate::layout::VmDir;
+use banger_api::{Check, EngineKind};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
 
 /// Which accelerator a VM runs under.
@@ -44,12 +55,12 @@ pub struct Drive {
     pub read_only: bool,
 }
 
-/// The VM's network card, if any.
+/// A network card.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Nic {
     /// A tap the daemon prepared (bridge mode).
     Tap { ifname: String, mac: String },
-    /// QEMU's user-mode NAT with loopback forwards; `restrict` cuts egress.
+    /// The engine's user-mode NAT with loopback forwards; `restrict` cuts egress.
     User {
         mac: String,
         restrict: bool,
@@ -68,8 +79,9 @@ pub struct MachineSpec {
     pub initrd: Option<PathBuf>,
     /// Extra kernel arguments (the image's), appended to the engine's own.
     pub cmdline_extra: String,
+    /// In order: root, then what capabilities contributed, then the config drive.
     pub drives: Vec<Drive>,
-    pub nic: Option<Nic>,
+    pub nics: Vec<Nic>,
     /// Guest serial console, appended to across boots.
     pub console_log: PathBuf,
     /// The engine's own stderr.
@@ -91,9 +103,6 @@ pub struct Handles {
     pub control_socket: PathBuf,
     /// Unix seconds.
     pub started_at: i64,
-    /// The tap the VM's NIC uses (bridge mode).
-    #[serde(default)]
-    pub tap: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +111,7 @@ pub enum EngineError {
     Spawn {
         program: String,
         #[source]
-        source: std::io::Error,
+        source: banger_sys::command::CommandError,
     },
     #[error("the engine exited during start-up: {log}")]
     EarlyExit { log: String },
@@ -116,24 +125,130 @@ pub enum EngineError {
     },
     #[error("engine control command {command} failed: {message}")]
     Control { command: String, message: String },
+    #[error("cannot create the root disk {path}")]
+    RootDisk {
+        path: PathBuf,
+        #[source]
+        source: banger_sys::command::CommandError,
+    },
     #[error("engine i/o failed")]
     Io(#[from] std::io::Error),
 }
 
 pub trait Engine: Send + Sync {
+    fn kind(&self) -> EngineKind;
+
+    /// The VM's root disk as this engine boots it.
+    fn root_drive(&self, dir: &VmDir) -> Drive;
+
+    /// Makes the root disk: copy-on-write over the image's raw `base`, in
+    /// this engine's format (blocking; a few milliseconds).
+    fn create_root_disk(&self, base: &Path, dir: &VmDir) -> Result<(), EngineError>;
+
+    /// KVM or TCG for `kernel`, decided once per engine (probing when the
+    /// configuration asks for `auto`), with what is known about `/dev/kvm`.
+    fn accel<'a>(&'a self, kernel: &'a Path) -> BoxFuture<'a, (Accel, accel::KvmStatus)>;
+
+    /// Whether [`Engine::accel`] would boot a probe now (so callers can show
+    /// it as a stage).
+    fn accel_needs_probe(&self, kernel: &Path) -> bool;
+
     /// Starts the VM's engine process; returns once it runs and its sockets exist.
     fn spawn<'a>(&'a self, spec: &'a MachineSpec) -> BoxFuture<'a, Result<Handles, EngineError>>;
+
     /// A fresh byte stream to the guest agent's channel.
     fn connect_agent<'a>(
         &'a self,
         handles: &'a Handles,
     ) -> BoxFuture<'a, Result<UnixStream, EngineError>>;
+
     /// Asks the engine to quit, waits up to `timeout`, then kills it.
     fn stop<'a>(
         &'a self,
         handles: &'a Handles,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<(), EngineError>>;
+
     /// Whether the process in `handles` is alive and really this VM's engine.
     fn alive(&self, handles: &Handles) -> bool;
+
+    /// Resolves when the engine in `handles` has exited.
+    fn wait_exit<'a>(&'a self, handles: &'a Handles) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            while self.alive(handles) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+
+    /// Waits until the engine is gone; false when it still runs after `timeout`.
+    fn wait_gone<'a>(&'a self, handles: &'a Handles, timeout: Duration) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let deadline = Instant::now() + timeout;
+            while self.alive(handles) {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            true
+        })
+    }
+
+    /// The guest's serial console as this engine writes it.
+    fn console_log(&self, dir: &VmDir) -> PathBuf {
+        dir.console_log()
+    }
+
+    /// Doctor lines about this engine on this host (`kernel`: an image's
+    /// kernel to probe the accelerator with, when there is one).
+    fn checks<'a>(&'a self, kernel: Option<&'a Path>) -> BoxFuture<'a, Vec<Check>>;
+}
+
+/// The engines this daemon can run, by kind, and the one new VMs get.
+#[derive(Clone)]
+pub struct Engines {
+    by_kind: BTreeMap<&'static str, Arc<dyn Engine>>,
+    default: EngineKind,
+}
+
+impl Engines {
+    /// A registry whose default is `default` (the first engine registered).
+    pub fn new(default: Arc<dyn Engine>) -> Engines {
+        let kind = default.kind();
+        let mut by_kind = BTreeMap::new();
+        by_kind.insert(kind.as_str(), default);
+        Engines {
+            by_kind,
+            default: kind,
+        }
+    }
+
+    pub fn with(mut self, engine: Arc<dyn Engine>) -> Engines {
+        self.by_kind.insert(engine.kind().as_str(), engine);
+        self
+    }
+
+    pub fn default_kind(&self) -> EngineKind {
+        self.default
+    }
+
+    pub fn get(&self, kind: EngineKind) -> Result<Arc<dyn Engine>, crate::Error> {
+        self.by_kind
+            .get(kind.as_str())
+            .cloned()
+            .ok_or(crate::Error::EngineUnavailable {
+                engine: kind,
+                hint: match kind {
+                    EngineKind::Firecracker => {
+                        "install firecracker on a host with full KVM, or recreate the vm"
+                    }
+                    EngineKind::Qemu => "install qemu-system-x86",
+                },
+            })
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Engine>> {
+        self.by_kind.values()
+    }
 }

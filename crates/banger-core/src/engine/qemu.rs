@@ -1,25 +1,65 @@
 //! The QEMU engine: `qemu-system-x86_64 -M microvm` from the distro.
 //!
-//! 1. [`argv`] turns a [`MachineSpec`] into QEMU's command line: virtio-mmio
+//! 1. Root disk: a qcow2 overlay over the image's raw, read-only base
+//!    (`qemu-img create`, ~10 ms, O(1) in the image's size).
+//! 2. Accelerator: KVM when `/dev/kvm` boots a stock kernel, else TCG
+//!    ([`super::accel`]), decided once per engine.
+//! 3. [`argv`] turns a [`MachineSpec`] into QEMU's command line: virtio-mmio
 //!    block devices found by serial, a virtio-serial port named
 //!    [`banger_proto::PORT_NAME`] on a unix-socket chardev (the agent
 //!    channel), QMP on a second unix socket, the serial console appended to
 //!    a file.
-//! 2. [`QemuEngine::spawn`] starts it in its own process group (so it
+//! 4. [`QemuEngine::spawn`] starts it in its own process group (so it
 //!    outlives a killed daemon), waits until both sockets exist, and reaps
 //!    it in the background when it exits.
-//! 3. Stop: QMP `quit` (the daemon first asks the agent for a clean
+//! 5. Stop: QMP `quit` (the daemon first asks the agent for a clean
 //!    power-off), then SIGKILL after the timeout.
 
-use super::{Accel, DriveFormat, Engine, EngineError, Handles, MachineSpec, Nic};
+use super::accel::{self, KvmStatus};
+use super::{Accel, Drive, DriveFormat, Engine, EngineError, Handles, MachineSpec, Nic};
+use crate::config::AccelChoice;
+use crate::layout::VmDir;
+use banger_api::{Check, CheckStatus, EngineKind};
+use banger_sys::command::{Cmd, Runner};
+use banger_sys::spawn::{SpawnOptions, Spawner};
 use futures::future::BoxFuture;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+/// The root disk's file in the VM's state dir.
+pub const ROOT_DISK: &str = "root.qcow2";
+
 pub struct QemuEngine {
-    pub binary: PathBuf,
+    binary: PathBuf,
+    accel_choice: AccelChoice,
+    /// Where the KVM probe's verdict is cached (shared by isolated instances).
+    probe_cache: PathBuf,
+    runner: Arc<dyn Runner>,
+    spawner: Arc<dyn Spawner>,
+    /// The accelerator decision, made once.
+    decided: tokio::sync::Mutex<Option<(Accel, KvmStatus)>>,
+}
+
+impl QemuEngine {
+    pub fn new(
+        binary: PathBuf,
+        accel_choice: AccelChoice,
+        cache_dir: &Path,
+        runner: Arc<dyn Runner>,
+        spawner: Arc<dyn Spawner>,
+    ) -> QemuEngine {
+        QemuEngine {
+            binary,
+            accel_choice,
+            probe_cache: accel::cache_file(cache_dir),
+            runner,
+            spawner,
+            decided: tokio::sync::Mutex::new(None),
+        }
+    }
 }
 
 pub fn agent_socket(run_dir: &Path) -> PathBuf {
@@ -109,36 +149,32 @@ pub fn argv(spec: &MachineSpec) -> Vec<String> {
             &format!("virtio-blk-device,drive=disk{i},serial={}", d.serial),
         ]);
     }
-    match &spec.nic {
-        Some(Nic::Tap { ifname, mac }) => {
-            push(&[
-                "-netdev",
-                &format!("tap,id=net0,ifname={ifname},script=no,downscript=no"),
-            ]);
-            push(&[
-                "-device",
-                &format!("virtio-net-device,netdev=net0,mac={mac}"),
-            ]);
-        }
-        Some(Nic::User {
-            mac,
-            restrict,
-            forwards,
-        }) => {
-            let mut netdev = format!(
-                "user,id=net0,restrict={}",
-                if *restrict { "on" } else { "off" }
-            );
-            for f in forwards {
-                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+    for (i, nic) in spec.nics.iter().enumerate() {
+        let (netdev, mac) = match nic {
+            Nic::Tap { ifname, mac } => (
+                format!("tap,id=net{i},ifname={ifname},script=no,downscript=no"),
+                mac,
+            ),
+            Nic::User {
+                mac,
+                restrict,
+                forwards,
+            } => {
+                let mut netdev = format!(
+                    "user,id=net{i},restrict={}",
+                    if *restrict { "on" } else { "off" }
+                );
+                for f in forwards {
+                    netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+                }
+                (netdev, mac)
             }
-            push(&["-netdev", &netdev]);
-            push(&[
-                "-device",
-                &format!("virtio-net-device,netdev=net0,mac={mac}"),
-            ]);
-        }
-        None => {}
+        };
+        push(&["-netdev", &netdev]);
+        push(&[
+            "-device",
+            &format!("virtio-net-device,netdev=net{i},mac={mac}"),
+        ]);
     }
     push(&[
         "-chardev",
@@ -173,28 +209,20 @@ impl QemuEngine {
         for stale in [&agent, &control] {
             let _ = std::fs::remove_file(stale);
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.engine_log)?;
-        let mut child = tokio::process::Command::new(&self.binary)
-            .args(argv(spec))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
+        let cmd = Cmd::new(self.binary.to_string_lossy()).args(argv(spec));
+        let mut child = self
+            .spawner
+            .spawn(&cmd, &SpawnOptions::detached(&spec.engine_log))
             .map_err(|source| EngineError::Spawn {
                 program: self.binary.display().to_string(),
                 source,
             })?;
-        let pid = child.id().unwrap_or_default();
+        let pid = child.pid();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(_status) = child.try_wait()? {
+            if child.try_wait().ok().flatten().is_some() {
                 return Err(EngineError::EarlyExit {
-                    log: tail(&spec.engine_log, 8),
+                    log: crate::layout::tail(&spec.engine_log, 8),
                 });
             }
             if agent.exists() && control.exists() {
@@ -221,10 +249,6 @@ impl QemuEngine {
             agent_socket: agent,
             control_socket: control,
             started_at: banger_sys::clock::unix_now(),
-            tap: match &spec.nic {
-                Some(Nic::Tap { ifname, .. }) => Some(ifname.clone()),
-                _ => None,
-            },
         })
     }
 
@@ -235,25 +259,97 @@ impl QemuEngine {
         if let Err(e) = qmp_command(&handles.control_socket, "quit").await {
             tracing::warn!(pid = handles.pid, error = %e, "qmp quit failed; killing");
         }
-        if wait_gone(handles, self, timeout).await {
+        if self.wait_gone(handles, timeout).await {
             return Ok(());
         }
         banger_sys::process::signal(handles.pid, banger_sys::process::Signal::Kill)?;
-        wait_gone(handles, self, Duration::from_secs(5)).await;
+        self.wait_gone(handles, Duration::from_secs(5)).await;
         Ok(())
     }
-}
 
-/// Waits until the engine in `handles` is gone; false on timeout.
-pub async fn wait_gone(handles: &Handles, engine: &dyn Engine, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while engine.alive(handles) {
-        if Instant::now() > deadline {
-            return false;
+    async fn decide_accel(&self, kernel: &Path) -> (Accel, KvmStatus) {
+        let mut slot = self.decided.lock().await;
+        if let Some(d) = slot.clone() {
+            return d;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let d = accel::decide(
+            &*self.spawner,
+            self.accel_choice,
+            &self.binary,
+            kernel,
+            &self.probe_cache,
+        )
+        .await;
+        tracing::info!(accel = d.0.as_str(), kvm = ?d.1, "accelerator chosen");
+        *slot = Some(d.clone());
+        d
     }
-    true
+
+    async fn checks_inner(&self, kernel: Option<&Path>) -> Vec<Check> {
+        let check = |name: &str, status, detail: String, fix: Option<&str>| Check {
+            name: name.into(),
+            status,
+            detail,
+            fix: fix.map(Into::into),
+        };
+        let mut out = Vec::new();
+        match self
+            .runner
+            .run(&Cmd::new(self.binary.to_string_lossy()).arg("--version"))
+        {
+            Ok(o) => {
+                let v = o.stdout_lossy().lines().next().unwrap_or("").to_string();
+                out.push(check("engine", CheckStatus::Pass, v, None));
+            }
+            Err(e) => out.push(check(
+                "engine",
+                CheckStatus::Fail,
+                crate::error::chain(&e),
+                Some("apt-get install qemu-system-x86"),
+            )),
+        }
+        let status = match (accel::kvm_device_status(), kernel) {
+            (Some(s), _) => s,
+            (None, Some(k)) => self.decide_accel(k).await.1,
+            (None, None) => {
+                out.push(check(
+                    "kvm",
+                    CheckStatus::Warn,
+                    "/dev/kvm opens; not probed yet (no image to boot)".into(),
+                    Some("build an image: banger image build"),
+                ));
+                return out;
+            }
+        };
+        let mode = format!("accel = {:?}", self.accel_choice).to_lowercase();
+        out.push(match status {
+            KvmStatus::Usable => check(
+                "kvm",
+                CheckStatus::Pass,
+                format!("/dev/kvm boots a stock kernel ({mode})"),
+                None,
+            ),
+            KvmStatus::Unusable { reason } => check(
+                "kvm",
+                CheckStatus::Warn,
+                format!("/dev/kvm is unusable: {reason} ({mode})"),
+                Some("guests run under TCG (software, slower); use a host with full KVM for speed"),
+            ),
+            KvmStatus::NotAccessible { reason } => check(
+                "kvm",
+                CheckStatus::Warn,
+                reason,
+                Some("guests run under TCG until then"),
+            ),
+            KvmStatus::Absent => check(
+                "kvm",
+                CheckStatus::Warn,
+                format!("/dev/kvm is absent ({mode})"),
+                Some("guests run under TCG (software, slower); enable virtualization for speed"),
+            ),
+        });
+        out
+    }
 }
 
 /// Runs one QMP command (after the capabilities negotiation).
@@ -303,16 +399,46 @@ pub async fn qmp_command(socket: &Path, command: &str) -> Result<serde_json::Val
     }
 }
 
-/// The last `n` lines of a log file, joined with " | ".
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
-}
-
 impl Engine for QemuEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Qemu
+    }
+
+    fn root_drive(&self, dir: &VmDir) -> Drive {
+        Drive {
+            path: dir.file(ROOT_DISK),
+            format: DriveFormat::Qcow2,
+            serial: banger_proto::ROOT_DRIVE_SERIAL,
+            read_only: false,
+        }
+    }
+
+    fn create_root_disk(&self, base: &Path, dir: &VmDir) -> Result<(), EngineError> {
+        let overlay = dir.file(ROOT_DISK);
+        let cmd = Cmd::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(base)
+            .arg(&overlay);
+        self.runner
+            .run(&cmd)
+            .map(drop)
+            .map_err(|source| EngineError::RootDisk {
+                path: overlay,
+                source,
+            })
+    }
+
+    fn accel<'a>(&'a self, kernel: &'a Path) -> BoxFuture<'a, (Accel, KvmStatus)> {
+        Box::pin(self.decide_accel(kernel))
+    }
+
+    fn accel_needs_probe(&self, kernel: &Path) -> bool {
+        self.decided.try_lock().is_ok_and(|d| d.is_none())
+            && self.accel_choice == AccelChoice::Auto
+            && accel::kvm_device_status().is_none()
+            && accel::cached(&self.probe_cache, &self.binary, kernel).is_none()
+    }
+
     fn spawn<'a>(&'a self, spec: &'a MachineSpec) -> BoxFuture<'a, Result<Handles, EngineError>> {
         Box::pin(async move {
             // A tap made a moment ago can still be held by a child another
@@ -320,7 +446,7 @@ impl Engine for QemuEngine {
             // QEMU's open then fails with EBUSY. That passes; try once more.
             match self.spawn_inner(spec).await {
                 Err(EngineError::EarlyExit { log })
-                    if matches!(spec.nic, Some(Nic::Tap { .. }))
+                    if spec.nics.iter().any(|n| matches!(n, Nic::Tap { .. }))
                         && log.contains("Device or resource busy") =>
                 {
                     tracing::warn!(vm = %spec.name, %log, "tap busy at engine start; retrying");
@@ -357,6 +483,10 @@ impl Engine for QemuEngine {
     fn alive(&self, handles: &Handles) -> bool {
         banger_sys::process::alive_with_arg(handles.pid, &handles.control_socket.to_string_lossy())
     }
+
+    fn checks<'a>(&'a self, kernel: Option<&'a Path>) -> BoxFuture<'a, Vec<Check>> {
+        Box::pin(self.checks_inner(kernel))
+    }
 }
 
 #[cfg(test)]
@@ -379,7 +509,7 @@ mod tests {
                 serial: "banger-root",
                 read_only: false,
             }],
-            nic: None,
+            nics: vec![],
             console_log: "/vm/console.log".into(),
             engine_log: "/vm/qemu.log".into(),
             run_dir: "/run/b/abc".into(),
@@ -438,10 +568,10 @@ mod tests {
     #[test]
     fn nics_become_virtio_net_devices() {
         let mut sp = spec(Accel::Tcg);
-        sp.nic = Some(Nic::Tap {
+        sp.nics = vec![Nic::Tap {
             ifname: "bgtap3".into(),
             mac: "52:54:00:01:02:03".into(),
-        });
+        }];
         let a = argv(&sp);
         assert!(has_pair(
             &a,
@@ -453,7 +583,7 @@ mod tests {
             "-device",
             "virtio-net-device,netdev=net0,mac=52:54:00:01:02:03"
         ));
-        sp.nic = Some(Nic::User {
+        sp.nics = vec![Nic::User {
             mac: "52:54:00:01:02:03".into(),
             restrict: true,
             forwards: vec![
@@ -466,20 +596,12 @@ mod tests {
                     guest: 80,
                 },
             ],
-        });
+        }];
         let a = argv(&sp);
         assert!(has_pair(
             &a,
             "-netdev",
             "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80"
         ));
-    }
-
-    #[test]
-    fn tail_joins_last_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("log");
-        std::fs::write(&p, "a\nb\n\nc\n").unwrap();
-        assert_eq!(tail(&p, 2), "b | c");
     }
 }

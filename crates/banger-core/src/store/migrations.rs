@@ -48,6 +48,10 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE vms ADD COLUMN mac TEXT;
     CREATE UNIQUE INDEX vms_ip ON vms(ip) WHERE ip IS NOT NULL;
     "#,
+    // 3: each vm records the engine that runs it.
+    r#"
+    ALTER TABLE vms ADD COLUMN engine TEXT NOT NULL DEFAULT 'qemu';
+    "#,
 ];
 
 pub fn run(conn: &mut Connection) -> Result<(), StoreError> {

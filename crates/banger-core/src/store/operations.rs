@@ -88,7 +88,7 @@ mod tests {
                 detail: None,
             }],
             error: Some(ApiError {
-                code: "engine".into(),
+                code: banger_api::ErrorCode::Engine,
                 message: "no".into(),
             }),
             started_at: 9,

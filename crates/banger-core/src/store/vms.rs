@@ -17,13 +17,14 @@ pub struct VmRecord {
     pub created_at: i64,
     pub dir: String,
     pub last_error: Option<String>,
-    /// `bridge`, `user` or `none`.
-    pub network: String,
+    pub network: banger_api::NetworkMode,
     /// `HOST:GUEST` loopback forwards (user mode).
     pub publish: Vec<banger_api::PortForward>,
     /// Bridge address (the IPAM lease), without prefix.
     pub ip: Option<String>,
     pub mac: Option<String>,
+    /// The engine that runs it.
+    pub engine: banger_api::EngineKind,
 }
 
 pub(crate) fn state_from_str(s: &str) -> Option<VmState> {
@@ -56,23 +57,36 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRecord> {
         created_at: r.get(7)?,
         dir: r.get(8)?,
         last_error: r.get(9)?,
-        network: r.get(10)?,
+        network: parse_word(r, 10)?,
         publish: serde_json::from_str(&r.get::<_, String>(11)?).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(11, rusqlite::types::Type::Text, Box::new(e))
         })?,
         ip: r.get(12)?,
         mac: r.get(13)?,
+        engine: parse_word(r, 14)?,
     })
 }
 
-const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_size_mib, created_at, dir, last_error, network, publish, ip, mac";
+/// A column holding one of banger-api's words (network mode, engine).
+fn parse_word<T>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr<Err = banger_api::UnknownWord>,
+{
+    r.get::<_, String>(i)?
+        .parse()
+        .map_err(|e: banger_api::UnknownWord| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+}
+
+const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_size_mib, created_at, dir, last_error, network, publish, ip, mac, engine";
 
 impl Store {
     pub fn insert_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute(
                 &format!(
-                    "INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                    "INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
                 ),
                 params![
                     vm.id,
@@ -85,10 +99,11 @@ impl Store {
                     vm.created_at,
                     vm.dir,
                     vm.last_error,
-                    vm.network,
+                    vm.network.as_str(),
                     serde_json::to_string(&vm.publish).expect("ports serialize"),
                     vm.ip,
-                    vm.mac
+                    vm.mac,
+                    vm.engine.as_str()
                 ],
             )
             .map_err(|e| match &e {
@@ -139,6 +154,21 @@ impl Store {
         })
     }
 
+    /// Leases `ip` to `vm` (or releases its lease with `None`).
+    pub fn set_vm_ip(&self, name: &str, ip: Option<&str>) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("UPDATE vms SET ip = ?2 WHERE name = ?1", params![name, ip])
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::AddressTaken(ip.unwrap_or_default().to_string())
+                    } else {
+                        e.into()
+                    }
+                })?;
+            Ok(())
+        })
+    }
+
     /// Addresses leased to VMs (bridge mode).
     pub fn leased_ips(&self) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
@@ -172,10 +202,11 @@ mod tests {
             created_at: 5,
             dir: format!("/vms/{name}"),
             last_error: None,
-            network: "none".into(),
+            network: banger_api::NetworkMode::None,
             publish: vec![],
             ip: None,
             mac: None,
+            engine: banger_api::EngineKind::Qemu,
         }
     }
 
@@ -183,16 +214,28 @@ mod tests {
     fn an_address_is_leased_to_one_vm_at_a_time() {
         let s = Store::open_in_memory().unwrap();
         s.insert_image(&sample("minimal")).unwrap();
-        let mut a = vm("a");
-        a.ip = Some("172.30.0.2".into());
-        s.insert_vm(&a).unwrap();
-        let mut b = vm("b");
-        b.id = "id-b".into();
-        b.ip = Some("172.30.0.2".into());
-        assert!(matches!(s.insert_vm(&b), Err(StoreError::AddressTaken(ip)) if ip == "172.30.0.2"));
+        s.insert_vm(&vm("a")).unwrap();
+        s.insert_vm(&vm("b")).unwrap();
+        s.set_vm_ip("a", Some("172.30.0.2")).unwrap();
+        assert!(
+            matches!(s.set_vm_ip("b", Some("172.30.0.2")), Err(StoreError::AddressTaken(ip)) if ip == "172.30.0.2")
+        );
         assert_eq!(s.leased_ips().unwrap(), vec!["172.30.0.2".to_string()]);
         s.delete_vm("a").unwrap();
-        s.insert_vm(&b).unwrap();
+        s.set_vm_ip("b", Some("172.30.0.2")).unwrap();
+        s.set_vm_ip("b", None).unwrap();
+        assert!(s.leased_ips().unwrap().is_empty());
+    }
+
+    #[test]
+    fn mode_and_engine_round_trip_as_words() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_image(&sample("minimal")).unwrap();
+        let mut v = vm("web");
+        v.network = banger_api::NetworkMode::User;
+        v.engine = banger_api::EngineKind::Firecracker;
+        s.insert_vm(&v).unwrap();
+        assert_eq!(s.vm("web").unwrap(), Some(v));
     }
 
     #[test]

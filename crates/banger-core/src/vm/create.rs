@@ -1,108 +1,67 @@
-//! Creating a VM: validate the request, reserve the name with a `creating`
-//! row, then (as an operation) make its disks and boot it. Any failure
-//! removes everything the create made (process, disks, directories, row);
-//! the operation record keeps the error with the last console lines.
+//! Creating a VM: validate the request (and let every capability check its
+//! part) and reserve the name with a `creating` row, then, as an
+//! operation: build the preset image when it does not exist yet, make the
+//! root disk (the engine's) and each capability's durable resources (one
+//! stage), and boot. Every step pushes its undo; a failure unwinds the stack, so nothing
+//! is left: no process, tap, lease, DNS name, disk, directory or row. The
+//! operation record keeps the error with the last console lines.
 
+use super::Lifecycle;
+use super::undo::Undo;
+use crate::capability::Ctx;
 use crate::config;
 use crate::error::Error;
-use crate::manager::Manager;
 use crate::ops::Op;
 use crate::store::{ImageRecord, VmRecord};
 use banger_api::{CreateVm, OperationKind, VmState};
 use std::path::Path;
 use std::sync::Arc;
 
-impl Manager {
+impl Lifecycle {
     /// `vm create`: validates, records the VM and begins the operation.
     pub fn create(self: &Arc<Self>, req: CreateVm) -> Result<Arc<Op>, Error> {
-        let mut vm = self.plan_vm(req)?;
+        let vm = self.plan_vm(&req)?;
         // A preset image that does not exist yet is built first, in this operation.
-        let build_first = match self.store.image(&vm.image)? {
-            Some(_) => None,
-            None if crate::images::PRESETS.contains(&vm.image.as_str()) => Some(self.agent_bin()?),
-            None => return Err(self.image_record(&vm.image).unwrap_err()),
-        };
+        let build_first = self.images.needs_build(&vm.image)?;
         if build_first.is_none() {
-            self.record_new_vm(&mut vm)?;
+            self.store.insert_vm(&vm)?;
         }
-        let op = self.ops.begin(OperationKind::Create, &vm.name);
-        let (this, op2) = (self.clone(), op.clone());
-        tokio::spawn(async move {
-            if let Some(agent_bin) = build_first
-                && let Err(e) = this.build_missing_image(&op2, &mut vm, agent_bin).await
-            {
-                op2.finish(&this.store, Err(e.to_api()));
-                return;
-            }
-            let lock = this.vm_lock(&vm.name);
-            let _guard = lock.lock().await;
-            let result = match this.image_record(&vm.image) {
-                Ok(image) => this.run_create(&op2, &vm, &image).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = &result {
-                tracing::warn!(vm = %vm.name, error = %crate::error::chain(e), "create failed; cleaning up");
-                this.undo_create(&vm).await;
-            }
-            op2.finish(&this.store, result.map_err(|e| e.to_api()));
-        });
-        Ok(op)
-    }
-
-    /// Builds the preset `vm.image` (once, even with concurrent creates),
-    /// then records the VM.
-    async fn build_missing_image(
-        &self,
-        op: &Arc<Op>,
-        vm: &mut VmRecord,
-        agent_bin: std::path::PathBuf,
-    ) -> Result<(), Error> {
-        let lock = self.vm_lock(&format!("image:{}", vm.image));
-        let guard = lock.lock().await;
-        if self.store.image(&vm.image)?.is_none() {
-            let req = banger_api::BuildImage {
-                name: Some(vm.image.clone()),
-                preset: vm.image.clone(),
-                force: false,
-                ..Default::default()
-            };
-            let plan = crate::images::plan_build(&req)?;
-            self.run_build(op, plan, agent_bin).await?;
-        }
-        drop(guard);
-        self.record_new_vm(vm)
+        let this = self.clone();
+        let name = vm.name.clone();
+        Ok(self
+            .ops
+            .spawn(OperationKind::Create, &name, |op| async move {
+                if let Some(agent_bin) = build_first {
+                    this.images.ensure_preset(&op, &vm.image, agent_bin).await?;
+                    this.store.insert_vm(&vm)?;
+                }
+                let lock = this.lock(&vm.name);
+                let _guard = lock.lock().await;
+                this.run_create(&op, &vm).await
+            }))
     }
 
     /// Turns a request into the VM's durable record, or says what is wrong.
-    pub fn plan_vm(&self, req: CreateVm) -> Result<VmRecord, Error> {
-        let name = match req.name {
+    pub(crate) fn plan_vm(&self, req: &CreateVm) -> Result<VmRecord, Error> {
+        let name = match &req.name {
             Some(n) => {
-                banger_api::validate_vm_name(&n).map_err(Error::Invalid)?;
-                n
+                banger_api::validate_vm_name(n).map_err(|p| Error::invalid("--name", p))?;
+                n.clone()
             }
             None => super::names::generate(|n| self.store.vm(n).ok().flatten().is_some()),
         };
         if self.store.vm(&name)?.is_some() {
             return Err(crate::store::StoreError::DuplicateVm(name).into());
         }
-        let image = req
-            .image
-            .unwrap_or_else(|| self.config.default_image.clone());
         let cpus = req.cpus.unwrap_or(self.config.default_cpus);
-        config::check_cpus(cpus).map_err(|p| Error::Invalid(format!("--cpus {p}")))?;
+        config::check_cpus(cpus).map_err(|p| Error::invalid("--cpus", p))?;
         let memory_mib = req.memory_mib.unwrap_or(self.config.default_memory_mib);
-        config::check_memory(memory_mib).map_err(|p| Error::Invalid(format!("--memory {p}")))?;
+        config::check_memory(memory_mib).map_err(|p| Error::invalid("--memory", p))?;
         let disk_size_mib = req
             .disk_size_mib
             .unwrap_or(self.config.default_disk_size_mib);
-        config::check_disk(disk_size_mib)
-            .map_err(|p| Error::Invalid(format!("--disk-size {p}")))?;
-        let mode = match &req.network {
-            Some(m) => crate::net::Mode::parse(m).map_err(Error::Invalid)?,
-            None => self.default_network(),
-        };
-        let publish = self.plan_ports(mode, &req.publish)?;
-        // MACs derive from the id: draw again on the (rare) clash.
+        config::check_disk(disk_size_mib).map_err(|p| Error::invalid("--disk-size", p))?;
+        // A VM's MAC derives from its id: draw again on the (rare) clash.
         let macs: Vec<String> = self
             .store
             .vms()?
@@ -115,138 +74,117 @@ impl Manager {
                 break id;
             }
         };
-        Ok(VmRecord {
-            mac: (mode != crate::net::Mode::None).then(|| crate::net::mac_for(&id)),
-            network: mode.as_str().into(),
-            publish,
+        let mut vm = VmRecord {
+            network: req.network.unwrap_or_else(|| self.network.default_mode()),
+            engine: req.engine.unwrap_or(self.engines.default_kind()),
+            publish: Vec::new(),
             ip: None,
-            dir: self.vms_dir().join(&id).to_string_lossy().into_owned(),
+            mac: None,
+            dir: self
+                .paths
+                .state_dir
+                .join("vms")
+                .join(&id)
+                .to_string_lossy()
+                .into_owned(),
             id,
             name,
-            image,
+            image: req
+                .image
+                .clone()
+                .unwrap_or_else(|| self.config.default_image.clone()),
             state: VmState::Creating,
             cpus,
             memory_mib,
             disk_size_mib,
             created_at: banger_sys::clock::unix_now(),
             last_error: None,
-        })
+        };
+        self.engine(&vm)?;
+        self.capabilities.plan(req, &mut vm)?;
+        Ok(vm)
     }
 
-    /// Inserts the row, leasing a bridge address when the VM needs one (a
-    /// concurrent create may take the same address first: pick again).
-    fn record_new_vm(&self, vm: &mut VmRecord) -> Result<(), Error> {
-        if vm.network != crate::net::Mode::Bridge.as_str() {
-            return Ok(self.store.insert_vm(vm)?);
-        }
-        let subnet =
-            crate::net::Subnet::parse(&self.config.bridge_subnet).map_err(Error::Invalid)?;
-        for _ in 0..8 {
-            let ip = crate::net::ipam::allocate(&subnet, &self.store.leased_ips()?).ok_or_else(
-                || {
-                    Error::Conflict(format!(
-                        "no free address left in {subnet}: delete a vm or widen bridge_subnet"
-                    ))
-                },
-            )?;
-            vm.ip = Some(ip.to_string());
-            match self.store.insert_vm(vm) {
-                Err(crate::store::StoreError::AddressTaken(_)) => continue,
-                other => return Ok(other?),
+    /// Makes and boots the recorded `vm`; on failure, undoes all of it,
+    /// the row included.
+    async fn run_create(&self, op: &Op, vm: &VmRecord) -> Result<(), Error> {
+        let image = self.images.record(&vm.image)?;
+        // The record as the capabilities left it (an address lease).
+        let made: VmRecord;
+        let mut undo = Undo::new();
+        undo.push("forget the vm", move || {
+            if let Err(e) = self.store.delete_vm(&vm.name) {
+                tracing::error!(vm = %vm.name, error = %crate::error::chain(&e), "cannot remove the failed vm's record");
             }
-        }
-        Err(Error::failed(
-            "could not lease an address: too many concurrent creates, try again",
-        ))
-    }
-
-    /// Loopback forwards of a user-mode VM: the requested ones, plus one for
-    /// ssh when none forwards guest port 22.
-    fn plan_ports(
-        &self,
-        mode: crate::net::Mode,
-        publish: &[String],
-    ) -> Result<Vec<banger_api::PortForward>, Error> {
-        let mut ports = publish
-            .iter()
-            .map(|p| banger_api::PortForward::parse(p))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::Invalid)?;
-        if mode != crate::net::Mode::User {
-            if !ports.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "--publish needs --network user; a {} vm is reached {}",
-                    mode.as_str(),
-                    if mode == crate::net::Mode::Bridge {
-                        "at its own address"
-                    } else {
-                        "through banger only"
+        });
+        let result = match self.make(op, vm, &image, &mut undo).await {
+            Err(e) => Err(e),
+            Ok(()) => match self.record(&vm.name) {
+                Err(e) => Err(e),
+                Ok(v) => {
+                    made = v;
+                    match self.boot(op, &made, &image, &mut undo).await {
+                        Ok(()) => self
+                            .store
+                            .set_vm_state(&vm.name, VmState::Running, None)
+                            .map_err(Error::from),
+                        Err(e) => Err(e),
                     }
-                )));
-            }
-            return Ok(ports);
-        }
-        for p in &ports {
-            if std::net::TcpListener::bind(("127.0.0.1", p.host)).is_err() {
-                return Err(Error::Conflict(format!(
-                    "port {} on 127.0.0.1 is in use: pick another --publish host port",
-                    p.host
-                )));
+                }
+            },
+        };
+        match &result {
+            Ok(()) => drop(undo),
+            Err(e) => {
+                tracing::warn!(vm = %vm.name, error = %crate::error::chain(e), "create failed; undoing");
+                undo.unwind().await;
             }
         }
-        if !ports.iter().any(|p| p.guest == 22) {
-            let host = crate::net::free_loopback_port()
-                .map_err(Error::io("cannot pick a loopback port for ssh"))?;
-            ports.push(banger_api::PortForward { host, guest: 22 });
-        }
-        Ok(ports)
+        result
     }
 
-    async fn run_create(&self, op: &Op, vm: &VmRecord, image: &ImageRecord) -> Result<(), Error> {
+    /// The root disk and each capability's durable resources.
+    async fn make<'a>(
+        &'a self,
+        op: &Op,
+        vm: &'a VmRecord,
+        image: &ImageRecord,
+        undo: &mut Undo<'a>,
+    ) -> Result<(), Error> {
+        let engine = self.engine(vm)?;
+        let dir = self.dir(vm);
         op.stage("disks", "prepare disks", async {
-            let (runner, vm, image) = (self.runner.clone(), vm.clone(), image.clone());
-            tokio::task::spawn_blocking(move || make_disks(&*runner, &vm, &image))
+            dir.create()
+                .map_err(Error::io(format!("cannot create {}", dir.state.display())))?;
+            let dir2 = dir.clone();
+            undo.push("remove the vm's directories", move || {
+                if let Err(e) = dir2.remove() {
+                    tracing::warn!(vm = %vm.name, error = %e, "cannot remove the vm's directories");
+                }
+            });
+            let base = Path::new(&image.dir).join(banger_image::layout::ROOTFS);
+            let (engine, dir2) = (engine.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || engine.create_root_disk(&base, &dir2))
                 .await
-                .map_err(|e| Error::failed(format!("disk task panicked: {e}")))?
+                .map_err(|source| Error::Task {
+                    task: "root disk",
+                    source,
+                })??;
+            let ctx = Ctx {
+                vm,
+                image,
+                dir: &dir,
+            };
+            for cap in self.capabilities.for_vm(vm) {
+                cap.create(&ctx).await?;
+                let (cap, dir) = (cap.clone(), dir.clone());
+                undo.push(format!("destroy {}", cap.name()), move || {
+                    cap.destroy(vm, &dir)
+                });
+            }
+            Ok::<_, Error>(())
         })
         .await?;
-        self.boot(op, vm, image).await?;
-        self.store.set_vm_state(&vm.name, VmState::Running, None)?;
         Ok(())
     }
-
-    /// Removes everything a failed create made.
-    async fn undo_create(&self, vm: &VmRecord) {
-        // kill_engine releases the runtime itself; without an engine there
-        // may still be a socket dir from a spawn that failed.
-        match self.handles.get(&vm.name) {
-            Some(rt) => self.kill_engine(vm, &rt.handles).await,
-            None => self.release_runtime(vm),
-        }
-        let _ = std::fs::remove_dir_all(&vm.dir);
-        if let Err(e) = self.store.delete_vm(&vm.name) {
-            tracing::error!(vm = %vm.name, error = %e, "cannot remove the failed vm's record");
-        }
-    }
-}
-
-fn make_disks(
-    runner: &dyn banger_sys::command::Runner,
-    vm: &VmRecord,
-    image: &ImageRecord,
-) -> Result<(), Error> {
-    let dir = Path::new(&vm.dir);
-    std::fs::create_dir_all(dir).map_err(Error::io(format!("cannot create {}", dir.display())))?;
-    let img = Path::new(&image.dir);
-    let disk_err = |e: crate::disks::DiskError| Error::failed(crate::error::chain(&e));
-    crate::disks::create_overlay(runner, &img.join("rootfs.ext4"), &dir.join("root.qcow2"))
-        .map_err(disk_err)?;
-    crate::disks::create_work_disk(
-        runner,
-        &img.join("work-seed.ext4"),
-        vm.disk_size_mib,
-        &dir.join("work.ext4"),
-    )
-    .map_err(disk_err)?;
-    Ok(())
 }

@@ -1,57 +1,58 @@
 //! Deleting a VM: stop its engine without ceremony (its disks are about to
-//! go), remove its directories and its record. Nothing is left behind: no
-//! process, no file under the state or runtime dirs, no row.
+//! go), release what its boot made, destroy what its capabilities made at
+//! create, remove its directories and its record. Nothing is left behind:
+//! no process, no tap, lease or DNS name, no file, no row.
 
-use crate::error::Error;
-use crate::manager::Manager;
+use super::Lifecycle;
+use crate::error::{Action, Error};
 use crate::ops::Op;
 use banger_api::{OperationKind, VmState};
 use std::sync::Arc;
 use std::time::Duration;
 
-impl Manager {
+impl Lifecycle {
     pub fn delete(self: &Arc<Self>, name: &str) -> Result<Arc<Op>, Error> {
-        let vm = self.vm_record(name)?;
+        let vm = self.record(name)?;
         if !super::can_delete(vm.state) {
-            return Err(Error::Conflict(format!(
-                "vm {name:?} is still being created; wait for it, then delete it"
-            )));
+            return Err(Error::WrongState {
+                name: name.into(),
+                state: vm.state,
+                action: Action::Delete,
+            });
         }
-        let op = self.ops.begin(OperationKind::Delete, name);
-        let (this, op2, name) = (self.clone(), op.clone(), name.to_string());
-        tokio::spawn(async move {
-            let result = this.run_delete(&op2, &name).await;
-            op2.finish(&this.store, result.map_err(|e| e.to_api()));
-        });
-        Ok(op)
+        let (this, name) = (self.clone(), name.to_string());
+        Ok(self
+            .ops
+            .spawn(OperationKind::Delete, &name.clone(), |op| async move {
+                this.run_delete(&op, &name).await
+            }))
     }
 
     async fn run_delete(&self, op: &Op, name: &str) -> Result<(), Error> {
-        let lock = self.vm_lock(name);
+        let lock = self.lock(name);
         let _guard = lock.lock().await;
-        let vm = self.vm_record(name)?;
+        let vm = self.record(name)?;
         self.store
             .set_vm_state(name, VmState::Deleting, vm.last_error.as_deref())?;
-        let handles = self
-            .handles
+        let dir = self.dir(&vm);
+        let running = self
+            .runtime
             .get(name)
-            .map(|rt| rt.handles)
-            .or_else(|| super::handles::read(std::path::Path::new(&vm.dir)));
-        if let Some(h) = handles.filter(|h| self.engine.alive(h)) {
+            .or_else(|| super::runtime::read(&dir));
+        if let Some(r) = running
+            && let Ok(engine) = self.engines.get(r.engine)
+            && engine.alive(&r.handles)
+        {
             op.stage("stop", "stop engine", async {
-                Ok::<_, Error>(self.engine.stop(&h, Duration::from_secs(2)).await?)
+                Ok::<_, Error>(engine.stop(&r.handles, Duration::from_secs(2)).await?)
             })
             .await?;
         }
         op.stage("files", "remove disks and sockets", async {
             self.release_runtime(&vm);
-            match std::fs::remove_dir_all(&vm.dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
-                    context: format!("cannot remove {}", vm.dir),
-                    source: e,
-                }),
-                _ => Ok(()),
-            }
+            self.capabilities.destroy(&vm, &dir);
+            dir.remove()
+                .map_err(Error::io(format!("cannot remove {}", dir.state.display())))
         })
         .await?;
         self.store.delete_vm(name)?;

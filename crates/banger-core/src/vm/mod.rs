@@ -1,16 +1,27 @@
-//! VM lifecycle: the recorded state machine and one file per operation
-//! (create, start, stop, delete, reconcile at daemon start). Each operation
-//! checks the transition it may make at the top, runs named stages, and
-//! records the outcome at the end.
+//! VM lifecycle: the recorded state machine, the [`Lifecycle`] service and
+//! one file per operation (create, start and the boot it shares with
+//! create, stop and restart, delete, reconcile at daemon start, the
+//! monitor that records engines found dead). Each operation checks the
+//! transition it may make at the top, runs named stages with an undo stack,
+//! and records the outcome at the end.
 
+pub mod boot;
 pub mod create;
 pub mod delete;
-pub mod handles;
+pub mod lifecycle;
+pub mod monitor;
 pub mod names;
 pub mod reconcile;
+pub mod runtime;
 pub mod ssh;
 pub mod start;
 pub mod stop;
+pub mod undo;
+
+#[cfg(test)]
+mod tests;
+
+pub use lifecycle::{Lifecycle, LifecycleDeps};
 
 use banger_api::VmState;
 
@@ -32,7 +43,7 @@ pub fn can_exec(s: VmState) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+mod transition_tests {
     use super::*;
 
     #[test]

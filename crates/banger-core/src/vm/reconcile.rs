@@ -3,59 +3,73 @@
 //!
 //! - `running` with a `handles.json` whose process is alive and really that
 //!   VM's engine: adopt it (the agent session reconnects on first use);
-//! - `running` otherwise: tear down what the scratch file names, record stopped;
+//! - then each capability sweeps its leftovers that no adopted VM owns;
+//! - `running` otherwise: release what the scratch file names, record stopped;
 //! - `creating`: a create that never finished; remove it entirely, as a
 //!   failed create would have;
 //! - `deleting`: finish the delete;
 //! - `stopped`/`failed`: make sure nothing transient is left.
 
-use crate::manager::Manager;
-use crate::vm::handles;
+use super::Lifecycle;
+use super::runtime::{self, Running};
+use crate::capability::Live;
+use crate::store::VmRecord;
 use banger_api::VmState;
-use std::path::Path;
 use std::time::Duration;
 
-impl Manager {
+impl Lifecycle {
     pub async fn reconcile(&self) -> Result<(), crate::error::Error> {
-        for vm in self.store.vms()? {
-            let dir = Path::new(&vm.dir);
-            let scratch = handles::read(dir);
-            let alive = scratch.as_ref().filter(|h| self.engine.alive(h));
-            match (vm.state, alive) {
-                (VmState::Running, Some(h)) => {
-                    tracing::info!(vm = %vm.name, pid = h.pid, "adopting running vm");
-                    self.handles.insert(
-                        &vm.name,
-                        handles::Runtime {
-                            handles: h.clone(),
-                            agent: None,
-                        },
-                    );
-                }
-                (VmState::Creating | VmState::Deleting, h) => {
-                    tracing::info!(vm = %vm.name, state = %vm.state, "removing a vm whose create or delete was interrupted");
-                    if let Some(h) = h {
-                        let _ = self.engine.stop(h, Duration::from_millis(500)).await;
-                    }
-                    self.release_runtime(&vm);
-                    let _ = std::fs::remove_dir_all(&vm.dir);
-                    self.store.delete_vm(&vm.name)?;
-                }
-                (state, h) => {
-                    if let Some(h) = h {
-                        // Recorded as not running but its engine lives: stop it.
-                        tracing::warn!(vm = %vm.name, pid = h.pid, "stopping an engine the store says is not running");
-                        let _ = self.engine.stop(h, Duration::from_secs(2)).await;
-                    }
-                    self.release_runtime(&vm);
-                    if state == VmState::Running {
-                        tracing::info!(vm = %vm.name, "engine gone while the daemon was down; recording stopped");
-                        self.store.set_vm_state(&vm.name, VmState::Stopped, None)?;
-                    }
-                }
+        let vms = self.store.vms()?;
+        let mut adopted: Vec<(VmRecord, Running)> = Vec::new();
+        let mut dead: Vec<(VmRecord, Option<Running>)> = Vec::new();
+        for vm in vms {
+            let scratch = runtime::read(&self.dir(&vm));
+            let alive = scratch.as_ref().is_some_and(|r| {
+                self.engines
+                    .get(r.engine)
+                    .is_ok_and(|e| e.alive(&r.handles))
+            });
+            match (vm.state, scratch) {
+                (VmState::Running, Some(r)) if alive => adopted.push((vm, r)),
+                (_, r) => dead.push((vm, r.filter(|_| alive))),
             }
         }
-        self.reconcile_bridge();
+        for (vm, r) in &adopted {
+            tracing::info!(vm = %vm.name, pid = r.handles.pid, "adopting running vm");
+            self.watch(vm, r);
+            self.runtime.insert(&vm.name, r.clone());
+        }
+        let live: Vec<Live<'_>> = adopted
+            .iter()
+            .map(|(vm, r)| Live {
+                vm,
+                runtime: &r.capabilities,
+            })
+            .collect();
+        self.capabilities.sweep(&live);
+        for (vm, alive) in dead {
+            if let Some(r) = &alive
+                && let Ok(engine) = self.engines.get(r.engine)
+            {
+                tracing::warn!(vm = %vm.name, pid = r.handles.pid, state = %vm.state, "stopping an engine the store says is not running");
+                let _ = engine.stop(&r.handles, Duration::from_millis(500)).await;
+            }
+            self.release_runtime(&vm);
+            match vm.state {
+                VmState::Creating | VmState::Deleting => {
+                    tracing::info!(vm = %vm.name, state = %vm.state, "removing a vm whose create or delete was interrupted");
+                    let dir = self.dir(&vm);
+                    self.capabilities.destroy(&vm, &dir);
+                    let _ = dir.remove();
+                    self.store.delete_vm(&vm.name)?;
+                }
+                VmState::Running => {
+                    tracing::info!(vm = %vm.name, "engine gone while the daemon was down; recording stopped");
+                    self.store.set_vm_state(&vm.name, VmState::Stopped, None)?;
+                }
+                VmState::Stopped | VmState::Failed => {}
+            }
+        }
         Ok(())
     }
 }

@@ -3,31 +3,32 @@
 //! every mode) with backoff, since each probe makes sshd fork and aggressive
 //! probing slows a TCG boot badly.
 
+use super::Lifecycle;
 use crate::error::Error;
-use crate::manager::Manager;
+use banger_api::NetworkMode;
 use banger_api::SshTarget;
 use banger_proto::{FrameKind, Request};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
-impl Manager {
+impl Lifecycle {
     /// Where `vm ssh` connects for `name`; with `wait`, only once sshd answers.
     pub async fn ssh_target(&self, name: &str, wait: bool) -> Result<SshTarget, Error> {
-        let vm = self.vm_record(name)?;
+        let vm = self.record(name)?;
         let (key, _) = crate::ssh::ensure_key(
             &*self.runner,
             &self.paths.state_dir,
             self.config.ssh_key.as_deref(),
         )?;
-        let target = match vm.network.as_str() {
-            "bridge" => SshTarget {
+        let target = match vm.network {
+            NetworkMode::Bridge => SshTarget {
                 user: "root".into(),
                 host: vm.ip.clone().unwrap_or_default(),
                 port: 22,
                 key: String::new(),
                 proxy: false,
             },
-            "user" => match vm.publish.iter().find(|p| p.guest == 22) {
+            NetworkMode::User => match vm.publish.iter().find(|p| p.guest == 22) {
                 Some(p) => SshTarget {
                     user: "root".into(),
                     host: "127.0.0.1".into(),
@@ -43,7 +44,7 @@ impl Manager {
                     proxy: true,
                 },
             },
-            _ => SshTarget {
+            NetworkMode::None => SshTarget {
                 user: "root".into(),
                 host: name.into(),
                 port: 22,
@@ -68,15 +69,17 @@ impl Manager {
         loop {
             match self.probe_sshd(name).await {
                 Ok(()) => return Ok(()),
-                Err(e @ Error::Conflict(_)) | Err(e @ Error::NotFound(_)) => return Err(e),
+                Err(e @ Error::WrongState { .. }) | Err(e @ Error::VmNotFound { .. }) => {
+                    return Err(e);
+                }
                 Err(e) => last = crate::error::chain(&e),
             }
             if Instant::now() + delay > deadline {
-                return Err(Error::failed(format!(
-                    "sshd in {name:?} did not answer within {} s ({last}); does the image have openssh-server? \
-                     build one with `banger image build --preset debian`",
-                    timeout.as_secs()
-                )));
+                return Err(Error::SshTimeout {
+                    name: name.into(),
+                    secs: timeout.as_secs(),
+                    last,
+                });
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
@@ -94,17 +97,17 @@ impl Manager {
             Some(f) if f.kind == FrameKind::Error => {
                 let e: banger_proto::ErrorBody =
                     f.parse().map_err(crate::agent::AgentError::from)?;
-                return Err(Error::failed(e.message));
+                return Err(Error::Guest(e.message));
             }
-            _ => return Err(Error::failed("the agent closed the probe")),
+            _ => return Err(Error::Guest("the agent closed the probe".into())),
         }
         let mut banner = [0u8; 4];
         tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut banner))
             .await
-            .map_err(|_| Error::failed("sshd sent no banner"))?
-            .map_err(|e| Error::failed(format!("sshd closed the connection: {e}")))?;
+            .map_err(|_| Error::Guest("sshd sent no banner".into()))?
+            .map_err(|e| Error::Guest(format!("sshd closed the connection: {e}")))?;
         if &banner != b"SSH-" {
-            return Err(Error::failed("port 22 in the guest is not sshd"));
+            return Err(Error::Guest("port 22 in the guest is not sshd".into()));
         }
         Ok(())
     }

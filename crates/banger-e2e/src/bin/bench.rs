@@ -103,7 +103,7 @@ fn bare_boot(image: &Path, scratch: &Path, accel: Accel) -> f64 {
                 read_only: true,
             },
         ],
-        nic: None,
+        nics: vec![],
         console_log: scratch.join("console.log"),
         engine_log: scratch.join("engine.log"),
         run_dir: scratch.to_owned(),

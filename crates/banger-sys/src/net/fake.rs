@@ -31,6 +31,8 @@ struct State {
     links: BTreeMap<String, FakeLink>,
     next_index: u32,
     fail_next: Option<i32>,
+    /// Fail the next call that starts with this, with this errno.
+    fail_call: Option<(String, i32)>,
     calls: Vec<String>,
 }
 
@@ -80,6 +82,12 @@ impl FakeLinks {
         self.lock().fail_next = Some(errno);
     }
 
+    /// Makes the next call that starts with `call` (`"attach"`,
+    /// `"create_tap"`, …) fail with `errno`.
+    pub fn fail_call(&self, call: &str, errno: i32) {
+        self.lock().fail_call = Some((call.to_string(), errno));
+    }
+
     /// Every mutating call so far, as `"attach bgtap0 banger0"` and so on.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()
@@ -97,7 +105,15 @@ impl FakeLinks {
     /// Records `call` and returns the injected failure, if any.
     fn begin(&self, call: String) -> Option<io::Error> {
         let mut s = self.lock();
+        let targeted = match &s.fail_call {
+            Some((prefix, errno)) if call.starts_with(prefix.as_str()) => Some(*errno),
+            _ => None,
+        };
         s.calls.push(call);
+        if let Some(errno) = targeted {
+            s.fail_call = None;
+            return Some(io::Error::from_raw_os_error(errno));
+        }
         s.fail_next.take().map(io::Error::from_raw_os_error)
     }
 

@@ -35,8 +35,9 @@ pub async fn create_vm(client: &Client, spec: &VmSpec, style: Style) -> anyhow::
         cpus: spec.cpus,
         memory_mib: spec.memory,
         disk_size_mib: spec.disk_size,
-        network: spec.network.clone(),
+        network: spec.network,
         publish: spec.publish.clone(),
+        engine: None,
     };
     let op: OperationRef = client.post("/v1/vms", &body).await?;
     let operation = progress::follow(client, &op, style).await?;
@@ -176,7 +177,7 @@ fn vm_fields(vm: &Vm, now: i64) -> String {
         ("created", format!("{} ago", format_age(now, vm.created_at))),
         ("accel", or_dash(vm.accel.as_ref())),
         ("pid", or_dash(vm.pid)),
-        ("network", vm.network.clone()),
+        ("network", vm.network.to_string()),
         ("ip", or_dash(vm.ip.as_ref())),
         ("dns", or_dash(vm.dns_name.as_ref())),
         (
@@ -237,7 +238,8 @@ mod tests {
             pid: None,
             last_error: None,
             dir: "/d".into(),
-            network: "user".into(),
+            network: banger_api::NetworkMode::User,
+            engine: banger_api::EngineKind::Qemu,
             ip: None,
             dns_name: None,
             ports: vec![],

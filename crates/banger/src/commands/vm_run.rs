@@ -61,7 +61,7 @@ async fn ensure_vm(client: &Client, spec: &VmSpec) -> anyhow::Result<String> {
         .await
     {
         Ok(vm) => vm,
-        Err(err) if err.api_code() == Some("not_found") => {
+        Err(err) if err.api_code() == Some(banger_api::ErrorCode::NotFound) => {
             return create_vm(client, spec, style).await;
         }
         Err(err) => return Err(err.into()),

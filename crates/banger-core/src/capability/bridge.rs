@@ -1,0 +1,186 @@
+//! Bridge networking: an address lease at create (released at delete), and
+//! at each boot a tap on the daemon's bridge, the VM's DNS name and NAT out
+//! (all through [`Network`]), released on stop and failure. Needs a
+//! privileged daemon; refused at request time otherwise.
+
+use super::{BootPlan, Capability, Ctx, Live};
+use crate::engine::Nic;
+use crate::error::Error;
+use crate::layout::VmDir;
+use crate::net::{NetError, Network};
+use crate::store::VmRecord;
+use banger_api::{CreateVm, NetworkMode};
+use futures::future::BoxFuture;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+pub struct BridgeNet {
+    network: Arc<Network>,
+}
+
+impl BridgeNet {
+    pub fn new(network: Arc<Network>) -> BridgeNet {
+        BridgeNet { network }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    tap: String,
+}
+
+impl Capability for BridgeNet {
+    fn name(&self) -> &'static str {
+        "bridge"
+    }
+
+    fn applies(&self, vm: &VmRecord) -> bool {
+        vm.network == NetworkMode::Bridge
+    }
+
+    fn plan(&self, _req: &CreateVm, vm: &mut VmRecord) -> Result<(), Error> {
+        if !self.applies(vm) {
+            return Ok(());
+        }
+        if !self.network.privileged() {
+            return Err(Error::NeedsPrivilege {
+                what: "bridge networking",
+                hint: "run bangerd as root or use --network user",
+            });
+        }
+        vm.mac = Some(crate::net::mac_for(&vm.id));
+        Ok(())
+    }
+
+    fn create<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move { self.network.lease(&ctx.vm.name).map(drop) })
+    }
+
+    fn destroy(&self, vm: &VmRecord, _dir: &VmDir) {
+        self.network.release_lease(&vm.name);
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        ctx: &'a Ctx<'a>,
+        plan: &'a mut BootPlan,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let vm = ctx.vm;
+            let no_lease = || {
+                Error::Network(NetError::NoLease {
+                    vm: vm.name.clone(),
+                })
+            };
+            let ip: Ipv4Addr = vm
+                .ip
+                .as_deref()
+                .and_then(|ip| ip.parse().ok())
+                .ok_or_else(no_lease)?;
+            let mac = vm.mac.clone().ok_or_else(no_lease)?;
+            let network = self.network.clone();
+            let name = vm.name.clone();
+            let tap = tokio::task::spawn_blocking(move || network.attach(&name, ip))
+                .await
+                .map_err(|source| Error::Task {
+                    task: "bridge attach",
+                    source,
+                })??;
+            plan.guest.network = Some(self.network.guest_network(&mac, ip));
+            plan.nics.push(Nic::Tap {
+                ifname: tap.clone(),
+                mac,
+            });
+            plan.runtime.insert(
+                self.name().into(),
+                serde_json::to_value(State { tap }).expect("state serializes"),
+            );
+            Ok(())
+        })
+    }
+
+    fn release(&self, vm: &VmRecord, runtime: Option<&serde_json::Value>) {
+        let tap = runtime
+            .and_then(|v| serde_json::from_value::<State>(v.clone()).ok())
+            .map(|s| s.tap);
+        self.network.detach(&vm.name, tap.as_deref());
+    }
+
+    fn sweep(&self, live: &[Live<'_>]) {
+        let on_bridge: Vec<(String, Option<String>)> = live
+            .iter()
+            .filter(|l| self.applies(l.vm))
+            .map(|l| {
+                let tap = l
+                    .runtime
+                    .get(self.name())
+                    .and_then(|v| serde_json::from_value::<State>(v.clone()).ok())
+                    .map(|s| s.tap);
+                (l.vm.name.clone(), tap)
+            })
+            .collect();
+        self.network.sweep(&on_bridge);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Harness, empty_plan, recorded_vm};
+
+    #[tokio::test]
+    async fn a_lease_and_a_tap_are_made_and_given_back() {
+        let h = Harness::new();
+        let (vm, image, dir) = recorded_vm(&h, "web", NetworkMode::Bridge);
+        let cap = BridgeNet::new(h.services.network.clone());
+        let ctx = Ctx {
+            vm: &vm,
+            image: &image,
+            dir: &dir,
+        };
+        cap.create(&ctx).await.unwrap();
+        assert_eq!(h.store.leased_ips().unwrap(), ["172.30.0.2"]);
+        let vm = h.store.vm("web").unwrap().unwrap();
+        let ctx = Ctx {
+            vm: &vm,
+            image: &image,
+            dir: &dir,
+        };
+        let mut plan = empty_plan(&vm);
+        cap.prepare(&ctx, &mut plan).await.unwrap();
+        assert_eq!(h.taps_on_bridge().len(), 1);
+        assert_eq!(h.dns_names(), ["web"]);
+        assert_eq!(
+            plan.guest.network.as_ref().unwrap().address,
+            "172.30.0.2/24"
+        );
+        cap.release(&vm, plan.runtime.get(cap.name()));
+        assert_eq!(
+            (h.taps().len(), h.dns_names().len(), h.runner.nat()),
+            (0, 0, false)
+        );
+        cap.destroy(&vm, &dir);
+        assert!(
+            h.store.leased_ips().unwrap().is_empty(),
+            "the row stays, the lease goes"
+        );
+        assert!(h.store.vm("web").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_subnet_is_busy_not_broken() {
+        let mut setup = crate::testing::Setup::default();
+        setup.config.bridge_subnet = "10.9.0.0/30".into();
+        let h = Harness::with(setup);
+        recorded_vm(&h, "a", NetworkMode::Bridge);
+        recorded_vm(&h, "b", NetworkMode::Bridge);
+        h.services.network.lease("a").unwrap();
+        let err = h.services.network.lease("b").unwrap_err();
+        assert_eq!(err.code(), banger_api::ErrorCode::Busy);
+        assert!(
+            err.to_string()
+                .contains("no free address left in 10.9.0.0/30"),
+            "{err}"
+        );
+    }
+}

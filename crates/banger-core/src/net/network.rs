@@ -1,0 +1,398 @@
+//! The network service: bridge mode's host side and address leases.
+//!
+//! The host side is made idempotently by the first bridge-mode boot (the
+//! bridge with its address, banger's own nftables NAT table, dnsmasq) and
+//! each VM gets a tap (from a warm pool, refilled after each boot) on the
+//! bridge and a name in DNS. [`Network::detach`] gives the tap back and
+//! takes the name away; when the last attached VM goes, the NAT table and
+//! the idle pool go too, so an idle host carries nothing of ours but the
+//! bridge. Leases are the `ip` column of VM rows (unique), made at create
+//! and released at delete.
+//!
+//! Which VMs are attached is this service's own state, rebuilt at daemon
+//! start by [`Network::sweep`] from the VMs it adopted, which also removes
+//! taps, names and NAT that no live VM owns.
+
+use super::dns::DnsServer;
+use super::tap_pool::{TAP_PREFIX, TapPool, new_tap_name};
+use super::{NetError, ipam};
+use crate::config::{Config, NetworkChoice};
+use crate::error::Error;
+use crate::store::{Store, StoreError};
+use banger_api::NetworkMode;
+use banger_sys::command::Runner;
+use banger_sys::net::Ipv4Cidr;
+use banger_sys::net::dnsmasq::{self, DnsmasqConfig};
+use banger_sys::net::link::Links;
+use banger_sys::net::nft::Nft;
+use banger_sys::net::tap::{TapOptions, Taps};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// What the network service is built from; the kernel-facing parts are
+/// traits so unit tests run it on fakes.
+pub struct NetworkDeps {
+    pub config: Arc<Config>,
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub store: Arc<Store>,
+    pub links: Arc<dyn Links>,
+    pub taps: Arc<dyn Taps>,
+    pub runner: Arc<dyn Runner>,
+    pub dns: Arc<dyn DnsServer>,
+    /// May this daemon make taps and bridges (root or CAP_NET_ADMIN)?
+    pub privileged: bool,
+}
+
+pub struct Network {
+    deps: NetworkDeps,
+    subnet: Ipv4Cidr,
+    state: Mutex<BridgeState>,
+    /// Tap deletions in flight (each takes ~20 ms, so off the caller's path).
+    deleting: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct BridgeState {
+    pool: TapPool,
+    /// VM name → its tap.
+    attached: BTreeMap<String, String>,
+}
+
+fn net_err(e: impl Into<NetError>) -> Error {
+    Error::Network(e.into())
+}
+
+impl Network {
+    pub fn new(deps: NetworkDeps) -> Result<Network, Error> {
+        let subnet = ipam::parse_subnet(&deps.config.bridge_subnet)
+            .map_err(|p| Error::invalid("bridge_subnet", p))?;
+        Ok(Network {
+            deps,
+            subnet,
+            state: Mutex::new(BridgeState::default()),
+            deleting: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BridgeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.deps.config
+    }
+
+    pub fn privileged(&self) -> bool {
+        self.deps.privileged
+    }
+
+    /// The mode of a VM created without `--network`.
+    pub fn default_mode(&self) -> NetworkMode {
+        match self.deps.config.network {
+            NetworkChoice::Auto => super::auto_mode(self.deps.privileged),
+            NetworkChoice::Bridge => NetworkMode::Bridge,
+            NetworkChoice::User => NetworkMode::User,
+            NetworkChoice::None => NetworkMode::None,
+        }
+    }
+
+    pub fn subnet(&self) -> Ipv4Cidr {
+        self.subnet
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        ipam::gateway(self.subnet)
+    }
+
+    /// The name a bridge-mode VM answers to.
+    pub fn dns_name(&self, vm: &str) -> String {
+        format!("{vm}.{}", self.deps.config.dns_suffix)
+    }
+
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.deps.state_dir.join("dns/hosts")
+    }
+
+    pub(crate) fn dnsmasq_config(&self) -> DnsmasqConfig {
+        let mut cfg = DnsmasqConfig::new(
+            self.gateway(),
+            &self.deps.runtime_dir.join("dns"),
+            &self.hosts_dir(),
+        );
+        cfg.suffix = self.deps.config.dns_suffix.clone();
+        // Stay root: the hosts dir sits under a state dir only we can read.
+        cfg.user = Some("root".into());
+        if self.deps.config.egress {
+            cfg.upstreams = host_resolvers();
+        }
+        cfg
+    }
+
+    /// Leases the lowest free address to `vm` (a concurrent create may take
+    /// the same one first: pick again).
+    pub fn lease(&self, vm: &str) -> Result<Ipv4Addr, Error> {
+        for _ in 0..8 {
+            let ip = ipam::allocate(self.subnet, &self.deps.store.leased_ips()?).ok_or(
+                Error::NoFreeAddress {
+                    subnet: self.subnet,
+                },
+            )?;
+            match self.deps.store.set_vm_ip(vm, Some(&ip.to_string())) {
+                Err(StoreError::AddressTaken(_)) => continue,
+                other => return other.map(|()| ip).map_err(Error::from),
+            }
+        }
+        Err(StoreError::AddressTaken("any".into()).into())
+    }
+
+    pub fn release_lease(&self, vm: &str) {
+        if let Err(e) = self.deps.store.set_vm_ip(vm, None) {
+            tracing::warn!(vm, error = %crate::error::chain(&e), "cannot release the address lease");
+        }
+    }
+
+    /// The guest's side of its lease, for the config drive.
+    pub fn guest_network(&self, mac: &str, ip: Ipv4Addr) -> banger_proto::GuestNetwork {
+        banger_proto::GuestNetwork {
+            mac: mac.to_string(),
+            address: format!("{ip}/{}", self.subnet.prefix()),
+            gateway: Some(self.gateway().to_string()),
+            dns: vec![self.gateway().to_string()],
+            search: Some(self.deps.config.dns_suffix.clone()),
+        }
+    }
+
+    /// Bridge, address, NAT and DNS server, made idempotently.
+    fn ensure_host(&self) -> Result<(), Error> {
+        let cfg = &self.deps.config;
+        let links = &self.deps.links;
+        let bridge = &cfg.bridge_name;
+        links.ensure_bridge(bridge).map_err(net_err)?;
+        let cidr = Ipv4Cidr::new(self.gateway(), self.subnet.prefix())
+            .expect("a validated prefix is at most 32");
+        links.ensure_ipv4(bridge, cidr).map_err(net_err)?;
+        links.set_up(bridge).map_err(net_err)?;
+        if cfg.egress {
+            Nft::new(&*self.deps.runner)
+                .ensure_nat(&cfg.nft_table, self.subnet, bridge)
+                .map_err(net_err)?;
+            if cfg.allow_ip_forward && !banger_sys::net::nft::ipv4_forwarding().unwrap_or(false) {
+                banger_sys::net::nft::set_ipv4_forwarding(true).map_err(net_err)?;
+            }
+        }
+        let dns = self.dnsmasq_config();
+        for dir in [&self.deps.runtime_dir.join("dns"), &dns.hosts_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| {
+                net_err(NetError::Dir {
+                    path: dir.clone(),
+                    source,
+                })
+            })?;
+        }
+        dnsmasq::prepare_hosts_dir(&dns.hosts_dir).map_err(net_err)?;
+        self.deps.dns.ensure_running(&dns).map_err(net_err)?;
+        Ok(())
+    }
+
+    /// Puts `vm` on the bridge: the host side made ready, a tap from the
+    /// pool (or made) joined to the bridge, the VM's name in DNS. Returns
+    /// the tap. On error nothing of this call is left.
+    pub fn attach(&self, vm: &str, ip: Ipv4Addr) -> Result<String, Error> {
+        if !self.deps.privileged {
+            return Err(Error::NeedsPrivilege {
+                what: "bridge networking",
+                hint: "run bangerd as root or use --network user",
+            });
+        }
+        let mut st = self.state();
+        let result = self
+            .ensure_host()
+            .and_then(|()| self.join_bridge(&mut st, vm, ip));
+        match result {
+            Ok(tap) => {
+                st.attached.insert(vm.to_string(), tap.clone());
+                self.refill(&mut st);
+                Ok(tap)
+            }
+            Err(e) => {
+                if st.attached.is_empty() {
+                    self.teardown_idle(&mut st);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A tap for `vm` on the bridge, with its DNS name; on error, the tap
+    /// is gone again.
+    fn join_bridge(&self, st: &mut BridgeState, vm: &str, ip: Ipv4Addr) -> Result<String, Error> {
+        let links = &self.deps.links;
+        let tap = match st.pool.take() {
+            Some(t) if links.exists(&t).unwrap_or(false) => t,
+            _ => {
+                let t = new_tap_name();
+                self.deps
+                    .taps
+                    .create_tap(&t, &TapOptions::default())
+                    .map_err(net_err)?;
+                t
+            }
+        };
+        let joined = links
+            .attach(&tap, &self.deps.config.bridge_name)
+            .and_then(|()| links.set_up(&tap))
+            .map_err(net_err)
+            .and_then(|()| dnsmasq::write_host_entry(&self.hosts_dir(), vm, ip).map_err(net_err));
+        if let Err(e) = joined {
+            let _ = links.detach(&tap);
+            self.delete_later(vec![tap]);
+            return Err(e);
+        }
+        Ok(tap)
+    }
+
+    /// Takes `vm` off the bridge: its name leaves DNS and its tap goes back
+    /// to the pool (or away). The last attached VM takes the NAT table and
+    /// the idle pool with it. Idempotent.
+    pub fn detach(&self, vm: &str, tap: Option<&str>) {
+        let mut st = self.state();
+        if let Err(e) = dnsmasq::remove_host_entry(&self.hosts_dir(), vm) {
+            tracing::warn!(vm, error = %crate::error::chain(&e), "cannot remove the dns name");
+        }
+        let tap = st.attached.remove(vm).or(tap.map(str::to_string));
+        if let Some(tap) = tap.filter(|t| !st.pool.contains(t)) {
+            let _ = self.deps.links.detach(&tap);
+            let size = if st.attached.is_empty() {
+                0
+            } else {
+                self.deps.config.tap_pool_size
+            };
+            if let Some(extra) = st.pool.offer(tap, size) {
+                self.delete_later(vec![extra]);
+            }
+        }
+        if st.attached.is_empty() {
+            self.teardown_idle(&mut st);
+        }
+    }
+
+    /// No VM on the bridge: drop the idle pool and the NAT table.
+    fn teardown_idle(&self, st: &mut BridgeState) {
+        self.delete_later(st.pool.drain());
+        if let Err(e) = Nft::new(&*self.deps.runner).remove_nat(&self.deps.config.nft_table) {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot remove the nat table");
+        }
+    }
+
+    /// Tops the idle pool up to `tap_pool_size`.
+    fn refill(&self, st: &mut BridgeState) {
+        for _ in 0..st.pool.missing(self.deps.config.tap_pool_size) {
+            let t = new_tap_name();
+            match self.deps.taps.create_tap(&t, &TapOptions::default()) {
+                Ok(()) => {
+                    st.pool.offer(t, usize::MAX);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::chain(&e), "cannot pre-create a tap");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn delete_later(&self, taps: Vec<String>) {
+        if taps.is_empty() {
+            return;
+        }
+        let links = self.deps.links.clone();
+        let handle = std::thread::spawn(move || {
+            for t in taps {
+                if let Err(e) = links.delete(&t) {
+                    tracing::warn!(tap = %t, error = %e, "cannot delete tap");
+                }
+            }
+        });
+        let mut pending = self.deleting.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|h| !h.is_finished());
+        pending.push(handle);
+    }
+
+    /// Waits for tap deletions in flight (tests; daemon shutdown).
+    pub fn settle(&self) {
+        let pending = std::mem::take(&mut *self.deleting.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in pending {
+            let _ = h.join();
+        }
+    }
+
+    /// At daemon start: `live` are the bridge VMs still running (name and
+    /// tap); every other tap, DNS name and the NAT table (when none) are a
+    /// killed daemon's leftovers.
+    pub fn sweep(&self, live: &[(String, Option<String>)]) {
+        if !self.deps.privileged {
+            return;
+        }
+        let mut st = self.state();
+        st.attached = live
+            .iter()
+            .filter_map(|(vm, tap)| Some((vm.clone(), tap.clone()?)))
+            .collect();
+        let in_use: Vec<&String> = st.attached.values().collect();
+        let stale: Vec<String> = self
+            .deps
+            .links
+            .list(TAP_PREFIX)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| l.name)
+            .filter(|n| !in_use.contains(&n))
+            .collect();
+        if !stale.is_empty() {
+            tracing::info!(taps = ?stale, "removing taps no vm owns");
+            self.delete_later(stale);
+        }
+        if let Ok(rd) = std::fs::read_dir(self.hosts_dir()) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with('.') && !live.iter().any(|(vm, _)| *vm == name) {
+                    let _ = dnsmasq::remove_host_entry(&self.hosts_dir(), &name);
+                }
+            }
+        }
+        if live.is_empty() {
+            let _ = Nft::new(&*self.deps.runner).remove_nat(&self.deps.config.nft_table);
+        }
+    }
+
+    /// VMs on the bridge now.
+    pub fn attached(&self) -> Vec<String> {
+        self.state().attached.keys().cloned().collect()
+    }
+
+    pub(crate) fn links(&self) -> &dyn Links {
+        &*self.deps.links
+    }
+
+    pub(crate) fn runner(&self) -> &dyn Runner {
+        &*self.deps.runner
+    }
+
+    pub(crate) fn dns_server(&self) -> &dyn DnsServer {
+        &*self.deps.dns
+    }
+}
+
+/// The host's own resolvers (not loopback ones, which the guest cannot
+/// reach through dnsmasq's view), as dnsmasq upstreams.
+fn host_resolvers() -> Vec<String> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.parse::<Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()))
+        .collect()
+}

@@ -1,0 +1,203 @@
+//! The boot sequence create and start share. In order, each a stage:
+//!
+//! 1. every capability's `prepare` (host resources, drives, NICs, guest
+//!    config), each pushing its `release` on the undo stack (one stage);
+//! 2. the config drive with the guest config;
+//! 3. the accelerator (a probe boot the first time, when `auto` needs one);
+//! 4. the engine, from the machine spec (root disk, the capabilities'
+//!    drives, the config drive); undo: stop it;
+//! 5. the runtime remembered (memory and `handles.json`); undo: forget it;
+//! 6. the guest agent answering its health check, then every capability's
+//!    `ready`.
+//!
+//! A failure anywhere leaves the undo stack to the caller, which unwinds it.
+
+use super::Lifecycle;
+use super::runtime::Running;
+use super::undo::Undo;
+use crate::agent::AgentConn;
+use crate::capability::{BootPlan, Ctx};
+use crate::engine::{Drive, DriveFormat, Engine, Handles, MachineSpec};
+use crate::error::Error;
+use crate::ops::Op;
+use crate::store::{ImageRecord, VmRecord};
+use banger_proto::GuestConfig;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl Lifecycle {
+    /// Boots `vm` (its disks already exist) and waits for its agent; what it
+    /// made is on `undo` when it fails.
+    pub(super) async fn boot<'a>(
+        &'a self,
+        op: &Op,
+        vm: &'a VmRecord,
+        image: &ImageRecord,
+        undo: &mut Undo<'a>,
+    ) -> Result<(), Error> {
+        let engine = self.engine(vm)?;
+        let dir = self.dir(vm);
+        let ctx = Ctx {
+            vm,
+            image,
+            dir: &dir,
+        };
+        let mut plan = BootPlan {
+            drives: Vec::new(),
+            nics: Vec::new(),
+            guest: GuestConfig {
+                version: 1,
+                vm_name: vm.name.clone(),
+                hostname: vm.name.clone(),
+                authorized_keys: Vec::new(),
+                network: None,
+            },
+            runtime: Default::default(),
+        };
+        op.stage("prepare", "prepare the host side", async {
+            for cap in self.capabilities.for_vm(vm) {
+                let t0 = Instant::now();
+                cap.prepare(&ctx, &mut plan).await?;
+                tracing::debug!(vm = %vm.name, capability = cap.name(), ms = t0.elapsed().as_millis() as u64, "prepared");
+                let (cap, state) = (cap.clone(), plan.runtime.get(cap.name()).cloned());
+                undo.push(format!("release {}", cap.name()), move || {
+                    cap.release(vm, state.as_ref())
+                });
+            }
+            Ok::<_, Error>(())
+        })
+        .await?;
+        op.stage("config", "write guest config", async {
+            crate::disks::write_config_drive(&plan.guest, &dir.config_drive()).map_err(Error::from)
+        })
+        .await?;
+        let kernel = self.images.kernel(image)?;
+        let (accel, _) = if engine.accel_needs_probe(&kernel) {
+            op.stage("accel", "probe /dev/kvm", async {
+                Ok::<_, Error>(engine.accel(&kernel).await)
+            })
+            .await?
+        } else {
+            engine.accel(&kernel).await
+        };
+        let mut drives = vec![engine.root_drive(&dir)];
+        drives.extend(plan.drives.iter().cloned());
+        drives.push(Drive {
+            path: dir.config_drive(),
+            format: DriveFormat::Raw,
+            serial: banger_proto::CONFIG_DRIVE_SERIAL,
+            read_only: true,
+        });
+        let manifest: serde_json::Value = serde_json::from_str(&image.manifest).unwrap_or_default();
+        let spec = MachineSpec {
+            vm_id: vm.id.clone(),
+            name: vm.name.clone(),
+            cpus: vm.cpus,
+            memory_mib: vm.memory_mib,
+            kernel,
+            initrd: Some(std::path::Path::new(&image.dir).join(banger_image::layout::INITRD))
+                .filter(|p| p.exists()),
+            cmdline_extra: manifest
+                .get("kernel_cmdline")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            drives,
+            nics: plan.nics.clone(),
+            console_log: engine.console_log(&dir),
+            engine_log: dir.engine_log(),
+            run_dir: dir.run.clone(),
+            accel,
+            tsc_khz: banger_sys::process::tsc_khz(),
+        };
+        let handles = op
+            .stage("engine", "start engine", async {
+                Ok::<_, Error>(engine.spawn(&spec).await?)
+            })
+            .await?;
+        {
+            let (engine, handles) = (engine.clone(), handles.clone());
+            undo.push_async("stop the engine", move || {
+                Box::pin(async move { self.kill_engine(vm, &*engine, &handles).await })
+            });
+        }
+        self.remember(
+            vm,
+            Running {
+                engine: engine.kind(),
+                handles: handles.clone(),
+                capabilities: plan.runtime.clone(),
+                agent: None,
+            },
+        )?;
+        undo.push("forget the runtime", move || {
+            self.runtime.remove(&vm.name);
+            super::runtime::remove(&self.dir(vm));
+        });
+        let conn = op
+            .stage(
+                "agent",
+                "wait for agent",
+                self.wait_for_agent(vm, &*engine, &handles),
+            )
+            .await?;
+        let conn = Arc::new(conn);
+        self.runtime.set_agent(&vm.name, conn.clone());
+        for cap in self.capabilities.for_vm(vm) {
+            cap.ready(&ctx, &conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Connects to the agent, retrying until it answers, the engine dies, or
+    /// the boot timeout passes; errors carry the last console lines.
+    async fn wait_for_agent(
+        &self,
+        vm: &VmRecord,
+        engine: &dyn Engine,
+        handles: &Handles,
+    ) -> Result<AgentConn, Error> {
+        let timeout = Duration::from_secs(self.config.boot_timeout_secs);
+        let deadline = Instant::now() + timeout;
+        let connect = async {
+            loop {
+                match engine.connect_agent(handles).await {
+                    Ok(io) => match AgentConn::handshake(io).await {
+                        Ok(conn) => {
+                            conn.health().await?;
+                            return Ok::<_, Error>(conn);
+                        }
+                        Err(e @ crate::agent::AgentError::ProtocolMismatch { .. }) => {
+                            return Err(e.into());
+                        }
+                        Err(e) => {
+                            tracing::debug!(vm = %vm.name, error = %e, "agent handshake failed; retrying")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::debug!(vm = %vm.name, error = %e, "agent socket not ready; retrying")
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), connect) => match r {
+                Ok(r) => r,
+                Err(_) => Err(Error::BootTimeout {
+                    secs: timeout.as_secs(),
+                    console: self.console_tail(vm, engine, 10),
+                }),
+            },
+            _ = engine.wait_exit(handles) => {
+                // Give the console file a moment to receive the last lines.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let log = crate::layout::tail(&self.dir(vm).engine_log(), 3);
+                Err(Error::EngineExited {
+                    console: self.console_tail(vm, engine, 10),
+                    engine_log: if log.is_empty() { log } else { format!("; engine said: {log}") },
+                })
+            }
+        }
+    }
+}
