@@ -14,6 +14,9 @@ use futures::future::BoxFuture;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+/// Its name in logs and in a boot's runtime state.
+pub const NAME: &str = "bridge-net";
+
 pub struct BridgeNet {
     network: Arc<Network>,
 }
@@ -31,7 +34,7 @@ struct State {
 
 impl Capability for BridgeNet {
     fn name(&self) -> &'static str {
-        "bridge"
+        NAME
     }
 
     fn applies(&self, vm: &VmRecord) -> bool {

@@ -59,7 +59,7 @@ pub fn read(dir: &VmDir) -> Option<Running> {
     let mut s: Scratch = serde_json::from_slice(&std::fs::read(dir.handles()).ok()?).ok()?;
     if let Some(tap) = s.tap.take() {
         s.capabilities
-            .entry("bridge".into())
+            .entry(capability::bridge::NAME.into())
             .or_insert_with(|| serde_json::json!({ "tap": tap }));
     }
     Some(Running {
@@ -127,7 +127,11 @@ mod tests {
                 control_socket: "/r/qmp.sock".into(),
                 started_at: 7,
             },
-            capabilities: [("bridge".to_string(), serde_json::json!({"tap": "bgtap1"}))].into(),
+            capabilities: [(
+                capability::bridge::NAME.to_string(),
+                serde_json::json!({"tap": "bgtap1"}),
+            )]
+            .into(),
             agent: None,
         }
     }
@@ -164,7 +168,7 @@ mod tests {
         let r = read(&d).unwrap();
         assert_eq!(r.engine, EngineKind::Qemu);
         assert_eq!(
-            r.capabilities["bridge"],
+            r.capabilities[capability::bridge::NAME],
             serde_json::json!({"tap": "bgtap9"})
         );
     }
