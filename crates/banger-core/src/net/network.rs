@@ -262,16 +262,26 @@ impl Network {
         if let Err(e) = dnsmasq::remove_host_entry(&self.hosts_dir(), vm) {
             tracing::warn!(vm, error = %crate::error::chain(&e), "cannot remove the dns name");
         }
-        let tap = st.attached.remove(vm).or(tap.map(str::to_string));
-        if let Some(tap) = tap.filter(|t| !st.pool.contains(t)) {
-            let _ = self.deps.links.detach(&tap);
-            let size = if st.attached.is_empty() {
-                0
-            } else {
-                self.deps.config.tap_pool_size
-            };
-            if let Some(extra) = st.pool.offer(tap, size) {
-                self.delete_later(vec![extra]);
+        match st.attached.remove(vm) {
+            // A tap this service attached goes back to the pool (or away).
+            Some(tap) => {
+                let _ = self.deps.links.detach(&tap);
+                let size = if st.attached.is_empty() {
+                    0
+                } else {
+                    self.deps.config.tap_pool_size
+                };
+                if let Some(extra) = st.pool.offer(tap, size) {
+                    self.delete_later(vec![extra]);
+                }
+            }
+            // One only a scratch file names (a boot before a daemon
+            // restart) may already be on its way out: never pool it.
+            None => {
+                if let Some(tap) = tap.filter(|t| !st.pool.contains(*t)) {
+                    let _ = self.deps.links.detach(tap);
+                    self.delete_later(vec![tap.to_string()]);
+                }
             }
         }
         if st.attached.is_empty() {
