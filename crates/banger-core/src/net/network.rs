@@ -278,7 +278,7 @@ impl Network {
             // One only a scratch file names (a boot before a daemon
             // restart) may already be on its way out: never pool it.
             None => {
-                if let Some(tap) = tap.filter(|t| !st.pool.contains(*t)) {
+                if let Some(tap) = tap.filter(|t| !st.pool.contains(t)) {
                     let _ = self.deps.links.detach(tap);
                     self.delete_later(vec![tap.to_string()]);
                 }
