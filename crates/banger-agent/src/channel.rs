@@ -15,7 +15,8 @@
 //!    decoder; the last bytes read are handed back ([`Channel::tail`]) so the
 //!    next handshake finds that line.
 //! 4. Ending the connection drops every stream, which kills the processes
-//!    they run (see `exec.rs`).
+//!    they run (see `exec.rs`); sessions (`sessions/`) are tied to no stream
+//!    and keep running.
 
 use std::collections::VecDeque;
 use std::io;
@@ -236,6 +237,7 @@ async fn handle_stream(stream: yamux::Stream, agent: Arc<Agent>) {
         }
         Request::Exec(req) => crate::exec::run(&agent, req, input, output).await,
         Request::Connect { port } => crate::connect::run(port, input, output).await,
+        Request::Session(req) => crate::sessions::run(&agent, req, input, output).await,
         Request::Shutdown { reboot } => {
             let _ = respond(&mut output, &serde_json::json!({})).await;
             drop(output);

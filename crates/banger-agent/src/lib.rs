@@ -30,6 +30,7 @@ pub mod fdio;
 pub mod net;
 pub mod port;
 pub mod reaper;
+pub mod sessions;
 pub mod setup;
 pub mod shutdown;
 pub mod spawn;
@@ -47,6 +48,8 @@ pub struct Agent {
     pub exec: ExecDefaults,
     /// What a shutdown request calls.
     pub power: Arc<dyn Power>,
+    /// The guest's sessions, shared by every host connection.
+    pub sessions: sessions::Sessions,
 }
 
 impl Agent {
@@ -56,6 +59,7 @@ impl Agent {
             reaper: reaper::Reaper::global(),
             exec: ExecDefaults::default(),
             power,
+            sessions: sessions::Sessions::default(),
         }
     }
 }

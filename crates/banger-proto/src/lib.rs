@@ -22,11 +22,16 @@
 //!    streams `Stdout`/`Stderr` frames and finally one `Exit` frame. The host
 //!    may send `Stdin`, `StdinEof`, `Signal` and `Resize` frames at any time.
 //!    If the stream closes before `Exit`, the agent kills the process group.
+//! 7. `session`: processes the agent keeps independent of any stream or
+//!    connection; see [`session`] for each action's stream.
 //!
 //! A frame is `kind: u8`, `len: u32` big-endian, then `len` payload bytes
 //! (at most [`MAX_FRAME`]). Data frames carry raw bytes, the rest JSON.
 
 use serde::{Deserialize, Serialize};
+
+pub mod session;
+pub use session::{SessionInfo, SessionRequest, SessionState};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol version this build speaks.
@@ -227,6 +232,8 @@ pub enum Request {
     Connect {
         port: u16,
     },
+    /// A guest session: start, list, attach, logs, stop (see [`session`]).
+    Session(SessionRequest),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -281,7 +288,8 @@ pub struct ExitStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
-    /// Stable machine code: `protocol_mismatch`, `not_found`, `spawn_failed`, `bad_request`.
+    /// Stable machine code: `protocol_mismatch`, `not_found`, `spawn_failed`, `bad_request`,
+    /// and for sessions `preflight_failed`, `conflict`.
     pub code: String,
     pub message: String,
 }
