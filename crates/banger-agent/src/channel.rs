@@ -237,6 +237,8 @@ async fn handle_stream(stream: yamux::Stream, agent: Arc<Agent>) {
         }
         Request::Exec(req) => crate::exec::run(&agent, req, input, output).await,
         Request::Connect { port } => crate::connect::run(port, input, output).await,
+        Request::Unpack(req) => crate::files::unpack(req, input, output).await,
+        Request::Pack(req) => crate::files::pack(req, output).await,
         Request::Session(req) => crate::sessions::run(&agent, req, input, output).await,
         Request::Shutdown { reboot } => {
             let _ = respond(&mut output, &serde_json::json!({})).await;

@@ -642,3 +642,34 @@ async fn connect_to_a_closed_port_gets_connect_failed() {
     assert_eq!(frame.kind, FrameKind::Error);
     assert_eq!(frame.parse::<ErrorBody>().unwrap().code, "connect_failed");
 }
+
+#[tokio::test]
+async fn unpack_and_pack_requests_are_routed_to_the_files_module() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut enc = banger_proto::archive::Encoder::new(Vec::new());
+    enc.file(b"", 0o644, 0, 5).unwrap();
+    enc.data(b"hello").unwrap();
+    let archive = enc.end().unwrap();
+    let dest = tmp.path().join("greeting").display().to_string();
+    let client = connect().await;
+
+    let unpack = banger_proto::UnpackRequest { dest: dest.clone() };
+    let mut stream = request(&client, Request::Unpack(unpack)).await;
+    send(&mut stream, Frame::new(FrameKind::Stdin, archive.clone())).await;
+    send(&mut stream, Frame::new(FrameKind::StdinEof, Vec::new())).await;
+    let frame = next(&mut stream).await;
+    assert_eq!(frame.kind, FrameKind::Response);
+    assert_eq!(
+        frame.parse::<banger_proto::ArchiveStats>().unwrap().files,
+        1
+    );
+
+    let mut stream = request(
+        &client,
+        Request::Pack(banger_proto::PackRequest { path: dest }),
+    )
+    .await;
+    let frame = next(&mut stream).await;
+    assert_eq!((frame.kind, frame.payload), (FrameKind::Stdout, archive));
+    assert_eq!(next(&mut stream).await.kind, FrameKind::Response);
+}

@@ -27,6 +27,7 @@ pub mod devices;
 pub mod entropy;
 pub mod exec;
 pub mod fdio;
+pub mod files;
 pub mod net;
 pub mod port;
 pub mod reaper;

@@ -24,13 +24,22 @@
 //!    If the stream closes before `Exit`, the agent kills the process group.
 //! 7. `session`: processes the agent keeps independent of any stream or
 //!    connection; see [`session`] for each action's stream.
+//! 8. `unpack`: the host sends the [`archive`] as `Stdin` frames, then
+//!    `StdinEof`. The agent unpacks beside `dest` and swaps it in, then
+//!    answers one `Response` frame ([`ArchiveStats`]), or one `Error` frame
+//!    as soon as something fails, leaving the previous `dest` untouched.
+//! 9. `pack`: the agent sends the archive of `path` as `Stdout` frames,
+//!    then one `Response` frame ([`ArchiveStats`]), or an `Error` frame
+//!    (after which the host discards what it received).
 //!
 //! A frame is `kind: u8`, `len: u32` big-endian, then `len` payload bytes
 //! (at most [`MAX_FRAME`]). Data frames carry raw bytes, the rest JSON.
 
 use serde::{Deserialize, Serialize};
 
+pub mod archive;
 pub mod session;
+pub use archive::ArchiveStats;
 pub use session::{SessionInfo, SessionRequest, SessionState};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -234,6 +243,25 @@ pub enum Request {
     },
     /// A guest session: start, list, attach, logs, stop (see [`session`]).
     Session(SessionRequest),
+    /// Replace `dest` with the archive that follows (step 8 above).
+    Unpack(UnpackRequest),
+    /// Archive `path` onto the stream (step 9 above).
+    Pack(PackRequest),
+}
+
+/// `{"op":"unpack","dest":"/root/repo"}`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UnpackRequest {
+    /// Absolute guest path without `..`; its parent must exist. Whatever is
+    /// there (file, directory, symlink) is replaced as a whole.
+    pub dest: String,
+}
+
+/// `{"op":"pack","path":"/etc/hosts"}`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PackRequest {
+    /// Absolute guest path without `..`; a symlink is sent as a symlink.
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
