@@ -24,6 +24,15 @@
 //! | DELETE | `/v1/images/{name}` | → 204 |
 //! | GET | `/v1/operations/{id}` | → [`Operation`] |
 //! | GET | `/v1/operations/{id}/events` | → `text/event-stream` of [`OperationEvent`] (`data: <json>\n\n`), ending after `done` |
+//! | POST | `/v1/vms/{name}/workspace` | [`PrepareWorkspace`] → 202 [`OperationRef`] |
+//! | POST | `/v1/vms/{name}/workspace/export` | [`ExportWorkspace`] → 202 [`OperationRef`] |
+//! | POST | `/v1/vms/{name}/files/unpack?path=P` | `Upgrade: banger-files` → 101; the client sends the archive as agent `Stdin` frames and `StdinEof`, and reads the agent's `Response` (stats) or `Error` frame |
+//! | POST | `/v1/vms/{name}/files/pack?path=P` | `Upgrade: banger-files` → 101; the client reads the archive of P as agent `Stdout` frames, then `Response` or `Error` |
+//! | GET | `/v1/vms/{name}/sessions` | → `Vec<Session>` |
+//! | POST | `/v1/vms/{name}/sessions` | [`StartSession`] → 201 [`Session`] |
+//! | POST | `/v1/vms/{name}/sessions/{s}/attach` | `Upgrade: banger-attach` → 101; agent frames: `Response` (session), `Stdout`…, `Exit`; the client may send `Stdin`/`StdinEof`; closing detaches |
+//! | GET | `/v1/vms/{name}/sessions/{s}/logs?follow=bool` | → `application/octet-stream`: scrollback, then live output while following |
+//! | POST | `/v1/vms/{name}/sessions/{s}/stop` | → [`Session`] once it has ended |
 //! | GET | `/v1/doctor` | → [`DoctorReport`] |
 //!
 //! Every error is an [`ApiError`] body with a stable [`ErrorCode`].
@@ -33,7 +42,7 @@ pub mod modes;
 pub mod paths;
 
 pub use error::ErrorCode;
-pub use modes::{EngineKind, NetworkMode, Preset, UnknownWord};
+pub use modes::{EngineKind, NetworkMode, Preset, SessionState, UnknownWord, WorkspaceMode};
 
 use serde::{Deserialize, Serialize};
 
@@ -179,6 +188,8 @@ pub enum OperationKind {
     Delete,
     ImageBuild,
     ImageRegister,
+    WorkspacePrepare,
+    WorkspaceExport,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -360,6 +371,85 @@ pub struct SshTarget {
     #[serde(default)]
     pub proxy: bool,
 }
+
+/// `POST /v1/vms/{name}/workspace`: copy a host checkout into the guest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PrepareWorkspace {
+    /// Absolute host path inside the checkout.
+    pub from: String,
+    #[serde(default)]
+    pub mode: WorkspaceMode,
+    /// Check out this commit (detached) instead of the host's HEAD and edits.
+    #[serde(default)]
+    pub git_ref: Option<String>,
+    /// `full_copy`: names (anywhere) or relative paths to leave out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Where in the guest; `/root/repo` by default.
+    #[serde(default)]
+    pub guest_path: Option<String>,
+}
+
+/// `POST /v1/vms/{name}/workspace/export`: the guest's commits back out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExportWorkspace {
+    /// Create this branch in the host checkout (never checked out).
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// Or write the commits as a patch series (`git format-patch`) to this
+    /// absolute host path.
+    #[serde(default)]
+    pub patch: Option<String>,
+    /// Commit the guest's uncommitted changes on top first (in a
+    /// throw-away commit; the guest's own branch is not moved).
+    #[serde(default)]
+    pub include_uncommitted: bool,
+    #[serde(default)]
+    pub guest_path: Option<String>,
+}
+
+/// `POST /v1/vms/{name}/sessions`: start a long-lived command in the guest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StartSession {
+    /// 1-63 characters of `a-z`, `0-9`, `.`, `_`, `-`.
+    pub name: String,
+    pub argv: Vec<String>,
+    /// `/root` when absent.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+}
+
+/// A guest session as `session list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Session {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub cwd: String,
+    pub state: SessionState,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Unix seconds.
+    pub started_at: i64,
+    #[serde(default)]
+    pub ended_at: Option<i64>,
+    /// Why it failed to start, or ended.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Bytes of output so far.
+    #[serde(default)]
+    pub output_bytes: u64,
+}
+
+/// `Upgrade:` protocol token of a session attach (raw agent frames).
+pub const ATTACH_UPGRADE: &str = "banger-attach";
+/// `Upgrade:` protocol token of a file transfer (raw agent frames).
+pub const FILES_UPGRADE: &str = "banger-files";
 
 /// `Upgrade:` protocol token of a raw TCP tunnel to a guest port
 /// (`/v1/vms/{name}/connect?port=N`).

@@ -97,6 +97,31 @@ word_enum!(
     }
 );
 
+word_enum!(
+    /// What `workspace prepare` copies from a checkout.
+    #[derive(Default)]
+    WorkspaceMode, "workspace mode", {
+        /// Tracked files, uncommitted edits and untracked files git does not ignore, and `.git`.
+        #[default]
+        Tracked => "tracked",
+        /// The whole tree: ignored files and submodules too, minus `--exclude`.
+        FullCopy => "full_copy",
+    }
+);
+
+word_enum!(
+    /// Where a guest session is.
+    SessionState, "session state", {
+        Running => "running",
+        /// The command ended on its own (or was stopped).
+        Exited => "exited",
+        /// It never started: the preflight found its cwd or command missing.
+        Failed => "failed",
+        /// The vm stopped or restarted under it.
+        Ended => "ended",
+    }
+);
+
 /// A word outside its set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} {word:?}: use {}", join_or(known))]

@@ -64,6 +64,8 @@ pub struct Config {
     pub egress: bool,
     /// Private key `vm ssh` uses; generated under the state dir when unset.
     pub ssh_key: Option<PathBuf>,
+    /// Host files copied into each guest at every boot.
+    pub file_sync: Vec<crate::capability::file_sync::FileSyncEntry>,
 }
 
 impl Default for Config {
@@ -87,6 +89,7 @@ impl Default for Config {
             allow_ip_forward: false,
             egress: true,
             ssh_key: None,
+            file_sync: Vec::new(),
         }
     }
 }
@@ -111,7 +114,7 @@ pub enum ConfigError {
     #[error("config {path}: {key} {problem}")]
     Invalid {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         problem: String,
     },
 }
@@ -137,9 +140,16 @@ impl Config {
         cfg.validate()
             .map_err(|(key, problem)| ConfigError::Invalid {
                 path: path.to_owned(),
-                key,
+                key: key.to_string(),
                 problem,
             })?;
+        crate::capability::file_sync::validate(&cfg.file_sync).map_err(|(key, problem)| {
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                problem,
+            }
+        })?;
         Ok(cfg)
     }
 
@@ -285,6 +295,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("dns_suffix"), "{err}");
+    }
+
+    #[test]
+    fn file_sync_entries_load_and_bad_ones_name_their_index() {
+        let cfg = parse(
+            "[[file_sync]]\nhost = \"~/.config/tool/auth.json\"\nguest = \"~/.config/tool/auth.json\"\nmode = \"0600\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.file_sync.len(), 1);
+        let err = parse(
+            "[[file_sync]]\nhost = \"/a\"\nguest = \"~/a\"\n[[file_sync]]\nhost = \"/b\"\nguest = \"/etc/b\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("file_sync[1].guest"), "{err}");
+        let err = parse("[[file_sync]]\nhost = \"/a\"\nguest = \"~/a\"\nowner = \"me\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("owner"), "{err}");
     }
 
     #[test]

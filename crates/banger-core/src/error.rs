@@ -17,6 +17,8 @@ pub enum Error {
         "no image named {name:?}: see `banger image list`, or build it with `banger image build`"
     )]
     ImageNotFound { name: String },
+    #[error("no session named {name:?}: see `banger vm session list`")]
+    SessionNotFound { name: String },
     #[error("no operation {id:?}")]
     OperationNotFound { id: String },
     #[error("vm {name:?} is {state}{}", refusal(*.action, .name))]
@@ -84,6 +86,28 @@ pub enum Error {
          or install it next to bangerd (the README's setup command builds it)"
     )]
     AgentBinaryMissing,
+    #[error("file_sync[{entry}]: cannot copy {host} to the guest's {guest}")]
+    FileSync {
+        entry: usize,
+        host: std::path::PathBuf,
+        guest: String,
+        #[source]
+        source: crate::agent::TransferError,
+    },
+    #[error("{what}")]
+    Transfer {
+        what: String,
+        #[source]
+        source: crate::agent::TransferError,
+    },
+    #[error("git failed in {dir}")]
+    Git {
+        dir: std::path::PathBuf,
+        #[source]
+        source: banger_sys::command::CommandError,
+    },
+    #[error("{what}: {hint}")]
+    Refused { what: String, hint: String },
     #[error("cannot create the ssh key {path}")]
     SshKey {
         path: std::path::PathBuf,
@@ -146,6 +170,7 @@ impl Error {
             Error::Image(banger_image::ImageError::InvalidName { .. }) => ErrorCode::Invalid,
             Error::VmNotFound { .. }
             | Error::ImageNotFound { .. }
+            | Error::SessionNotFound { .. }
             | Error::OperationNotFound { .. } => ErrorCode::NotFound,
             Error::WrongState { .. }
             | Error::ImageExists { .. }
@@ -163,13 +188,17 @@ impl Error {
             | Error::PowerOffTimeout { .. }
             | Error::SshTimeout { .. }
             | Error::Guest(_)
+            | Error::FileSync { .. }
+            | Error::Transfer { .. }
             | Error::EngineUnavailable { .. } => ErrorCode::Engine,
             Error::Disk(_)
             | Error::Network(_)
             | Error::Image(_)
             | Error::AgentBinaryMissing
             | Error::SshKey { .. }
+            | Error::Git { .. }
             | Error::Io { .. } => ErrorCode::Host,
+            Error::Refused { .. } => ErrorCode::Conflict,
         }
     }
 

@@ -19,9 +19,11 @@ pub mod layout;
 pub mod net;
 pub mod ops;
 pub mod services;
+pub mod session;
 pub mod ssh;
 pub mod store;
 pub mod vm;
+pub mod workspace;
 
 #[cfg(test)]
 pub(crate) mod testing;

@@ -31,6 +31,8 @@ pub struct Deps {
     pub dns: Arc<dyn DnsServer>,
     /// May this daemon make taps and bridges?
     pub privileged: bool,
+    /// The daemon user's home directory.
+    pub home: std::path::PathBuf,
 }
 
 impl Deps {
@@ -53,6 +55,9 @@ impl Deps {
             taps: Arc::new(TunTaps),
             dns: Arc::new(Dnsmasq),
             privileged: banger_sys::process::euid() == 0,
+            home: std::env::var_os("HOME")
+                .map(Into::into)
+                .unwrap_or_else(|| "/".into()),
         })
     }
 }
@@ -60,6 +65,8 @@ impl Deps {
 /// One daemon's services.
 pub struct Services {
     pub vms: Arc<Lifecycle>,
+    pub workspaces: Arc<crate::workspace::Workspaces>,
+    pub sessions: Arc<crate::session::Sessions>,
     pub images: Arc<Images>,
     pub ops: Arc<Operations>,
     pub network: Arc<Network>,
@@ -106,6 +113,7 @@ impl Services {
             paths: paths.clone(),
             runner: deps.runner.clone(),
             network: network.clone(),
+            home: deps.home.clone(),
         });
         let doctor = Arc::new(Doctor::new(
             paths.clone(),
@@ -116,16 +124,25 @@ impl Services {
         let vms = Lifecycle::new(LifecycleDeps {
             config,
             paths,
-            store,
+            store: store.clone(),
             engines: deps.engines,
             capabilities,
             images: images.clone(),
             ops: ops.clone(),
             network: network.clone(),
-            runner: deps.runner,
+            runner: deps.runner.clone(),
         });
+        let workspaces = Arc::new(crate::workspace::Workspaces::new(
+            vms.clone(),
+            store.clone(),
+            deps.runner,
+            ops.clone(),
+        ));
+        let sessions = Arc::new(crate::session::Sessions::new(vms.clone(), store.clone()));
         Ok(Services {
             vms,
+            workspaces,
+            sessions,
             images,
             ops,
             network,

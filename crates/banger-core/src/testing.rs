@@ -162,6 +162,7 @@ impl Harness {
             taps: links.clone(),
             dns: Arc::new(NoDns),
             privileged: setup.privileged,
+            home: root.path().join("home"),
         };
         let make = setup
             .capabilities
@@ -191,6 +192,7 @@ impl Harness {
             taps: self.links.clone(),
             dns: Arc::new(NoDns),
             privileged: true,
+            home: self.paths.state_dir.join("../home"),
         };
         self.services = Services::with_capabilities(
             self.paths.clone(),

@@ -571,7 +571,7 @@ fn run_inside_a_git_checkout_works_in_a_copy_at_root_repo() {
             "--",
             "sh",
             "-c",
-            "pwd; cat tracked.txt; cd /root/repo && find . -type f | sort; exit 4",
+            "pwd; cat tracked.txt; cd /root/repo && find . -path ./.git -prune -o -type f -print | sort; test -f .git/HEAD && echo repository; exit 4",
         ])
         .current_dir(repo.join("src/deep"))
         .output()
@@ -585,7 +585,7 @@ fn run_inside_a_git_checkout_works_in_a_copy_at_root_repo() {
     );
     assert_eq!(
         stdout,
-        "/root/repo/src/deep\nedited, not committed\n./.gitignore\n./src/deep/tracked.txt\n./untracked.txt\n",
+        "/root/repo/src/deep\nedited, not committed\n./.gitignore\n./src/deep/tracked.txt\n./untracked.txt\nrepository\n",
         "the checkout as it is on disk, without ignored files, and the command runs where the caller stood"
     );
 

@@ -65,6 +65,121 @@ pub enum VmCommand {
     /// Tunnel stdin/stdout to a TCP port in the guest (an ssh ProxyCommand).
     #[command(hide = true)]
     Proxy(ProxyArgs),
+    /// Copy a git checkout into a VM, and its commits back out.
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
+    /// Long-lived commands in a VM that outlive this client.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Copy files and directories between the host and a VM (VM:PATH).
+    #[command(override_usage = "banger vm cp [-r] SRC DST   (one of them VM:PATH)")]
+    Cp(CpArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Copy the checkout around --from to /root/repo, a real git repository.
+    Prepare(PrepareArgs),
+    /// Bring the commits made in the guest back as a branch or a patch series.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    pub name: String,
+    /// A directory inside the checkout (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
+    /// tracked: tracked and untracked-not-ignored files with uncommitted
+    /// edits; full_copy: the whole tree, ignored files and submodules too.
+    #[arg(long, default_value = "tracked", value_parser = parse_workspace_mode)]
+    pub mode: banger_api::WorkspaceMode,
+    /// Check out this commit instead of the work tree (tracked mode).
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
+    /// full_copy: leave out this name (anywhere) or relative path (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub exclude: Vec<String>,
+    /// Where in the guest (default /root/repo).
+    #[arg(long, value_name = "PATH")]
+    pub guest_path: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    pub name: String,
+    /// Create this branch in the host checkout (never checked out).
+    #[arg(long, conflicts_with = "patch", required_unless_present = "patch")]
+    pub branch: Option<String>,
+    /// Write the commits as a patch series to this file.
+    #[arg(long, value_name = "FILE")]
+    pub patch: Option<PathBuf>,
+    /// Also take the guest's uncommitted changes, as a last commit.
+    #[arg(long)]
+    pub include_uncommitted: bool,
+    #[arg(long, value_name = "PATH")]
+    pub guest_path: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Start a command in the guest as a named session.
+    #[command(override_usage = "banger vm session start <VM> --name <NAME> [OPTIONS] -- <CMD>...")]
+    Start(SessionStartArgs),
+    /// List a VM's sessions.
+    #[command(alias = "ls")]
+    List(SessionListArgs),
+    /// Attach to a session: stdin in, output out; Ctrl-C detaches, the session keeps running.
+    Attach(SessionArgs),
+    /// Print a session's output from the start (scrollback), optionally following it.
+    Logs(SessionLogsArgs),
+    /// Stop a session: TERM, then KILL after a grace period.
+    Stop(SessionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SessionStartArgs {
+    pub vm: String,
+    #[arg(long)]
+    pub name: String,
+    /// Working directory in the guest (default: /root).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Extra environment variable (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VAL", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionListArgs {
+    pub vm: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    pub vm: String,
+    pub session: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionLogsArgs {
+    pub vm: String,
+    pub session: String,
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Copy directories (recursively).
+    #[arg(short, long)]
+    pub recursive: bool,
+    pub src: String,
+    pub dst: String,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +242,9 @@ pub struct RunArgs {
     /// Do not copy the git checkout around the current directory to /root/repo.
     #[arg(long)]
     pub no_checkout: bool,
+    /// After the command, bring the guest's new commits back as this branch.
+    #[arg(long, value_name = "BRANCH")]
+    pub export: Option<String>,
     /// Run the command under a pseudo-terminal (needs a terminal on stdin).
     #[arg(short, long)]
     pub tty: bool,
@@ -259,6 +377,12 @@ fn parse_env(input: &str) -> Result<(String, String), String> {
             "invalid environment variable {input:?}: use KEY=VALUE"
         )),
     }
+}
+
+/// `--mode`: a workspace mode, by name.
+fn parse_workspace_mode(s: &str) -> Result<banger_api::WorkspaceMode, String> {
+    s.parse()
+        .map_err(|e: banger_api::UnknownWord| e.to_string())
 }
 
 /// `--network`: one of the network modes, by name.

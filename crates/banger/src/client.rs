@@ -198,6 +198,36 @@ impl Client {
         self.upgrade(&path, banger_api::CONNECT_UPGRADE, None).await
     }
 
+    /// Opens an agent `unpack` of guest `path` (the caller sends the archive).
+    pub async fn unpack(&self, vm: &str, path: &str) -> Result<TokioIo<Upgraded>> {
+        let path = format!(
+            "/v1/vms/{}/files/unpack?path={}",
+            path_segment(vm),
+            query_value(path)
+        );
+        self.upgrade(&path, banger_api::FILES_UPGRADE, None).await
+    }
+
+    /// Opens an agent `pack` of guest `path` (the caller reads the archive).
+    pub async fn pack(&self, vm: &str, path: &str) -> Result<TokioIo<Upgraded>> {
+        let path = format!(
+            "/v1/vms/{}/files/pack?path={}",
+            path_segment(vm),
+            query_value(path)
+        );
+        self.upgrade(&path, banger_api::FILES_UPGRADE, None).await
+    }
+
+    /// Attaches to a guest session (agent frames both ways).
+    pub async fn attach(&self, vm: &str, session: &str) -> Result<TokioIo<Upgraded>> {
+        let path = format!(
+            "/v1/vms/{}/sessions/{}/attach",
+            path_segment(vm),
+            path_segment(session)
+        );
+        self.upgrade(&path, banger_api::ATTACH_UPGRADE, None).await
+    }
+
     /// POSTs an HTTP upgrade to `protocol` and returns the raw stream.
     async fn upgrade(
         &self,
@@ -332,6 +362,19 @@ async fn error_from(response: Response<Incoming>) -> ClientError {
 
 /// Percent-encodes one path segment (names are DNS labels, but a mistyped
 /// name must still give the daemon's "not found" rather than a bad URI).
+/// `s` percent-encoded for a query value.
+pub fn query_value(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 pub fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

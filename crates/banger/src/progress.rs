@@ -78,6 +78,8 @@ pub fn summary(op: &Operation) -> String {
         OperationKind::Delete => format!("vm {} deleted", op.target),
         OperationKind::ImageBuild => format!("image {} built", op.target),
         OperationKind::ImageRegister => format!("image {} registered", op.target),
+        OperationKind::WorkspacePrepare => format!("workspace ready in vm {}", op.target),
+        OperationKind::WorkspaceExport => format!("workspace of vm {} exported", op.target),
     };
     match op.duration_ms {
         Some(ms) => format!("{what} ({})", format_duration_ms(ms)),
@@ -94,6 +96,8 @@ fn kind_noun(kind: OperationKind) -> &'static str {
         OperationKind::Delete => "deleting vm",
         OperationKind::ImageBuild => "building image",
         OperationKind::ImageRegister => "registering image",
+        OperationKind::WorkspacePrepare => "preparing workspace",
+        OperationKind::WorkspaceExport => "exporting workspace",
     }
 }
 

@@ -16,12 +16,16 @@ use banger_core::Services;
 use banger_core::doctor::Doctor;
 use banger_core::images::Images;
 use banger_core::ops::{Op, Operations};
+use banger_core::session::Sessions;
 use banger_core::vm::Lifecycle;
+use banger_core::workspace::Workspaces;
 use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct AppState {
     pub vms: Arc<Lifecycle>,
+    pub workspaces: Arc<Workspaces>,
+    pub sessions: Arc<Sessions>,
     pub images: Arc<Images>,
     pub ops: Arc<Operations>,
     pub doctor: Arc<Doctor>,
@@ -38,6 +42,8 @@ impl AppState {
     ) -> AppState {
         AppState {
             vms: services.vms.clone(),
+            workspaces: services.workspaces.clone(),
+            sessions: services.sessions.clone(),
             images: services.images.clone(),
             ops: services.ops.clone(),
             doctor: services.doctor.clone(),
@@ -61,6 +67,26 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/vms/{name}/exec", post(crate::exec::exec))
         .route("/v1/vms/{name}/connect", post(crate::exec::connect))
         .route("/v1/vms/{name}/ssh", get(ssh_target))
+        .route("/v1/vms/{name}/workspace", post(prepare_workspace))
+        .route("/v1/vms/{name}/workspace/export", post(export_workspace))
+        .route("/v1/vms/{name}/files/unpack", post(crate::exec::unpack))
+        .route("/v1/vms/{name}/files/pack", post(crate::exec::pack))
+        .route(
+            "/v1/vms/{name}/sessions",
+            get(crate::sessions::list).post(crate::sessions::start),
+        )
+        .route(
+            "/v1/vms/{name}/sessions/{session}/attach",
+            post(crate::sessions::attach),
+        )
+        .route(
+            "/v1/vms/{name}/sessions/{session}/logs",
+            get(crate::sessions::logs),
+        )
+        .route(
+            "/v1/vms/{name}/sessions/{session}/stop",
+            post(crate::sessions::stop),
+        )
         .route("/v1/images", get(list_images))
         .route("/v1/images/build", post(build_image))
         .route("/v1/images/register", post(register_image))
@@ -168,6 +194,37 @@ async fn stop_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResu
 
 async fn restart_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     Ok(accepted(s.vms.restart(&name)?))
+}
+
+/// A JSON body, or a 400 naming what is wrong with it.
+pub fn body<T>(
+    what: &str,
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, HttpError> {
+    body.map(|Json(v)| v).map_err(|e| {
+        error(
+            ErrorCode::Invalid,
+            format!("bad {what} request: {}", e.body_text()),
+        )
+    })
+}
+
+async fn prepare_workspace(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    req: Result<Json<banger_api::PrepareWorkspace>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Response> {
+    let req = body("workspace", req)?;
+    Ok(accepted(s.workspaces.prepare(&name, req)?))
+}
+
+async fn export_workspace(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    req: Result<Json<banger_api::ExportWorkspace>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Response> {
+    let req = body("export", req)?;
+    Ok(accepted(s.workspaces.export(&name, req)?))
 }
 
 async fn ssh_target(

@@ -47,7 +47,7 @@ pub async fn exec(
 
 /// Answers 101 and, once the client's side of the upgrade is ready, copies
 /// bytes both ways between it and the agent stream until either ends.
-fn splice_upgrade(
+pub fn splice_upgrade(
     req: &mut Request,
     mut stream: banger_core::agent::AgentStream,
     vm: String,
@@ -70,6 +70,57 @@ fn splice_upgrade(
         [(header::CONNECTION, "upgrade"), (header::UPGRADE, protocol)],
     )
         .into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct PathQuery {
+    pub path: String,
+}
+
+/// `POST /v1/vms/{name}/files/unpack?path=P`: an agent `unpack` of P; the
+/// client sends the archive as frames and reads the answer.
+pub async fn unpack(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<PathQuery>,
+    mut req: Request,
+) -> Result<Response, HttpError> {
+    let agent = s.vms.agent(&name).await?;
+    let stream = agent
+        .request(AgentRequest::Unpack(banger_proto::UnpackRequest {
+            dest: q.path,
+        }))
+        .await
+        .map_err(banger_core::Error::from)?;
+    Ok(splice_upgrade(
+        &mut req,
+        stream,
+        name,
+        banger_api::FILES_UPGRADE,
+    ))
+}
+
+/// `POST /v1/vms/{name}/files/pack?path=P`: an agent `pack` of P; the
+/// client reads the archive as frames, then the answer.
+pub async fn pack(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<PathQuery>,
+    mut req: Request,
+) -> Result<Response, HttpError> {
+    let agent = s.vms.agent(&name).await?;
+    let stream = agent
+        .request(AgentRequest::Pack(banger_proto::PackRequest {
+            path: q.path,
+        }))
+        .await
+        .map_err(banger_core::Error::from)?;
+    Ok(splice_upgrade(
+        &mut req,
+        stream,
+        name,
+        banger_api::FILES_UPGRADE,
+    ))
 }
 
 #[derive(serde::Deserialize)]

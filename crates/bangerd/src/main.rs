@@ -5,6 +5,7 @@
 
 mod api;
 mod exec;
+mod sessions;
 mod streams;
 
 use anyhow::Context;

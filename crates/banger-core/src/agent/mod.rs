@@ -12,6 +12,12 @@
 //! 3. When the channel closes (guest powered off, engine gone), the driver
 //!    ends, pending and future opens fail, and [`AgentConn::is_closed`] says so.
 
+pub mod files;
+pub mod run;
+
+pub use files::TransferError;
+pub use run::RunOutput;
+
 use banger_proto::{Envelope, Frame, FrameKind, HealthResponse, PROTOCOL_VERSION, Request};
 use futures::channel::oneshot;
 use std::collections::VecDeque;
@@ -41,6 +47,8 @@ pub enum AgentError {
     Remote { code: String, message: String },
     #[error("the agent answered with an unexpected {0:?} frame")]
     Unexpected(FrameKind),
+    #[error("the guest command printed more than {limit} bytes")]
+    TooMuchOutput { limit: usize },
 }
 
 type OpenReply = oneshot::Sender<Result<yamux::Stream, String>>;
@@ -153,7 +161,9 @@ impl AgentConn {
     }
 }
 
-fn expect_response<T: for<'de> serde::Deserialize<'de>>(frame: Frame) -> Result<T, AgentError> {
+pub(crate) fn expect_response<T: for<'de> serde::Deserialize<'de>>(
+    frame: Frame,
+) -> Result<T, AgentError> {
     match frame.kind {
         FrameKind::Response => Ok(frame.parse()?),
         FrameKind::Error => {

@@ -24,6 +24,8 @@
 //! in [`standard`].
 
 pub mod bridge;
+pub mod file_sync;
+pub mod git_identity;
 pub mod ssh_keys;
 pub mod user_net;
 pub mod work_disk;
@@ -172,6 +174,8 @@ pub struct Deps {
     pub paths: banger_api::paths::Paths,
     pub runner: Arc<dyn banger_sys::command::Runner>,
     pub network: Arc<crate::net::Network>,
+    /// The daemon user's home: `~/` of file sync, the global git config.
+    pub home: std::path::PathBuf,
 }
 
 /// The daemon's capabilities, in order. Add a line here for a new one.
@@ -185,5 +189,13 @@ pub fn standard(deps: &Deps) -> Pipeline {
         )),
         Arc::new(bridge::BridgeNet::new(deps.network.clone())),
         Arc::new(user_net::UserNet::new(deps.config.egress)),
+        Arc::new(git_identity::GitIdentity::new(
+            deps.runner.clone(),
+            deps.home.clone(),
+        )),
+        Arc::new(file_sync::FileSync::new(
+            deps.config.file_sync.clone(),
+            deps.home.clone(),
+        )),
     ])
 }

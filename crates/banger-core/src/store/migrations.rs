@@ -52,6 +52,30 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE vms ADD COLUMN engine TEXT NOT NULL DEFAULT 'qemu';
     "#,
+    // 4: the workspace each vm was prepared from (for export), and the
+    // guest sessions started through the daemon (listed as ended after
+    // the vm restarts). Both go with the vm.
+    r#"
+    CREATE TABLE workspaces (
+        vm_id       TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        guest_path  TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        mode        TEXT NOT NULL,
+        git_ref     TEXT,
+        base_commit TEXT,
+        prepared_at INTEGER NOT NULL,
+        PRIMARY KEY (vm_id, guest_path)
+    );
+    CREATE TABLE sessions (
+        vm_id      TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        name       TEXT NOT NULL,
+        argv       TEXT NOT NULL,
+        cwd        TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        boot       INTEGER NOT NULL,
+        PRIMARY KEY (vm_id, name)
+    );
+    "#,
 ];
 
 pub fn run(conn: &mut Connection) -> Result<(), StoreError> {

@@ -7,10 +7,14 @@
 mod images;
 mod migrations;
 mod operations;
+pub mod sessions;
 mod vms;
+pub mod workspaces;
 
 pub use images::ImageRecord;
+pub use sessions::SessionRecord;
 pub use vms::VmRecord;
+pub use workspaces::WorkspaceRecord;
 
 use rusqlite::{Connection, TransactionBehavior};
 use std::path::{Path, PathBuf};

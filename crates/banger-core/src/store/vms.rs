@@ -186,11 +186,16 @@ impl Store {
 }
 
 #[cfg(test)]
+pub(crate) fn sample(name: &str) -> VmRecord {
+    tests::vm(name)
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::images::sample;
 
-    fn vm(name: &str) -> VmRecord {
+    pub(super) fn vm(name: &str) -> VmRecord {
         VmRecord {
             id: format!("id-{name}"),
             name: name.into(),

@@ -106,6 +106,12 @@ impl Lifecycle {
         self.engines.get(vm.engine)
     }
 
+    /// What tells this boot of a running VM from its others: its engine's
+    /// start time. `None` when it does not run.
+    pub fn boot_id(&self, name: &str) -> Option<i64> {
+        self.runtime.get(name).map(|r| r.handles.started_at)
+    }
+
     /// Running VMs (as far as this daemon knows).
     pub fn running_count(&self) -> usize {
         self.runtime.len()

@@ -171,7 +171,8 @@ where
     let mut frames = pin!(frames);
 
     match frames.next().await {
-        Some(Ok(frame)) if frame.kind == FrameKind::Started => {}
+        // `Started` for exec; `Response` (the session) for a session attach.
+        Some(Ok(frame)) if matches!(frame.kind, FrameKind::Started | FrameKind::Response) => {}
         Some(Ok(frame)) if frame.kind == FrameKind::Error => {
             return Ok(ExecEnd::Refused(frame.parse()?));
         }

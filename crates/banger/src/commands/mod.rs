@@ -4,13 +4,16 @@
 //! which prints them once.
 
 pub mod checkout;
+pub mod cp;
 pub mod daemon_cmd;
 pub mod doctor;
 pub mod exec;
 pub mod image;
+pub mod session;
 pub mod ssh;
 pub mod vm;
 pub mod vm_run;
+pub mod workspace;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use banger_api::paths::Paths;
 use banger_sys::command::{Runner, SystemRunner};
 use banger_sys::spawn::{Spawner, SystemSpawner};
 
-use crate::cli::{Command, ImageCommand, VmCommand};
+use crate::cli::{Command, ImageCommand, SessionCommand, VmCommand, WorkspaceCommand};
 use crate::client::Client;
 use crate::exit;
 
@@ -68,6 +71,18 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<i32> {
             VmCommand::Ssh(args) => ssh::ssh(ctx, args).await,
             VmCommand::SshConfig(args) => ssh::ssh_config(ctx, &args.names).await,
             VmCommand::Proxy(args) => ssh::proxy(ctx, &args.name, args.port).await,
+            VmCommand::Workspace(cmd) => match cmd {
+                WorkspaceCommand::Prepare(args) => workspace::prepare(ctx, args).await,
+                WorkspaceCommand::Export(args) => workspace::export(ctx, args).await,
+            },
+            VmCommand::Session(cmd) => match cmd {
+                SessionCommand::Start(args) => session::start(ctx, args).await,
+                SessionCommand::List(args) => session::list(ctx, args).await,
+                SessionCommand::Attach(args) => session::attach(ctx, args).await,
+                SessionCommand::Logs(args) => session::logs(ctx, args).await,
+                SessionCommand::Stop(args) => session::stop(ctx, args).await,
+            },
+            VmCommand::Cp(args) => cp::run(ctx, args).await,
         },
         Command::Image(cmd) => match cmd {
             ImageCommand::Build(args) => image::build(ctx, args).await,

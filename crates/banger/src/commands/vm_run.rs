@@ -1,8 +1,10 @@
 //! `banger vm run`: get a VM (reuse the one `--name` names, starting it if
-//! stopped, or create one), copy the git checkout we are in to `/root/repo`
-//! (see `checkout.rs`), run the command there with our stdio, optionally
-//! delete it afterwards, and exit with the command's status. banger's own
-//! failures exit 125, so the guest's statuses stay unambiguous.
+//! stopped, or create one), have the daemon prepare the git checkout we are
+//! in as a workspace at `/root/repo` (see `checkout.rs`), run the command
+//! there with our stdio, bring the guest's new commits back as a branch
+//! with `--export`, optionally delete the VM, and exit with the command's
+//! status. banger's own failures exit 125, so the guest's statuses stay
+//! unambiguous.
 
 use anyhow::bail;
 use banger_api::{Vm, VmState};
@@ -28,15 +30,34 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         tty: args.tty,
         ..Default::default()
     };
+    if args.export.is_some() && checkout.is_none() {
+        anyhow::bail!("--export needs a git checkout: run it inside one");
+    }
+    let style = Style::for_stderr();
     let result = match &checkout {
-        Some(c) => match super::checkout::copy_in(&client, ctx.spawner.as_ref(), &name, c).await {
-            Ok(()) => {
-                request.cwd = Some(super::checkout::guest_cwd(&c.subdir));
-                exec_in_vm(&client, &name, request).await
+        Some(c) => {
+            let req = super::workspace::run_request(&c.top);
+            match super::workspace::prepare_in(&client, &name, req, style).await {
+                Ok(()) => {
+                    request.cwd = Some(super::checkout::guest_cwd(&c.subdir));
+                    exec_in_vm(&client, &name, request).await
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        },
+        }
         None => exec_in_vm(&client, &name, request).await,
+    };
+    let result = match (result, &args.export) {
+        (Ok(code), Some(branch)) => {
+            let req = banger_api::ExportWorkspace {
+                branch: Some(branch.clone()),
+                ..Default::default()
+            };
+            super::workspace::export_from(&client, &name, req, style)
+                .await
+                .map(|()| code)
+        }
+        (result, _) => result,
     };
     if args.rm {
         // Also after a failed command: `--rm` promises no leftovers.

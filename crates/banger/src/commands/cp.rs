@@ -1,0 +1,244 @@
+//! `banger vm cp [-r] SRC DST`: files and trees between the host and a VM,
+//! modes and symlinks kept, through the agent's archive requests. This
+//! client reads and writes the host side (as the user running it); what
+//! arrives from the guest is validated by the unpacker before anything is
+//! written, and lands only once complete.
+//!
+//! `VM:PATH` names a guest path (relative ones and `~/` are under /root).
+//! A destination ending in `/` gets the source's name appended.
+
+use anyhow::{Context as _, anyhow, bail};
+use banger_proto::archive::ArchiveStats;
+use banger_proto::{ErrorBody, Frame, FrameKind, read_frame, write_frame};
+use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+
+use super::Context;
+use crate::cli::CpArgs;
+
+/// One side of a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    Host(PathBuf),
+    Guest { vm: String, path: String },
+}
+
+/// Parses `VM:PATH` (a valid vm name before the colon) or a host path.
+pub fn place(arg: &str) -> Place {
+    if let Some((vm, path)) = arg.split_once(':')
+        && banger_api::validate_vm_name(vm).is_ok()
+    {
+        let path = if let Some(rest) = path.strip_prefix("~/") {
+            format!("/root/{rest}")
+        } else if path == "~" || path.is_empty() {
+            "/root".to_string()
+        } else if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/root/{path}")
+        };
+        return Place::Guest {
+            vm: vm.to_string(),
+            path,
+        };
+    }
+    Place::Host(PathBuf::from(arg))
+}
+
+fn base_name(path: &str) -> anyhow::Result<&str> {
+    Path::new(path.trim_end_matches('/'))
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("{path:?} has no file name to copy under"))
+}
+
+pub async fn run(ctx: &Context, args: CpArgs) -> anyhow::Result<i32> {
+    let client = ctx.client().await?;
+    match (place(&args.src), place(&args.dst)) {
+        (Place::Host(src), Place::Guest { vm, path }) => {
+            let meta = std::fs::symlink_metadata(&src)
+                .with_context(|| format!("cannot read {}", src.display()))?;
+            if meta.is_dir() && !args.recursive {
+                bail!("{} is a directory: pass -r to copy it", src.display());
+            }
+            let dest = if path.ends_with('/') {
+                format!("{path}{}", base_name(&src.to_string_lossy())?)
+            } else {
+                path
+            };
+            let stream = client.unpack(&vm, &dest).await?;
+            let stats = send(stream, src).await?;
+            eprintln!("copied {} to {vm}:{dest}", describe(&stats));
+        }
+        (Place::Guest { vm, path }, Place::Host(dst)) => {
+            let dst_is_dir = dst.is_dir() || args.dst.ends_with('/');
+            let dest = if dst_is_dir {
+                dst.join(base_name(&path)?)
+            } else {
+                dst
+            };
+            let stream = client.pack(&vm, &path).await?;
+            let stats = receive(stream, &dest, args.recursive).await?;
+            eprintln!("copied {} to {}", describe(&stats), dest.display());
+        }
+        (Place::Host(_), Place::Host(_)) => bail!("one side must be VM:PATH (both are host paths)"),
+        (Place::Guest { .. }, Place::Guest { .. }) => {
+            bail!("copying between two VMs is not supported: copy through the host")
+        }
+    }
+    Ok(0)
+}
+
+fn describe(s: &ArchiveStats) -> String {
+    format!(
+        "{} files, {} dirs, {} symlinks ({})",
+        s.files,
+        s.dirs,
+        s.symlinks,
+        crate::units::format_bytes(s.bytes)
+    )
+}
+
+fn refused(frame: &Frame) -> anyhow::Error {
+    match frame.parse::<ErrorBody>() {
+        Ok(e) => anyhow!("{}", e.message),
+        Err(e) => anyhow!("the guest answered with a bad error: {e}"),
+    }
+}
+
+/// Streams the archive of `src` as `Stdin` frames, then reads the answer.
+async fn send<S>(stream: S, src: PathBuf) -> anyhow::Result<ArchiveStats>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut w = ChunkWriter {
+            tx,
+            buf: Vec::new(),
+        };
+        banger_sys::archive::pack(&src, &mut w).map_err(|e| anyhow!(e))?;
+        std::io::Write::flush(&mut w)?;
+        anyhow::Ok(())
+    });
+    while let Some(chunk) = rx.recv().await {
+        write_frame(&mut writer, &Frame::new(FrameKind::Stdin, chunk))
+            .await
+            .context("lost the connection to the guest")?;
+    }
+    producer.await??;
+    write_frame(&mut writer, &Frame::new(FrameKind::StdinEof, [])).await?;
+    let frame = read_frame(&mut reader)
+        .await?
+        .ok_or_else(|| anyhow!("the guest agent closed the stream"))?;
+    match frame.kind {
+        FrameKind::Response => Ok(frame.parse()?),
+        FrameKind::Error => Err(refused(&frame)),
+        other => Err(anyhow!("the guest answered {other:?}")),
+    }
+}
+
+/// Reads the archive of a guest path into `dest` (swapped in when complete).
+async fn receive<S>(stream: S, dest: &Path, recursive: bool) -> anyhow::Result<ArchiveStats>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut reader, _writer) = tokio::io::split(stream);
+    let mut unpacker: Option<banger_sys::archive::Unpacker> = None;
+    let mut first = true;
+    loop {
+        let frame = read_frame(&mut reader)
+            .await?
+            .ok_or_else(|| anyhow!("the guest agent closed the stream before the end"))?;
+        match frame.kind {
+            FrameKind::Stdout => {
+                // The root entry's kind is the first byte: a directory is 1.
+                if first && !recursive && frame.payload.first() == Some(&1) {
+                    bail!("the guest path is a directory: pass -r to copy it");
+                }
+                first = false;
+                if unpacker.is_none() {
+                    unpacker = Some(
+                        banger_sys::archive::Unpacker::begin(dest)
+                            .with_context(|| format!("cannot write {}", dest.display()))?,
+                    );
+                }
+                unpacker
+                    .as_mut()
+                    .expect("made above")
+                    .feed(&frame.payload)
+                    .with_context(|| {
+                        format!("refused what the guest sent for {}", dest.display())
+                    })?;
+            }
+            FrameKind::Response => {
+                let u = unpacker.ok_or_else(|| anyhow!("the guest sent an empty archive"))?;
+                let stats = u
+                    .finish()
+                    .with_context(|| format!("cannot write {}", dest.display()))?;
+                return Ok(stats.to_wire());
+            }
+            FrameKind::Error => return Err(refused(&frame)),
+            other => bail!("the guest answered {other:?}"),
+        }
+    }
+}
+
+struct ChunkWriter {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 512 << 10 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.buf);
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_parse() {
+        assert_eq!(
+            place("api:/root/x"),
+            Place::Guest {
+                vm: "api".into(),
+                path: "/root/x".into()
+            }
+        );
+        assert_eq!(
+            place("api:data.csv"),
+            Place::Guest {
+                vm: "api".into(),
+                path: "/root/data.csv".into()
+            }
+        );
+        assert_eq!(
+            place("api:~/out/"),
+            Place::Guest {
+                vm: "api".into(),
+                path: "/root/out/".into()
+            }
+        );
+        assert_eq!(place("./data.csv"), Place::Host("./data.csv".into()));
+        assert_eq!(place("C:/x"), Place::Host("C:/x".into()));
+        assert_eq!(place("/tmp/a:b"), Place::Host("/tmp/a:b".into()));
+    }
+}
