@@ -40,6 +40,7 @@
 pub mod error;
 pub mod modes;
 pub mod paths;
+pub mod text;
 
 pub use error::ErrorCode;
 pub use modes::{EngineKind, NetworkMode, Preset, SessionState, UnknownWord, WorkspaceMode};
@@ -118,6 +119,12 @@ pub struct Vm {
     /// Ports forwarded from 127.0.0.1 (user mode), including ssh's.
     #[serde(default)]
     pub ports: Vec<PortForward>,
+    /// Egress limited to these hosts and networks (bridge mode), if limited.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Whether the guest may reach the host's own services.
+    #[serde(default)]
+    pub host_access: bool,
 }
 
 fn default_network() -> NetworkMode {
@@ -171,6 +178,17 @@ pub struct CreateVm {
     /// The VMM to run it under; the daemon's default when absent.
     #[serde(default)]
     pub engine: Option<EngineKind>,
+    /// Bridge mode: egress only to these host names (resolved at each boot)
+    /// and `allow_cidrs`; without either, egress is the config's `egress`.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// Bridge mode: egress only to these networks (`10.0.0.0/8`, `1.2.3.4`).
+    #[serde(default)]
+    pub allow_cidrs: Vec<String>,
+    /// Let the guest reach services on the host (the bridge address in
+    /// bridge mode, the host's loopback in user mode); off by default.
+    #[serde(default)]
+    pub host_access: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -28,6 +28,7 @@ pub struct FakeRunner {
     failing: Mutex<HashSet<String>>,
     nat: Mutex<bool>,
     log: Mutex<Vec<String>>,
+    firewall: Mutex<String>,
 }
 
 impl FakeRunner {
@@ -37,6 +38,11 @@ impl FakeRunner {
 
     pub fn heal(&self) {
         self.failing.lock().unwrap().clear();
+    }
+
+    /// The last firewall script nft was given.
+    pub fn firewall(&self) -> String {
+        self.firewall.lock().unwrap().clone()
     }
 
     /// Whether banger's NAT table exists now.
@@ -67,6 +73,7 @@ impl Runner for FakeRunner {
             }
             "nft" => {
                 let script = String::from_utf8_lossy(cmd.stdin.as_deref().unwrap_or_default());
+                *self.firewall.lock().unwrap() = script.to_string();
                 if script.contains("chain postrouting") {
                     *self.nat.lock().unwrap() = true;
                 } else if script.contains("delete table") {
@@ -294,6 +301,7 @@ pub fn recorded_vm(
         ip: None,
         mac: Some(crate::net::mac_for(&id)),
         engine: EngineKind::Qemu,
+        options: Default::default(),
     };
     h.store.insert_vm(&vm).unwrap();
     (vm, h.store.image("img").unwrap().unwrap(), dir)

@@ -226,6 +226,16 @@ pub struct VmSpec {
     /// Forward 127.0.0.1:HOST to guest port GUEST (user network), e.g. 8080:80.
     #[arg(long, value_name = "HOST:GUEST", value_parser = parse_publish)]
     pub publish: Vec<String>,
+    /// Bridge network: let the guest reach only these hosts (resolved at each
+    /// boot) and --allow-cidr networks outside (repeatable).
+    #[arg(long, value_name = "HOST")]
+    pub allow_host: Vec<String>,
+    /// Bridge network: let the guest reach only these networks outside (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub allow_cidr: Vec<String>,
+    /// Let the guest reach the host's own services (off: only DNS on the bridge).
+    #[arg(long)]
+    pub host_access: bool,
 }
 
 fn parse_publish(s: &str) -> Result<String, String> {

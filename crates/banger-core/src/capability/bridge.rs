@@ -3,10 +3,12 @@
 //! (all through [`Network`]), released on stop and failure. Needs a
 //! privileged daemon; refused at request time otherwise.
 
+use super::egress::Egress;
 use super::{BootPlan, Capability, Ctx, Live};
 use crate::engine::Nic;
 use crate::error::Error;
 use crate::layout::VmDir;
+use crate::net::network::{Attached, Policy};
 use crate::net::{NetError, Network};
 use crate::store::VmRecord;
 use banger_api::{CreateVm, NetworkMode};
@@ -25,6 +27,19 @@ impl BridgeNet {
     pub fn new(network: Arc<Network>) -> BridgeNet {
         BridgeNet { network }
     }
+}
+
+/// The bridge's view of a VM's egress policy, its allow-list resolved now.
+fn policy_of(vm: &VmRecord) -> Result<Policy, Error> {
+    let egress = Egress::of(vm);
+    Ok(Policy {
+        allow: if egress.limited() {
+            Some(egress.resolve()?)
+        } else {
+            None
+        },
+        host_access: egress.host_access,
+    })
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -81,9 +96,10 @@ impl Capability for BridgeNet {
                 .and_then(|ip| ip.parse().ok())
                 .ok_or_else(no_lease)?;
             let mac = vm.mac.clone().ok_or_else(no_lease)?;
+            let policy = policy_of(vm)?;
             let network = self.network.clone();
             let name = vm.name.clone();
-            let tap = tokio::task::spawn_blocking(move || network.attach(&name, ip))
+            let tap = tokio::task::spawn_blocking(move || network.attach(&name, ip, policy))
                 .await
                 .map_err(|source| Error::Task {
                     task: "bridge attach",
@@ -110,16 +126,26 @@ impl Capability for BridgeNet {
     }
 
     fn sweep(&self, live: &[Live<'_>]) {
-        let on_bridge: Vec<(String, Option<String>)> = live
+        let on_bridge: Vec<(String, Attached)> = live
             .iter()
             .filter(|l| self.applies(l.vm))
-            .map(|l| {
+            .filter_map(|l| {
                 let tap = l
                     .runtime
                     .get(self.name())
-                    .and_then(|v| serde_json::from_value::<State>(v.clone()).ok())
-                    .map(|s| s.tap);
-                (l.vm.name.clone(), tap)
+                    .and_then(|v| serde_json::from_value::<State>(v.clone()).ok())?
+                    .tap;
+                let ip = l.vm.ip.as_deref()?.parse().ok()?;
+                // A boot's allow-list as it was resolved then is not kept:
+                // resolve again (a name may have moved; the list may not).
+                let policy = policy_of(l.vm).unwrap_or_else(|e| {
+                    tracing::warn!(vm = %l.vm.name, error = %crate::error::chain(&e), "cannot resolve the allow-list; the vm gets no egress");
+                    Policy {
+                        allow: Some(Vec::new()),
+                        host_access: false,
+                    }
+                });
+                Some((l.vm.name.clone(), Attached { tap, ip, policy }))
             })
             .collect();
         self.network.sweep(&on_bridge);

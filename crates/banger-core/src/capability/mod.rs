@@ -24,6 +24,7 @@
 //! in [`standard`].
 
 pub mod bridge;
+pub mod egress;
 pub mod file_sync;
 pub mod git_identity;
 pub mod ssh_keys;
@@ -181,6 +182,7 @@ pub struct Deps {
 /// The daemon's capabilities, in order. Add a line here for a new one.
 pub fn standard(deps: &Deps) -> Pipeline {
     Pipeline::new(vec![
+        Arc::new(egress::EgressPolicy),
         Arc::new(work_disk::WorkDisk::new(deps.runner.clone())),
         Arc::new(ssh_keys::SshKeys::new(
             deps.runner.clone(),

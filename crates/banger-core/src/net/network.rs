@@ -24,7 +24,7 @@ use banger_sys::command::Runner;
 use banger_sys::net::Ipv4Cidr;
 use banger_sys::net::dnsmasq::{self, DnsmasqConfig};
 use banger_sys::net::link::Links;
-use banger_sys::net::nft::Nft;
+use banger_sys::net::nft::{BridgeRules, Nft};
 use banger_sys::net::tap::{TapOptions, Taps};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -57,12 +57,40 @@ pub struct Network {
 #[derive(Default)]
 struct BridgeState {
     pool: TapPool,
-    /// VM name → its tap.
-    attached: BTreeMap<String, String>,
+    /// VM name → what it has on the bridge.
+    attached: BTreeMap<String, Attached>,
+}
+
+/// A VM on the bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub tap: String,
+    pub ip: Ipv4Addr,
+    pub policy: Policy,
+}
+
+/// What a VM on the bridge may reach besides its peers and DNS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// The outside limited to these networks (`None`: the config's egress).
+    pub allow: Option<Vec<Ipv4Cidr>>,
+    /// The host's own services.
+    pub host_access: bool,
 }
 
 fn net_err(e: impl Into<NetError>) -> Error {
     Error::Network(e.into())
+}
+
+/// Whether `name` can be a tap banger made. Names from a scratch file are
+/// checked before anything detaches or deletes them: a forged one could
+/// name any interface, and the daemon may be root.
+fn banger_tap(name: &str) -> bool {
+    let ours = name.starts_with(TAP_PREFIX) && banger_sys::net::validate_ifname(name).is_ok();
+    if !ours {
+        tracing::warn!(tap = name, "ignoring a tap name that is not banger's");
+    }
+    ours
 }
 
 impl Network {
@@ -165,7 +193,25 @@ impl Network {
         }
     }
 
-    /// Bridge, address, NAT and DNS server, made idempotently.
+    /// The firewall for the VMs on the bridge now (see `banger_sys::net::nft`).
+    fn apply_rules(&self, st: &BridgeState) -> Result<(), Error> {
+        let cfg = &self.deps.config;
+        let mut rules = BridgeRules::new(&cfg.nft_table, self.subnet, &cfg.bridge_name);
+        rules.egress = cfg.egress;
+        for a in st.attached.values() {
+            if let Some(allow) = &a.policy.allow {
+                rules.limited.push((a.ip, allow.clone()));
+            }
+            if a.policy.host_access {
+                rules.host_access.push(a.ip);
+            }
+        }
+        Nft::new(&*self.deps.runner)
+            .ensure_rules(&rules)
+            .map_err(net_err)
+    }
+
+    /// Bridge, address, forwarding and DNS server, made idempotently.
     fn ensure_host(&self) -> Result<(), Error> {
         let cfg = &self.deps.config;
         let links = &self.deps.links;
@@ -175,13 +221,11 @@ impl Network {
             .expect("a validated prefix is at most 32");
         links.ensure_ipv4(bridge, cidr).map_err(net_err)?;
         links.set_up(bridge).map_err(net_err)?;
-        if cfg.egress {
-            Nft::new(&*self.deps.runner)
-                .ensure_nat(&cfg.nft_table, self.subnet, bridge)
-                .map_err(net_err)?;
-            if cfg.allow_ip_forward && !banger_sys::net::nft::ipv4_forwarding().unwrap_or(false) {
-                banger_sys::net::nft::set_ipv4_forwarding(true).map_err(net_err)?;
-            }
+        if cfg.egress
+            && cfg.allow_ip_forward
+            && !banger_sys::net::nft::ipv4_forwarding().unwrap_or(false)
+        {
+            banger_sys::net::nft::set_ipv4_forwarding(true).map_err(net_err)?;
         }
         let dns = self.dnsmasq_config();
         for dir in [&self.deps.runtime_dir.join("dns"), &dns.hosts_dir] {
@@ -198,9 +242,10 @@ impl Network {
     }
 
     /// Puts `vm` on the bridge: the host side made ready, a tap from the
-    /// pool (or made) joined to the bridge, the VM's name in DNS. Returns
-    /// the tap. On error nothing of this call is left.
-    pub fn attach(&self, vm: &str, ip: Ipv4Addr) -> Result<String, Error> {
+    /// pool (or made) joined to the bridge, the VM's name in DNS, the
+    /// firewall with its policy. Returns the tap. On error nothing of this
+    /// call is left.
+    pub fn attach(&self, vm: &str, ip: Ipv4Addr, policy: Policy) -> Result<String, Error> {
         if !self.deps.privileged {
             return Err(Error::NeedsPrivilege {
                 what: "bridge networking",
@@ -211,9 +256,28 @@ impl Network {
         let result = self
             .ensure_host()
             .and_then(|()| self.join_bridge(&mut st, vm, ip));
+        let result = result.and_then(|tap| {
+            st.attached.insert(
+                vm.to_string(),
+                Attached {
+                    tap: tap.clone(),
+                    ip,
+                    policy,
+                },
+            );
+            match self.apply_rules(&st) {
+                Ok(()) => Ok(tap),
+                Err(e) => {
+                    st.attached.remove(vm);
+                    let _ = self.deps.links.detach(&tap);
+                    let _ = dnsmasq::remove_host_entry(&self.hosts_dir(), vm);
+                    self.delete_later(vec![tap]);
+                    Err(e)
+                }
+            }
+        });
         match result {
             Ok(tap) => {
-                st.attached.insert(vm.to_string(), tap.clone());
                 self.refill(&mut st);
                 Ok(tap)
             }
@@ -262,7 +326,7 @@ impl Network {
         if let Err(e) = dnsmasq::remove_host_entry(&self.hosts_dir(), vm) {
             tracing::warn!(vm, error = %crate::error::chain(&e), "cannot remove the dns name");
         }
-        match st.attached.remove(vm) {
+        match st.attached.remove(vm).map(|a| a.tap) {
             // A tap this service attached goes back to the pool (or away).
             Some(tap) => {
                 let _ = self.deps.links.detach(&tap);
@@ -276,9 +340,10 @@ impl Network {
                 }
             }
             // One only a scratch file names (a boot before a daemon
-            // restart) may already be on its way out: never pool it.
+            // restart) may already be on its way out: never pool it. And
+            // the file may be forged: only a banger tap is touched.
             None => {
-                if let Some(tap) = tap.filter(|t| !st.pool.contains(t)) {
+                if let Some(tap) = tap.filter(|t| !st.pool.contains(t) && banger_tap(t)) {
                     let _ = self.deps.links.detach(tap);
                     self.delete_later(vec![tap.to_string()]);
                 }
@@ -286,6 +351,8 @@ impl Network {
         }
         if st.attached.is_empty() {
             self.teardown_idle(&mut st);
+        } else if let Err(e) = self.apply_rules(&st) {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot update the bridge's firewall");
         }
     }
 
@@ -338,19 +405,20 @@ impl Network {
         }
     }
 
-    /// At daemon start: `live` are the bridge VMs still running (name and
-    /// tap); every other tap, DNS name and the NAT table (when none) are a
-    /// killed daemon's leftovers.
-    pub fn sweep(&self, live: &[(String, Option<String>)]) {
+    /// At daemon start: `live` are the bridge VMs still running; every other
+    /// tap, DNS name and the NAT table (when none) are a killed daemon's
+    /// leftovers.
+    pub fn sweep(&self, live: &[(String, Attached)]) {
         if !self.deps.privileged {
             return;
         }
         let mut st = self.state();
         st.attached = live
             .iter()
-            .filter_map(|(vm, tap)| Some((vm.clone(), tap.clone()?)))
+            .filter(|(_, a)| banger_tap(&a.tap))
+            .cloned()
             .collect();
-        let in_use: Vec<&String> = st.attached.values().collect();
+        let in_use: Vec<&String> = st.attached.values().map(|a| &a.tap).collect();
         let stale: Vec<String> = self
             .deps
             .links
@@ -374,6 +442,8 @@ impl Network {
         }
         if live.is_empty() {
             let _ = Nft::new(&*self.deps.runner).remove_nat(&self.deps.config.nft_table);
+        } else if let Err(e) = self.apply_rules(&st) {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot restore the bridge's firewall");
         }
     }
 

@@ -76,6 +76,17 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (vm_id, name)
     );
     "#,
+    // 5: what capabilities keep of a vm's request (an egress allow-list,
+    // say), one JSON document per capability, so a new capability adds no
+    // column to vms.
+    r#"
+    CREATE TABLE vm_options (
+        vm_id      TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        capability TEXT NOT NULL,
+        data       TEXT NOT NULL,
+        PRIMARY KEY (vm_id, capability)
+    );
+    "#,
 ];
 
 pub fn run(conn: &mut Connection) -> Result<(), StoreError> {

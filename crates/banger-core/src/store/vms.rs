@@ -25,6 +25,8 @@ pub struct VmRecord {
     pub mac: Option<String>,
     /// The engine that runs it.
     pub engine: banger_api::EngineKind,
+    /// What capabilities kept of the create request, by capability name.
+    pub options: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 pub(crate) fn state_from_str(s: &str) -> Option<VmState> {
@@ -64,6 +66,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRecord> {
         ip: r.get(12)?,
         mac: r.get(13)?,
         engine: parse_word(r, 14)?,
+        options: Default::default(),
     })
 }
 
@@ -113,18 +116,46 @@ impl Store {
                 _ if is_unique_violation(&e) => StoreError::DuplicateVm(vm.name.clone()),
                 _ => e.into(),
             })?;
+            for (capability, data) in &vm.options {
+                tx.execute(
+                    "INSERT INTO vm_options (vm_id, capability, data) VALUES (?1, ?2, ?3)",
+                    params![vm.id, capability, data.to_string()],
+                )?;
+            }
             Ok(())
         })
     }
 
+    fn with_options(c: &rusqlite::Connection, mut vm: VmRecord) -> rusqlite::Result<VmRecord> {
+        let mut st =
+            c.prepare_cached("SELECT capability, data FROM vm_options WHERE vm_id = ?1")?;
+        let rows = st.query_map([&vm.id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (capability, data) = row?;
+            let value = serde_json::from_str(&data).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?;
+            vm.options.insert(capability, value);
+        }
+        Ok(vm)
+    }
+
     pub fn vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
         self.read(|c| {
-            Ok(c.query_row(
-                &format!("SELECT {COLUMNS} FROM vms WHERE name = ?1"),
-                [name],
-                from_row,
-            )
-            .optional()?)
+            let vm = c
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM vms WHERE name = ?1"),
+                    [name],
+                    from_row,
+                )
+                .optional()?;
+            Ok(vm.map(|v| Store::with_options(c, v)).transpose()?)
         })
     }
 
@@ -134,7 +165,10 @@ impl Store {
                 "SELECT {COLUMNS} FROM vms ORDER BY created_at, name"
             ))?;
             let rows = st.query_map([], from_row)?.collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            Ok(rows
+                .into_iter()
+                .map(|v| Store::with_options(c, v))
+                .collect::<Result<Vec<_>, _>>()?)
         })
     }
 
@@ -212,6 +246,7 @@ mod tests {
             ip: None,
             mac: None,
             engine: banger_api::EngineKind::Qemu,
+            options: Default::default(),
         }
     }
 
@@ -239,6 +274,10 @@ mod tests {
         let mut v = vm("web");
         v.network = banger_api::NetworkMode::User;
         v.engine = banger_api::EngineKind::Firecracker;
+        v.options.insert(
+            "bridge-net".into(),
+            serde_json::json!({"allow_cidrs": ["10.0.0.0/8"]}),
+        );
         s.insert_vm(&v).unwrap();
         assert_eq!(s.vm("web").unwrap(), Some(v));
     }

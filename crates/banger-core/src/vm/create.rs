@@ -99,6 +99,7 @@ impl Lifecycle {
             disk_size_mib,
             created_at: banger_sys::clock::unix_now(),
             last_error: None,
+            options: Default::default(),
         };
         self.engine(&vm)?;
         self.capabilities.plan(req, &mut vm)?;

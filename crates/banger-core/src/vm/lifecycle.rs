@@ -157,6 +157,7 @@ impl Lifecycle {
     }
 
     fn view(&self, vm: VmRecord) -> Vm {
+        let egress = crate::capability::egress::Egress::of(&vm);
         let running = self.runtime.get(&vm.name);
         let state = self.observed_state(&vm, running.as_ref());
         let running = running.filter(|_| state == VmState::Running);
@@ -180,6 +181,8 @@ impl Lifecycle {
             engine: vm.engine,
             ip: vm.ip,
             ports: vm.publish,
+            allow: egress.describe(),
+            host_access: egress.host_access,
         }
     }
 
@@ -234,15 +237,20 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Hands the engine's exit to the monitor when it happens.
+    /// Hands the engine's exit to the monitor when it happens, keeping the
+    /// console under its cap until then.
     pub(super) fn watch(&self, vm: &VmRecord, running: &Running) {
         let Ok(engine) = self.engines.get(running.engine) else {
             return;
         };
         let (handles, exits) = (running.handles.clone(), self.exits.clone());
         let name = vm.name.clone();
+        let console = engine.console_log(&self.dir(vm));
         tokio::spawn(async move {
-            engine.wait_exit(&handles).await;
+            tokio::select! {
+                () = engine.wait_exit(&handles) => {}
+                () = crate::console::keep_capped(console) => {}
+            }
             let _ = exits.send(Exited {
                 name,
                 pid: Some(handles.pid),
@@ -257,7 +265,7 @@ impl Lifecycle {
         let running = self
             .runtime
             .remove(&vm.name)
-            .or_else(|| runtime::read(&dir));
+            .or_else(|| runtime::read(&dir, &self.engines));
         let caps = running.map(|r| r.capabilities).unwrap_or_default();
         self.capabilities.release(vm, &caps);
         runtime::remove(&dir);

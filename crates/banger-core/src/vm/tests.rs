@@ -1,7 +1,8 @@
 //! The lifecycle on fakes (see `crate::testing`): every stage of create,
 //! start, stop and delete failing in turn leaves nothing behind, state
 //! transitions refuse what they must, capabilities run in order and undo
-//! in reverse, reads never write, reconcile adopts and sweeps.
+//! in reverse, reads never write, reconcile adopts and sweeps, and trusts
+//! no scratch file it cannot check.
 
 use crate::capability::{self, BootPlan, Capability, Ctx, Pipeline};
 use crate::engine::fake::{FakeEngine, FakeFault};
@@ -140,6 +141,61 @@ async fn every_failing_create_stage_leaves_nothing_behind() {
         h.runner.heal();
         assert_eq!(leftovers(&h), nothing(), "{stage}: alone");
     }
+}
+
+#[tokio::test]
+async fn a_guests_egress_policy_reaches_the_firewall_and_goes_with_it() {
+    let h = Harness::new();
+    let op = h
+        .services
+        .vms
+        .create(CreateVm {
+            name: Some("lim".into()),
+            network: Some(NetworkMode::Bridge),
+            allow_cidrs: vec!["10.9.0.0/16".into()],
+            host_access: false,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(succeeded(&finish(op).await));
+    let op = h
+        .services
+        .vms
+        .create(CreateVm {
+            name: Some("open".into()),
+            network: Some(NetworkMode::Bridge),
+            host_access: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(succeeded(&finish(op).await));
+    let fw = h.runner.firewall();
+    assert!(fw.contains("elements = { 10.9.0.0/16 }"), "{fw}");
+    assert!(
+        fw.contains("ip saddr 172.30.0.2 ip daddr != @allow_0 counter drop"),
+        "{fw}"
+    );
+    assert!(
+        fw.contains("ip saddr 172.30.0.3 accept"),
+        "host access for open only: {fw}"
+    );
+    assert_eq!(h.services.vms.show("lim").unwrap().allow, ["10.9.0.0/16"]);
+    assert!(succeeded(
+        &finish(h.services.vms.delete("lim").unwrap()).await
+    ));
+    let fw = h.runner.firewall();
+    assert!(!fw.contains("@allow_0"), "the limit went with its vm: {fw}");
+    // Allow-lists are a bridge feature.
+    let err = h.services.vms.create(CreateVm {
+        network: Some(NetworkMode::User),
+        allow_hosts: vec!["example.com".into()],
+        ..Default::default()
+    });
+    assert!(
+        err.unwrap_err()
+            .to_string()
+            .contains("need --network bridge")
+    );
 }
 
 #[tokio::test]
@@ -359,6 +415,69 @@ async fn reconcile_adopts_live_vms_and_clears_dead_ones() {
     assert!(succeeded(&finish(fresh.vms.delete("alive").unwrap()).await));
     assert!(succeeded(&finish(fresh.vms.delete("dead").unwrap()).await));
     assert_eq!(leftovers(&h), nothing());
+}
+
+/// A VM's scratch file as JSON, to forge from.
+fn scratch(h: &Harness, name: &str) -> (VmDir, serde_json::Value) {
+    let vm = h.store.vm(name).unwrap().unwrap();
+    let dir = h.services.vms.dir(&vm);
+    let json = std::fs::read(dir.handles()).unwrap_or_else(|_| b"null".to_vec());
+    (dir, serde_json::from_slice(&json).unwrap())
+}
+
+#[tokio::test]
+async fn a_scratch_file_naming_another_vms_engine_gets_it_no_signal() {
+    let mut h = Harness::new();
+    assert!(succeeded(&h.create("web", NetworkMode::None).await));
+    assert!(succeeded(&h.create("old", NetworkMode::None).await));
+    assert!(succeeded(
+        &finish(h.services.vms.stop("old").unwrap()).await
+    ));
+    // The stopped vm's scratch file claims the running one's engine.
+    let (_, web) = scratch(&h, "web");
+    let (old_dir, _) = scratch(&h, "old");
+    std::fs::write(old_dir.handles(), web.to_string()).unwrap();
+    h.restart_daemon();
+    h.services.vms.reconcile().await.unwrap();
+    assert_eq!(h.engine.running(), 1, "web's engine still runs");
+    assert_eq!(h.services.vms.show("web").unwrap().state, VmState::Running);
+    assert_eq!(h.services.vms.show("old").unwrap().state, VmState::Stopped);
+    assert!(!old_dir.handles().exists(), "the forged file is dropped");
+}
+
+#[tokio::test]
+async fn a_tap_name_that_is_not_bangers_is_never_deleted() {
+    use banger_sys::net::link::Links;
+    let mut h = Harness::new();
+    assert!(succeeded(&h.create("web", NetworkMode::Bridge).await));
+    assert!(succeeded(&h.create("old", NetworkMode::Bridge).await));
+    assert!(succeeded(
+        &finish(h.services.vms.stop("old").unwrap()).await
+    ));
+    h.links.insert("eth0", None);
+    h.links.insert("eth1", None);
+    // The running vm's file names the host's eth0 as its tap; the stopped
+    // one's (its own sockets, an engine long gone) names eth1.
+    let (web_dir, mut web) = scratch(&h, "web");
+    web["capabilities"][capability::bridge::NAME]["tap"] = "eth0".into();
+    std::fs::write(web_dir.handles(), web.to_string()).unwrap();
+    let mut old = web.clone();
+    let old_vm = h.store.vm("old").unwrap().unwrap();
+    let old_dir = h.services.vms.dir(&old_vm);
+    old["pid"] = 4_000_000.into();
+    old["agent_socket"] = old_dir.run.join("agent.sock").to_string_lossy().into();
+    old["control_socket"] = old_dir.run.join("control.sock").to_string_lossy().into();
+    old["capabilities"][capability::bridge::NAME]["tap"] = "eth1".into();
+    std::fs::write(old_dir.handles(), old.to_string()).unwrap();
+    h.restart_daemon();
+    h.services.vms.reconcile().await.unwrap();
+    assert_eq!(h.services.vms.show("web").unwrap().state, VmState::Running);
+    assert!(succeeded(
+        &finish(h.services.vms.stop("web").unwrap()).await
+    ));
+    h.services.network.settle();
+    assert!(h.links.exists("eth0").unwrap(), "eth0 is not banger's");
+    assert!(h.links.exists("eth1").unwrap(), "eth1 is not banger's");
 }
 
 #[tokio::test]

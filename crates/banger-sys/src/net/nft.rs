@@ -1,10 +1,11 @@
-//! NAT for `bridge` mode through nftables, in a table banger owns alone
-//! (`table ip banger` unless configured otherwise), and the IPv4 forwarding
-//! switch NAT depends on.
+//! The host side of `bridge` mode's firewall through nftables, in a table
+//! banger owns alone (`table ip banger` unless configured otherwise): NAT
+//! out, guests kept off the host, per-guest egress allow-lists; and the
+//! IPv4 forwarding switch NAT depends on.
 //!
 //! Every change goes to the `nft` program as one script on stdin
 //! (`nft -f -`), which nftables applies as a single transaction: either the
-//! whole table is replaced or nothing changes. [`Nft::ensure_nat`] writes
+//! whole table is replaced or nothing changes. [`Nft::ensure_rules`] writes
 //!
 //! ```text
 //! table ip banger {}            # create it if absent, so that
@@ -12,11 +13,26 @@
 //! table ip banger {             # then define it from scratch
 //!     chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //!         ip saddr 172.31.99.0/24 ip daddr != 172.31.99.0/24 oifname != "banger0" counter masquerade }
+//!     chain input { type filter hook input priority filter; policy accept;
+//!         iifname "banger0" ct state established,related accept
+//!         iifname "banger0" ip daddr 172.31.99.1 udp dport 53 accept     # DNS on the bridge address
+//!         iifname "banger0" ip daddr 172.31.99.1 tcp dport 53 accept
+//!         iifname "banger0" ip daddr 172.31.99.1 icmp type echo-request accept
+//!         iifname "banger0" counter drop }                                  # nothing else of the host
+//!     set allow_0 { type ipv4_addr; flags interval; elements = { 10.1.0.0/16 } }
 //!     chain forward { type filter hook forward priority filter; policy accept;
-//!         iifname "banger0" counter accept
-//!         oifname "banger0" ct state established,related counter accept }
+//!         oifname "banger0" ct state established,related counter accept
+//!         iifname "banger0" ip daddr 169.254.0.0/16 counter drop           # no link-local metadata
+//!         iifname "banger0" ip saddr 172.31.99.5 ip daddr != @allow_0 counter drop
+//!         iifname "banger0" counter accept }                                # or drop without egress
 //! }
 //! ```
+//!
+//! Guests reach each other directly on the bridge (bridged frames do not
+//! cross the IP hooks), DNS on the bridge address, and the outside when
+//! egress is allowed (limited to a guest's allow-list when it has one).
+//! Without egress the NAT chain is left out and forwarding from the bridge
+//! is dropped; the input chain is there either way.
 //!
 //! so running it twice leaves the same table, and no other table is ever
 //! named. [`Nft::remove_nat`] uses the same create-then-delete pair.
@@ -114,11 +130,19 @@ impl<'r> Nft<'r> {
     }
 
     /// Replaces `table` with banger's NAT rules for `subnet` behind `bridge`
-    /// (see the module doc); idempotent.
+    /// and egress for everyone (see the module doc); idempotent.
     pub fn ensure_nat(&self, table: &str, subnet: Ipv4Cidr, bridge: &str) -> Result<(), NftError> {
-        let script = nat_script(table, subnet, bridge)?;
+        self.ensure_rules(&BridgeRules::new(table, subnet, bridge))
+    }
+
+    /// Replaces the table with `rules` (see the module doc); idempotent.
+    pub fn ensure_rules(&self, rules: &BridgeRules) -> Result<(), NftError> {
+        let script = rules_script(rules)?;
         self.apply(
-            format!("installing NAT rules in nftables table ip {table}"),
+            format!(
+                "installing the bridge's rules in nftables table ip {}",
+                rules.table
+            ),
             script,
         )
     }
@@ -186,27 +210,90 @@ pub fn validate_table(table: &str) -> Result<(), NftError> {
     })
 }
 
-/// The `nft -f -` script [`Nft::ensure_nat`] applies.
+/// What the bridge's table says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeRules {
+    pub table: String,
+    pub subnet: Ipv4Cidr,
+    pub bridge: String,
+    /// May guests reach beyond the bridge at all?
+    pub egress: bool,
+    /// Guests limited to an allow-list: their address, and the networks
+    /// they may reach (an empty list: none).
+    pub limited: Vec<(std::net::Ipv4Addr, Vec<Ipv4Cidr>)>,
+    /// Guests that may reach the host's own services.
+    pub host_access: Vec<std::net::Ipv4Addr>,
+}
+
+impl BridgeRules {
+    /// NAT and egress for every guest of `subnet` behind `bridge`.
+    pub fn new(table: &str, subnet: Ipv4Cidr, bridge: &str) -> BridgeRules {
+        BridgeRules {
+            table: table.to_string(),
+            subnet,
+            bridge: bridge.to_string(),
+            egress: true,
+            limited: Vec::new(),
+            host_access: Vec::new(),
+        }
+    }
+}
+
+/// The `nft -f -` script [`Nft::ensure_nat`] applies (with egress for all).
 pub fn nat_script(table: &str, subnet: Ipv4Cidr, bridge: &str) -> Result<String, NftError> {
+    rules_script(&BridgeRules::new(table, subnet, bridge))
+}
+
+/// The `nft -f -` script [`Nft::ensure_rules`] applies.
+pub fn rules_script(r: &BridgeRules) -> Result<String, NftError> {
+    let table = r.table.as_str();
+    let bridge = r.bridge.as_str();
     validate_table(table)?;
     validate_ifname(bridge)?;
-    let net = subnet.network();
-    Ok(format!(
-        "table ip {table} {{}}
-delete table ip {table}
-table ip {table} {{
-\tchain postrouting {{
-\t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\tip saddr {net} ip daddr != {net} oifname != \"{bridge}\" counter masquerade
-\t}}
-\tchain forward {{
-\t\ttype filter hook forward priority filter; policy accept;
-\t\tiifname \"{bridge}\" counter accept
-\t\toifname \"{bridge}\" ct state established,related counter accept
-\t}}
-}}
-"
-    ))
+    let net = r.subnet.network();
+    let gw = std::net::Ipv4Addr::from(u32::from(net.addr()) + 1);
+    let mut out = format!("table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n");
+    if r.egress {
+        out.push_str(&format!(
+            "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr {net} ip daddr != {net} oifname != \"{bridge}\" counter masquerade\n\t}}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"{bridge}\" ct state established,related accept\n\
+         \t\tiifname \"{bridge}\" ip daddr {gw} udp dport 53 accept\n\
+         \t\tiifname \"{bridge}\" ip daddr {gw} tcp dport 53 accept\n\
+         \t\tiifname \"{bridge}\" ip daddr {gw} icmp type echo-request accept\n"
+    ));
+    for ip in &r.host_access {
+        out.push_str(&format!("\t\tiifname \"{bridge}\" ip saddr {ip} accept\n"));
+    }
+    out.push_str(&format!("\t\tiifname \"{bridge}\" counter drop\n\t}}\n"));
+    for (i, (_, allowed)) in r.limited.iter().enumerate() {
+        out.push_str(&format!(
+            "\tset allow_{i} {{\n\t\ttype ipv4_addr; flags interval;\n"
+        ));
+        if !allowed.is_empty() {
+            let list: Vec<String> = allowed.iter().map(|c| c.network().to_string()).collect();
+            out.push_str(&format!("\t\telements = {{ {} }}\n", list.join(", ")));
+        }
+        out.push_str("\t}\n");
+    }
+    out.push_str(&format!(
+        "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\toifname \"{bridge}\" ct state established,related counter accept\n\
+         \t\tiifname \"{bridge}\" ip daddr 169.254.0.0/16 counter drop\n"
+    ));
+    for (i, (ip, _)) in r.limited.iter().enumerate() {
+        out.push_str(&format!(
+            "\t\tiifname \"{bridge}\" ip saddr {ip} ip daddr != @allow_{i} counter drop\n"
+        ));
+    }
+    let verdict = if r.egress { "accept" } else { "drop" };
+    out.push_str(&format!(
+        "\t\tiifname \"{bridge}\" counter {verdict}\n\t}}\n}}\n"
+    ));
+    Ok(out)
 }
 
 /// The `nft -f -` script [`Nft::remove_nat`] applies.
@@ -325,10 +412,61 @@ mod tests {
         assert!(script.contains("type nat hook postrouting priority srcnat; policy accept;"));
         assert!(script.contains("type filter hook forward priority filter; policy accept;"));
         assert!(script.contains("iifname \"banger0\" counter accept"));
+        assert!(script.contains("iifname \"banger0\" ip daddr 172.31.99.1 udp dport 53 accept"));
+        assert!(
+            script.contains("iifname \"banger0\" counter drop"),
+            "the host is off limits"
+        );
+        assert!(
+            script.contains("ip daddr 169.254.0.0/16 counter drop"),
+            "no metadata"
+        );
         // Every table the script names is banger's.
         for line in script.lines().filter(|l| l.contains("table")) {
             assert!(line.contains("table ip banger"), "{line}");
         }
+    }
+
+    #[test]
+    fn without_egress_nothing_is_forwarded_and_allow_lists_limit_one_guest() {
+        let mut r = BridgeRules::new("banger", subnet(), "banger0");
+        r.egress = false;
+        let script = rules_script(&r).unwrap();
+        assert!(!script.contains("masquerade"), "{script}");
+        assert!(
+            script.contains("iifname \"banger0\" counter drop\n\t}\n}"),
+            "{script}"
+        );
+        let mut r = BridgeRules::new("banger", subnet(), "banger0");
+        r.limited = vec![
+            (
+                "172.31.99.5".parse().unwrap(),
+                vec!["10.1.2.3/16".parse().unwrap()],
+            ),
+            ("172.31.99.6".parse().unwrap(), vec![]),
+        ];
+        let script = rules_script(&r).unwrap();
+        assert!(
+            script.contains(
+                "set allow_0 {\n\t\ttype ipv4_addr; flags interval;\n\t\telements = { 10.1.0.0/16 }"
+            ),
+            "{script}"
+        );
+        assert!(
+            script.contains("ip saddr 172.31.99.5 ip daddr != @allow_0 counter drop"),
+            "{script}"
+        );
+        assert!(
+            script.contains("ip saddr 172.31.99.6 ip daddr != @allow_1 counter drop"),
+            "{script}"
+        );
+        r.host_access = vec!["172.31.99.7".parse().unwrap()];
+        let script = rules_script(&r).unwrap();
+        let open = script.find("ip saddr 172.31.99.7 accept").expect("opened");
+        assert!(
+            open < script.find("iifname \"banger0\" counter drop").unwrap(),
+            "before the drop"
+        );
     }
 
     #[test]

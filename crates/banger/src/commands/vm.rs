@@ -38,6 +38,9 @@ pub async fn create_vm(client: &Client, spec: &VmSpec, style: Style) -> anyhow::
         network: spec.network,
         publish: spec.publish.clone(),
         engine: None,
+        allow_hosts: spec.allow_host.clone(),
+        allow_cidrs: spec.allow_cidr.clone(),
+        host_access: spec.host_access,
     };
     let op: OperationRef = client.post("/v1/vms", &body).await?;
     let operation = progress::follow(client, &op, style).await?;
