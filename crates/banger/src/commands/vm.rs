@@ -243,6 +243,8 @@ mod tests {
             dir: "/d".into(),
             network: banger_api::NetworkMode::User,
             engine: banger_api::EngineKind::Qemu,
+            allow: vec![],
+            host_access: false,
             ip: None,
             dns_name: None,
             ports: vec![],
