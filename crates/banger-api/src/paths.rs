@@ -8,6 +8,13 @@
 //! | state (store, images, VMs) | `$XDG_STATE_HOME/banger` | `/var/lib/banger` for root, else `~/.local/state/banger` |
 //! | runtime (sockets) | `$XDG_RUNTIME_DIR/banger` | `/run/banger` for root, else `/tmp/banger-<uid>` |
 //! | cache (downloaded packages) | `$XDG_CACHE_HOME/banger` | `/var/cache/banger` for root, else `~/.cache/banger` |
+//!
+//! The state, runtime and cache directories are the user's alone: both
+//! sides make them mode 0700 and refuse one that is a symlink or another
+//! user's ([`Paths::private_dirs`]; the check is `banger_sys::private_dir`'s).
+//! The runtime fallback sits in the shared `/tmp`, where another user could
+//! make it first. A relative XDG value is ignored, as the XDG spec says: it
+//! would name a different directory from every working directory.
 
 use std::path::{Path, PathBuf};
 
@@ -19,10 +26,30 @@ pub struct Paths {
     pub cache_dir: PathBuf,
 }
 
+/// One of [`Paths::private_dirs`], with what to call it in an error and the
+/// variable that moves it (what to do when it cannot be used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrivateDir<'a> {
+    pub path: &'a Path,
+    pub what: &'static str,
+    pub var: &'static str,
+}
+
+impl PrivateDir<'_> {
+    /// The context of an error about this directory, e.g. "cannot use the
+    /// runtime directory (or set XDG_RUNTIME_DIR to one of your own)".
+    pub fn refusal(&self) -> String {
+        format!(
+            "cannot use the {} (or set {} to a directory of your own)",
+            self.what, self.var
+        )
+    }
+}
+
 impl Paths {
     /// Resolves the layout from an environment lookup, the user's home and uid.
     pub fn resolve(env: impl Fn(&str) -> Option<String>, home: &Path, uid: u32) -> Paths {
-        let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |k: &str| env(k).map(PathBuf::from).filter(|p| p.is_absolute());
         let root = uid == 0;
         let config_file = var("XDG_CONFIG_HOME")
             .unwrap_or_else(|| home.join(".config"))
@@ -60,6 +87,27 @@ impl Paths {
             runtime_dir,
             cache_dir,
         }
+    }
+
+    /// The directories that must be the user's alone.
+    pub fn private_dirs(&self) -> [PrivateDir<'_>; 3] {
+        [
+            PrivateDir {
+                path: &self.state_dir,
+                what: "state directory",
+                var: "XDG_STATE_HOME",
+            },
+            PrivateDir {
+                path: &self.runtime_dir,
+                what: "runtime directory",
+                var: "XDG_RUNTIME_DIR",
+            },
+            PrivateDir {
+                path: &self.cache_dir,
+                what: "cache directory",
+                var: "XDG_CACHE_HOME",
+            },
+        ]
     }
 
     /// The daemon's API socket.
@@ -107,5 +155,17 @@ mod tests {
         let root = Paths::resolve(none, Path::new("/root"), 0);
         assert_eq!(root.state_dir, Path::new("/var/lib/banger"));
         assert_eq!(root.runtime_dir, Path::new("/run/banger"));
+    }
+
+    #[test]
+    fn empty_and_relative_variables_are_ignored() {
+        let env = |k: &str| match k {
+            "XDG_RUNTIME_DIR" => Some("run".to_string()),
+            "XDG_STATE_HOME" => Some(String::new()),
+            _ => None,
+        };
+        let p = Paths::resolve(env, Path::new("/home/u"), 1000);
+        assert_eq!(p.runtime_dir, Path::new("/tmp/banger-1000"));
+        assert_eq!(p.state_dir, Path::new("/home/u/.local/state/banger"));
     }
 }

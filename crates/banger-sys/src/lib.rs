@@ -9,6 +9,8 @@ pub mod command;
 pub mod fs;
 pub mod guest;
 pub mod net;
+pub mod peer;
+pub mod private_dir;
 pub mod process;
 pub mod pty;
 pub mod spawn;

@@ -1,6 +1,10 @@
 //! Finding the daemon and starting it when it is not running. Every command
 //! but `daemon status`/`daemon stop` goes through [`connect`]:
 //!
+//! 0. Trust nothing in the runtime directory until it is proven ours: made
+//!    mode 0700 if missing, refused if it is a symlink or another user's
+//!    (one who made `/tmp/banger-<uid>` first could serve a fake daemon
+//!    there), and the socket must be ours too. Nothing is sent before.
 //! 1. `GET /v1/daemon` on the socket; an answer means it runs.
 //! 2. If nothing listens (socket missing or refusing), spawn `bangerd`
 //!    detached in its own process group, stdin from `/dev/null`, stdout and
@@ -17,6 +21,7 @@ use anyhow::{Context, bail};
 use banger_api::DaemonStatus;
 use banger_api::paths::Paths;
 use banger_sys::command::{Cmd, CommandError};
+use banger_sys::private_dir::{check_own_socket, ensure_private_dir, ensure_private_file};
 use banger_sys::spawn::{Child, SpawnOptions, Spawner};
 
 use crate::client::{Client, ClientError};
@@ -35,6 +40,8 @@ pub async fn connect(paths: &Paths, spawner: &dyn Spawner) -> anyhow::Result<Cli
     if status(paths, &client).await?.is_some() {
         return Ok(client);
     }
+    let [state, ..] = paths.private_dirs();
+    ensure_private_dir(state.path).context(state.refusal())?;
     let log = paths.daemon_log();
     let mut child = spawn(spawner, &daemon_binary(), &log)?;
     wait_until_up(&client, &mut child, &log).await?;
@@ -56,10 +63,21 @@ pub fn daemon_binary() -> PathBuf {
     }
 }
 
+/// Step 0 of the module doc: refuses a runtime directory or socket that
+/// another user could have made.
+fn check_runtime(paths: &Paths) -> anyhow::Result<()> {
+    let [_, runtime, _] = paths.private_dirs();
+    ensure_private_dir(runtime.path).context(runtime.refusal())?;
+    check_own_socket(&paths.socket()).context(runtime.refusal())?;
+    Ok(())
+}
+
 fn spawn(spawner: &dyn Spawner, bin: &Path, log: &Path) -> anyhow::Result<Child> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    // The daemon's umask comes too late for its log, which we open for it.
+    ensure_private_file(log)?;
     let cmd = Cmd::new(bin.to_string_lossy());
     spawner
         .spawn(&cmd, &SpawnOptions::detached(log))
@@ -126,9 +144,11 @@ fn log_tail(log: &Path) -> String {
 }
 
 /// Whether a daemon answers, without starting one; a daemon that takes
-/// the connection and says nothing for [`PROBE_TIMEOUT`] is an error.
-pub async fn status(paths: &Paths, client: &Client) -> Result<Option<DaemonStatus>, ClientError> {
-    status_within(paths, client, PROBE_TIMEOUT).await
+/// the connection and says nothing for [`PROBE_TIMEOUT`] is an error, and
+/// so is a runtime directory that is not ours (step 0).
+pub async fn status(paths: &Paths, client: &Client) -> anyhow::Result<Option<DaemonStatus>> {
+    check_runtime(paths)?;
+    Ok(status_within(paths, client, PROBE_TIMEOUT).await?)
 }
 
 async fn status_within(
@@ -198,6 +218,53 @@ pub(crate) mod tests {
         held.abort();
     }
 
+    #[tokio::test]
+    async fn a_planted_runtime_directory_is_refused_before_anything_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths_in(dir.path());
+        // Someone else's directory, reached through a symlink where ours belongs.
+        let planted = dir.path().join("planted");
+        std::fs::create_dir_all(&planted).unwrap();
+        std::fs::create_dir_all(paths.runtime_dir.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&planted, &paths.runtime_dir).unwrap();
+        let listener =
+            std::os::unix::net::UnixListener::bind(planted.join("bangerd.sock")).unwrap();
+        listener.set_nonblocking(true).unwrap();
+
+        let err = status(&paths, &Client::new(paths.socket()))
+            .await
+            .unwrap_err();
+
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with(
+                "cannot use the runtime directory (or set XDG_RUNTIME_DIR to a directory of your own): "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} is a symlink", paths.runtime_dir.display())),
+            "{text}"
+        );
+        assert!(
+            listener.accept().is_err(),
+            "nothing connected to the planted socket"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_runtime_directory_is_made_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths_in(dir.path());
+        let found = status(&paths, &Client::new(paths.socket())).await.unwrap();
+        assert!(found.is_none());
+        let mode = std::fs::metadata(&paths.runtime_dir).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
+    }
+
     #[test]
     fn log_tail_keeps_the_last_lines() {
         let dir = tempfile::tempdir().unwrap();
@@ -244,6 +311,11 @@ pub(crate) mod tests {
         assert_eq!(cmd, &Cmd::new("/opt/b/bangerd"));
         assert_eq!(opts, &SpawnOptions::detached(&log));
         assert!(log.exists(), "the log and its directory are created");
+        let mode = std::fs::metadata(&log).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
     }
 
     #[tokio::test]

@@ -2,9 +2,15 @@
 //! dir): it serves the `/v1` API on a unix socket, reconciles what a killed
 //! predecessor left running, and keeps running VMs' agent sessions. VMs keep
 //! running when it exits.
+//!
+//! Only its own user reaches it: it runs under umask 077, so all it makes
+//! (store, log, disks, console logs) is owner-only; its state, runtime and
+//! cache directories are 0700 and checked at start; the socket is 0600 and
+//! every connection's peer uid is checked (`peer.rs`).
 
 mod api;
 mod exec;
+mod peer;
 mod sessions;
 mod streams;
 
@@ -15,6 +21,8 @@ use banger_core::store::Store;
 use banger_core::{Deps, Services};
 
 fn main() {
+    // Before any thread exists: the umask is process-wide.
+    banger_sys::private_dir::owner_only_umask();
     if let Err(e) = run() {
         eprintln!("bangerd: error: {e:#}");
         std::process::exit(1);
@@ -40,8 +48,14 @@ async fn run() -> anyhow::Result<()> {
         banger_sys::process::euid(),
     );
     let config = Config::load(&paths.config_file)?;
-    for dir in [&paths.state_dir, &paths.runtime_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for dir in paths.private_dirs() {
+        banger_sys::private_dir::ensure_private_dir(dir.path).context(dir.refusal())?;
+    }
+    // Made by an older banger, or by a CLI under a loose umask.
+    for file in [paths.daemon_log(), paths.state_dir.join("banger.db")] {
+        if file.exists() {
+            banger_sys::private_dir::ensure_private_file(&file)?;
+        }
     }
     let lock = take_lock(&paths.daemon_lock()).await?;
     // For a CLI that finds the socket taken but unanswered: whom to kill.
@@ -64,6 +78,13 @@ async fn run() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket); // we hold the lock: any socket here is stale
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    // The umask made it 0700 already; say the mode rather than rely on that.
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {} to its owner", socket.display()))?;
+    let listener = peer::CheckedListener::new(
+        listener,
+        peer::PeerPolicy::for_daemon(banger_sys::process::euid()),
+    );
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "bangerd listening");
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);

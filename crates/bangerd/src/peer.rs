@@ -1,0 +1,121 @@
+//! Who may use the API. The socket is mode 0600 in a 0700 directory, but
+//! file modes do not stop root, and a socket inherited or reached another
+//! way would bypass them; so every accepted connection's peer uid
+//! (`SO_PEERCRED`) is checked before a byte of it is read:
+//!
+//! - a daemon run by a user admits that user only;
+//! - a root daemon admits root only: its API starts VMs, makes taps and
+//!   writes files as root, so using it is being root.
+//!
+//! A refused connection is closed unanswered, with a warning in the log.
+//! (Letting one group use a root daemon waits for a config key.)
+
+use axum::serve::Listener;
+use tokio::net::{UnixListener, UnixStream, unix::SocketAddr};
+
+/// The uids the API admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerPolicy {
+    uid: u32,
+}
+
+impl PeerPolicy {
+    /// The policy of a daemon running with effective uid `euid`.
+    pub fn for_daemon(euid: u32) -> PeerPolicy {
+        PeerPolicy { uid: euid }
+    }
+
+    pub fn admits(&self, uid: u32) -> bool {
+        uid == self.uid
+    }
+}
+
+/// A unix listener that hands axum only the connections [`PeerPolicy`]
+/// admits.
+pub struct CheckedListener {
+    inner: UnixListener,
+    policy: PeerPolicy,
+}
+
+impl CheckedListener {
+    pub fn new(inner: UnixListener, policy: PeerPolicy) -> CheckedListener {
+        CheckedListener { inner, policy }
+    }
+}
+
+impl Listener for CheckedListener {
+    type Io = UnixStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (UnixStream, SocketAddr) {
+        loop {
+            let (stream, addr) = Listener::accept(&mut self.inner).await;
+            match banger_sys::peer::peer_cred(&stream) {
+                Ok(peer) if self.policy.admits(peer.uid) => return (stream, addr),
+                Ok(peer) => tracing::warn!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    "refused an API connection from another user"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "refused an API connection whose peer cannot be identified"
+                ),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_daemon_admits_its_own_uid_only() {
+        let user = PeerPolicy::for_daemon(1000);
+        assert!(user.admits(1000));
+        assert!(!user.admits(1001));
+        assert!(!user.admits(0), "not even root");
+        let root = PeerPolicy::for_daemon(0);
+        assert!(root.admits(0));
+        assert!(!root.admits(1000));
+    }
+
+    /// Serves one line back to each admitted connection.
+    async fn echo_server(policy: PeerPolicy) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("bangerd.sock");
+        let mut listener = CheckedListener::new(UnixListener::bind(&socket).unwrap(), policy);
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await;
+                let _ = stream.write_all(b"hello\n").await;
+            }
+        });
+        (dir, socket)
+    }
+
+    #[tokio::test]
+    async fn an_admitted_peer_is_served() {
+        let (_dir, socket) = echo_server(PeerPolicy::for_daemon(banger_sys::process::euid())).await;
+        let mut client = UnixStream::connect(&socket).await.unwrap();
+        let mut got = String::new();
+        client.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello\n");
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_uid_is_closed_unanswered() {
+        let other = banger_sys::process::euid().wrapping_add(1);
+        let (_dir, socket) = echo_server(PeerPolicy::for_daemon(other)).await;
+        let mut client = UnixStream::connect(&socket).await.unwrap();
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        assert!(got.is_empty(), "{got:?}");
+    }
+}
