@@ -50,6 +50,31 @@ pub(crate) fn check(
     }
 }
 
+/// What runs as root here, and why.
+fn privilege_check() -> Check {
+    if banger_sys::process::euid() != 0 {
+        return check(
+            "privilege",
+            CheckStatus::Pass,
+            format!(
+                "nothing runs as root: bangerd, QEMU and image builds run as uid {}",
+                banger_sys::process::euid()
+            ),
+            None,
+        );
+    }
+    check(
+        "privilege",
+        CheckStatus::Warn,
+        format!(
+            "runs as root: bangerd (taps, the bridge, nftables), QEMU (it opens its tap and disks itself), \
+             image builds; dnsmasq drops to {} after binding",
+            crate::net::network::DNS_USER
+        ),
+        Some("for a rootless setup run bangerd as your own user: VMs then use --network user"),
+    )
+}
+
 /// `banger doctor`: asks each service for its lines.
 pub struct Doctor {
     paths: Paths,
@@ -145,6 +170,7 @@ impl Doctor {
             .unwrap_or(net.len());
         net.insert(at, debian_build_check());
         checks.extend(net);
+        checks.push(privilege_check());
         checks.push(self.disk_check());
         checks.extend(self.images.checks());
         checks.push(check(

@@ -33,6 +33,8 @@ pub struct Deps {
     pub privileged: bool,
     /// The daemon user's home directory.
     pub home: std::path::PathBuf,
+    /// Where the DNS server reads the VMs' names (see `net::network`).
+    pub dns_hosts_dir: std::path::PathBuf,
 }
 
 impl Deps {
@@ -58,6 +60,7 @@ impl Deps {
             home: std::env::var_os("HOME")
                 .map(Into::into)
                 .unwrap_or_else(|| "/".into()),
+            dns_hosts_dir: crate::net::network::public_hosts_dir(&paths.state_dir),
         })
     }
 }
@@ -106,6 +109,7 @@ impl Services {
             taps: deps.taps,
             runner: deps.runner.clone(),
             dns: deps.dns,
+            dns_hosts_dir: deps.dns_hosts_dir,
             privileged: deps.privileged,
         })?);
         let capabilities = capabilities(&capability::Deps {

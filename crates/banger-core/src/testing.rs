@@ -170,6 +170,7 @@ impl Harness {
             dns: Arc::new(NoDns),
             privileged: setup.privileged,
             home: root.path().join("home"),
+            dns_hosts_dir: root.path().join("dns-hosts"),
         };
         let make = setup
             .capabilities
@@ -200,6 +201,7 @@ impl Harness {
             dns: Arc::new(NoDns),
             privileged: true,
             home: self.paths.state_dir.join("../home"),
+            dns_hosts_dir: self.paths.state_dir.join("../dns-hosts"),
         };
         self.services = Services::with_capabilities(
             self.paths.clone(),

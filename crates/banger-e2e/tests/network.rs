@@ -167,6 +167,54 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         "NAT is in banger's own table"
     );
 
+    // The host's own services are off limits (DNS aside): a listener on
+    // the bridge address, inside this test's namespace, is unreachable for
+    // a guest unless it was created with --host-access.
+    let www = env.root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "host-secret\n").unwrap();
+    let mut server = env
+        .host_cmd("python3")
+        .args(["-m", "http.server", "--bind", "172.30.0.1", "8099"])
+        .current_dir(&www)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // busybox's nc: its static wget cannot be trusted to resolve or run.
+    let fetch = "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 172.30.0.1 8099 | grep host-secret || echo refused";
+    let probe = |vm: &str| env.ok(&["vm", "exec", vm, "--", "sh", "-c", fetch]);
+    assert!(
+        wait_until(Duration::from_secs(10), || env
+            .host_cmd("python3")
+            .args([
+                "-c",
+                "import urllib.request as u; u.urlopen('http://172.30.0.1:8099/')"
+            ])
+            .status()
+            .is_ok_and(|s| s.success())),
+        "the test's listener is up"
+    );
+    assert_eq!(
+        probe("a"),
+        "refused\n",
+        "a guest cannot reach the host's ports"
+    );
+    env.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "c",
+        "--image",
+        "minimal",
+        "--host-access",
+    ]);
+    assert_eq!(probe("c"), "host-secret\n", "--host-access opens them");
+    assert_eq!(probe("a"), "refused\n", "for that guest only");
+    env.ok(&["vm", "delete", "c"]);
+    let _ = server.kill();
+    let _ = server.wait();
+
     // Leases: a deleted VM's address goes back; never two VMs on one address.
     env.ok(&["vm", "delete", "b"]);
     // dnsmasq sees the hosts file go through inotify, a moment later.
@@ -225,7 +273,8 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         !String::from_utf8_lossy(&rules.stdout).contains("table ip banger"),
         "nat table left behind"
     );
-    let hosts = std::fs::read_dir(env.state_dir().join("dns/hosts"))
+    let hosts_dir = banger_core::net::network::public_hosts_dir(&env.state_dir());
+    let hosts = std::fs::read_dir(&hosts_dir)
         .unwrap()
         .flatten()
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
@@ -240,4 +289,6 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         serde_json::json!([]),
         "no leases: no rows"
     );
+    // The names dir outlives the daemon's VMs; this instance is done with it.
+    let _ = std::fs::remove_dir_all(&hosts_dir);
 }

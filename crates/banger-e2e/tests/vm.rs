@@ -351,6 +351,7 @@ fn doctor_reports_every_check() {
         "image minimal",
         "daemon",
         "debian-build",
+        "privilege",
     ] {
         assert!(names.contains(&want), "doctor lacks {want}: {names:?}");
     }

@@ -42,9 +42,24 @@ pub struct NetworkDeps {
     pub taps: Arc<dyn Taps>,
     pub runner: Arc<dyn Runner>,
     pub dns: Arc<dyn DnsServer>,
+    /// Where the DNS server finds the VMs' names: readable by the
+    /// unprivileged user dnsmasq drops to, so outside the owner-only state
+    /// and runtime dirs (the names and addresses are no secret: anyone on
+    /// the host can ask the DNS server for them).
+    pub dns_hosts_dir: PathBuf,
     /// May this daemon make taps and bridges (root or CAP_NET_ADMIN)?
     pub privileged: bool,
 }
+
+/// Where a root daemon whose state dir is `state_dir` keeps its DNS names.
+pub fn public_hosts_dir(state_dir: &std::path::Path) -> PathBuf {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    PathBuf::from("/run/banger-dns").join(&hex::encode(h)[..16])
+}
+
+/// The user dnsmasq runs as once it has bound its port.
+pub const DNS_USER: &str = "nobody";
 
 pub struct Network {
     deps: NetworkDeps,
@@ -141,7 +156,7 @@ impl Network {
     }
 
     pub fn hosts_dir(&self) -> PathBuf {
-        self.deps.state_dir.join("dns/hosts")
+        self.deps.dns_hosts_dir.clone()
     }
 
     pub(crate) fn dnsmasq_config(&self) -> DnsmasqConfig {
@@ -151,8 +166,7 @@ impl Network {
             &self.hosts_dir(),
         );
         cfg.suffix = self.deps.config.dns_suffix.clone();
-        // Stay root: the hosts dir sits under a state dir only we can read.
-        cfg.user = Some("root".into());
+        cfg.user = Some(DNS_USER.into());
         if self.deps.config.egress {
             cfg.upstreams = host_resolvers();
         }
@@ -228,13 +242,18 @@ impl Network {
             banger_sys::net::nft::set_ipv4_forwarding(true).map_err(net_err)?;
         }
         let dns = self.dnsmasq_config();
-        for dir in [&self.deps.runtime_dir.join("dns"), &dns.hosts_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| {
-                net_err(NetError::Dir {
-                    path: dir.clone(),
-                    source,
-                })
-            })?;
+        let dir_err = |path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| net_err(NetError::Dir { path, source })
+        };
+        let run = self.deps.runtime_dir.join("dns");
+        std::fs::create_dir_all(&run).map_err(dir_err(&run))?;
+        // Every directory above the hosts dir must let dnsmasq's user through.
+        if let Some(parent) = dns.hosts_dir.parent() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(parent).map_err(dir_err(parent))?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+                .map_err(dir_err(parent))?;
         }
         dnsmasq::prepare_hosts_dir(&dns.hosts_dir).map_err(net_err)?;
         self.deps.dns.ensure_running(&dns).map_err(net_err)?;
