@@ -388,6 +388,14 @@ pub struct SshTarget {
     /// channel (`banger vm proxy NAME PORT` as the ProxyCommand).
     #[serde(default)]
     pub proxy: bool,
+    /// The known-hosts file holding this VM's pinned host key (read over
+    /// the agent channel the first time sshd answers, so it exists after a
+    /// `wait`ed answer); check host keys against it, strictly.
+    #[serde(default)]
+    pub known_hosts: Option<String>,
+    /// The name the pinned key is filed under (`HostKeyAlias`).
+    #[serde(default)]
+    pub host_key_alias: Option<String>,
 }
 
 /// `POST /v1/vms/{name}/workspace`: copy a host checkout into the guest.

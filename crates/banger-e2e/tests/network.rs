@@ -97,6 +97,32 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         cfg.contains("Host w2") && cfg.contains("HostName 127.0.0.1"),
         "{cfg}"
     );
+    // The guest's host key is pinned (read over the agent channel) and
+    // checked strictly, never waved through.
+    let id = host.json(&["vm", "show", "w2", "--json"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let known = std::fs::read_to_string(host.state_dir().join("vms").join(&id).join("known_hosts"))
+        .unwrap();
+    let guest_key = host.ok(&[
+        "vm",
+        "exec",
+        "w2",
+        "--",
+        "cat",
+        "/etc/ssh/ssh_host_ed25519_key.pub",
+    ]);
+    assert!(
+        known.starts_with(&format!("banger-{id} ssh-ed25519 "))
+            && known.contains(guest_key.split_whitespace().nth(1).unwrap()),
+        "{known}"
+    );
+    assert!(
+        cfg.contains("StrictHostKeyChecking yes")
+            && cfg.contains(&format!("HostKeyAlias banger-{id}")),
+        "{cfg}"
+    );
     // No route at all: ssh still works, through the agent channel.
     host.ok(&["vm", "create", "--name", "island", "--network", "none"]);
     assert_eq!(

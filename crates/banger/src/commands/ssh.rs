@@ -80,12 +80,14 @@ pub fn ssh_options(
 ) -> Result<Vec<String>, UnsafeSshField> {
     check_target(name, t)?;
     let mut o: Vec<String> = vec!["-i".into(), t.key.clone(), "-p".into(), t.port.to_string()];
+    let (known, alias) = pinned(name, t)?;
     for opt in [
         "IdentitiesOnly=yes",
         "PasswordAuthentication=no",
-        // Every VM makes fresh host keys on first boot; its name is reused.
-        "StrictHostKeyChecking=no",
-        "UserKnownHostsFile=/dev/null",
+        // Each VM's own host key, pinned by banger over the agent channel.
+        "StrictHostKeyChecking=yes",
+        &format!("UserKnownHostsFile={known}"),
+        &format!("HostKeyAlias={alias}"),
         "LogLevel=ERROR",
         "ControlMaster=auto",
         "ControlPersist=60",
@@ -123,8 +125,10 @@ pub async fn ssh_config(ctx: &Context, names: &[String]) -> anyhow::Result<i32> 
         let vm: Vm = client
             .get(&format!("/v1/vms/{}", path_segment(&name)))
             .await?;
+        // A running VM's host key is pinned now, so `ssh NAME` can check it.
+        let wait = vm.state == banger_api::VmState::Running;
         let target: SshTarget = client
-            .get(&format!("/v1/vms/{}/ssh", path_segment(&name)))
+            .get(&format!("/v1/vms/{}/ssh?wait={wait}", path_segment(&name)))
             .await?;
         out.push_str(&stanza(&vm, &target, &exe)?);
     }
@@ -145,7 +149,10 @@ pub fn stanza(vm: &Vm, t: &SshTarget, exe: &Path) -> Result<String, UnsafeSshFie
         "  HostName {}\n  Port {}\n  User {}\n  IdentityFile {}\n",
         t.host, t.port, t.user, t.key
     ));
-    s.push_str("  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n");
+    let (known, alias) = pinned(&vm.name, t)?;
+    s.push_str(&format!(
+        "  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n  UserKnownHostsFile {known}\n  HostKeyAlias {alias}\n  LogLevel ERROR\n"
+    ));
     if t.proxy {
         s.push_str(&format!(
             "  ProxyCommand {} vm proxy {} {}\n",
@@ -156,6 +163,20 @@ pub fn stanza(vm: &Vm, t: &SshTarget, exe: &Path) -> Result<String, UnsafeSshFie
     }
     s.push('\n');
     Ok(s)
+}
+
+/// The VM's pinned-key file and alias, checked like every other field.
+fn pinned<'t>(vm: &str, t: &'t SshTarget) -> Result<(&'t str, &'t str), UnsafeSshField> {
+    let known = t.known_hosts.as_deref().unwrap_or_default();
+    let alias = t.host_key_alias.as_deref().unwrap_or_default();
+    check(vm, "known hosts file", known, key_problem)?;
+    check(vm, "host key alias", alias, |a| {
+        let ok = a
+            .strip_prefix("banger-")
+            .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        (!ok).then_some("an alias is banger-<vm id>")
+    })?;
+    Ok((known, alias))
 }
 
 /// A field of the daemon's answer that is not safe to hand to ssh.
@@ -288,7 +309,32 @@ mod tests {
             port: 2222,
             key: "/k/id".into(),
             proxy,
+            known_hosts: Some("/s/vms/ab12/known_hosts".into()),
+            host_key_alias: Some("banger-ab12".into()),
         }
+    }
+
+    #[test]
+    fn host_keys_are_checked_strictly_against_the_pinned_file() {
+        let o = ssh_options(&target(false), "web", Path::new("/c"), Path::new("/b")).unwrap();
+        for want in [
+            "StrictHostKeyChecking=yes",
+            "UserKnownHostsFile=/s/vms/ab12/known_hosts",
+            "HostKeyAlias=banger-ab12",
+        ] {
+            assert!(o.contains(&want.to_string()), "{want}: {o:?}");
+        }
+        assert!(!o.iter().any(|x| x.contains("StrictHostKeyChecking=no")));
+        let bad = SshTarget {
+            host_key_alias: Some("x\nHost *".into()),
+            ..target(false)
+        };
+        assert!(ssh_options(&bad, "web", Path::new("/c"), Path::new("/b")).is_err());
+        let bad = SshTarget {
+            known_hosts: Some("/dev/null x".into()),
+            ..target(false)
+        };
+        assert!(ssh_options(&bad, "web", Path::new("/c"), Path::new("/b")).is_err());
     }
 
     #[test]
