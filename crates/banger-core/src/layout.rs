@@ -78,13 +78,56 @@ pub fn remove_dir_if_present(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The last `n` non-blank lines of a log file, joined with " | ".
+/// How much of a log's end [`tail`] reads, at most.
+pub const TAIL_WINDOW: u64 = 16 * 1024;
+/// How many characters of one line [`tail`] quotes.
+pub const TAIL_LINE_CHARS: usize = 200;
+
+/// The last `n` non-blank lines of a log file, joined with " | ", for an
+/// error message. Logs are often the guest's, so: only the file's last
+/// [`TAIL_WINDOW`] bytes are read (a guest can make its console as large as
+/// the disk allows), each line is cut at [`TAIL_LINE_CHARS`], and control
+/// characters are escaped ([`banger_api::text::escape_line`]).
 pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
+    let text = read_end(path, TAIL_WINDOW).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| quote_line(l))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn quote_line(line: &str) -> String {
+    let mut cut: String = line.chars().take(TAIL_LINE_CHARS).collect();
+    if cut.len() < line.len() {
+        cut.push('…');
+    }
+    banger_api::text::escape_line(&cut)
+}
+
+/// The last `max` bytes of `path`, from the start of a line: a line cut by
+/// the window's start is dropped, unless the window holds nothing else.
+fn read_end(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(max);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::with_capacity(max.min(len) as usize);
+    f.take(max).read_to_end(&mut buf)?;
+    if start > 0
+        && let Some(nl) = buf.iter().position(|b| *b == b'\n')
+        && nl + 1 < buf.len()
+    {
+        buf.drain(..=nl);
+    }
+    Ok(buf)
 }
 
 #[cfg(test)]
@@ -95,9 +138,45 @@ mod tests {
     fn tail_joins_last_lines() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("log");
-        std::fs::write(&p, "a\nb\n\nc\n").unwrap();
+        std::fs::write(&p, "a\nb\r\n\nc\n").unwrap();
         assert_eq!(tail(&p, 2), "b | c");
         assert_eq!(tail(&dir.path().join("none"), 2), "");
+    }
+
+    #[test]
+    fn tail_reads_only_the_end_of_a_huge_log() {
+        // A terabyte console (sparse: no disk used) reading whole would
+        // need a terabyte of memory; the tail seeks to its end.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("console.log");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(1 << 40).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"\nkernel panic\nend of the line\n", (1 << 40) - 30)
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let t = tail(&p, 2);
+        assert!(t.ends_with("kernel panic | end of the line"), "{t}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn tail_drops_the_line_cut_by_its_window_and_shortens_long_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let cut = "c".repeat(TAIL_WINDOW as usize);
+        let long = "x".repeat(1000);
+        std::fs::write(&p, format!("{cut}\n{long}\nlast\n")).unwrap();
+        let t = tail(&p, 5);
+        assert_eq!(t, format!("{}… | last", "x".repeat(TAIL_LINE_CHARS)));
+    }
+
+    #[test]
+    fn tail_escapes_control_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(&p, "boot\n\x1b]0;owned\x07\x1b[2J done\r\n").unwrap();
+        assert_eq!(tail(&p, 2), "boot | \\x1b]0;owned\\x07\\x1b[2J done");
     }
 
     #[test]

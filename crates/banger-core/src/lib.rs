@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod capability;
 pub mod config;
+pub mod console;
 pub mod disks;
 pub mod doctor;
 pub mod engine;

@@ -1,6 +1,7 @@
 //! Process inspection and signalling through `/proc` and `kill(2)`: is a pid
 //! alive (zombies count as dead: they hold no resources), what is its command
-//! line, send it a signal. Spawning lives in [`crate::command`] (run to
+//! line, who is it (executable, uid, arguments: [`identity`]), send it a
+//! signal. Spawning lives in [`crate::command`] (run to
 //! completion) and [`crate::spawn`] (long-lived or streaming children);
 //! this module never forks.
 
@@ -70,6 +71,53 @@ pub fn alive_with_arg(pid: u32, needle: &str) -> bool {
     live_tasks(pid)
         .iter()
         .any(|task| read_cmdline(task).is_some_and(|args| args.iter().any(|a| a.contains(needle))))
+}
+
+/// Who a live process is: what it runs, as whom, with which arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The executable it runs. A binary replaced on disk since (a package
+    /// upgrade) keeps its old path here; see `exe_deleted`.
+    pub exe: PathBuf,
+    /// The kernel marks the executable's path as deleted (` (deleted)`).
+    pub exe_deleted: bool,
+    /// Its real and effective uids.
+    pub uid: u32,
+    pub euid: u32,
+    pub args: Vec<String>,
+}
+
+/// The [`Identity`] of `pid`, read from one of its live threads (a zombie
+/// leader has no executable or arguments left while its other threads
+/// run), or `None` when it is gone or not ours to inspect.
+pub fn identity(pid: u32) -> Option<Identity> {
+    if pid == 0 {
+        return None;
+    }
+    live_tasks(pid).iter().find_map(|task| read_identity(task))
+}
+
+fn read_identity(dir: &Path) -> Option<Identity> {
+    let link = std::fs::read_link(dir.join("exe")).ok()?;
+    let (exe, exe_deleted) = match link.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(p) => (PathBuf::from(p), true),
+        None => (link, false),
+    };
+    let (uid, euid) = parse_uids(&std::fs::read_to_string(dir.join("status")).ok()?)?;
+    Some(Identity {
+        exe,
+        exe_deleted,
+        uid,
+        euid,
+        args: read_cmdline(dir)?,
+    })
+}
+
+/// The real and effective uids from a `/proc/<pid>/status` text.
+fn parse_uids(status: &str) -> Option<(u32, u32)> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|v| v.parse::<u32>().ok());
+    Some((ids.next()??, ids.next()??))
 }
 
 /// Sends `signal` to `pid`; a pid that is already gone is not an error.
@@ -161,6 +209,39 @@ mod tests {
         assert!(!alive_with_arg(pid, "someone-else"));
         child.wait().unwrap();
         assert!(!alive(pid));
+    }
+
+    #[test]
+    fn a_process_identity_names_its_executable_uid_and_arguments() {
+        let mut child = std::process::Command::new("sleep")
+            .args(["30", "7"])
+            .spawn()
+            .unwrap();
+        // Right after fork the child can still run our own image: wait for the exec.
+        let t0 = std::time::Instant::now();
+        let id = loop {
+            let id = identity(child.id());
+            if id.as_ref().is_some_and(|id| id.args[0] == "sleep") || t0.elapsed().as_secs() > 5 {
+                break id.unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let sleep = std::fs::canonicalize(crate::command::which("sleep").unwrap()).unwrap();
+        assert_eq!(id.exe, sleep);
+        assert!(!id.exe_deleted);
+        assert_eq!((id.uid, id.euid), (euid(), euid()));
+        assert_eq!(id.args, ["sleep", "30", "7"]);
+        assert_eq!(identity(child.id()), None, "a reaped child has no identity");
+        assert_eq!(identity(0), None);
+    }
+
+    #[test]
+    fn uids_are_read_from_status() {
+        let status = "Name:\tqemu\nUmask:\t0022\nUid:\t1000\t1001\t1000\t1000\nGid:\t5\n";
+        assert_eq!(parse_uids(status), Some((1000, 1001)));
+        assert_eq!(parse_uids("Name:\tx\n"), None);
     }
 
     #[test]

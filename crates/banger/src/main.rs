@@ -1,7 +1,9 @@
 //! `banger`, the command line of banger: parses the command, runs it against
 //! the daemon (starting the daemon when needed), prints any error chain once
 //! as `error: …` on stderr, and exits with the command's status (see
-//! `exit.rs` for the codes).
+//! `exit.rs` for the codes). Errors can quote a guest (its console, its
+//! agent): their control characters are always shown escaped
+//! (`banger_api::text`), never sent to the terminal.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +18,7 @@ mod sse;
 mod terminal;
 mod units;
 
+use banger_api::text::escape_text;
 use clap::Parser;
 
 fn main() {
@@ -35,7 +38,7 @@ fn main() {
     let code = match runtime.block_on(commands::run(&ctx, cli.command)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", escape_text(&format!("{err:#}")));
             exit::code_of(&err, failure)
         }
     };

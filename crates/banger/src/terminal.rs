@@ -15,6 +15,10 @@ pub fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
 
+pub fn stdout_is_terminal() -> bool {
+    std::io::stdout().is_terminal()
+}
+
 /// The terminal's size, from stdout or else stdin.
 pub fn size() -> Option<Resize> {
     let ws = tcgetwinsize(std::io::stdout())

@@ -1,6 +1,6 @@
 //! Streaming answers: an operation's events as server-sent events (replayed
 //! from the start, so a late subscriber sees every stage), and a VM's
-//! console log, optionally followed as it grows.
+//! console log in bounded chunks, optionally followed as it grows.
 
 use crate::api::{AppState, HttpError, LogsQuery};
 use axum::body::Body;
@@ -8,10 +8,10 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use banger_api::OperationEvent;
+use banger_core::console::Snapshot;
 use banger_core::ops::Watch;
 use futures::StreamExt;
 use std::convert::Infallible;
-use std::io::{Read, Seek, SeekFrom};
 use std::time::Duration;
 
 fn sse_line(ev: &OperationEvent) -> String {
@@ -61,6 +61,12 @@ pub async fn operation_events(
     Ok((headers, Body::from_stream(stream)).into_response())
 }
 
+/// The console log: both segments as they are now (see
+/// `banger_core::console`), then, when following, what the guest appends,
+/// polled until the client goes away. Read in bounded chunks as the client
+/// takes them, never a whole file: a guest decides how large its console
+/// gets. The bytes are the guest's, unescaped; the CLI escapes them for a
+/// terminal.
 pub async fn vm_logs(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -68,31 +74,33 @@ pub async fn vm_logs(
 ) -> Result<Response, HttpError> {
     let path = s.vms.console_log(&name)?;
     let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
-    if !q.follow {
-        let text = std::fs::read(&path).unwrap_or_default();
-        return Ok((headers, text).into_response());
-    }
-    // Follow: send what is there, then poll for growth until the client goes away.
-    let stream = futures::stream::unfold((path, 0u64), |(path, pos)| async move {
-        loop {
-            let chunk = read_from(&path, pos);
-            if !chunk.is_empty() {
-                let next = pos + chunk.len() as u64;
-                return Some((Ok::<_, Infallible>(chunk), (path, next)));
+    let snapshot = Snapshot::new(&path);
+    let follower = q.follow.then(|| snapshot.follow());
+    let stream = futures::stream::unfold(
+        (Some(snapshot), follower),
+        |(mut snapshot, mut follower)| async move {
+            if let Some(mut snap) = snapshot.take() {
+                let (chunk, snap) = blocking(move || (snap.next_chunk(), snap)).await?;
+                if let Some(chunk) = chunk {
+                    return Some((Ok::<_, Infallible>(chunk), (Some(snap), follower)));
+                }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
+            let mut f = follower.take()?;
+            loop {
+                let (chunk, back) = blocking(move || (f.next_chunk(), f)).await?;
+                f = back;
+                if !chunk.is_empty() {
+                    return Some((Ok(chunk), (None, Some(f))));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        },
+    )
     .boxed();
     Ok((headers, Body::from_stream(stream)).into_response())
 }
 
-fn read_from(path: &std::path::Path, pos: u64) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(path)
-        && f.seek(SeekFrom::Start(pos)).is_ok()
-    {
-        let _ = f.by_ref().take(1 << 20).read_to_end(&mut buf);
-    }
-    buf
+/// Runs a file read off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
 }

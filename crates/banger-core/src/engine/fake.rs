@@ -5,7 +5,7 @@
 //! Failures can be injected at each step.
 
 use super::accel::KvmStatus;
-use super::{Accel, Drive, DriveFormat, Engine, EngineError, Handles, MachineSpec};
+use super::{Accel, Drive, DriveFormat, Engine, EngineError, Handles, MachineSpec, Sockets};
 use crate::layout::VmDir;
 use banger_api::{Check, EngineKind};
 use futures::future::BoxFuture;
@@ -126,6 +126,13 @@ impl Engine for FakeEngine {
         false
     }
 
+    fn sockets(&self, run_dir: &Path) -> Sockets {
+        Sockets {
+            agent: run_dir.join("agent.sock"),
+            control: run_dir.join("control.sock"),
+        }
+    }
+
     fn spawn<'a>(&'a self, spec: &'a MachineSpec) -> BoxFuture<'a, Result<Handles, EngineError>> {
         Box::pin(async move {
             if self.faulty(FakeFault::Spawn) {
@@ -141,11 +148,12 @@ impl Engine for FakeEngine {
                 st.alive.insert(pid);
             }
             st.specs.push(spec.clone());
+            let sockets = self.sockets(&spec.run_dir);
             Ok(Handles {
                 pid,
                 accel: spec.accel,
-                agent_socket: spec.run_dir.join("agent.sock"),
-                control_socket: spec.run_dir.join("control.sock"),
+                agent_socket: sockets.agent,
+                control_socket: sockets.control,
                 started_at: banger_sys::clock::unix_now(),
             })
         })

@@ -105,6 +105,13 @@ pub struct Handles {
     pub started_at: i64,
 }
 
+/// The unix sockets an engine makes for one VM, in the VM's runtime dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sockets {
+    pub agent: PathBuf,
+    pub control: PathBuf,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot start {program}")]
@@ -153,6 +160,10 @@ pub trait Engine: Send + Sync {
     /// it as a stage).
     fn accel_needs_probe(&self, kernel: &Path) -> bool;
 
+    /// Where this engine puts a VM's sockets, given its runtime dir. A
+    /// scratch file naming any others is not trusted.
+    fn sockets(&self, run_dir: &Path) -> Sockets;
+
     /// Starts the VM's engine process; returns once it runs and its sockets exist.
     fn spawn<'a>(&'a self, spec: &'a MachineSpec) -> BoxFuture<'a, Result<Handles, EngineError>>;
 
@@ -169,7 +180,9 @@ pub trait Engine: Send + Sync {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<(), EngineError>>;
 
-    /// Whether the process in `handles` is alive and really this VM's engine.
+    /// Whether the process in `handles` is alive and really this VM's
+    /// engine (handles may come from a scratch file: a process that is not
+    /// must never be signalled).
     fn alive(&self, handles: &Handles) -> bool;
 
     /// Resolves when the engine in `handles` has exited.

@@ -8,15 +8,21 @@
 //!    block devices found by serial, a virtio-serial port named
 //!    [`banger_proto::PORT_NAME`] on a unix-socket chardev (the agent
 //!    channel), QMP on a second unix socket, the serial console appended to
-//!    a file.
+//!    a file (kept under a cap by `crate::console`). Paths inside option
+//!    strings have their commas doubled ([`option_value`]), QEMU's escape.
 //! 4. [`QemuEngine::spawn`] starts it in its own process group (so it
 //!    outlives a killed daemon), waits until both sockets exist, and reaps
 //!    it in the background when it exits.
 //! 5. Stop: QMP `quit` (the daemon first asks the agent for a clean
 //!    power-off), then SIGKILL after the timeout.
+//!
+//! Liveness ([`QemuEngine::alive`]) is what stands between a pid read from a
+//! scratch file and a SIGKILL: a process counts as this VM's engine only
+//! when it runs the configured QEMU binary, as our uid, with this VM's exact
+//! `-qmp` argument.
 
 use super::accel::{self, KvmStatus};
-use super::{Accel, Drive, DriveFormat, Engine, EngineError, Handles, MachineSpec, Nic};
+use super::{Accel, Drive, DriveFormat, Engine, EngineError, Handles, MachineSpec, Nic, Sockets};
 use crate::config::AccelChoice;
 use crate::layout::VmDir;
 use banger_api::{Check, CheckStatus, EngineKind};
@@ -24,7 +30,7 @@ use banger_sys::command::{Cmd, Runner};
 use banger_sys::spawn::{SpawnOptions, Spawner};
 use futures::future::BoxFuture;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -41,6 +47,9 @@ pub struct QemuEngine {
     spawner: Arc<dyn Spawner>,
     /// The accelerator decision, made once.
     decided: tokio::sync::Mutex<Option<(Accel, KvmStatus)>>,
+    /// `binary` found in `PATH` with symlinks resolved, as `/proc/<pid>/exe`
+    /// shows it (once found).
+    resolved: OnceLock<PathBuf>,
 }
 
 impl QemuEngine {
@@ -58,7 +67,18 @@ impl QemuEngine {
             runner,
             spawner,
             decided: tokio::sync::Mutex::new(None),
+            resolved: OnceLock::new(),
         }
+    }
+
+    /// The configured binary's real path, or `None` while it cannot be found.
+    fn binary_path(&self) -> Option<&Path> {
+        if let Some(p) = self.resolved.get() {
+            return Some(p);
+        }
+        let found = banger_sys::command::which(&self.binary.to_string_lossy())?;
+        let real = std::fs::canonicalize(found).ok()?;
+        Some(self.resolved.get_or_init(|| real))
     }
 }
 
@@ -68,6 +88,18 @@ pub fn agent_socket(run_dir: &Path) -> PathBuf {
 
 pub fn control_socket(run_dir: &Path) -> PathBuf {
     run_dir.join("qmp.sock")
+}
+
+/// `path` as a value inside a QEMU option string (`file=…,format=…`), where
+/// a comma ends the value unless doubled.
+pub fn option_value(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
+}
+
+/// The `-qmp` argument for a control socket; [`QemuEngine::alive`] looks
+/// for exactly this in a process's arguments.
+fn qmp_arg(control: &Path) -> String {
+    format!("unix:{},server=on,wait=off", option_value(control))
 }
 
 /// The kernel command line for a spec.
@@ -127,7 +159,7 @@ pub fn argv(spec: &MachineSpec) -> Vec<String> {
         "-chardev",
         &format!(
             "file,id=console,path={},append=on",
-            spec.console_log.display()
+            option_value(&spec.console_log)
         ),
     ]);
     push(&["-serial", "chardev:console"]);
@@ -141,7 +173,7 @@ pub fn argv(spec: &MachineSpec) -> Vec<String> {
             "-drive",
             &format!(
                 "id=disk{i},file={},format={format},if=none{ro}",
-                d.path.display()
+                option_value(&d.path)
             ),
         ]);
         push(&[
@@ -180,7 +212,7 @@ pub fn argv(spec: &MachineSpec) -> Vec<String> {
         "-chardev",
         &format!(
             "socket,id=agent,path={},server=on,wait=off",
-            agent_socket(&spec.run_dir).display()
+            option_value(&agent_socket(&spec.run_dir))
         ),
     ]);
     push(&["-device", "virtio-serial-device,max_ports=2"]);
@@ -191,13 +223,7 @@ pub fn argv(spec: &MachineSpec) -> Vec<String> {
             banger_proto::PORT_NAME
         ),
     ]);
-    push(&[
-        "-qmp",
-        &format!(
-            "unix:{},server=on,wait=off",
-            control_socket(&spec.run_dir).display()
-        ),
-    ]);
+    push(&["-qmp", &qmp_arg(&control_socket(&spec.run_dir))]);
     a
 }
 
@@ -439,6 +465,13 @@ impl Engine for QemuEngine {
             && accel::cached(&self.probe_cache, &self.binary, kernel).is_none()
     }
 
+    fn sockets(&self, run_dir: &Path) -> Sockets {
+        Sockets {
+            agent: agent_socket(run_dir),
+            control: control_socket(run_dir),
+        }
+    }
+
     fn spawn<'a>(&'a self, spec: &'a MachineSpec) -> BoxFuture<'a, Result<Handles, EngineError>> {
         Box::pin(async move {
             // A tap made a moment ago can still be held by a child another
@@ -480,8 +513,21 @@ impl Engine for QemuEngine {
         Box::pin(self.stop_inner(handles, timeout))
     }
 
+    /// Alive, and provably this VM's QEMU: it runs the configured binary
+    /// (a path the kernel marks deleted after an upgrade still counts), as
+    /// our uid, with this VM's exact `-qmp` argument. Handles may come from
+    /// a scratch file anyone with our uid could have written; a process
+    /// that fails any of this is never signalled.
     fn alive(&self, handles: &Handles) -> bool {
-        banger_sys::process::alive_with_arg(handles.pid, &handles.control_socket.to_string_lossy())
+        let Some(binary) = self.binary_path() else {
+            return false;
+        };
+        let Some(p) = banger_sys::process::identity(handles.pid) else {
+            return false;
+        };
+        let me = banger_sys::process::euid();
+        let qmp = qmp_arg(&handles.control_socket);
+        p.uid == me && p.euid == me && p.exe == binary && p.args.contains(&qmp)
     }
 
     fn checks<'a>(&'a self, kernel: Option<&'a Path>) -> BoxFuture<'a, Vec<Check>> {
@@ -563,6 +609,131 @@ mod tests {
             "unix:/run/b/abc/qmp.sock,server=on,wait=off"
         ));
         assert!(has_pair(&a, "-smp", "2") && has_pair(&a, "-m", "512M"));
+    }
+
+    #[test]
+    fn commas_in_paths_are_doubled_inside_option_strings() {
+        let mut sp = spec(Accel::Tcg);
+        sp.drives[0].path = "/vm/a,b/root.qcow2".into();
+        sp.console_log = "/vm/a,b/console.log".into();
+        sp.run_dir = "/run/x,file=/etc/shadow".into();
+        sp.kernel = "/img/k,1".into();
+        let a = argv(&sp);
+        assert!(has_pair(
+            &a,
+            "-drive",
+            "id=disk0,file=/vm/a,,b/root.qcow2,format=qcow2,if=none"
+        ));
+        assert!(has_pair(
+            &a,
+            "-chardev",
+            "file,id=console,path=/vm/a,,b/console.log,append=on"
+        ));
+        assert!(has_pair(
+            &a,
+            "-chardev",
+            "socket,id=agent,path=/run/x,,file=/etc/shadow/agent.sock,server=on,wait=off"
+        ));
+        assert!(has_pair(
+            &a,
+            "-qmp",
+            "unix:/run/x,,file=/etc/shadow/qmp.sock,server=on,wait=off"
+        ));
+        assert!(
+            has_pair(&a, "-kernel", "/img/k,1"),
+            "a plain argument is not an option string"
+        );
+    }
+
+    /// An engine whose "QEMU" is `binary`.
+    fn engine(binary: &str, cache: &Path) -> QemuEngine {
+        QemuEngine::new(
+            binary.into(),
+            AccelChoice::Auto,
+            cache,
+            Arc::new(banger_sys::command::SystemRunner),
+            Arc::new(banger_sys::spawn::SystemSpawner),
+        )
+    }
+
+    fn handles(pid: u32, control_socket: &str) -> Handles {
+        Handles {
+            pid,
+            accel: Accel::Tcg,
+            agent_socket: "/r/agent.sock".into(),
+            control_socket: control_socket.into(),
+            started_at: 0,
+        }
+    }
+
+    /// Runs `program args…` until dropped, once it has exec'd.
+    struct Running(std::process::Child);
+
+    impl Running {
+        fn start(program: &str, args: &[&str]) -> Running {
+            let child = std::process::Command::new(program)
+                .args(args)
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let t0 = Instant::now();
+            while banger_sys::process::cmdline(pid).is_none_or(|a| a.len() <= args.len())
+                && t0.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Running(child)
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn an_unrelated_process_is_not_an_engine_whatever_the_handles_say() {
+        let cache = tempfile::tempdir().unwrap();
+        let qemu = engine("qemu-system-x86_64", cache.path());
+        let sleep = Running::start("sleep", &["100"]);
+        let pid = sleep.0.id();
+        // An empty control socket is a substring of every argument.
+        assert!(!qemu.alive(&handles(pid, "")));
+        assert!(!qemu.alive(&handles(pid, "100")));
+        assert!(!qemu.alive(&handles(0, "")));
+        // Nor is it ours to stop: stop returns without a signal.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(qemu.stop(&handles(pid, ""), Duration::from_millis(10)))
+            .unwrap();
+        assert!(banger_sys::process::alive(pid), "the sleep still runs");
+    }
+
+    #[test]
+    fn an_engine_is_its_binary_with_its_exact_qmp_argument() {
+        // `sh` stands in for QEMU: it carries the -qmp argument unchanged.
+        let cache = tempfile::tempdir().unwrap();
+        let qmp = qmp_arg(Path::new("/run/b/abc/qmp.sock"));
+        let fake = Running::start("sh", &["-c", "sleep 100; :", "qemu", "-qmp", &qmp]);
+        let pid = fake.0.id();
+        let sh = engine("sh", cache.path());
+        assert!(sh.alive(&handles(pid, "/run/b/abc/qmp.sock")));
+        assert!(
+            !sh.alive(&handles(pid, "/run/b/abc")),
+            "a prefix of the socket is not the socket"
+        );
+        assert!(!sh.alive(&handles(pid, "/run/b/other/qmp.sock")));
+        assert!(
+            !engine("sleep", cache.path()).alive(&handles(pid, "/run/b/abc/qmp.sock")),
+            "another binary with the same arguments"
+        );
+        assert!(
+            !engine("/nonexistent/qemu", cache.path()).alive(&handles(pid, "/run/b/abc/qmp.sock"))
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ impl Lifecycle {
         let running = self
             .runtime
             .get(name)
-            .or_else(|| super::runtime::read(&dir));
+            .or_else(|| super::runtime::read(&dir, &self.engines));
         if let Some(r) = running
             && let Ok(engine) = self.engines.get(r.engine)
             && engine.alive(&r.handles)

@@ -2,7 +2,10 @@
 //! every recorded VM, rebuild the transient state from the OS:
 //!
 //! - `running` with a `handles.json` whose process is alive and really that
-//!   VM's engine: adopt it (the agent session reconnects on first use);
+//!   VM's engine: adopt it (the agent session reconnects on first use).
+//!   The file is a claim: `runtime::read` drops one whose pid or sockets
+//!   cannot be this VM's, and the engine's `alive` checks the process (its
+//!   binary, uid and exact arguments) before anything is signalled;
 //! - then each capability sweeps its leftovers that no adopted VM owns;
 //! - `running` otherwise: release what the scratch file names, record stopped;
 //! - `creating`: a create that never finished; remove it entirely, as a
@@ -23,7 +26,7 @@ impl Lifecycle {
         let mut adopted: Vec<(VmRecord, Running)> = Vec::new();
         let mut dead: Vec<(VmRecord, Option<Running>)> = Vec::new();
         for vm in vms {
-            let scratch = runtime::read(&self.dir(&vm));
+            let scratch = runtime::read(&self.dir(&vm), &self.engines);
             let alive = scratch.as_ref().is_some_and(|r| {
                 self.engines
                     .get(r.engine)

@@ -83,7 +83,8 @@ pub async fn list(ctx: &Context, args: SessionListArgs) -> anyhow::Result<i32> {
         );
     }
     for s in sessions.iter().filter(|s| s.error.is_some()) {
-        eprintln!("{}: {}", s.name, s.error.as_deref().unwrap_or_default());
+        let error = s.error.as_deref().unwrap_or_default();
+        eprintln!("{}: {}", s.name, banger_api::text::escape_line(error));
     }
     Ok(0)
 }

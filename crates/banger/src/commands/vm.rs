@@ -4,6 +4,7 @@
 //! modules.
 
 use anyhow::Context as _;
+use banger_api::text::{TerminalEscaper, escape_line, escape_text};
 use banger_api::{CreateVm, OperationRef, Vm};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -13,6 +14,7 @@ use crate::cli::VmSpec;
 use crate::client::{Client, path_segment};
 use crate::output::{self, Table, or_dash, render_fields};
 use crate::progress::{self, Style};
+use crate::terminal;
 use crate::units::{format_age, format_mib};
 use banger_sys::clock::unix_now;
 
@@ -100,7 +102,7 @@ pub async fn delete(ctx: &Context, names: &[String]) -> anyhow::Result<i32> {
     let mut failed = Vec::new();
     for name in names {
         if let Err(err) = delete_vm(&client, name, style).await {
-            eprintln!("error: {name}: {err:#}");
+            eprintln!("error: {name}: {}", escape_text(&format!("{err:#}")));
             failed.push(name.as_str());
         }
     }
@@ -198,25 +200,37 @@ fn vm_fields(vm: &Vm, now: i64) -> String {
         ("dir", vm.dir.clone()),
     ];
     if let Some(err) = &vm.last_error {
-        fields.push(("last error", err.clone()));
+        fields.push(("last error", escape_line(err)));
     }
     render_fields(&fields)
 }
 
 /// `vm logs NAME [-f]`: copies the console log to stdout as it streams.
+/// The console is whatever the guest wrote: on a terminal its control
+/// characters (but tabs and line ends) are shown escaped, so a guest cannot
+/// drive the user's terminal; into a pipe or file the bytes go unchanged.
 pub async fn logs(ctx: &Context, name: &str, follow: bool) -> anyhow::Result<i32> {
     let client = ctx.client().await?;
     let path = format!("/v1/vms/{}/logs?follow={follow}", path_segment(name));
     let mut body = client.get_stream(&path).await?;
     let mut stdout = tokio::io::stdout();
+    let mut escaper = terminal::stdout_is_terminal().then(TerminalEscaper::new);
     while let Some(frame) = body.frame().await {
         let frame = frame.context("the log stream broke")?;
         if let Ok(data) = frame.into_data() {
+            let data = match &mut escaper {
+                Some(e) => e.push(&data).into(),
+                None => data,
+            };
             // A closed stdout (`| head`) ends the command quietly.
             if stdout.write_all(&data).await.is_err() || stdout.flush().await.is_err() {
-                break;
+                return Ok(0);
             }
         }
+    }
+    if let Some(e) = &mut escaper {
+        let _ = stdout.write_all(&e.finish()).await;
+        let _ = stdout.flush().await;
     }
     Ok(0)
 }

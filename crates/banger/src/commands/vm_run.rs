@@ -62,7 +62,10 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     if args.rm {
         // Also after a failed command: `--rm` promises no leftovers.
         if let Err(err) = delete_vm(&client, &name, Style::Quiet).await {
-            eprintln!("error: vm {name} was not deleted: {err:#}");
+            eprintln!(
+                "error: vm {name} was not deleted: {}",
+                banger_api::text::escape_text(&format!("{err:#}"))
+            );
         }
     } else {
         eprint!("{}", next_steps(&name, &args.command));
