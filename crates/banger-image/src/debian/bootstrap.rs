@@ -9,9 +9,10 @@
 //! 2. [`plan`] picks the installer. As root: mmdebstrap `--mode=root` into
 //!    a directory, whose owners are then right. Unprivileged: `--mode=unshare`
 //!    (or `fakeroot` where user namespaces are closed) into a tarball, which
-//!    keeps the owners a directory would lose. Without mmdebstrap, root can
-//!    still use debootstrap (slower, no dpkg path filters: the tree is
-//!    thinned afterwards).
+//!    keeps the owners a directory would lose; in unshare mode the chroot
+//!    goes where the namespace's root can reach ([`super::scratch`]).
+//!    Without mmdebstrap, root can still use debootstrap (slower, no dpkg
+//!    path filters: the tree is thinned afterwards).
 //! 3. [`ArchiveCache`]: `<cache>/debian-archives/<suite>` is copied into the
 //!    chroot's `/var/cache/apt/archives` before apt runs (`sync-in` setup
 //!    hook, with `--skip=essential/unlink` so apt keeps what it fetched), and
@@ -33,6 +34,7 @@ use banger_sys::command::{Cmd, Runner, which};
 
 use super::DebianError;
 use super::cache::ArchiveCache;
+use super::scratch;
 
 /// Where Debian's mmdebstrap package puts its hook directories.
 const HOOKS: &str = "/usr/share/mmdebstrap/hooks";
@@ -109,6 +111,9 @@ impl std::fmt::Display for Installer {
 pub struct Plan {
     pub installer: Installer,
     pub notes: Vec<String>,
+    /// Where the chroot's private directory goes (unshare mode); `None`:
+    /// in the staging directory ([`super::scratch`]).
+    pub chroot_base: Option<PathBuf>,
 }
 
 /// What [`plan`] needs to know about the machine.
@@ -126,6 +131,9 @@ pub struct Host {
     /// The merged-usr and eatmydata hook directories, where they exist.
     pub merged_usr_hook: Option<PathBuf>,
     pub eatmydata_hook: Option<PathBuf>,
+    /// A temporary directory every user can reach, for the chroot of an
+    /// unshare-mode build ([`super::scratch`]).
+    pub reachable_tmp: Option<PathBuf>,
 }
 
 impl Host {
@@ -146,6 +154,9 @@ impl Host {
             },
             merged_usr_hook: hook("merged-usr"),
             eatmydata_hook: hook("eatmydata"),
+            reachable_tmp: scratch::reachable_base(&scratch::candidates(
+                std::env::var_os("TMPDIR").as_deref(),
+            )),
         }
     }
 }
@@ -213,6 +224,7 @@ pub fn plan(host: &Host) -> Result<Plan, DebianError> {
             return Ok(Plan {
                 installer: Installer::Debootstrap,
                 notes,
+                chroot_base: None,
             });
         }
         return Err(DebianError::NoMmdebstrap {
@@ -234,6 +246,14 @@ pub fn plan(host: &Host) -> Result<Plan, DebianError> {
     } else {
         Mode::Unshare
     };
+    let chroot_base = match mode {
+        Mode::Unshare => Some(
+            host.reachable_tmp
+                .clone()
+                .ok_or(DebianError::NoReachableTmp)?,
+        ),
+        Mode::Root | Mode::Fakeroot => None,
+    };
     let mut hook_dirs: Vec<PathBuf> = host.merged_usr_hook.iter().cloned().collect();
     match (&host.eatmydata_hook, host.dpkg_architecture) {
         (Some(dir), true) => hook_dirs.push(dir.clone()),
@@ -246,6 +266,7 @@ pub fn plan(host: &Host) -> Result<Plan, DebianError> {
     Ok(Plan {
         installer: Installer::Mmdebstrap { mode, hook_dirs },
         notes,
+        chroot_base,
     })
 }
 
@@ -258,8 +279,8 @@ pub struct Target<'a> {
     /// mmdebstrap's output: a directory that must not exist yet, or a
     /// tarball (see [`Installer::via_tarball`]).
     pub output: &'a Path,
-    /// For mmdebstrap's temporary chroot (`TMPDIR`), beside the image
-    /// rather than in a possibly small `/tmp`.
+    /// For the installer's temporary chroot (`TMPDIR`): see
+    /// [`super::scratch`].
     pub scratch: &'a Path,
     /// Kernel modules for mmdebstrap to put in the system.
     pub modules: Option<Modules<'a>>,
@@ -426,6 +447,7 @@ mod tests {
             userns_blocked: None,
             merged_usr_hook: Some(PathBuf::from("/usr/share/mmdebstrap/hooks/merged-usr")),
             eatmydata_hook: Some(PathBuf::from("/usr/share/mmdebstrap/hooks/eatmydata")),
+            reachable_tmp: Some(PathBuf::from("/var/tmp")),
         }
     }
 
@@ -537,7 +559,26 @@ mod tests {
         let (args, _) = command_for(&host);
         assert_eq!(args[1..3], ["--mode=unshare", "--format=tar"]);
         assert!(args.iter().any(|a| a.starts_with("--setup-hook=sync-in ")));
-        assert!(plan(&host).unwrap().installer.via_tarball());
+        let p = plan(&host).unwrap();
+        assert!(p.installer.via_tarball());
+        assert_eq!(p.chroot_base.as_deref(), Some(Path::new("/var/tmp")));
+        assert_eq!(plan(&root_host()).unwrap().chroot_base, None);
+    }
+
+    #[test]
+    fn unshare_mode_without_a_reachable_tmp_says_to_set_tmpdir() {
+        let err = plan(&Host {
+            euid: 1000,
+            reachable_tmp: None,
+            ..root_host()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "no temporary directory every user can reach for mmdebstrap's chroot (tried $TMPDIR, /var/tmp, /tmp)"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -548,6 +589,7 @@ mod tests {
             ..root_host()
         };
         let p = plan(&host).unwrap();
+        assert_eq!(p.chroot_base, None, "fakeroot runs as the user");
         assert!(p.notes[0].starts_with("user namespaces are unavailable (sysctl user.max_user_namespaces is 0): using mmdebstrap's fakeroot mode"), "{:?}", p.notes);
         let (args, _) = command_for(&host);
         assert_eq!(args[1], "--mode=fakeroot");

@@ -10,7 +10,10 @@
 //!    the caller's extras and the kernel's modules ([`bootstrap`]), as root
 //!    into a directory, unprivileged into a tarball that is then unpacked
 //!    ([`tree::unpack`]); the tree is made fit to be a shared base
-//!    ([`tree::prepare`]).
+//!    ([`tree::prepare`]). In unshare mode the chroot is built outside the
+//!    user's (possibly 0700) home and state directory, in a private
+//!    directory the namespace's root can reach ([`scratch`]); the tarball,
+//!    the tree and the image stay in the staging directory.
 //! 5. `rootfs`: `mkfs.ext4 -d` makes `rootfs.ext4` with [`FREE_SPACE`] to
 //!    spare, owners from the tarball when there was one.
 //! 6. `work_seed`: as for `minimal`, plus a `.bashrc`.
@@ -22,6 +25,7 @@
 mod bootstrap;
 mod cache;
 pub mod dpkg;
+mod scratch;
 mod tarball;
 mod tree;
 
@@ -42,6 +46,7 @@ use crate::staging::Staging;
 use crate::{ImageError, validate_name};
 
 use bootstrap::{Host, Installer};
+use scratch::ChrootDir;
 
 /// Installed in every `debian` image on top of `minbase`.
 pub const BASE_PACKAGES: &[&str] = &[
@@ -103,6 +108,17 @@ pub enum DebianError {
         "an unprivileged build needs user namespaces ({reason}) or fakeroot and fakechroot: allow user namespaces, install fakeroot and fakechroot, or build as root"
     )]
     NoUnprivilegedMode { reason: String },
+    #[error(
+        "no temporary directory every user can reach for mmdebstrap's chroot (tried $TMPDIR, {}): the user namespace's root cannot reach the others; set TMPDIR to a directory that it and each directory above it let others search (o+x)",
+        scratch::BASES.join(", ")
+    )]
+    NoReachableTmp,
+    #[error("could not make a directory for mmdebstrap's chroot in {base}")]
+    ChrootDir {
+        base: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{program} could not install Debian {suite}")]
     Install {
         program: &'static str,
@@ -185,17 +201,19 @@ pub fn build_debian(
         let via_tarball = plan.installer.via_tarball();
         let debootstrap = plan.installer == Installer::Debootstrap;
         let module_dir = kernel.package.dir.join("lib/modules").join(&kernel.release);
+        let chroot_dir = ChrootDir::new(plan.chroot_base.as_deref(), &dir)?;
         let target = bootstrap::Target {
             suite: &opts.suite,
             packages: &packages,
             output: if via_tarball { &tarball } else { &tree },
-            scratch: &dir,
+            scratch: chroot_dir.path(),
             modules: (!debootstrap).then_some(bootstrap::Modules {
                 dir: &module_dir,
                 release: &kernel.release,
             }),
         };
         let cached = bootstrap::install(runner, &plan.installer, &target, &p.cache_dir, progress)?;
+        drop(chroot_dir);
         let owners = match via_tarball {
             true => Some(tree::unpack(runner, &tarball, &tree)?),
             false => None,
