@@ -177,41 +177,76 @@ pub struct User {
     pub gid: u32,
 }
 
+impl User {
+    /// Its home directory, from the passwd database.
+    pub fn home(self) -> Option<PathBuf> {
+        passwd_entry(&self.uid.to_string()).and_then(|f| f.get(5).map(PathBuf::from))
+    }
+}
+
 /// The name of the account [`unprivileged_user`] makes.
 pub const E2E_USER: &str = "banger-e2e";
 
 /// A plain user account, made on first use (needs root) the way a Debian
-/// admin makes one: `useradd`, plus a subordinate id range in
-/// `/etc/subuid` and `/etc/subgid` (which `useradd` only adds when those
-/// files exist), so mmdebstrap's unshare mode works for it.
+/// admin makes one: `adduser` with its defaults, so a home only its owner
+/// can enter (`DIR_MODE=0700`) and a subordinate id range in `/etc/subuid`
+/// and `/etc/subgid`, which mmdebstrap's unshare mode needs. An account an
+/// older run made with `useradd` (no home, or a 0755 one) is brought to
+/// the same shape, so the test never passes on a laxer account.
 pub fn unprivileged_user() -> User {
     static USER: OnceLock<User> = OnceLock::new();
     *USER.get_or_init(|| {
-        let id = |flag: &str| -> Option<u32> {
-            let out = Command::new("id").args([flag, E2E_USER]).output().ok()?;
-            String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-        };
-        if id("-u").is_none() {
-            let st = Command::new("useradd")
-                .args(["--user-group", "--shell", "/bin/sh", E2E_USER])
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        let sbin_path = "/usr/sbin:/usr/bin:/sbin:/bin";
+        if passwd_entry(E2E_USER).is_none() {
+            let st = Command::new("adduser")
+                .args(["--disabled-password", "--gecos", "", E2E_USER])
+                .env("PATH", sbin_path)
+                .stdout(Stdio::null())
                 .status()
-                .expect("run useradd");
-            assert!(st.success(), "useradd {E2E_USER} failed");
+                .expect("run adduser");
+            assert!(st.success(), "adduser {E2E_USER} failed");
+        }
+        let fields = passwd_entry(E2E_USER).expect("the account exists");
+        let field = |i: usize| fields.get(i).cloned().unwrap_or_default();
+        let user = User {
+            uid: field(2).parse().expect("uid"),
+            gid: field(3).parse().expect("gid"),
+        };
+        let home = PathBuf::from(field(5));
+        assert!(
+            home.starts_with("/home/"),
+            "{E2E_USER}'s home is {home:?}, not under /home"
+        );
+        {
+            use std::os::unix::fs::{PermissionsExt, chown};
+            if !home.is_dir() {
+                std::fs::create_dir_all(&home).expect("create the account's home");
+            }
+            chown(&home, Some(user.uid), Some(user.gid)).expect("chown the home");
+            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
+                .expect("chmod 700 the home");
         }
         for file in ["/etc/subuid", "/etc/subgid"] {
             let text = std::fs::read_to_string(file).unwrap_or_default();
             if !text.lines().any(|l| l.starts_with(&format!("{E2E_USER}:"))) {
-                // A range above what useradd hands out by default.
+                // A range above what adduser hands out by default.
                 let line = format!("{E2E_USER}:1800000000:65536\n");
                 std::fs::write(file, text + &line).expect("add a subordinate id range");
             }
         }
-        User {
-            uid: id("-u").expect("uid"),
-            gid: id("-g").expect("gid"),
-        }
+        user
     })
+}
+
+/// The fields of the passwd database's line for `name` (or uid).
+fn passwd_entry(name: &str) -> Option<Vec<String>> {
+    let out = Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .ok()?;
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !line.is_empty())
+        .then(|| line.split(':').map(str::to_string).collect())
 }
 
 /// One isolated banger instance.
@@ -245,8 +280,11 @@ impl Env {
     /// Like [`Env::new`], with every command run as `user` (needs root):
     /// the instance's files, its own copies of the binaries (the build tree
     /// may sit where the user cannot read), its cache and its home all
-    /// belong to that user.
+    /// belong to that user, and only it can enter them, as under a home
+    /// `adduser` made: the instance's root is 0700 (the directories banger
+    /// makes inside are banger's business).
     pub fn as_user(config: &str, user: User) -> Env {
+        use std::os::unix::fs::PermissionsExt;
         let mut env = Env::new(config);
         let bins = env.root.path().join("bin");
         std::fs::create_dir_all(&bins).unwrap();
@@ -262,6 +300,9 @@ impl Env {
             .status()
             .unwrap();
         assert!(st.success(), "chown the env to {}", user.uid);
+        for private in [env.root.path().to_path_buf(), env.root.path().join("home")] {
+            std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
         env.user = Some(user);
         env
     }
