@@ -10,14 +10,20 @@
 //! each over several runs, and prints medians and the ratios (b)/(a) and
 //! (c)/(a). With `--ssh` also (e) create of a Debian guest (user network)
 //! until `vm ssh` answers, (f) `vm ssh NAME -- true` cold and (g) with the
-//! ControlMaster warm. Usage: `bench [RUNS] [--ssh]` (default 5 runs). Uses an isolated banger
-//! instance (its own daemon and state) and the shared download cache.
+//! ControlMaster warm. With `--workspace`, on a synthetic git repository of
+//! about 5,000 files and 50 MB (made here, committed and packed like a fresh
+//! clone): (i) `vm workspace prepare` into a Debian guest (user network),
+//! (j) the same tree as `tar | ssh` into the same guest through a warm
+//! ControlMaster, and (k) `vm run --rm -- true` inside that repository,
+//! against (c) outside any. Usage: `bench [RUNS] [--ssh] [--workspace]`
+//! (default 5 runs). Uses an isolated banger instance (its own daemon and
+//! state) and the shared download cache.
 
 use banger_core::engine::{Accel, Drive, DriveFormat, MachineSpec, qemu};
 use banger_e2e::Env;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -143,6 +149,165 @@ fn bare_boot(image: &Path, scratch: &Path, accel: Accel) -> f64 {
     ms
 }
 
+/// A small deterministic generator (xorshift64*): the same repository on
+/// every run, with no dependency for it.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The synthetic repository (i), (j) and (k) copy.
+struct BigRepo {
+    dir: PathBuf,
+    /// Regular files under `dir`, .git included.
+    files: usize,
+    /// Their bytes.
+    bytes: u64,
+}
+
+const TEXT_FILES: usize = 4_950;
+const BLOBS: usize = 50;
+const BLOB_BYTES: usize = 400 * 1024;
+
+/// Runs git in `dir` with an identity, and no background gc that would
+/// race the explicit one.
+fn git(dir: &Path, args: &[&str]) {
+    let st = Command::new("git")
+        .args([
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@b",
+            "-c",
+            "gc.auto=0",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run git");
+    assert!(st.success(), "git {args:?} in {}", dir.display());
+}
+
+/// How many regular files there are under `dir`, and their bytes.
+fn files_and_bytes(dir: &Path) -> (usize, u64) {
+    let sizes: Vec<u64> = banger_e2e::files_under(dir)
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .collect();
+    (sizes.len(), sizes.iter().sum())
+}
+
+/// Makes a git repository at `dir`: 4,950 source-like text files of
+/// 0.2-3 KB, three directories deep, and 50 files of 400 KiB of random
+/// (incompressible) bytes; committed, then packed like a fresh clone.
+fn make_repo(dir: &Path) -> BigRepo {
+    const WORDS: [&str; 12] = [
+        "fn", "let", "match", "self", "return", "impl", "struct", "Result", "=", "{", "}", ";",
+    ];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for n in 0..TEXT_FILES {
+        let sub = dir.join(format!("src/m{}/p{}/q{}", n % 10, n / 10 % 10, n / 100 % 5));
+        std::fs::create_dir_all(&sub).unwrap();
+        let len = 200 + rng.below(2_800) as usize;
+        let mut text = String::with_capacity(len + 100);
+        while text.len() < len {
+            text.push_str("    ");
+            for _ in 0..2 + rng.below(8) {
+                // Keywords and identifiers, so it compresses like code.
+                match rng.below(3) {
+                    0 => text.push_str(&format!("v{}", rng.below(100_000))),
+                    _ => text.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]),
+                }
+                text.push(' ');
+            }
+            text.push('\n');
+        }
+        std::fs::write(sub.join(format!("f{n}.rs")), text).unwrap();
+    }
+    let blobs = dir.join("assets/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    for n in 0..BLOBS {
+        let bytes: Vec<u8> = (0..BLOB_BYTES / 8)
+            .flat_map(|_| rng.next().to_le_bytes())
+            .collect();
+        std::fs::write(blobs.join(format!("b{n}.bin")), bytes).unwrap();
+    }
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "-qm", "bench"]);
+    git(dir, &["gc", "-q"]);
+    let (files, bytes) = files_and_bytes(dir);
+    BigRepo {
+        dir: dir.to_owned(),
+        files,
+        bytes,
+    }
+}
+
+/// Wall times in ms of (i) `vm workspace prepare` and (j) `tar | ssh` of
+/// `repo` into one Debian guest (user network), alternating, `runs` each.
+fn workspace_vs_tar_ssh(env: &Env, repo: &BigRepo, runs: usize) -> (Vec<f64>, Vec<f64>) {
+    let name = "ws";
+    env.ok(&[
+        "vm",
+        "create",
+        "--name",
+        name,
+        "--image",
+        "debian",
+        "--network",
+        "user",
+    ]);
+    // Opens the ControlMaster (j) then goes through, at the path `vm ssh` uses.
+    env.ok(&["vm", "ssh", name, "--", "true"]);
+    let config = env.root.path().join("ssh_config");
+    std::fs::write(&config, env.ok(&["vm", "ssh-config", name])).unwrap();
+    let control = env.runtime_dir().join("ssh").join(name);
+    let tar_ssh = format!(
+        "tar -C {} -cf - . | ssh -F {} -o ControlMaster=auto -o ControlPath={} -o ControlPersist=60 {name} \
+         'rm -rf /root/t && mkdir /root/t && tar -C /root/t -xf -'",
+        repo.dir.display(),
+        config.display(),
+        control.display(),
+    );
+    let from = repo.dir.to_string_lossy();
+    let (mut i, mut j) = (Vec::new(), Vec::new());
+    for r in 0..runs {
+        eprintln!("bench: workspace run {}/{runs}", r + 1);
+        i.push(timed(|| {
+            env.ok(&["vm", "workspace", "prepare", name, "--from", &from]);
+        }));
+        j.push(timed(|| {
+            let st = Command::new("sh").args(["-c", &tar_ssh]).status().unwrap();
+            assert!(st.success(), "{tar_ssh}");
+        }));
+    }
+    // Both copies hold the same tree: say so, for whoever reads the log.
+    let count = "for d in /root/repo /root/t; do echo \"$d: $(find $d -type f | wc -l) files, $(du -sb $d | cut -f1) bytes\"; done";
+    eprintln!(
+        "bench: host: {} files, {} bytes; guest:\n{}",
+        repo.files,
+        repo.bytes,
+        env.ok(&["vm", "exec", name, "--", "sh", "-c", count])
+            .trim_end()
+    );
+    env.ok(&["vm", "delete", name]);
+    (i, j)
+}
+
 fn main() {
     let runs: usize = std::env::args()
         .nth(1)
@@ -174,6 +339,12 @@ fn main() {
     // The headline case: `vm run` in a git checkout (this repository's),
     // which is copied to /root/repo first.
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let with_workspace = std::env::args().any(|a| a == "--workspace");
+    let big = with_workspace.then(|| {
+        eprintln!("bench: making the synthetic repository…");
+        make_repo(&env.root.path().join("big"))
+    });
+    let mut k = Vec::new();
     for i in 0..runs {
         eprintln!("bench: run {}/{runs}", i + 1);
         a.push(bare_boot(&image, &scratch, accel));
@@ -193,13 +364,20 @@ fn main() {
         h.push(timed(|| {
             env.ok_in(&repo, &["vm", "run", "--rm", "--", "true"]);
         }));
+        if let Some(big) = &big {
+            k.push(timed(|| {
+                env.ok_in(&big.dir, &["vm", "run", "--rm", "--", "true"]);
+            }));
+        }
     }
     // SSH (debian image, user network: no privileges needed, loopback only).
     let with_ssh = std::env::args().any(|a| a == "--ssh");
     let (mut e, mut f, mut g) = (Vec::new(), Vec::new(), Vec::new());
-    if with_ssh {
+    if with_ssh || with_workspace {
         eprintln!("bench: building the debian image…");
         env.ok(&["image", "build", "--preset", "debian"]);
+    }
+    if with_ssh {
         let control = env.runtime_dir().join("ssh");
         for i in 0..runs {
             eprintln!("bench: ssh run {}/{runs}", i + 1);
@@ -235,6 +413,10 @@ fn main() {
             env.ok(&["vm", "delete", &name]);
         }
     }
+    let (i, j) = match &big {
+        Some(big) => workspace_vs_tar_ssh(&env, big, runs),
+        None => (Vec::new(), Vec::new()),
+    };
     let (ma, mb, mc, md) = (median(a), median(b), median(c), median(d));
     println!(
         "banger bench: {runs} runs, accel {}, {} cpus",
@@ -283,6 +465,35 @@ fn main() {
             "(g) vm ssh NAME -- true, ControlMaster",
             median(g)
         );
+    }
+    if let Some(big) = &big {
+        let (mi, mj, mk) = (median(i), median(j), median(k));
+        let mb_per_s = |ms: f64| big.bytes as f64 / 1e6 / (ms / 1000.0);
+        println!(
+            "{:<48} {:>10.0}",
+            format!(
+                "(i) vm workspace prepare, {} files, {:.0} MB",
+                big.files,
+                big.bytes as f64 / 1e6
+            ),
+            mi
+        );
+        println!(
+            "{:<48} {:>10.0}",
+            "(j) tar | ssh, same tree, ControlMaster", mj
+        );
+        println!(
+            "{:<48} {:>10.0}",
+            "(k) vm run --rm -- true in that repository", mk
+        );
+        println!("{:<48} {:>10.1}", "(i) MB/s", mb_per_s(mi));
+        println!("{:<48} {:>10.1}", "(j) MB/s", mb_per_s(mj));
+        println!(
+            "{:<48} {:>10.2}",
+            "(i)/(j), below 1: banger is faster",
+            mi / mj
+        );
+        println!("{:<48} {:>10.2}", "(k)/(c)", mk / mc);
     }
     println!("{:<48} {:>10.2}", "(b)/(a)", mb / ma);
     println!("{:<48} {:>10.2}", "(c)/(a)", mc / ma);
