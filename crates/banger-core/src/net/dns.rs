@@ -10,6 +10,8 @@ pub trait DnsServer: Send + Sync {
     fn ensure_running(&self, cfg: &DnsmasqConfig) -> Result<(), DnsmasqError>;
     /// The pid of the running server, if any.
     fn running(&self, cfg: &DnsmasqConfig) -> Option<u32>;
+    /// Stops the server if it runs.
+    fn stop(&self, cfg: &DnsmasqConfig) -> Result<(), DnsmasqError>;
 }
 
 /// The real one: dnsmasq.
@@ -26,6 +28,10 @@ impl DnsServer for Dnsmasq {
     fn running(&self, cfg: &DnsmasqConfig) -> Option<u32> {
         dnsmasq::running(&cfg.pid_file)
     }
+
+    fn stop(&self, cfg: &DnsmasqConfig) -> Result<(), DnsmasqError> {
+        dnsmasq::stop(&cfg.pid_file, std::time::Duration::from_secs(2)).map(drop)
+    }
 }
 
 /// A server that is always "running": for unit tests.
@@ -40,5 +46,9 @@ impl DnsServer for NoDns {
 
     fn running(&self, _cfg: &DnsmasqConfig) -> Option<u32> {
         Some(1)
+    }
+
+    fn stop(&self, _cfg: &DnsmasqConfig) -> Result<(), DnsmasqError> {
+        Ok(())
     }
 }

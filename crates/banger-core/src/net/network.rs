@@ -14,7 +14,7 @@
 //! taps, names and NAT that no live VM owns.
 
 use super::dns::DnsServer;
-use super::tap_pool::{TAP_PREFIX, TapPool, new_tap_name};
+use super::tap_pool::{TapPool, new_tap_name};
 use super::{NetError, ipam};
 use crate::config::{Config, NetworkChoice};
 use crate::error::Error;
@@ -63,6 +63,8 @@ pub const DNS_USER: &str = "nobody";
 
 pub struct Network {
     deps: NetworkDeps,
+    /// This instance's tap prefix (see `tap_pool::instance_prefix`).
+    tap_prefix: String,
     subnet: Ipv4Cidr,
     state: Mutex<BridgeState>,
     /// Tap deletions in flight (each takes ~20 ms, so off the caller's path).
@@ -101,7 +103,8 @@ fn net_err(e: impl Into<NetError>) -> Error {
 /// checked before anything detaches or deletes them: a forged one could
 /// name any interface, and the daemon may be root.
 fn banger_tap(name: &str) -> bool {
-    let ours = name.starts_with(TAP_PREFIX) && banger_sys::net::validate_ifname(name).is_ok();
+    let ours = name.starts_with(super::tap_pool::TAP_PREFIX)
+        && banger_sys::net::validate_ifname(name).is_ok();
     if !ours {
         tracing::warn!(tap = name, "ignoring a tap name that is not banger's");
     }
@@ -113,6 +116,7 @@ impl Network {
         let subnet = ipam::parse_subnet(&deps.config.bridge_subnet)
             .map_err(|p| Error::invalid("bridge_subnet", p))?;
         Ok(Network {
+            tap_prefix: super::tap_pool::instance_prefix(&deps.state_dir),
             deps,
             subnet,
             state: Mutex::new(BridgeState::default()),
@@ -316,7 +320,7 @@ impl Network {
         let tap = match st.pool.take() {
             Some(t) if links.exists(&t).unwrap_or(false) => t,
             _ => {
-                let t = new_tap_name();
+                let t = new_tap_name(&self.tap_prefix);
                 self.deps
                     .taps
                     .create_tap(&t, &TapOptions::default())
@@ -378,15 +382,35 @@ impl Network {
     /// No VM on the bridge: drop the idle pool and the NAT table.
     fn teardown_idle(&self, st: &mut BridgeState) {
         self.delete_later(st.pool.drain());
+        self.remove_shared();
+    }
+
+    /// The shared host side lives exactly as long as a bridge VM of this
+    /// instance runs: with none, the NAT table, the DNS server and the
+    /// bridge go (each best-effort and idempotent).
+    fn remove_shared(&self) {
         if let Err(e) = Nft::new(&*self.deps.runner).remove_nat(&self.deps.config.nft_table) {
             tracing::warn!(error = %crate::error::chain(&e), "cannot remove the nat table");
         }
+        if let Err(e) = self.deps.dns.stop(&self.dnsmasq_config()) {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot stop dnsmasq");
+        }
+        if self.deps.privileged
+            && let Err(e) = self.deps.links.delete(&self.deps.config.bridge_name)
+        {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot delete the bridge");
+        }
+    }
+
+    /// The prefix of this instance's taps.
+    pub fn tap_prefix(&self) -> &str {
+        &self.tap_prefix
     }
 
     /// Tops the idle pool up to `tap_pool_size`.
     fn refill(&self, st: &mut BridgeState) {
         for _ in 0..st.pool.missing(self.deps.config.tap_pool_size) {
-            let t = new_tap_name();
+            let t = new_tap_name(&self.tap_prefix);
             match self.deps.taps.create_tap(&t, &TapOptions::default()) {
                 Ok(()) => {
                     st.pool.offer(t, usize::MAX);
@@ -441,7 +465,7 @@ impl Network {
         let stale: Vec<String> = self
             .deps
             .links
-            .list(TAP_PREFIX)
+            .list(&self.tap_prefix)
             .unwrap_or_default()
             .into_iter()
             .map(|l| l.name)
@@ -460,7 +484,7 @@ impl Network {
             }
         }
         if live.is_empty() {
-            let _ = Nft::new(&*self.deps.runner).remove_nat(&self.deps.config.nft_table);
+            self.remove_shared();
         } else if let Err(e) = self.apply_rules(&st) {
             tracing::warn!(error = %crate::error::chain(&e), "cannot restore the bridge's firewall");
         }

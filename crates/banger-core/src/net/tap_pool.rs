@@ -5,9 +5,18 @@
 /// Every tap banger makes starts with this (and fits 15 characters).
 pub const TAP_PREFIX: &str = "bgtap";
 
-/// A fresh tap name.
-pub fn new_tap_name() -> String {
-    format!("{TAP_PREFIX}{:06x}", rand::random::<u32>() & 0xff_ffff)
+/// The prefix of one instance's taps: [`TAP_PREFIX`] and four hex digits of
+/// its state dir's hash, so instances sharing a network namespace never
+/// sweep each other's taps.
+pub fn instance_prefix(state_dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    format!("{TAP_PREFIX}{}", &hex::encode(h)[..4])
+}
+
+/// A fresh tap name with `prefix` (an [`instance_prefix`]): 15 characters.
+pub fn new_tap_name(prefix: &str) -> String {
+    format!("{prefix}{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 /// Idle taps, ready for the next boot.
@@ -62,8 +71,13 @@ mod tests {
 
     #[test]
     fn names_carry_the_prefix_and_fit_an_interface_name() {
-        let n = new_tap_name();
-        assert!(n.starts_with(TAP_PREFIX) && n.len() <= 15);
+        let p = instance_prefix(std::path::Path::new("/var/lib/banger"));
+        let n = new_tap_name(&p);
+        assert!(n.starts_with(&p) && n.starts_with(TAP_PREFIX) && n.len() <= 15);
+        assert_ne!(
+            p,
+            instance_prefix(std::path::Path::new("/home/u/.local/state/banger"))
+        );
         assert!(banger_sys::net::validate_ifname(&n).is_ok());
     }
 }

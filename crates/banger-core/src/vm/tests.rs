@@ -253,6 +253,28 @@ async fn stop_keeps_the_disks_and_delete_removes_everything() {
         &finish(h.services.vms.delete("web").unwrap()).await
     ));
     assert_eq!(leftovers(&h), nothing());
+    use banger_sys::net::link::Links;
+    assert!(
+        !h.links.exists("banger0").unwrap(),
+        "the bridge lives only while a bridge vm does"
+    );
+}
+
+#[tokio::test]
+async fn a_start_up_sweep_leaves_other_instances_taps_alone() {
+    let mut h = Harness::new();
+    assert!(succeeded(&h.create("web", NetworkMode::Bridge).await));
+    // Another instance's tap in the same namespace, and a stray of ours.
+    h.links.insert("bgtapffff00aa01", Some("tun"));
+    let stray = format!("{}0000aa", h.services.network.tap_prefix());
+    h.links.insert(&stray, Some("tun"));
+    h.restart_daemon();
+    h.services.vms.reconcile().await.unwrap();
+    h.services.network.settle();
+    use banger_sys::net::link::Links;
+    assert!(h.links.exists("bgtapffff00aa01").unwrap(), "not ours: kept");
+    assert!(!h.links.exists(&stray).unwrap(), "ours and unowned: swept");
+    assert_eq!(h.services.vms.show("web").unwrap().state, VmState::Running);
 }
 
 #[tokio::test]
