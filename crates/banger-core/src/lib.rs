@@ -15,6 +15,7 @@ pub mod disks;
 pub mod doctor;
 pub mod engine;
 pub mod error;
+pub mod fault;
 pub mod images;
 pub mod layout;
 pub mod net;

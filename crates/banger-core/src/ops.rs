@@ -69,6 +69,8 @@ impl Op {
     /// Marks stage `name` as started; pair with [`Op::end_stage`]. For
     /// stages driven from blocking code.
     pub fn begin_stage(&self, name: &str, label: &str) -> Instant {
+        let kind = self.lock().record.kind;
+        crate::fault::point(kind, name, false);
         self.lock().record.stages.push(Stage {
             name: name.into(),
             label: label.into(),
@@ -93,6 +95,11 @@ impl Op {
     ) {
         let ms = started.elapsed().as_millis() as u64;
         let target = self.target();
+        let kind = self.lock().record.kind;
+        let point = crate::fault::name(kind, name, false);
+        if error.is_none() {
+            crate::fault::point(kind, name, true);
+        }
         {
             let mut inner = self.lock();
             if let Some(st) = inner
@@ -113,7 +120,7 @@ impl Op {
         }
         match error {
             None => {
-                tracing::info!(target = %target, stage = name, ms, "stage done");
+                tracing::info!(target = %target, stage = name, %point, ms, "stage done");
                 self.push(OperationEvent::StageFinished {
                     name: name.into(),
                     duration_ms: ms,
@@ -121,7 +128,7 @@ impl Op {
                 });
             }
             Some(error) => {
-                tracing::warn!(target = %target, stage = name, ms, %error, "stage failed");
+                tracing::warn!(target = %target, stage = name, %point, ms, %error, "stage failed");
                 self.push(OperationEvent::StageFailed {
                     name: name.into(),
                     duration_ms: ms,

@@ -120,6 +120,25 @@ fn parse_uids(status: &str) -> Option<(u32, u32)> {
     Some((ids.next()??, ids.next()??))
 }
 
+/// Live processes of the calling user with an argument that contains
+/// `needle` (a path under a directory only this user can use), with their
+/// arguments. For finding what a killed daemon left running.
+pub fn with_arg(needle: &str) -> Vec<(u32, Vec<String>)> {
+    let me = euid();
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    proc_dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != own_pid())
+        .filter_map(|pid| {
+            let id = identity(pid)?;
+            (id.uid == me && id.args.iter().any(|a| a.contains(needle))).then_some((pid, id.args))
+        })
+        .collect()
+}
+
 /// Sends `signal` to `pid`; a pid that is already gone is not an error.
 pub fn signal(pid: u32, signal: Signal) -> std::io::Result<()> {
     let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
@@ -242,6 +261,42 @@ mod tests {
         let status = "Name:\tqemu\nUmask:\t0022\nUid:\t1000\t1001\t1000\t1000\nGid:\t5\n";
         assert_eq!(parse_uids(status), Some((1000, 1001)));
         assert_eq!(parse_uids("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn processes_are_found_by_an_argument_they_carry() {
+        let needle = format!("/tmp/banger-needle-{}", rand_suffix());
+        // `$0` of the shell carries the needle.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30", &needle])
+            .spawn();
+        let Ok(child) = child.as_mut() else {
+            eprintln!("SKIPPED: no sh");
+            return;
+        };
+        // Until its exec, the child still carries the test binary's argv.
+        let t0 = std::time::Instant::now();
+        let mut found = with_arg(&needle);
+        while found.is_empty() && t0.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            found = with_arg(&needle);
+        }
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, child.id());
+        assert!(with_arg("/tmp/banger-no-such-needle").is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn rand_suffix() -> String {
+        format!(
+            "{}-{}",
+            own_pid(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        )
     }
 
     #[test]

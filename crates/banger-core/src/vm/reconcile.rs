@@ -6,7 +6,10 @@
 //!   The file is a claim: `runtime::read` drops one whose pid or sockets
 //!   cannot be this VM's, and the engine's `alive` checks the process (its
 //!   binary, uid and exact arguments) before anything is signalled;
-//! - then each capability sweeps its leftovers that no adopted VM owns;
+//! - then each capability sweeps its leftovers that no adopted VM owns,
+//!   and any process carrying one of this instance's VM socket paths that
+//!   no adopted VM owns is killed (an engine spawned by a daemon killed
+//!   before it wrote the scratch file);
 //! - `running` otherwise: release what the scratch file names, record stopped;
 //! - `creating`: a create that never finished; remove it entirely, as a
 //!   failed create would have;
@@ -21,6 +24,30 @@ use banger_api::VmState;
 use std::time::Duration;
 
 impl Lifecycle {
+    /// Kills processes that carry a VM socket path of this instance (its
+    /// runtime dir is owner-only, so nobody else's) but belong to no
+    /// adopted VM: an engine, or a helper like passt, started by a daemon
+    /// killed before it could record it.
+    fn sweep_orphans(&self, adopted: &[(VmRecord, Running)]) {
+        let vms_dir = self.paths.runtime_dir.join("vms");
+        let mark = format!("{}/", vms_dir.display());
+        let kept: Vec<String> = adopted
+            .iter()
+            .map(|(vm, _)| format!("{}{}/", mark, vm.id))
+            .collect();
+        for (pid, args) in banger_sys::process::with_arg(&mark) {
+            if adopted.iter().any(|(_, r)| r.handles.pid == pid)
+                || args
+                    .iter()
+                    .any(|a| kept.iter().any(|k| a.contains(k.as_str())))
+            {
+                continue;
+            }
+            tracing::warn!(pid, cmd = %args.join(" "), "killing a process no vm owns");
+            let _ = banger_sys::process::signal(pid, banger_sys::process::Signal::Kill);
+        }
+    }
+
     pub async fn reconcile(&self) -> Result<(), crate::error::Error> {
         let vms = self.store.vms()?;
         let mut adopted: Vec<(VmRecord, Running)> = Vec::new();
@@ -50,6 +77,7 @@ impl Lifecycle {
             })
             .collect();
         self.capabilities.sweep(&live);
+        self.sweep_orphans(&adopted);
         for (vm, alive) in dead {
             if let Some(r) = &alive
                 && let Ok(engine) = self.engines.get(r.engine)
