@@ -38,6 +38,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod archive;
+pub mod chunks;
 pub mod session;
 pub use archive::ArchiveStats;
 pub use session::{SessionInfo, SessionRequest, SessionState};

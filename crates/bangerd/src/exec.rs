@@ -80,39 +80,49 @@ pub struct PathQuery {
 /// `POST /v1/vms/{name}/files/unpack?path=P`: an agent `unpack` of P; the
 /// client sends the archive as frames and reads the answer.
 pub async fn unpack(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<PathQuery>,
-    mut req: Request,
+    s: State<AppState>,
+    name: Path<String>,
+    q: axum::extract::Query<PathQuery>,
+    req: Request,
 ) -> Result<Response, HttpError> {
-    let agent = s.vms.agent(&name).await?;
-    let stream = agent
-        .request(AgentRequest::Unpack(banger_proto::UnpackRequest {
-            dest: q.path,
-        }))
-        .await
-        .map_err(banger_core::Error::from)?;
-    Ok(splice_upgrade(
-        &mut req,
-        stream,
+    let dest = q.0.path;
+    files(
+        s,
         name,
-        banger_api::FILES_UPGRADE,
-    ))
+        AgentRequest::Unpack(banger_proto::UnpackRequest { dest }),
+        req,
+    )
+    .await
 }
 
 /// `POST /v1/vms/{name}/files/pack?path=P`: an agent `pack` of P; the
 /// client reads the archive as frames, then the answer.
 pub async fn pack(
+    s: State<AppState>,
+    name: Path<String>,
+    q: axum::extract::Query<PathQuery>,
+    req: Request,
+) -> Result<Response, HttpError> {
+    let path = q.0.path;
+    files(
+        s,
+        name,
+        AgentRequest::Pack(banger_proto::PackRequest { path }),
+        req,
+    )
+    .await
+}
+
+/// Sends an archive request to the agent and splices the client to it.
+async fn files(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<PathQuery>,
+    request: AgentRequest,
     mut req: Request,
 ) -> Result<Response, HttpError> {
     let agent = s.vms.agent(&name).await?;
     let stream = agent
-        .request(AgentRequest::Pack(banger_proto::PackRequest {
-            path: q.path,
-        }))
+        .request(request)
         .await
         .map_err(banger_core::Error::from)?;
     Ok(splice_upgrade(

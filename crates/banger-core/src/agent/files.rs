@@ -11,6 +11,7 @@
 
 use super::{AgentConn, AgentError};
 use banger_proto::archive::{ArchiveStats, Encoder};
+use banger_proto::chunks::ChunkWriter;
 use banger_proto::{Frame, FrameKind, Request, UnpackRequest};
 use std::io::Write;
 use std::path::Path;
@@ -24,32 +25,6 @@ pub enum TransferError {
     /// The producer failed (a host file unreadable, say).
     #[error("{0}")]
     Source(String),
-}
-
-/// Sends written bytes as chunks over a channel (from a blocking thread).
-struct ChunkWriter {
-    tx: mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= banger_proto::MAX_FRAME / 2 {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::take(&mut self.buf);
-        self.tx
-            .blocking_send(chunk)
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
-    }
 }
 
 impl AgentConn {
@@ -70,10 +45,7 @@ impl AgentConn {
             .await?;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
         let producer = tokio::task::spawn_blocking(move || {
-            let mut w = ChunkWriter {
-                tx,
-                buf: Vec::new(),
-            };
+            let mut w = ChunkWriter::new(tx, banger_proto::MAX_FRAME / 2);
             let result = produce(&mut w).map_err(|e| e.to_string());
             result.and_then(|()| w.flush().map_err(|e| e.to_string()))
         });

@@ -9,6 +9,7 @@
 
 use anyhow::{Context as _, anyhow, bail};
 use banger_proto::archive::ArchiveStats;
+use banger_proto::chunks::ChunkWriter;
 use banger_proto::{ErrorBody, Frame, FrameKind, read_frame, write_frame};
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
@@ -114,10 +115,7 @@ where
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let producer = tokio::task::spawn_blocking(move || {
-        let mut w = ChunkWriter {
-            tx,
-            buf: Vec::new(),
-        };
+        let mut w = ChunkWriter::new(tx, 512 << 10);
         banger_sys::archive::pack(&src, &mut w).map_err(|e| anyhow!(e))?;
         std::io::Write::flush(&mut w)?;
         anyhow::Ok(())
@@ -182,31 +180,6 @@ where
             FrameKind::Error => return Err(refused(&frame)),
             other => bail!("the guest answered {other:?}"),
         }
-    }
-}
-
-struct ChunkWriter {
-    tx: mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl std::io::Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= 512 << 10 {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::take(&mut self.buf);
-        self.tx
-            .blocking_send(chunk)
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
     }
 }
 
