@@ -306,10 +306,41 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .count();
     assert_eq!(hosts, 0, "dns entries left behind");
-    assert!(wait_until(Duration::from_secs(5), || resolve(
-        &env, "a.banger"
-    )
-    .is_none()));
+    // With no bridge VM left, the shared host side goes too: no dnsmasq,
+    // no bridge.
+    let bridge = env
+        .host_cmd("ip")
+        .args(["link", "show", "banger0"])
+        .output()
+        .unwrap();
+    assert!(
+        !bridge.status.success(),
+        "the bridge is gone: {}",
+        String::from_utf8_lossy(&bridge.stdout)
+    );
+    let dnsmasq = env
+        .host_cmd("pgrep")
+        .args(["-x", "dnsmasq"])
+        .output()
+        .unwrap();
+    let in_ns: Vec<String> = String::from_utf8_lossy(&dnsmasq.stdout)
+        .lines()
+        .filter(|pid| {
+            let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+            let ours = env
+                .host_cmd("readlink")
+                .arg("/proc/self/ns/net")
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+            ns.map(|n| n.to_string_lossy().into_owned()) == ours
+        })
+        .map(String::from)
+        .collect();
+    assert!(
+        in_ns.is_empty(),
+        "dnsmasq still runs in the namespace: {in_ns:?}"
+    );
     assert_eq!(
         env.json(&["vm", "list", "--json"]),
         serde_json::json!([]),
