@@ -86,6 +86,13 @@ fn prepare_io(tree: &Path, thin: bool) -> io::Result<()> {
         fs::remove_file(&resolv)?;
     }
     fs::write(&resolv, "")?;
+    // Whatever umask the daemon runs under (077), these are world-readable
+    // in the guest, as Debian ships them.
+    for f in [&machine_id, &etc.join("hostname"), &resolv] {
+        if f.exists() {
+            fs::set_permissions(f, fs::Permissions::from_mode(0o644))?;
+        }
+    }
 
     let root = tree.join("root");
     if !root.is_dir() {
