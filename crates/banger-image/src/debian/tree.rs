@@ -168,6 +168,8 @@ pub fn install_modules(
 /// permissions); returns the bytes of file data copied.
 fn copy_tree(from: &Path, to: &Path) -> io::Result<u64> {
     fs::create_dir_all(to)?;
+    // The source's mode, not one the daemon's umask (077) narrowed.
+    fs::set_permissions(to, fs::symlink_metadata(from)?.permissions())?;
     let mut bytes = 0;
     for entry in fs::read_dir(from)? {
         let entry = entry?;
