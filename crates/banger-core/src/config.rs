@@ -66,6 +66,8 @@ pub struct Config {
     pub ssh_key: Option<PathBuf>,
     /// Host files copied into each guest at every boot.
     pub file_sync: Vec<crate::capability::file_sync::FileSyncEntry>,
+    /// A root daemon: the group whose members may use its API besides root.
+    pub api_group: Option<String>,
 }
 
 impl Default for Config {
@@ -90,6 +92,7 @@ impl Default for Config {
             egress: true,
             ssh_key: None,
             file_sync: Vec::new(),
+            api_group: None,
         }
     }
 }
@@ -199,6 +202,15 @@ impl Config {
                 "nft_table",
                 format!("{:?} must be letters, digits, '-' or '_'", self.nft_table),
             ));
+        }
+        if let Some(g) = &self.api_group
+            && (g.is_empty()
+                || g.len() > 32
+                || !g
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b)))
+        {
+            return Err(("api_group", format!("{g:?} is not a group name")));
         }
         if self.tap_pool_size > 64 {
             return Err(("tap_pool_size", "must be at most 64".into()));

@@ -283,3 +283,83 @@ fn ssh_config_refuses_a_daemon_that_injects_a_config_line() {
     );
     assert!(fake.connections() > 0, "the fake daemon was asked");
 }
+
+/// Runs the CLI as the account `name` through `runuser`, which sets up its
+/// supplementary groups as a login would, against the socket `socket`.
+fn run_as_member(env: &Env, name: &str, socket: &Path, args: &[&str]) -> Output {
+    let bin = env.root.path().join("shared-bin/banger");
+    if !bin.exists() {
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::copy(banger_e2e::bin("banger"), &bin).unwrap();
+        std::fs::set_permissions(
+            bin.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    Command::new("runuser")
+        .args(["-u", name, "--"])
+        .arg(&bin)
+        .args(args)
+        .env("BANGER_SOCKET", socket)
+        .env("XDG_RUNTIME_DIR", "/nonexistent-banger-e2e")
+        .current_dir("/")
+        .output()
+        .expect("run banger through runuser")
+}
+
+#[test]
+fn a_root_daemon_admits_its_api_group_and_nobody_else() {
+    if skip_unless_root_with(
+        "accounts and a group",
+        &["useradd", "groupadd", "usermod", "runuser"],
+    ) {
+        return;
+    }
+    const GROUP: &str = "banger-e2e-api";
+    let sbin = "/usr/sbin:/usr/bin:/sbin:/bin";
+    let _ = Command::new("groupadd")
+        .arg(GROUP)
+        .env("PATH", sbin)
+        .status();
+    let _member = unprivileged_user();
+    let st = Command::new("usermod")
+        .args(["-aG", GROUP, "banger-e2e"])
+        .env("PATH", sbin)
+        .status()
+        .unwrap();
+    assert!(st.success(), "usermod -aG {GROUP} banger-e2e");
+    let _outsider = other_user();
+
+    let env = Env::new(&format!("api_group = \"{GROUP}\"\n"));
+    env.ok(&["vm", "list"]);
+    // The accounts may pass through the test's own directories.
+    for d in [env.root.path().to_path_buf(), env.root.path().join("run")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let socket = env.runtime_dir().join("bangerd.sock");
+    assert_eq!(mode(&socket), 0o660, "the socket is the group's too");
+    assert_eq!(
+        mode(&env.runtime_dir()),
+        0o710,
+        "the group may enter, not list"
+    );
+
+    let member = run_as_member(&env, "banger-e2e", &socket, &["vm", "list", "--json"]);
+    assert!(
+        member.status.success(),
+        "a member of api_group uses the root daemon: {}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&member.stdout).trim(), "[]");
+
+    // Someone outside the group: the socket's mode stops them, and were it
+    // reached another way, the daemon's peer check closes the connection.
+    let outsider = run_as_member(&env, "banger-e2e-other", &socket, &["vm", "list", "--json"]);
+    assert!(
+        !outsider.status.success(),
+        "an outsider is refused: {}",
+        String::from_utf8_lossy(&outsider.stdout)
+    );
+    let _ = env.run(&["daemon", "stop"]);
+}

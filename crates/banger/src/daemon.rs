@@ -34,8 +34,51 @@ const LOG_TAIL_LINES: usize = 15;
 /// as stuck (it answers from memory, in about a millisecond).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `BANGER_SOCKET`: another user's daemon to use (a root daemon whose
+/// `api_group` we are in). Never started from here; trusted only when the
+/// socket and its directory belong to root or to us and the directory is
+/// not writable by others.
+fn shared_socket() -> anyhow::Result<Option<PathBuf>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Some(sock) = std::env::var_os("BANGER_SOCKET").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let sock = PathBuf::from(sock);
+    let me = banger_sys::process::euid();
+    let trusted = |uid: u32| uid == 0 || uid == me;
+    let meta = std::fs::symlink_metadata(&sock)
+        .with_context(|| format!("BANGER_SOCKET {}", sock.display()))?;
+    let dir = sock.parent().unwrap_or(Path::new("/"));
+    let dir_meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("BANGER_SOCKET's directory {}", dir.display()))?;
+    if !meta.file_type().is_socket() || !trusted(meta.uid()) {
+        bail!(
+            "BANGER_SOCKET {} is not a socket of root's or yours (owner uid {}): refusing it",
+            sock.display(),
+            meta.uid()
+        );
+    }
+    if !dir_meta.is_dir() || !trusted(dir_meta.uid()) || dir_meta.mode() & 0o002 != 0 {
+        bail!(
+            "BANGER_SOCKET's directory {} must be root's or yours and not writable by others: refusing it",
+            dir.display()
+        );
+    }
+    Ok(Some(sock))
+}
+
 /// A client on a daemon that answers, started if need be.
 pub async fn connect(paths: &Paths, spawner: &dyn Spawner) -> anyhow::Result<Client> {
+    if let Some(sock) = shared_socket()? {
+        let client = Client::new(&sock);
+        return match status_within(paths, &client, PROBE_TIMEOUT).await? {
+            Some(_) => Ok(client),
+            None => bail!(
+                "no daemon answers on BANGER_SOCKET {}: ask its owner to start it",
+                sock.display()
+            ),
+        };
+    }
     let client = Client::new(paths.socket());
     if status(paths, &client).await?.is_some() {
         return Ok(client);

@@ -65,6 +65,7 @@ async fn run() -> anyhow::Result<()> {
         let _ = (&lock).write_all(format!("{}\n", std::process::id()).as_bytes());
     }
     let _lock = lock;
+    let api_group = config.api_group.clone();
     let store = Store::open(&paths.state_dir.join("banger.db"))?;
     let deps = Deps::system(&config, &paths)?;
     let services = Services::new(paths.clone(), config, store, deps)?;
@@ -81,9 +82,10 @@ async fn run() -> anyhow::Result<()> {
     // The umask made it 0700 already; say the mode rather than rely on that.
     std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .with_context(|| format!("cannot restrict {} to its owner", socket.display()))?;
+    let group = shared_with_group(api_group.as_deref(), &paths.runtime_dir, &socket)?;
     let listener = peer::CheckedListener::new(
         listener,
-        peer::PeerPolicy::for_daemon(banger_sys::process::euid()),
+        peer::PeerPolicy::for_daemon(banger_sys::process::euid()).with_group(group),
     );
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "bangerd listening");
 
@@ -140,4 +142,30 @@ async fn take_lock(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
             }
         }
     }
+}
+
+/// A root daemon with `api_group`: its socket (0660) and runtime dir (0710,
+/// no listing) are opened to that group, whose members the peer check then
+/// admits. Returns the group's id.
+fn shared_with_group(
+    group: Option<&str>,
+    runtime_dir: &std::path::Path,
+    socket: &std::path::Path,
+) -> anyhow::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(name) = group else { return Ok(None) };
+    if banger_sys::process::euid() != 0 {
+        tracing::warn!(group = name, "api_group is for a root daemon; ignored");
+        return Ok(None);
+    }
+    let gid = banger_sys::peer::group_id(name)
+        .context("cannot read /etc/group")?
+        .with_context(|| format!("api_group {name:?}: no such group; create it with groupadd"))?;
+    for (path, mode) in [(runtime_dir, 0o710), (socket, 0o660)] {
+        std::os::unix::fs::chown(path, Some(0), Some(gid))
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+            .with_context(|| format!("cannot open {} to group {name}", path.display()))?;
+    }
+    tracing::info!(group = name, gid, "the api admits root and group {name}");
+    Ok(Some(gid))
 }

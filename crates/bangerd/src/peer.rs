@@ -4,29 +4,50 @@
 //! (`SO_PEERCRED`) is checked before a byte of it is read:
 //!
 //! - a daemon run by a user admits that user only;
-//! - a root daemon admits root only: its API starts VMs, makes taps and
-//!   writes files as root, so using it is being root.
+//! - a root daemon admits root, and the members of the one group named by
+//!   `api_group` in the config (none by default): its API starts VMs, makes
+//!   taps and writes files as root, so using it is being root, and that
+//!   group is the list of who may.
 //!
 //! A refused connection is closed unanswered, with a warning in the log.
-//! (Letting one group use a root daemon waits for a config key.)
 
 use axum::serve::Listener;
 use tokio::net::{UnixListener, UnixStream, unix::SocketAddr};
 
-/// The uids the API admits.
+/// Who the API admits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerPolicy {
     uid: u32,
+    /// A root daemon's `api_group`.
+    group: Option<u32>,
 }
 
 impl PeerPolicy {
     /// The policy of a daemon running with effective uid `euid`.
     pub fn for_daemon(euid: u32) -> PeerPolicy {
-        PeerPolicy { uid: euid }
+        PeerPolicy {
+            uid: euid,
+            group: None,
+        }
+    }
+
+    /// A root daemon that also admits the members of group `gid`.
+    pub fn with_group(self, gid: Option<u32>) -> PeerPolicy {
+        PeerPolicy {
+            group: gid.filter(|_| self.uid == 0),
+            ..self
+        }
     }
 
     pub fn admits(&self, uid: u32) -> bool {
         uid == self.uid
+    }
+
+    fn admits_peer(&self, peer: &banger_sys::peer::PeerCred) -> bool {
+        self.admits(peer.uid)
+            || self
+                .group
+                .is_some_and(|gid| banger_sys::peer::peer_in_group(peer, gid))
     }
 }
 
@@ -51,7 +72,7 @@ impl Listener for CheckedListener {
         loop {
             let (stream, addr) = Listener::accept(&mut self.inner).await;
             match banger_sys::peer::peer_cred(&stream) {
-                Ok(peer) if self.policy.admits(peer.uid) => return (stream, addr),
+                Ok(peer) if self.policy.admits_peer(&peer) => return (stream, addr),
                 Ok(peer) => tracing::warn!(
                     uid = peer.uid,
                     pid = peer.pid,
@@ -74,6 +95,28 @@ impl Listener for CheckedListener {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_root_daemon_admits_its_group_and_a_user_daemon_ignores_one() {
+        let peer = |uid, gid| banger_sys::peer::PeerCred {
+            pid: std::process::id(),
+            uid,
+            gid,
+        };
+        let root = PeerPolicy::for_daemon(0).with_group(Some(4242));
+        assert!(root.admits_peer(&peer(0, 0)));
+        assert!(
+            root.admits_peer(&peer(1000, 4242)),
+            "a member (primary group)"
+        );
+        assert!(!root.admits_peer(&peer(1000, 1000)), "not a member");
+        let user = PeerPolicy::for_daemon(1000).with_group(Some(4242));
+        assert!(
+            !user.admits_peer(&peer(1001, 4242)),
+            "only a root daemon has a group"
+        );
+        assert!(user.admits_peer(&peer(1000, 1000)));
+    }
 
     #[test]
     fn a_daemon_admits_its_own_uid_only() {
