@@ -4,7 +4,11 @@
 //! - the work disk at `/root`: a copy of the image's work seed grown to the
 //!   requested size. Growing (resize2fs) costs a few hundred ms, so the grown
 //!   seed is cached once per size in the image directory and each VM gets a
-//!   sparse copy of it (no mkfs and no resize per VM);
+//!   sparse copy of it (no mkfs and no resize per VM). Concurrent creates
+//!   make it once: the first takes `.work-seed-<size>M.lock` and grows a
+//!   temporary copy that it renames into place; the others wait on the
+//!   lock and find it made. It is never replaced once there, because
+//!   `cp` refuses a source renamed over while it copies;
 //! - the config drive: the per-VM [`GuestConfig`], NUL-padded.
 
 use banger_proto::GuestConfig;
@@ -47,6 +51,19 @@ pub fn grown_seed(runner: &dyn Runner, seed: &Path, size_mib: u64) -> Result<Pat
     if grown.exists() {
         return Ok(grown);
     }
+    let lock_path = dir.join(format!(".work-seed-{size_mib}M.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    lock.lock().map_err(io_err(&lock_path))?;
+    // Another create may have made it while this one waited.
+    if grown.exists() {
+        return Ok(grown);
+    }
+    remove_leftovers(dir, size_mib);
     let tmp = dir.join(format!(
         ".work-seed-{size_mib}M.{:08x}.tmp",
         rand::random::<u32>()
@@ -75,6 +92,17 @@ pub fn grown_seed(runner: &dyn Runner, seed: &Path, size_mib: u64) -> Result<Pat
         let _ = std::fs::remove_file(&tmp);
     }
     result.map(|()| grown)
+}
+
+/// Temporary seeds of runs that died before their rename (we hold the lock).
+fn remove_leftovers(dir: &Path, size_mib: u64) {
+    let prefix = format!(".work-seed-{size_mib}M.");
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A copy that keeps holes (and shares extents where the filesystem can).
@@ -154,6 +182,76 @@ mod tests {
             256 * 1024 * 1024,
             "the filesystem itself was grown"
         );
+    }
+
+    #[test]
+    fn concurrent_creates_of_one_size_all_get_a_work_disk() {
+        if !have("mkfs.ext4") || !have("resize2fs") {
+            if std::env::var_os("BANGER_E2E_REQUIRED").is_some() {
+                panic!("needs e2fsprogs (mkfs.ext4, resize2fs)");
+            }
+            eprintln!("skipped: needs e2fsprogs (mkfs.ext4, resize2fs)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("work-seed.ext4");
+        let r = SystemRunner;
+        r.run(
+            &Cmd::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&seed)
+                .arg("16M"),
+        )
+        .unwrap();
+        // Counts the grows: the race shows as more than one even when no
+        // copy happened to be caught by a rename.
+        struct Counting(std::sync::atomic::AtomicUsize);
+        impl Runner for Counting {
+            fn run(&self, cmd: &Cmd) -> Result<banger_sys::command::Output, CommandError> {
+                if cmd.program == "resize2fs" {
+                    self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                SystemRunner.run(cmd)
+            }
+        }
+        let runner = Counting(Default::default());
+        let start = std::sync::Barrier::new(16);
+        let results: Vec<Result<(), DiskError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let (seed, start, runner) = (&seed, &start, &runner);
+                    let disk = dir.path().join(format!("work-{i}.ext4"));
+                    s.spawn(move || {
+                        start.wait();
+                        create_work_disk(runner, seed, 128, &disk)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, res) in results.iter().enumerate() {
+            if let Err(e) = res {
+                panic!("create {i}: {}", crate::error::chain(e));
+            }
+            let disk = dir.path().join(format!("work-{i}.ext4"));
+            assert_eq!(std::fs::metadata(&disk).unwrap().len(), 128 * 1024 * 1024);
+        }
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("work-") || n.starts_with("work-seed"))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".work-seed-128M.lock",
+                "work-seed-128M.ext4",
+                "work-seed.ext4"
+            ],
+            "one grown seed, no temporary copies"
+        );
+        assert_eq!(runner.0.into_inner(), 1, "the seed is grown once");
     }
 
     #[test]

@@ -31,7 +31,12 @@ impl Lifecycle {
     async fn run_delete(&self, op: &Op, name: &str) -> Result<(), Error> {
         let lock = self.lock(name);
         let _guard = lock.lock().await;
-        let vm = self.record(name)?;
+        // Two deletes of one name both pass the check in `delete`; the
+        // second finds the row gone once it gets the lock.
+        let vm = self.store.vm(name)?.ok_or_else(|| Error::Refused {
+            what: format!("vm {name:?} was deleted by another request while this one waited"),
+            hint: "nothing is left to delete".into(),
+        })?;
         self.store
             .set_vm_state(name, VmState::Deleting, vm.last_error.as_deref())?;
         let dir = self.dir(&vm);

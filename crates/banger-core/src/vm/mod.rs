@@ -19,6 +19,8 @@ pub mod stop;
 pub mod undo;
 
 #[cfg(test)]
+mod race_tests;
+#[cfg(test)]
 mod tests;
 
 pub use lifecycle::{Lifecycle, LifecycleDeps};
