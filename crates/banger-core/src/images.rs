@@ -2,6 +2,21 @@
 //! `banger_image`, as operations with stages), list, show, delete, and the
 //! build-on-first-use of a preset a create asks for. An image is a
 //! directory under `<state>/images/<name>` plus a row.
+//!
+//! Every build and register of a name runs under that name's build lock (the
+//! one a create's build-on-first-use takes), and checks again under it that
+//! the name is free. Installing, so that a crash at any step blocks no name:
+//!
+//! 1. build into a staging dir `.<name>.new-<random>` (removed on failure);
+//! 2. a directory already at `<name>` with no row is what a crashed install
+//!    or delete left: it goes (step 2 of delete);
+//! 3. rename the staging dir to `<name>`;
+//! 4. insert the row: from here on the image exists.
+//!
+//! Deleting: (1) delete the row (refused while a VM uses the image), (2)
+//! rename the directory to `.<name>.trash-<random>`, (3) remove that.
+//! [`Images::reconcile`] at daemon start removes staging and trash dirs,
+//! directories without a row, and rows whose directory is gone.
 
 use crate::error::Error;
 use crate::ops::{Op, Operations};
@@ -77,6 +92,22 @@ pub(crate) fn plan_build(req: &BuildImage) -> Result<BuildPlan, Error> {
         kernel_release: recipe.kernel_release,
         expect_installed: recipe.expect_installed,
     })
+}
+
+/// A blocking image builder: writes an image into the directory it is
+/// given, reporting its stages.
+trait Builder:
+    FnOnce(PathBuf, &mut dyn FnMut(BuildEvent)) -> Result<Manifest, banger_image::ImageError>
+    + Send
+    + 'static
+{
+}
+
+impl<F> Builder for F where
+    F: FnOnce(PathBuf, &mut dyn FnMut(BuildEvent)) -> Result<Manifest, banger_image::ImageError>
+        + Send
+        + 'static
+{
 }
 
 /// The images service.
@@ -159,7 +190,8 @@ impl Images {
             force: false,
             ..Default::default()
         };
-        self.run_build(op, plan_build(&req)?, agent_bin).await
+        let build = self.preset_builder(plan_build(&req)?, agent_bin);
+        self.install_image(op, image, false, build).await
     }
 
     /// The kernel an image boots.
@@ -197,11 +229,60 @@ impl Images {
 
     pub fn delete(&self, name: &str) -> Result<(), Error> {
         let rec = self.record(name)?;
-        self.store.delete_image(name)?;
-        std::fs::remove_dir_all(&rec.dir)
-            .or_else(ignore_missing)
-            .map_err(Error::io(format!("cannot remove {}", rec.dir)))?;
-        Ok(())
+        if !self.store.delete_image(name)? {
+            return Err(Error::ImageNotFound { name: name.into() });
+        }
+        discard(Path::new(&rec.dir))
+    }
+
+    /// Clears what a crashed install or delete left under the images dir
+    /// (staging and trash dirs, directories without a row) and rows whose
+    /// directory is gone. Run at daemon start, before any build.
+    pub fn reconcile(&self) {
+        let dir = self.images_dir();
+        let rows = match self.store.images() {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "cannot list images to reconcile");
+                return;
+            }
+        };
+        for rec in &rows {
+            if let Ok(false) = Path::new(&rec.dir).try_exists() {
+                match self.store.delete_image(&rec.name) {
+                    Ok(_) => {
+                        tracing::warn!(image = %rec.name, dir = %rec.dir, "image directory is gone; forgot the image")
+                    }
+                    Err(e) => {
+                        tracing::warn!(image = %rec.name, dir = %rec.dir, error = %crate::error::chain(&e), "image directory is gone")
+                    }
+                }
+            }
+        }
+        // A directory is an image's when a row names it, or has its name.
+        let kept: Vec<PathBuf> = rows
+            .iter()
+            .flat_map(|r| [PathBuf::from(&r.dir), dir.join(&r.name)])
+            .collect();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let leftover = if name.starts_with('.') {
+                name.contains(".new-") || name.contains(".trash-")
+            } else {
+                path.is_dir() && !kept.contains(&path)
+            };
+            if leftover {
+                match discard(&path) {
+                    Ok(()) => {
+                        tracing::info!(dir = %path.display(), "removed what an interrupted image install or delete left")
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %path.display(), error = %crate::error::chain(&e), "cannot remove an interrupted image install or delete")
+                    }
+                }
+            }
+        }
     }
 
     /// The guest agent binary baked into images.
@@ -224,22 +305,17 @@ impl Images {
         Ok(self
             .ops
             .spawn(OperationKind::ImageBuild, &name, |op| async move {
-                let lock = this.build_lock(&plan.name);
-                let _guard = lock.lock().await;
-                this.run_build(&op, plan, agent_bin).await
+                let (name, force) = (plan.name.clone(), plan.force);
+                let build = this.preset_builder(plan, agent_bin);
+                this.install_exclusive(&op, &name, force, "pass --force to rebuild it", build)
+                    .await
             }))
     }
 
-    /// Builds what `plan` says inside operation `op`.
-    pub(crate) async fn run_build(
-        &self,
-        op: &Arc<Op>,
-        plan: BuildPlan,
-        agent_bin: PathBuf,
-    ) -> Result<(), Error> {
-        let (name, force) = (plan.name.clone(), plan.force);
+    /// What builds the image `plan` says, into the directory it is given.
+    fn preset_builder(&self, plan: BuildPlan, agent_bin: PathBuf) -> impl Builder {
         let params = banger_image::BuildParams {
-            name: name.clone(),
+            name: plan.name.clone(),
             cache_dir: self.paths.cache_dir.clone(),
             agent_bin,
             out_dir: PathBuf::new(),
@@ -247,7 +323,7 @@ impl Images {
             kernel_release: plan.kernel_release,
             expect_installed: plan.expect_installed,
         };
-        let build = move |out_dir: PathBuf, report: &mut dyn FnMut(BuildEvent)| {
+        move |out_dir: PathBuf, report: &mut dyn FnMut(BuildEvent)| {
             let params = banger_image::BuildParams { out_dir, ..params };
             match plan.preset {
                 Preset::Debian => {
@@ -259,8 +335,7 @@ impl Images {
                 }
                 Preset::Minimal => banger_image::build_minimal(&params, report),
             }
-        };
-        self.install_image(op, &name, force, build).await
+        }
     }
 
     pub fn register(self: &Arc<Self>, req: RegisterImage) -> Result<Arc<Op>, Error> {
@@ -307,93 +382,174 @@ impl Images {
                     };
                     banger_image::register(&params, report)
                 };
-                this.install_image(&op, &name, false, build).await
+                let hint = "delete it first or pick another name";
+                this.install_exclusive(&op, &name, false, hint, build).await
             },
         ))
     }
 
-    /// Runs a blocking image builder into a fresh directory and records it;
-    /// replaces an existing image of that name only when `force`.
-    async fn install_image<F>(
+    /// [`Images::install_image`] under the name's build lock, refused when
+    /// the name was taken (by a build that ran first, or a create's
+    /// build-on-first-use) while this one waited.
+    async fn install_exclusive(
         &self,
         op: &Arc<Op>,
         name: &str,
         force: bool,
-        build: F,
-    ) -> Result<(), Error>
-    where
-        F: FnOnce(
-                PathBuf,
-                &mut dyn FnMut(BuildEvent),
-            ) -> Result<Manifest, banger_image::ImageError>
-            + Send
-            + 'static,
-    {
+        hint: &'static str,
+        build: impl Builder,
+    ) -> Result<(), Error> {
+        let lock = self.build_lock(name);
+        let _guard = lock.lock().await;
+        if !force && self.store.image(name)?.is_some() {
+            return Err(Error::ImageExists {
+                name: name.into(),
+                hint,
+            });
+        }
+        self.install_image(op, name, force, build).await
+    }
+
+    /// Runs a blocking image builder into a fresh directory and records it
+    /// (the steps in the module docs); replaces an existing image of that
+    /// name only when `force`. The caller holds the name's build lock.
+    async fn install_image(
+        &self,
+        op: &Arc<Op>,
+        name: &str,
+        force: bool,
+        build: impl Builder,
+    ) -> Result<(), Error> {
         std::fs::create_dir_all(self.images_dir())
             .map_err(Error::io("cannot create the images dir"))?;
+        let staging = Staging(
+            self.images_dir()
+                .join(format!(".{name}.new-{:08x}", rand::random::<u32>())),
+        );
+        let manifest = run_builder(op, staging.0.clone(), build).await?;
+        self.install_staged(name, force, staging, &manifest)
+    }
+
+    /// Steps 2-4 of an install: `staging` holds the built image.
+    fn install_staged(
+        &self,
+        name: &str,
+        force: bool,
+        staging: Staging,
+        manifest: &Manifest,
+    ) -> Result<(), Error> {
         let final_dir = self.images_dir().join(name);
-        let staging = self
-            .images_dir()
-            .join(format!(".{name}.new-{:08x}", rand::random::<u32>()));
-        let out_dir = staging.clone();
-        let op2 = op.clone();
-        let manifest = tokio::task::spawn_blocking(move || {
-            let mut started: HashMap<&'static str, Instant> = HashMap::new();
-            let mut report = |ev: BuildEvent| match ev {
-                BuildEvent::StageStarted { name, label } => {
-                    started.insert(name, op2.begin_stage(name, label));
-                }
-                BuildEvent::StageFinished { name, detail } => {
-                    let t0 = started.remove(name).unwrap_or_else(Instant::now);
-                    op2.end_stage(name, t0, None, detail);
-                }
-                BuildEvent::Progress { name, message } => op2.progress(name, message),
-            };
-            let out = build(out_dir, &mut report);
-            if let Err(e) = &out {
-                for (name, t0) in started.drain() {
-                    op2.end_stage(name, t0, Some(crate::error::chain(e)), None);
-                }
-            }
-            out
-        })
-        .await
-        .map_err(|source| Error::Task {
-            task: "image build",
-            source,
-        })?;
-        let manifest = match manifest {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&staging);
-                return Err(e.into());
-            }
-        };
         let record = ImageRecord {
             name: name.to_string(),
             source: manifest.source.clone(),
             kernel_version: manifest.kernel_version.clone(),
             dir: final_dir.to_string_lossy().into_owned(),
             created_at: manifest.created_at,
-            manifest: serde_json::to_string(&manifest).expect("manifest serializes"),
+            manifest: serde_json::to_string(manifest).expect("manifest serializes"),
         };
-        if force
-            && self.store.image(name)?.is_some()
-            && let Err(e) = self.delete(name)
-        {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
+        if force && self.store.image(name)?.is_some() {
+            self.delete(name)?;
         }
-        std::fs::rename(&staging, &final_dir).map_err(Error::io(format!(
+        if final_dir.exists() && self.store.image(name)?.is_none() {
+            tracing::info!(image = name, dir = %final_dir.display(), "removing a directory an interrupted install or delete left");
+            discard(&final_dir)?;
+        }
+        std::fs::rename(&staging.0, &final_dir).map_err(Error::io(format!(
             "cannot move the image into {}",
             final_dir.display()
         )))?;
+        staging.moved();
         if let Err(e) = self.store.insert_image(&record) {
-            let _ = std::fs::remove_dir_all(&final_dir);
+            let _ = discard(&final_dir);
             return Err(e.into());
         }
         Ok(())
     }
+}
+
+/// A staging directory, removed when dropped (an install that fails or is
+/// cancelled at any step leaves no gigabytes behind) unless it was moved.
+struct Staging(PathBuf);
+
+impl Staging {
+    fn moved(mut self) {
+        self.0 = PathBuf::new();
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.0.as_os_str().is_empty() {
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.0).or_else(ignore_missing) {
+            tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove an image staging dir");
+        }
+    }
+}
+
+/// Step 1 of an install: runs the blocking `build` into `out_dir`, its
+/// events as `op`'s stages.
+async fn run_builder(
+    op: &Arc<Op>,
+    out_dir: PathBuf,
+    build: impl Builder,
+) -> Result<Manifest, Error> {
+    let op2 = op.clone();
+    let manifest = tokio::task::spawn_blocking(move || {
+        let mut started: HashMap<&'static str, Instant> = HashMap::new();
+        let mut report = |ev: BuildEvent| match ev {
+            BuildEvent::StageStarted { name, label } => {
+                started.insert(name, op2.begin_stage(name, label));
+            }
+            BuildEvent::StageFinished { name, detail } => {
+                let t0 = started.remove(name).unwrap_or_else(Instant::now);
+                op2.end_stage(name, t0, None, detail);
+            }
+            BuildEvent::Progress { name, message } => op2.progress(name, message),
+        };
+        let out = build(out_dir, &mut report);
+        if let Err(e) = &out {
+            for (name, t0) in started.drain() {
+                op2.end_stage(name, t0, Some(crate::error::chain(e)), None);
+            }
+        }
+        out
+    })
+    .await
+    .map_err(|source| Error::Task {
+        task: "image build",
+        source,
+    })?;
+    Ok(manifest?)
+}
+
+/// Removes an image directory: renamed to a trash name first, so its name
+/// is free at once and a crash mid-removal leaves only trash.
+fn discard(dir: &Path) -> Result<(), Error> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let base = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let trash = if base.starts_with('.') {
+        dir.to_owned()
+    } else {
+        let trash = parent.join(format!(".{base}.trash-{:08x}", rand::random::<u32>()));
+        match std::fs::rename(dir, &trash) {
+            Ok(()) => trash,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(Error::Io {
+                    context: format!("cannot move {} aside to remove it", dir.display()),
+                    source: e,
+                });
+            }
+        }
+    };
+    std::fs::remove_dir_all(&trash)
+        .or_else(ignore_missing)
+        .map_err(Error::io(format!("cannot remove {}", trash.display())))
 }
 
 impl Images {
@@ -602,5 +758,184 @@ mod tests {
             err.to_string().contains("nothing to rebuild it from"),
             "{err}"
         );
+    }
+
+    /// The images service over a temp state dir and a `:memory:` store.
+    fn service(root: &Path) -> Arc<Images> {
+        let paths = Paths {
+            config_file: root.join("config.toml"),
+            state_dir: root.join("state"),
+            runtime_dir: root.join("run"),
+            cache_dir: root.join("cache"),
+        };
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let ops = Arc::new(Operations::new(store.clone()));
+        let runner = Arc::new(crate::testing::FakeRunner::default());
+        Arc::new(Images::new(paths, None, store, runner, ops))
+    }
+
+    fn op(images: &Images, name: &str) -> Arc<Op> {
+        images.ops.begin(OperationKind::ImageBuild, name)
+    }
+
+    /// A builder that writes one file and counts its runs.
+    fn builder(runs: Arc<std::sync::atomic::AtomicUsize>) -> impl Builder {
+        move |out: PathBuf, _: &mut dyn FnMut(BuildEvent)| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::fs::create_dir_all(&out).unwrap();
+            std::fs::write(out.join("rootfs.ext4"), "root").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            Ok(serde_json::from_value(serde_json::json!({
+                "format": 1, "name": "dev", "source": "minimal", "kernel_version": null,
+                "files": [], "created_at": 1, "agent_version": "sha256:00"
+            }))
+            .unwrap())
+        }
+    }
+
+    fn runs() -> Arc<std::sync::atomic::AtomicUsize> {
+        Arc::new(Default::default())
+    }
+
+    /// What is under the images dir.
+    fn entries(images: &Images) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(images.images_dir())
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    async fn install(images: &Images, name: &str, force: bool) -> Result<(), Error> {
+        let hint = "pass --force to rebuild it";
+        images
+            .install_exclusive(&op(images, name), name, force, hint, builder(runs()))
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_install_that_died_before_its_row_blocks_no_name() {
+        let root = tempfile::tempdir().unwrap();
+        let images = service(root.path());
+        let dir = images.images_dir();
+        // A crash after the rename (step 3), one during a build (step 1)
+        // and one while removing a deleted image's files.
+        for d in ["dev", ".dev.new-0badf00d", ".old.trash-0badf00d"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+            std::fs::write(dir.join(d).join("rootfs.ext4"), "gigabytes").unwrap();
+        }
+        images.reconcile();
+        assert!(entries(&images).is_empty(), "{:?}", entries(&images));
+        install(&images, "dev", false).await.unwrap();
+        assert_eq!(images.list().unwrap().len(), 1);
+        assert_eq!(entries(&images), ["dev"]);
+    }
+
+    #[tokio::test]
+    async fn an_install_over_a_directory_without_a_row_replaces_it() {
+        let root = tempfile::tempdir().unwrap();
+        let images = service(root.path());
+        let dir = images.images_dir().join("dev");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stale"), "").unwrap();
+        install(&images, "dev", false).await.unwrap();
+        assert_eq!(entries(&images), ["dev"]);
+        assert!(!dir.join("stale").exists() && dir.join("rootfs.ext4").exists());
+    }
+
+    #[tokio::test]
+    async fn a_delete_that_died_after_its_row_leaves_nothing_after_reconcile() {
+        let root = tempfile::tempdir().unwrap();
+        let images = service(root.path());
+        install(&images, "dev", false).await.unwrap();
+        // The crash: the row is gone (step 1), the files are not.
+        assert!(images.store.delete_image("dev").unwrap());
+        images.reconcile();
+        assert!(entries(&images).is_empty(), "{:?}", entries(&images));
+        install(&images, "dev", false).await.unwrap();
+        images.delete("dev").unwrap();
+        assert!(entries(&images).is_empty(), "delete leaves no trash");
+        assert!(matches!(
+            images.delete("dev"),
+            Err(Error::ImageNotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_row_whose_directory_is_gone_is_forgotten() {
+        let root = tempfile::tempdir().unwrap();
+        let images = service(root.path());
+        install(&images, "dev", false).await.unwrap();
+        std::fs::remove_dir_all(images.images_dir().join("dev")).unwrap();
+        images.reconcile();
+        assert!(matches!(
+            images.show("dev"),
+            Err(Error::ImageNotFound { .. })
+        ));
+        install(&images, "dev", false).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_leaves_no_staging_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let images = service(root.path());
+        let failing = |out: PathBuf, _: &mut dyn FnMut(BuildEvent)| {
+            std::fs::create_dir_all(&out).unwrap();
+            std::fs::write(out.join("rootfs.ext4"), "half").unwrap();
+            Err(banger_image::ImageError::InvalidName {
+                name: "dev".into(),
+                reason: "injected".into(),
+            })
+        };
+        let err = images
+            .install_exclusive(&op(&images, "dev"), "dev", false, "", failing)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("injected"), "{err}");
+        assert!(entries(&images).is_empty(), "{:?}", entries(&images));
+    }
+
+    #[tokio::test]
+    async fn concurrent_builds_of_one_name_build_once_and_leak_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let images = service(root.path());
+        let count = runs();
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (images, count) = (images.clone(), count.clone());
+                tokio::spawn(async move {
+                    let op = op(&images, "dev");
+                    let hint = "pass --force to rebuild it";
+                    images
+                        .install_exclusive(&op, "dev", false, hint, builder(count))
+                        .await
+                })
+            })
+            .collect();
+        let mut refused = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => {}
+                Err(Error::ImageExists { .. }) => refused += 1,
+                Err(e) => panic!("{}", crate::error::chain(&e)),
+            }
+        }
+        assert_eq!(refused, 3, "one build wins, the others are refused");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(entries(&images), ["dev"], "no staging dir is left");
+    }
+
+    #[tokio::test]
+    async fn a_forced_rebuild_replaces_the_image_and_leaves_no_trash() {
+        let root = tempfile::tempdir().unwrap();
+        let images = service(root.path());
+        install(&images, "dev", false).await.unwrap();
+        std::fs::write(images.images_dir().join("dev/old"), "").unwrap();
+        install(&images, "dev", true).await.unwrap();
+        assert_eq!(entries(&images), ["dev"]);
+        assert!(!images.images_dir().join("dev/old").exists());
+        assert_eq!(images.list().unwrap().len(), 1);
     }
 }

@@ -69,6 +69,7 @@ async fn run() -> anyhow::Result<()> {
     let store = Store::open(&paths.state_dir.join("banger.db"))?;
     let deps = Deps::system(&config, &paths)?;
     let services = Services::new(paths.clone(), config, store, deps)?;
+    services.images.reconcile();
     services
         .vms
         .reconcile()
