@@ -158,7 +158,7 @@ impl Doctor {
             Err(e) => checks.push(check(
                 "agent",
                 CheckStatus::Warn,
-                e.to_string(),
+                crate::error::chain(&e),
                 Some("run the README's setup command"),
             )),
         }

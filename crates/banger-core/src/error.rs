@@ -86,6 +86,11 @@ pub enum Error {
          or install it next to bangerd (the README's setup command builds it)"
     )]
     AgentBinaryMissing,
+    #[error("found no banger-agent binary the guest can run")]
+    AgentBinaryUnusable {
+        #[source]
+        source: banger_image::InitramfsError,
+    },
     #[error("file_sync[{entry}]: cannot copy {host} to the guest's {guest}")]
     FileSync {
         entry: usize,
@@ -195,6 +200,7 @@ impl Error {
             | Error::Network(_)
             | Error::Image(_)
             | Error::AgentBinaryMissing
+            | Error::AgentBinaryUnusable { .. }
             | Error::SshKey { .. }
             | Error::Git { .. }
             | Error::Io { .. } => ErrorCode::Host,

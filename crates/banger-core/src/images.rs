@@ -285,9 +285,10 @@ impl Images {
         }
     }
 
-    /// The guest agent binary baked into images.
+    /// The guest agent binary baked into images: one the guest can run
+    /// (see [`find_agent_bin`]).
     pub fn agent_bin(&self) -> Result<PathBuf, Error> {
-        find_agent_bin(self.configured_agent.as_deref()).ok_or(Error::AgentBinaryMissing)
+        find_agent_bin(self.configured_agent.as_deref())
     }
 
     pub fn build(self: &Arc<Self>, req: BuildImage) -> Result<Arc<Op>, Error> {
@@ -645,22 +646,46 @@ fn image_view(rec: ImageRecord) -> Image {
 
 /// Looks for the agent: config, `BANGER_AGENT_BIN`, next to this
 /// executable, the static build beside a cargo target dir, the install dir.
-pub fn find_agent_bin(configured: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = configured {
-        return Some(p.to_owned());
+/// Only a statically linked agent will do (the guest runs it as PID 1 with
+/// no loader or libc): one named by config or the environment is refused
+/// when it is not; one found by looking is skipped, with a warning, since a
+/// plain `cargo build` leaves a dynamic `banger-agent` next to bangerd.
+pub fn find_agent_bin(configured: Option<&Path>) -> Result<PathBuf, Error> {
+    let named = configured
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("BANGER_AGENT_BIN").map(PathBuf::from));
+    if let Some(p) = named {
+        banger_image::check_agent(&p).map_err(|e| Error::Image(e.into()))?;
+        return Ok(p);
     }
-    if let Some(p) = std::env::var_os("BANGER_AGENT_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    let candidates = [
+    let exe = std::env::current_exe().map_err(|_| Error::AgentBinaryMissing)?;
+    let dir = exe.parent().ok_or(Error::AgentBinaryMissing)?;
+    first_static_agent([
         dir.join("banger-agent"),
         dir.join("../x86_64-unknown-linux-gnu/release/banger-agent"),
         dir.join("../../x86_64-unknown-linux-gnu/release/banger-agent"),
         PathBuf::from("/usr/local/lib/banger/banger-agent"),
-    ];
-    candidates.into_iter().find(|p| p.is_file())
+    ])
+}
+
+/// The first of `candidates` that is an agent the guest can run; the
+/// others that exist are skipped, and the first skipped one says why when
+/// none will do.
+fn first_static_agent(candidates: impl IntoIterator<Item = PathBuf>) -> Result<PathBuf, Error> {
+    let mut skipped = None;
+    for p in candidates.into_iter().filter(|p| p.is_file()) {
+        match banger_image::check_agent(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "skipping an agent binary the guest cannot run");
+                skipped.get_or_insert(e);
+            }
+        }
+    }
+    Err(match skipped {
+        Some(source) => Error::AgentBinaryUnusable { source },
+        None => Error::AgentBinaryMissing,
+    })
 }
 
 #[cfg(test)]
@@ -758,6 +783,55 @@ mod tests {
             err.to_string().contains("nothing to rebuild it from"),
             "{err}"
         );
+    }
+
+    /// An x86_64 executable header with no program headers: no loader, no
+    /// shared libraries, so a static agent as far as the check goes.
+    fn static_agent(path: &Path) -> PathBuf {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        (h[4], h[5], h[6], h[16], h[18]) = (2, 1, 1, 2, 62);
+        std::fs::write(path, h).unwrap();
+        path.to_path_buf()
+    }
+
+    /// A dynamically linked one, like a plain `cargo build` leaves.
+    fn dynamic_agent(path: &Path) -> PathBuf {
+        std::fs::copy("/bin/true", path).unwrap();
+        path.to_path_buf()
+    }
+
+    #[test]
+    fn the_agent_search_skips_a_dynamic_candidate_for_a_static_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let dynamic = dynamic_agent(&dir.path().join("next-to-bangerd"));
+        let static_ = static_agent(&dir.path().join("static-build"));
+        let missing = dir.path().join("missing");
+        let found = first_static_agent([missing, dynamic, static_.clone()]).unwrap();
+        assert_eq!(found, static_);
+    }
+
+    #[test]
+    fn only_dynamic_candidates_say_how_to_build_a_static_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let dynamic = dynamic_agent(&dir.path().join("banger-agent"));
+        let err = first_static_agent([dynamic]).unwrap_err();
+        assert!(matches!(err, Error::AgentBinaryUnusable { .. }), "{err:?}");
+        let chain = crate::error::chain(&err);
+        assert!(chain.contains("is dynamically linked"), "{chain}");
+        assert!(chain.contains("scripts/build"), "{chain}");
+        let none = first_static_agent([dir.path().join("missing")]).unwrap_err();
+        assert!(matches!(none, Error::AgentBinaryMissing), "{none:?}");
+    }
+
+    #[test]
+    fn a_configured_dynamic_agent_is_refused_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let dynamic = dynamic_agent(&dir.path().join("banger-agent"));
+        let err = find_agent_bin(Some(&dynamic)).unwrap_err();
+        assert!(err.to_string().contains("is dynamically linked"), "{err}");
+        let static_ = static_agent(&dir.path().join("static"));
+        assert_eq!(find_agent_bin(Some(&static_)).unwrap(), static_);
     }
 
     /// The images service over a temp state dir and a `:memory:` store.

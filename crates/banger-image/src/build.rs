@@ -160,8 +160,8 @@ pub(crate) fn extract_kernel(
     })
 }
 
-/// The `initramfs` stage: `initrd.img` with the agent as `/init` and the
-/// guest's modules.
+/// The `initramfs` stage: `initrd.img` with the agent (read and checked
+/// from `agent_bin`) as `/init` and the guest's modules.
 pub(crate) fn write_initramfs(
     r: &mut Reporter<'_>,
     agent_bin: &Path,
@@ -170,12 +170,8 @@ pub(crate) fn write_initramfs(
     dir: &Path,
 ) -> Result<(), ImageError> {
     r.stage(stages::INITRAMFS, |progress| {
-        if agent.dynamic {
-            progress(format!(
-                "{} is dynamically linked: the guest cannot run it as /init",
-                agent_bin.display()
-            ));
-        }
+        // Which agent went in: an image is only as good as the binary baked into it.
+        progress(format!("agent {}", agent_bin.display()));
         let archive = initramfs::agent_archive(agent, modules)?;
         let size = initramfs::write(&dir.join(layout::INITRD), None, &archive)?;
         Ok(((), Some(format!("{} {}", layout::INITRD, human_size(size)))))

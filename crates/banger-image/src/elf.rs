@@ -1,5 +1,6 @@
 //! Just enough ELF64 little-endian reading for image building: the machine
-//! type, whether a binary wants a dynamic loader (`PT_INTERP`), the notes of
+//! type, whether a binary wants a dynamic loader (`PT_INTERP`) or shared
+//! libraries (`DT_NEEDED`), the notes of
 //! a kernel (the PVH entry note QEMU needs to boot an uncompressed
 //! `vmlinux`), and a named section's bytes (a module's `.modinfo`).
 //! Every offset is bounds-checked; malformed input yields `None`, never a
@@ -8,8 +9,13 @@
 pub const MAGIC: &[u8; 4] = b"\x7fELF";
 pub const EM_X86_64: u16 = 62;
 
+const PT_LOAD: u32 = 1;
+const PT_DYNAMIC: u32 = 2;
 const PT_INTERP: u32 = 3;
 const PT_NOTE: u32 = 4;
+const DT_NULL: u64 = 0;
+const DT_NEEDED: u64 = 1;
+const DT_STRTAB: u64 = 5;
 /// `XEN_ELFNOTE_PHYS32_ENTRY`: the PVH entry point, in a note named "Xen".
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
@@ -21,6 +27,7 @@ pub struct Elf<'a> {
 struct Segment {
     p_type: u32,
     offset: usize,
+    vaddr: u64,
     size: usize,
 }
 
@@ -39,6 +46,48 @@ impl<'a> Elf<'a> {
     /// initramfs' `/init` (there is no loader or libc there).
     pub fn has_interp(&self) -> bool {
         self.segments().any(|s| s.p_type == PT_INTERP)
+    }
+
+    /// The dynamic loader the binary asks for (`PT_INTERP`), if any.
+    pub fn interp(&self) -> Option<String> {
+        let s = self.segments().find(|s| s.p_type == PT_INTERP)?;
+        let bytes = self.data.get(s.offset..s.offset.checked_add(s.size)?)?;
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+    }
+
+    /// The shared libraries the binary needs (`DT_NEEDED`). A static-pie
+    /// has a dynamic segment (for its own relocations) but needs none. A
+    /// name that cannot be resolved is reported as `?`, so a needed
+    /// library is never missed for want of a string table.
+    pub fn needed(&self) -> Vec<String> {
+        let Some(dynamic) = self.segments().find(|s| s.p_type == PT_DYNAMIC) else {
+            return Vec::new();
+        };
+        let Some(entries) = self
+            .data
+            .get(dynamic.offset..dynamic.offset.saturating_add(dynamic.size))
+        else {
+            return Vec::new();
+        };
+        let entries: Vec<(u64, u64)> = entries
+            .chunks_exact(16)
+            .map_while(|e| Some((u64_at(e, 0)?, u64_at(e, 8)?)))
+            .take_while(|(tag, _)| *tag != DT_NULL)
+            .collect();
+        let strtab = entries
+            .iter()
+            .find(|(tag, _)| *tag == DT_STRTAB)
+            .and_then(|(_, vaddr)| self.file_offset(*vaddr));
+        entries
+            .iter()
+            .filter(|(tag, _)| *tag == DT_NEEDED)
+            .map(|(_, name)| {
+                strtab
+                    .and_then(|base| self.c_string(base.checked_add(usize::try_from(*name).ok()?)?))
+                    .unwrap_or_else(|| "?".into())
+            })
+            .collect()
     }
 
     /// True when the kernel carries a PVH entry note: QEMU can then boot this
@@ -79,6 +128,20 @@ impl<'a> Elf<'a> {
         })
     }
 
+    /// Where the loaded address `vaddr` is in the file.
+    fn file_offset(&self, vaddr: u64) -> Option<usize> {
+        self.segments()
+            .filter(|s| s.p_type == PT_LOAD)
+            .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.size as u64)
+            .and_then(|s| s.offset.checked_add(usize::try_from(vaddr - s.vaddr).ok()?))
+    }
+
+    fn c_string(&self, at: usize) -> Option<String> {
+        let rest = self.data.get(at..)?;
+        let end = rest.iter().position(|&b| b == 0)?;
+        Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+    }
+
     fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
         let d = self.data;
         let phoff = u64_at(d, 0x20)
@@ -95,6 +158,7 @@ impl<'a> Elf<'a> {
             Some(Segment {
                 p_type: u32_at(d, base)?,
                 offset: usize::try_from(u64_at(d, base + 8)?).ok()?,
+                vaddr: u64_at(d, base + 0x10)?,
                 size: usize::try_from(u64_at(d, base + 0x20)?).ok()?,
             })
         })

@@ -40,6 +40,10 @@ pub enum InitramfsError {
         "agent binary {path} is not an ELF executable: point the agent path at the built banger-agent"
     )]
     AgentNotElf { path: PathBuf },
+    #[error(
+        "agent binary {path} is dynamically linked (it needs {needs}); build it static: RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p banger-agent --target x86_64-unknown-linux-gnu, or run scripts/build"
+    )]
+    AgentDynamic { path: PathBuf, needs: String },
     #[error("could not read kernel module {path}")]
     ModuleRead {
         path: PathBuf,
@@ -65,27 +69,43 @@ pub enum InitramfsError {
     },
 }
 
-/// The agent binary, read and checked.
+/// The agent binary, read and checked: an ELF that needs no loader and no
+/// shared library.
 #[derive(Debug, Clone)]
 pub struct Agent {
     pub bytes: Vec<u8>,
-    /// A dynamically linked agent cannot run from the initramfs (no loader,
-    /// no libc there); callers warn about it.
-    pub dynamic: bool,
 }
 
-/// Reads and checks the agent binary.
+/// Reads and checks the agent binary. A dynamically linked one is refused:
+/// the guest runs it as PID 1 from the initramfs, where there is no loader
+/// and no libc, so every boot would end in "Attempted to kill init". A
+/// static-pie is fine (a dynamic segment for its own relocations, no
+/// `PT_INTERP`, no `DT_NEEDED`).
 pub fn read_agent(path: &Path) -> Result<Agent, InitramfsError> {
     let bytes = fs::read(path).map_err(|source| InitramfsError::AgentRead {
         path: path.to_path_buf(),
         source,
     })?;
-    let dynamic = Elf::parse(&bytes)
-        .ok_or_else(|| InitramfsError::AgentNotElf {
+    let elf = Elf::parse(&bytes).ok_or_else(|| InitramfsError::AgentNotElf {
+        path: path.to_path_buf(),
+    })?;
+    let needs = match elf.interp() {
+        Some(loader) => Some(loader),
+        None if elf.has_interp() => Some("a dynamic loader".to_string()),
+        None => Some(elf.needed().join(", ")).filter(|n| !n.is_empty()),
+    };
+    if let Some(needs) = needs {
+        return Err(InitramfsError::AgentDynamic {
             path: path.to_path_buf(),
-        })?
-        .has_interp();
-    Ok(Agent { bytes, dynamic })
+            needs,
+        });
+    }
+    Ok(Agent { bytes })
+}
+
+/// Whether `path` is an agent binary images can take (see [`read_agent`]).
+pub fn check_agent(path: &Path) -> Result<(), InitramfsError> {
+    read_agent(path).map(drop)
 }
 
 /// Builds our archive: the agent as `/init` plus `modules` in load order.
@@ -169,7 +189,6 @@ mod tests {
     fn agent() -> Agent {
         Agent {
             bytes: b"\x7fELF agent".to_vec(),
-            dynamic: false,
         }
     }
 
@@ -239,6 +258,61 @@ mod tests {
         assert_eq!(size, bytes.len() as u64);
         assert_eq!(&bytes[..8], b"\x1f\x8b\x08gzi\0\0");
         assert_eq!(&bytes[8..], ours.as_slice());
+    }
+
+    fn write_agent(dir: &Path, bytes: &[u8]) -> PathBuf {
+        let path = dir.join("banger-agent");
+        fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_dynamically_linked_agent_is_refused_saying_how_to_build_it() {
+        // /bin/true is dynamically linked on every host that runs the tests.
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_agent(dir.path(), &fs::read("/bin/true").unwrap());
+        let err = read_agent(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("is dynamically linked (it needs /lib"),
+            "{err}"
+        );
+        assert!(err.contains("target-feature=+crt-static"), "{err}");
+        assert!(err.contains("scripts/build"), "{err}");
+    }
+
+    #[test]
+    fn an_agent_needing_shared_libraries_without_a_loader_is_refused() {
+        use crate::elf::testing::build;
+        let mut dynamic = Vec::new();
+        for (tag, val) in [(1u64, 1u64), (5, 0), (0, 0)] {
+            dynamic.extend(tag.to_le_bytes());
+            dynamic.extend(val.to_le_bytes());
+        }
+        let elf = build(&[(2, dynamic), (1, b"\0libc.so.6\0".to_vec())], &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_agent(&write_agent(dir.path(), &elf)).unwrap_err();
+        assert!(err.to_string().contains("(it needs libc.so.6)"), "{err}");
+    }
+
+    #[test]
+    fn a_static_or_static_pie_agent_is_taken() {
+        use crate::elf::testing::build;
+        let dir = tempfile::tempdir().unwrap();
+        // A static-pie keeps a dynamic segment for its own relocations.
+        let mut relocations = Vec::new();
+        for (tag, val) in [(7u64, 0x328u64), (8, 24), (0, 0)] {
+            relocations.extend(tag.to_le_bytes());
+            relocations.extend(val.to_le_bytes());
+        }
+        for elf in [build(&[], &[]), build(&[(2, relocations)], &[])] {
+            check_agent(&write_agent(dir.path(), &elf)).unwrap();
+        }
+        // The agent scripts/build makes, when it is there.
+        let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/x86_64-unknown-linux-gnu/release/banger-agent");
+        if built.is_file() {
+            check_agent(&built).unwrap();
+        }
     }
 
     #[test]

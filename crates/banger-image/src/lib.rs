@@ -59,7 +59,7 @@ pub use debian::{
     debian_installer, package_set as debian_package_set,
 };
 pub use ext4::Ext4Error;
-pub use initramfs::InitramfsError;
+pub use initramfs::{InitramfsError, check_agent};
 pub use kernel::KernelError;
 pub use manifest::{
     FileCheck, FileStatus, MANIFEST_FORMAT, Manifest, ManifestError, Recipe, SOURCE_DEBIAN,

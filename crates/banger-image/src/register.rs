@@ -3,8 +3,8 @@
 //!
 //! 1. `validate`: every input exists and is what it claims: the kernel an
 //!    ELF or an x86 bzImage, the rootfs ext4, the initrd a cpio or a
-//!    compressed stream the kernel can unpack, the agent an ELF. Nothing is
-//!    copied before all of them pass.
+//!    compressed stream the kernel can unpack, the agent a static ELF.
+//!    Nothing is copied before all of them pass.
 //! 2. `kernel`: `vmlinux` (an ELF as is, or extracted from an LZ4 bzImage)
 //!    or `bzImage` ([`crate::kernel`]).
 //! 3. `initramfs`: the user's initrd, if any, then our archive with the
@@ -112,12 +112,6 @@ pub fn register(
     })?;
 
     let modules = r.stage(stages::INITRAMFS, |progress| {
-        if agent.dynamic {
-            progress(format!(
-                "{} is dynamically linked: the guest cannot run it as /init",
-                p.agent_bin.display()
-            ));
-        }
         let modules = match &module_tree {
             Some(tree) => tree.resolve_guest_modules(kernel.version.as_deref())?,
             None => {
