@@ -31,7 +31,9 @@ pub fn size() -> Option<Resize> {
 }
 
 /// Stdin in raw mode until dropped: keys (Ctrl-C included) go to the guest
-/// as bytes, and the guest's pseudo-terminal does the line discipline.
+/// as bytes, and the guest's pseudo-terminal does the line discipline. (An
+/// exec session still notices Ctrl-C, to leave a guest that stops
+/// answering: see `commands/exec.rs`.)
 pub struct RawMode {
     saved: Termios,
 }

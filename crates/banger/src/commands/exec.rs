@@ -11,11 +11,22 @@
 //! 3. Until `Exit`: `Stdout`/`Stderr` frames are written to ours and flushed;
 //!    local stdin becomes `Stdin` frames then `StdinEof`; SIGINT, SIGTERM,
 //!    SIGHUP and SIGQUIT become `Signal` frames instead of ending banger;
-//!    SIGWINCH becomes `Resize` with `-t`.
+//!    SIGWINCH becomes `Resize` with `-t`. Frames to the guest are written
+//!    by their own task, so a guest that stops reading never blocks this
+//!    loop: stdin waits for room in a small queue, signals never wait.
 //! 4. `Exit` gives our exit status. A stream that ends before it means the
 //!    guest was lost (125).
+//!
+//! A guest that stops answering must not hold banger (see [`Interrupts`]):
+//! after the first SIGINT or SIGTERM the guest has [`INTERRUPT_GRACE`] to
+//! send `Exit`, and a second one ends the session at once; both end it with
+//! 125. With `-t`, Ctrl-C is a byte to the guest's terminal rather than a
+//! signal, so there the guest only has to answer something within the grace
+//! (its terminal echoes `^C`). Leaving closes the stream, and the agent
+//! kills the command when it sees that.
 
 use std::pin::pin;
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use banger_proto::{
@@ -26,6 +37,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::Context;
 use crate::cli::ExecArgs;
@@ -34,6 +46,12 @@ use crate::exit::{self, ExitError};
 use crate::terminal;
 
 const STDIN_CHUNK: usize = 32 * 1024;
+/// Stdin frames queued for the guest before we stop reading stdin.
+const STDIN_QUEUE: usize = 4;
+/// How long the guest has to end its command after our first interrupt.
+pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+/// The byte a terminal in raw mode sends for Ctrl-C.
+const CTRL_C: u8 = 0x03;
 
 pub async fn run(ctx: &Context, args: ExecArgs) -> anyhow::Result<i32> {
     let client = ctx.client().await?;
@@ -75,6 +93,7 @@ pub async fn exec_in_vm(
         tokio::io::stdout(),
         tokio::io::stderr(),
         control_rx,
+        Interrupts::new(request.tty, INTERRUPT_GRACE),
     )
     .await;
     forwarder.abort();
@@ -144,6 +163,86 @@ fn lost() -> anyhow::Error {
     .into()
 }
 
+/// How our interrupts end a session whose guest does not answer them.
+///
+/// The first SIGINT or SIGTERM is the guest's to handle: it goes over as a
+/// `Signal`, and the guest has `grace` to send `Exit`. A second one, or the
+/// grace running out, ends the session (125) without waiting any longer.
+/// With a terminal (`tty`), Ctrl-C arrives as a byte on stdin; a live guest
+/// answers it at once (its terminal echoes it), so there any frame from the
+/// guest within `grace` will do.
+#[derive(Debug)]
+pub struct Interrupts {
+    tty: bool,
+    grace: Duration,
+    signals: u32,
+    /// Set by the first signal; only `Exit` settles it.
+    exit_due: Option<Instant>,
+    /// Set by a Ctrl-C byte; any frame from the guest settles it.
+    answer_due: Option<Instant>,
+}
+
+impl Interrupts {
+    pub fn new(tty: bool, grace: Duration) -> Interrupts {
+        Interrupts {
+            tty,
+            grace,
+            signals: 0,
+            exit_due: None,
+            answer_due: None,
+        }
+    }
+
+    /// Notes a signal we forward; an error when it is the second interrupt.
+    fn signal(&mut self, signal: i32) -> anyhow::Result<()> {
+        use rustix::process::Signal as S;
+        if signal != S::Int as i32 && signal != S::Term as i32 {
+            return Ok(());
+        }
+        self.signals += 1;
+        if self.signals > 1 {
+            return Err(ExitError::new(
+                exit::GUEST_RUNNER_FAILURE,
+                "interrupted again: stopped waiting for the guest",
+            )
+            .into());
+        }
+        self.exit_due.get_or_insert(Instant::now() + self.grace);
+        Ok(())
+    }
+
+    /// Notes stdin bytes going to the guest: with a terminal, Ctrl-C.
+    fn input(&mut self, bytes: &[u8]) {
+        if self.tty && bytes.contains(&CTRL_C) {
+            self.answer_due.get_or_insert(Instant::now() + self.grace);
+        }
+    }
+
+    /// Notes that the guest sent a frame.
+    fn answered(&mut self) {
+        self.answer_due = None;
+    }
+
+    /// Resolves when the guest has had its grace and not used it.
+    async fn expired(&self) {
+        match self.exit_due.into_iter().chain(self.answer_due).min() {
+            Some(due) => tokio::time::sleep_until(due).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn gave_up(&self) -> anyhow::Error {
+        ExitError::new(
+            exit::GUEST_RUNNER_FAILURE,
+            format!(
+                "the guest did not answer within {} s of the interrupt: stopped waiting for it",
+                self.grace.as_secs_f32()
+            ),
+        )
+        .into()
+    }
+}
+
 /// Drives one exec stream until the guest's `Exit` (see the module doc).
 pub async fn session<S, I, O, E>(
     stream: S,
@@ -151,6 +250,7 @@ pub async fn session<S, I, O, E>(
     mut stdout: O,
     mut stderr: E,
     mut control: mpsc::Receiver<Control>,
+    mut interrupts: Interrupts,
 ) -> anyhow::Result<ExecEnd>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -158,7 +258,7 @@ where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
-    let (reader, mut writer) = tokio::io::split(stream);
+    let (reader, writer) = tokio::io::split(stream);
     // A stream keeps a half-read frame across `select!` iterations, which a
     // bare `read_frame` future dropped by the select would lose.
     let frames = futures::stream::unfold(reader, |mut reader| async move {
@@ -185,16 +285,17 @@ where
         _ => return Err(lost()),
     }
 
+    let (to_guest, _writing) = spawn_writer(writer);
     let mut buf = vec![0u8; STDIN_CHUNK];
     let mut stdin_open = true;
     let mut control_open = true;
-    // Once a write to the guest fails, only reading remains: the `Exit`
-    // frame (or the end of the stream) may still be on its way.
-    let mut writable = true;
+    // Room for one stdin frame: stdin is read only when the guest keeps up.
+    let mut room: Option<mpsc::OwnedPermit<Frame>> = None;
     loop {
-        let outgoing = tokio::select! {
+        tokio::select! {
             frame = frames.next() => {
                 let Some(Ok(frame)) = frame else { return Err(lost()) };
+                interrupts.answered();
                 match frame.kind {
                     FrameKind::Stdout => copy_out(&mut stdout, &frame.payload).await.context("cannot write to stdout")?,
                     FrameKind::Stderr => copy_out(&mut stderr, &frame.payload).await.context("cannot write to stderr")?,
@@ -202,30 +303,79 @@ where
                     FrameKind::Error => return Ok(ExecEnd::Refused(frame.parse()?)),
                     _ => {}
                 }
-                None
             }
-            read = stdin.read(&mut buf), if stdin_open && writable => match read {
-                Ok(n) if n > 0 => Some(Frame::new(FrameKind::Stdin, &buf[..n])),
-                _ => {
-                    stdin_open = false;
-                    Some(Frame::new(FrameKind::StdinEof, Vec::new()))
-                }
+            () = interrupts.expired() => return Err(interrupts.gave_up()),
+            permit = to_guest.stdin.clone().reserve_owned(), if stdin_open && room.is_none() => match permit {
+                Ok(permit) => room = Some(permit),
+                // The writer stopped: only reading remains, the `Exit`
+                // frame (or the end of the stream) may still be on its way.
+                Err(_) => stdin_open = false,
             },
-            ctl = control.recv(), if control_open && writable => match ctl {
-                Some(Control::Signal(signal)) => Some(Frame::json(FrameKind::Signal, &SignalMsg { signal })),
-                Some(Control::Resize(size)) => Some(Frame::json(FrameKind::Resize, &size)),
-                None => {
-                    control_open = false;
-                    None
+            read = stdin.read(&mut buf), if stdin_open && room.is_some() => {
+                let Some(permit) = room.take() else { continue };
+                match read {
+                    Ok(n) if n > 0 => {
+                        interrupts.input(&buf[..n]);
+                        permit.send(Frame::new(FrameKind::Stdin, &buf[..n]));
+                    }
+                    _ => {
+                        stdin_open = false;
+                        permit.send(Frame::new(FrameKind::StdinEof, Vec::new()));
+                    }
                 }
+            }
+            ctl = control.recv(), if control_open => match ctl {
+                Some(Control::Signal(signal)) => {
+                    interrupts.signal(signal)?;
+                    let _ = to_guest.control.send(Frame::json(FrameKind::Signal, &SignalMsg { signal }));
+                }
+                Some(Control::Resize(size)) => {
+                    let _ = to_guest.control.send(Frame::json(FrameKind::Resize, &size));
+                }
+                None => control_open = false,
             },
-        };
-        if let Some(frame) = outgoing
-            && write_frame(&mut writer, &frame).await.is_err()
-        {
-            writable = false;
         }
     }
+}
+
+/// Where frames to the guest go: `control` (signals, resizes: few, and
+/// never held up) is written before `stdin`.
+struct ToGuest {
+    control: mpsc::UnboundedSender<Frame>,
+    stdin: mpsc::Sender<Frame>,
+}
+
+/// The writer task, stopped when the session ends however it ends: a
+/// guest that stopped reading would hold it forever.
+struct Writing(tokio::task::JoinHandle<()>);
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes frames to the guest until both queues close or a write fails.
+fn spawn_writer<W>(mut writer: W) -> (ToGuest, Writing)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (control, mut control_rx) = mpsc::unbounded_channel();
+    let (stdin, mut stdin_rx) = mpsc::channel(STDIN_QUEUE);
+    let task = tokio::spawn(async move {
+        loop {
+            let frame = tokio::select! {
+                biased;
+                Some(frame) = control_rx.recv() => frame,
+                Some(frame) = stdin_rx.recv() => frame,
+                else => return,
+            };
+            if write_frame(&mut writer, &frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    (ToGuest { control, stdin }, Writing(task))
 }
 
 async fn copy_out<W: AsyncWrite + Unpin>(out: &mut W, bytes: &[u8]) -> std::io::Result<()> {
@@ -297,6 +447,27 @@ mod tests {
         Frame::json(FrameKind::Exit, &ExitStatus { code, signal: None })
     }
 
+    /// Interrupts that give the guest far longer than any test runs.
+    fn patient() -> Interrupts {
+        Interrupts::new(false, Duration::from_secs(600))
+    }
+
+    fn started() -> Frame {
+        Frame::json(FrameKind::Started, &banger_proto::Started { pid: 1 })
+    }
+
+    /// A guest whose agent stops answering once the command started: it
+    /// neither writes nor reads again, and keeps the stream open.
+    fn hung_guest() -> tokio::io::DuplexStream {
+        let (host, mut guest) = tokio::io::duplex(256);
+        tokio::spawn(async move {
+            write_frame(&mut guest, &started()).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            drop(guest);
+        });
+        host
+    }
+
     #[tokio::test]
     async fn exec_over_an_upgraded_connection_returns_the_guests_status() {
         let server = serve(|mut req| async move {
@@ -330,9 +501,16 @@ mod tests {
         let stream = server.client.exec("web", &request).await.unwrap();
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let (_tx, rx) = mpsc::channel(1);
-        let end = session(stream, tokio::io::empty(), &mut stdout, &mut stderr, rx)
-            .await
-            .unwrap();
+        let end = session(
+            stream,
+            tokio::io::empty(),
+            &mut stdout,
+            &mut stderr,
+            rx,
+            patient(),
+        )
+        .await
+        .unwrap();
         assert_eq!(exit_code(end).unwrap(), 7);
         assert_eq!(stdout, b"hi");
         assert!(stderr.is_empty());
@@ -378,7 +556,7 @@ mod tests {
             got
         });
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let end = session(host, &b"input"[..], &mut stdout, &mut stderr, rx)
+        let end = session(host, &b"input"[..], &mut stdout, &mut stderr, rx, patient())
             .await
             .unwrap();
         assert_eq!(
@@ -426,6 +604,7 @@ mod tests {
             tokio::io::sink(),
             tokio::io::sink(),
             rx,
+            patient(),
         )
         .await
         .unwrap_err();
@@ -448,9 +627,125 @@ mod tests {
             tokio::io::sink(),
             tokio::io::sink(),
             rx,
+            patient(),
         )
         .await
         .unwrap();
         assert_eq!(end, ExecEnd::Refused(body));
+    }
+
+    #[tokio::test]
+    async fn a_second_interrupt_ends_a_session_whose_guest_stopped_reading() {
+        // Stdin far larger than the stream's buffers: the writer is stuck.
+        let input = vec![b'x'; 1 << 20];
+        let (tx, rx) = mpsc::channel(4);
+        let started = std::time::Instant::now();
+        let run = tokio::spawn(async move {
+            session(
+                hung_guest(),
+                std::io::Cursor::new(input),
+                tokio::io::sink(),
+                tokio::io::sink(),
+                rx,
+                patient(),
+            )
+            .await
+        });
+        tx.send(Control::Signal(2)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!run.is_finished(), "the first interrupt is the guest's");
+        tx.send(Control::Signal(15)).await.unwrap();
+        let err = run.await.unwrap().unwrap_err();
+        assert_eq!(exit::code_of(&err, 1), 125);
+        assert!(err.to_string().contains("interrupted again"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn an_interrupt_the_guest_never_answers_ends_the_session_after_the_grace() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Control::Signal(2)).await.unwrap();
+        let started = std::time::Instant::now();
+        let err = session(
+            hung_guest(),
+            tokio::io::empty(),
+            tokio::io::sink(),
+            tokio::io::sink(),
+            rx,
+            Interrupts::new(false, Duration::from_millis(200)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(exit::code_of(&err, 1), 125);
+        assert!(err.to_string().contains("did not answer"), "{err}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn signals_other_than_interrupts_start_no_grace() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Control::Signal(1)).await.unwrap(); // SIGHUP
+        tx.send(Control::Signal(1)).await.unwrap();
+        let run = tokio::spawn(session(
+            hung_guest(),
+            tokio::io::empty(),
+            tokio::io::sink(),
+            tokio::io::sink(),
+            rx,
+            Interrupts::new(false, Duration::from_millis(50)),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!run.is_finished());
+        run.abort();
+    }
+
+    #[tokio::test]
+    async fn with_a_terminal_ctrl_c_needs_only_an_answer_within_the_grace() {
+        // A live guest echoes ^C, then its command goes on quietly.
+        let (host, guest) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(guest);
+            write_frame(&mut wr, &started()).await.unwrap();
+            let stdin = read_frame(&mut rd).await.unwrap().unwrap();
+            assert_eq!(stdin.payload, [CTRL_C]);
+            write_frame(&mut wr, &Frame::new(FrameKind::Stdout, b"^C".to_vec()))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            write_frame(&mut wr, &exit_frame(0)).await.unwrap();
+            while let Ok(Some(_)) = read_frame(&mut rd).await {}
+        });
+        let (_tx, rx) = mpsc::channel(1);
+        let mut stdout = Vec::new();
+        let end = session(
+            host,
+            &[CTRL_C][..],
+            &mut stdout,
+            tokio::io::sink(),
+            rx,
+            Interrupts::new(true, Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(exit_code(end).unwrap(), 0);
+        assert_eq!(stdout, b"^C");
+
+        // A hung one says nothing: the session ends after the grace.
+        let (_tx, rx) = mpsc::channel(1);
+        let err = session(
+            hung_guest(),
+            &[CTRL_C][..],
+            tokio::io::sink(),
+            tokio::io::sink(),
+            rx,
+            Interrupts::new(true, Duration::from_millis(100)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(exit::code_of(&err, 1), 125);
     }
 }

@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::Context;
-use super::exec::{exit_code, session as frames};
+use super::exec::{INTERRUPT_GRACE, Interrupts, exit_code, session as frames};
 use crate::cli::{SessionArgs, SessionListArgs, SessionLogsArgs, SessionStartArgs};
 use crate::client::path_segment;
 
@@ -100,6 +100,7 @@ pub async fn attach(ctx: &Context, args: SessionArgs) -> anyhow::Result<i32> {
         tokio::io::stdout(),
         tokio::io::stderr(),
         control_rx,
+        Interrupts::new(false, INTERRUPT_GRACE),
     )
     .await?;
     exit_code(end)
