@@ -89,6 +89,11 @@ pub const TAIL_LINE_CHARS: usize = 200;
 /// the disk allows), each line is cut at [`TAIL_LINE_CHARS`], and control
 /// characters are escaped ([`banger_api::text::escape_line`]).
 pub fn tail(path: &Path, n: usize) -> String {
+    tail_lines(path, n).join(" | ")
+}
+
+/// [`tail`]'s lines, each cut and escaped, before they are joined.
+pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     let text = read_end(path, TAIL_WINDOW).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text
@@ -99,8 +104,7 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..]
         .iter()
         .map(|l| quote_line(l))
-        .collect::<Vec<_>>()
-        .join(" | ")
+        .collect()
 }
 
 fn quote_line(line: &str) -> String {

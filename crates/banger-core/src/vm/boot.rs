@@ -150,7 +150,8 @@ impl Lifecycle {
     }
 
     /// Connects to the agent, retrying until it answers, the engine dies, or
-    /// the boot timeout passes; errors carry the last console lines.
+    /// the boot timeout passes; errors carry the last console lines, or a
+    /// kernel panic's line and what led to it.
     async fn wait_for_agent(
         &self,
         vm: &VmRecord,
@@ -193,8 +194,10 @@ impl Lifecycle {
                 // Give the console file a moment to receive the last lines.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let log = crate::layout::tail(&self.dir(vm).engine_log(), 3);
+                // A panic's own line says why; the trace after it does not.
+                let panic = super::monitor::panic_report(&engine.console_log(&self.dir(vm)));
                 Err(Error::EngineExited {
-                    console: self.console_tail(vm, engine, 10),
+                    console: panic.unwrap_or_else(|| self.console_tail(vm, engine, 10)),
                     engine_log: if log.is_empty() { log } else { format!("; engine said: {log}") },
                 })
             }

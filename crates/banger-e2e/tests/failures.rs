@@ -1,0 +1,236 @@
+//! End-to-end: failing the way a user would notice, through the real CLI
+//! and daemon. A dynamically linked agent is refused before any image is
+//! made, and one left next to bangerd is passed over; an exec whose guest
+//! stops answering ends on a second interrupt, or a grace period after the
+//! first, with 125; a guest whose kernel panics shows `failed` at once,
+//! with the panic in its error.
+
+use banger_e2e::{Env, bin, boot_permit, skip, wait_until};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = "default_memory_mib = 256\ndefault_disk_size_mib = 512\nnetwork = \"none\"\ndefault_image = \"minimal\"\n";
+
+/// Where the message about a dynamic agent tells the user to go.
+const HOW_TO_BUILD: &str = "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p banger-agent --target x86_64-unknown-linux-gnu, or run scripts/build";
+
+fn vm_json(env: &Env, name: &str) -> serde_json::Value {
+    env.json(&["vm", "show", name, "--json"])
+}
+
+/// `vm create`, tried again once when the boot timed out (other tests, or
+/// other people's, may be booting on the same two cores).
+fn create(env: &Env, name: &str) {
+    let out = env.run(&["vm", "create", "--name", name]);
+    if out.status.success() {
+        return;
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("did not come up") || err.contains("did not answer"),
+        "vm create {name} failed: {err}"
+    );
+    let _ = env.run(&["vm", "delete", name]);
+    env.ok(&["vm", "create", "--name", name]);
+}
+
+fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// Waits up to `timeout` for `child` to exit; its exit code and how long
+/// that took, or `None` (and the child killed) when it did not.
+fn exit_within(child: &mut Child, timeout: Duration) -> Option<(Option<i32>, Duration)> {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some((status.code(), t0.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn a_dynamically_linked_agent_is_refused_at_image_build_saying_how_to_build_it() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG);
+    // The daemon this command starts takes the agent from its environment.
+    let out = env
+        .cmd(&["image", "build", "--preset", "minimal"])
+        .env("BANGER_AGENT_BIN", "/bin/true")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("agent binary /bin/true is dynamically linked (it needs /lib"),
+        "{err}"
+    );
+    assert!(err.contains(HOW_TO_BUILD), "{err}");
+    let images = env.json(&["image", "list", "--json"]);
+    assert_eq!(images, serde_json::json!([]), "no image was made");
+}
+
+#[test]
+fn a_dynamic_agent_next_to_bangerd_is_passed_over() {
+    if skip() {
+        return;
+    }
+    // What a plain `cargo build` of old left: bangerd with a dynamic
+    // banger-agent beside it, and no static build anywhere it looks.
+    let env = Env::new(CONFIG);
+    let bins = env.root.path().join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    for b in [bin("banger"), bin("bangerd")] {
+        std::fs::copy(&b, bins.join(b.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy("/bin/true", bins.join("banger-agent")).unwrap();
+    if std::path::Path::new("/usr/local/lib/banger/banger-agent").exists() {
+        eprintln!("SKIPPED: an installed agent in /usr/local/lib/banger would be found instead");
+        return;
+    }
+    // The env's own dirs, with these binaries and no agent named.
+    let template = env.cmd(&[]);
+    let out = Command::new(bins.join("banger"))
+        .args(["doctor", "--json"])
+        .envs(template.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("BANGER_DAEMON_BIN", bins.join("bangerd"))
+        .env_remove("BANGER_AGENT_BIN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let agent = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "agent")
+        .expect("doctor has an agent line")
+        .clone();
+    assert_eq!(agent["status"], "warn", "{agent}");
+    let detail = agent["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("found no banger-agent binary the guest can run")
+            && detail.contains("banger-agent is dynamically linked")
+            && detail.contains(HOW_TO_BUILD),
+        "{detail}"
+    );
+    env.run(&["daemon", "stop"]);
+}
+
+#[test]
+fn an_exec_whose_guest_stops_answering_ends_on_interrupts_with_125() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let _permit = boot_permit();
+    create(&env, "hang");
+    let engine = vm_json(&env, "hang")["pid"].as_u64().unwrap() as u32;
+
+    // Each round: a command that runs until interrupted, then the whole
+    // guest frozen (the engine stopped), then our signals.
+    let rounds: [(&str, &[&str], Duration); 2] = [
+        ("a second Ctrl-C", &["INT", "INT"], Duration::from_secs(2)),
+        (
+            "the grace after one SIGTERM",
+            &["TERM"],
+            Duration::from_secs(6),
+        ),
+    ];
+    for (what, signals, limit) in rounds {
+        let mut exec = env
+            .cmd(&[
+                "vm",
+                "exec",
+                "hang",
+                "--",
+                "sh",
+                "-c",
+                "echo started; sleep 1000",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(exec.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "started\n", "{what}");
+        signal(engine, "STOP");
+        for sig in signals {
+            signal(exec.id(), sig);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let ended = exit_within(&mut exec, Duration::from_secs(15));
+        signal(engine, "CONT");
+        let (code, took) = ended.unwrap_or_else(|| panic!("{what}: banger still runs after 15 s"));
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut exec.stderr.take().unwrap(), &mut err);
+        eprintln!("{what}: exit {code:?} after {took:?}: {}", err.trim_end());
+        assert_eq!(code, Some(125), "{what}: {err}");
+        assert!(took < limit, "{what}: took {took:?}");
+        assert!(err.contains("stopped waiting"), "{what}: {err}");
+    }
+
+    // The guest answers again once it runs, and its agent is still there.
+    let out = env.ok(&["vm", "exec", "hang", "--", "echo", "back"]);
+    assert_eq!(out, "back\n");
+    env.ok(&["vm", "delete", "hang"]);
+}
+
+#[test]
+fn a_guest_whose_kernel_panics_shows_failed_with_the_panic() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let _permit = boot_permit();
+    create(&env, "doomed");
+    let out = env.run(&[
+        "vm",
+        "exec",
+        "doomed",
+        "--",
+        "sh",
+        "-c",
+        "echo c > /proc/sysrq-trigger",
+    ]);
+    assert_eq!(out.status.code(), Some(125), "the guest went away mid-exec");
+    let t0 = Instant::now();
+    let mut last = serde_json::Value::Null;
+    let failed = wait_until(Duration::from_secs(2), || {
+        last = vm_json(&env, "doomed");
+        last["state"] == "failed"
+    });
+    assert!(
+        failed,
+        "not failed {:?} after the exec: {last}",
+        t0.elapsed()
+    );
+    let error = last["last_error"].as_str().unwrap_or_default();
+    eprintln!("failed after {:?}: {error}", t0.elapsed());
+    assert!(
+        error.starts_with("the guest stopped unexpectedly: ")
+            && (error.contains("Kernel panic") || error.contains("sysrq")),
+        "{error}"
+    );
+    assert!(last["pid"].is_null(), "{last}");
+    env.ok(&["vm", "delete", "doomed"]);
+}
