@@ -19,7 +19,7 @@ use banger_api::paths::Paths;
 use banger_sys::command::{Runner, SystemRunner};
 use banger_sys::net::link::{Links, NetlinkLinks};
 use banger_sys::net::tap::{Taps, TunTaps};
-use banger_sys::spawn::SystemSpawner;
+use banger_sys::spawn::{Spawner, SystemSpawner};
 use std::sync::Arc;
 
 /// What the services reach the host through.
@@ -35,11 +35,15 @@ pub struct Deps {
     pub home: std::path::PathBuf,
     /// Where the DNS server reads the VMs' names (see `net::network`).
     pub dns_hosts_dir: std::path::PathBuf,
+    /// Starts the helper processes a boot needs (user mode's passt).
+    pub spawner: Arc<dyn Spawner>,
+    /// passt's program for user mode; `None`: QEMU's slirp only.
+    pub passt_bin: Option<std::path::PathBuf>,
 }
 
 impl Deps {
     /// The real ones: QEMU, the system's programs, netlink, `/dev/net/tun`,
-    /// dnsmasq.
+    /// dnsmasq, passt.
     pub fn system(config: &Config, paths: &Paths) -> Result<Deps, Error> {
         let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
         let qemu = QemuEngine::new(
@@ -61,6 +65,8 @@ impl Deps {
                 .map(Into::into)
                 .unwrap_or_else(|| "/".into()),
             dns_hosts_dir: crate::net::network::public_hosts_dir(&paths.state_dir),
+            spawner: Arc::new(SystemSpawner),
+            passt_bin: Some("passt".into()),
         })
     }
 }
@@ -118,6 +124,8 @@ impl Services {
             runner: deps.runner.clone(),
             network: network.clone(),
             home: deps.home.clone(),
+            spawner: deps.spawner.clone(),
+            passt_bin: deps.passt_bin.clone(),
         });
         let doctor = Arc::new(Doctor::new(
             paths.clone(),

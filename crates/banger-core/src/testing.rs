@@ -1,7 +1,8 @@
 //! A daemon's services on fakes, for unit tests of the lifecycle and the
 //! capabilities: the fake engine (the real agent server behind a socket
 //! pair), fake links and taps, a runner that copies files but runs nothing,
-//! no DNS server, a `:memory:` store, and temp dirs for state and sockets.
+//! a spawner that starts nothing (so user mode is QEMU's slirp), no DNS
+//! server, a `:memory:` store, and temp dirs for state and sockets.
 //! Needs no root and no VM.
 
 use crate::capability::{self, Pipeline};
@@ -17,6 +18,7 @@ use banger_api::{CreateVm, EngineKind, NetworkMode, Operation, OperationState};
 use banger_sys::command::{Cmd, CommandError, Output, Runner};
 use banger_sys::net::fake::FakeLinks;
 use banger_sys::net::link::Links;
+use banger_sys::spawn::RecordingSpawner;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -171,6 +173,8 @@ impl Harness {
             privileged: setup.privileged,
             home: root.path().join("home"),
             dns_hosts_dir: root.path().join("dns-hosts"),
+            spawner: Arc::new(RecordingSpawner::missing()),
+            passt_bin: None,
         };
         let make = setup
             .capabilities
@@ -202,6 +206,8 @@ impl Harness {
             privileged: true,
             home: self.paths.state_dir.join("../home"),
             dns_hosts_dir: self.paths.state_dir.join("../dns-hosts"),
+            spawner: Arc::new(RecordingSpawner::missing()),
+            passt_bin: None,
         };
         self.services = Services::with_capabilities(
             self.paths.clone(),

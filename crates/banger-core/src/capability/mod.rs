@@ -177,6 +177,11 @@ pub struct Deps {
     pub network: Arc<crate::net::Network>,
     /// The daemon user's home: `~/` of file sync, the global git config.
     pub home: std::path::PathBuf,
+    /// Starts the helper processes a boot needs (user mode's passt).
+    pub spawner: Arc<dyn banger_sys::spawn::Spawner>,
+    /// passt's program (looked up in `PATH` at each boot); `None`: user
+    /// mode always uses QEMU's slirp.
+    pub passt_bin: Option<std::path::PathBuf>,
 }
 
 /// The daemon's capabilities, in order. Add a line here for a new one.
@@ -190,7 +195,12 @@ pub fn standard(deps: &Deps) -> Pipeline {
             deps.config.ssh_key.clone(),
         )),
         Arc::new(bridge::BridgeNet::new(deps.network.clone())),
-        Arc::new(user_net::UserNet::new(deps.config.egress)),
+        Arc::new(user_net::UserNet::new(
+            deps.config.egress,
+            deps.spawner.clone(),
+            deps.passt_bin.clone(),
+            &deps.paths,
+        )),
         Arc::new(git_identity::GitIdentity::new(
             deps.runner.clone(),
             deps.home.clone(),

@@ -66,6 +66,9 @@ pub enum Nic {
         restrict: bool,
         forwards: Vec<banger_api::PortForward>,
     },
+    /// A user-mode network served by another process (passt) on a unix
+    /// stream socket; forwards and policy are that process's.
+    Stream { socket: PathBuf, mac: String },
 }
 
 /// Everything an engine needs to boot one VM.

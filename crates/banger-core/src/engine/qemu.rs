@@ -201,6 +201,13 @@ pub fn argv(spec: &MachineSpec) -> Vec<String> {
                 }
                 (netdev, mac)
             }
+            Nic::Stream { socket, mac } => (
+                format!(
+                    "stream,id=net{i},server=off,addr.type=unix,addr.path={}",
+                    option_value(socket)
+                ),
+                mac,
+            ),
         };
         push(&["-netdev", &netdev]);
         push(&[
@@ -773,6 +780,26 @@ mod tests {
             &a,
             "-netdev",
             "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80"
+        ));
+    }
+
+    #[test]
+    fn a_stream_nic_connects_to_its_socket_as_a_client() {
+        let mut sp = spec(Accel::Tcg);
+        sp.nics = vec![Nic::Stream {
+            socket: "/run/b/a,b/net.sock".into(),
+            mac: "52:54:00:01:02:03".into(),
+        }];
+        let a = argv(&sp);
+        assert!(has_pair(
+            &a,
+            "-netdev",
+            "stream,id=net0,server=off,addr.type=unix,addr.path=/run/b/a,,b/net.sock"
+        ));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtio-net-device,netdev=net0,mac=52:54:00:01:02:03"
         ));
     }
 }

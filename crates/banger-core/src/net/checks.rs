@@ -1,5 +1,6 @@
 //! `banger doctor`'s network lines: the default mode, the tools bridge mode
-//! and `vm ssh` need, and the bridge, NAT, forwarding and DNS state.
+//! and `vm ssh` need, user mode's backend (passt, or slirp without it), and
+//! the bridge, NAT, forwarding and DNS state.
 
 use super::Network;
 use crate::doctor::check;
@@ -30,6 +31,20 @@ impl Network {
                 ));
             }
         }
+        out.push(match which("passt") {
+            Some(_) => check(
+                "user-net",
+                CheckStatus::Pass,
+                "passt serves user mode: guests reach the host's loopback only with --host-access",
+                None,
+            ),
+            None => check(
+                "user-net",
+                CheckStatus::Warn,
+                "passt not found: user mode falls back to QEMU's slirp, whose guests reach every service on the host's 127.0.0.1 (through 10.0.2.2)",
+                Some("apt-get install passt"),
+            ),
+        });
         if !self.privileged() {
             out.push(check(
                 "bridge",

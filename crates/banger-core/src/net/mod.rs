@@ -1,14 +1,16 @@
 //! Networking of VMs: the bridge-mode host side as a service
 //! ([`network::Network`]: bridge, NAT, DNS, taps from a warm pool, address
-//! leases), the address allocator, the DNS server it drives, and the plain
-//! rules shared by the network capabilities (MACs, loopback ports, user
-//! mode's fixed guest addresses, how `vm ssh` reaches a guest). Kernel
+//! leases), the address allocator, the DNS server it drives, user mode's
+//! passt process ([`passt`]), and the plain rules shared by the network
+//! capabilities (MACs, loopback ports, user mode's fixed guest addresses,
+//! how `vm ssh` reaches a guest). Kernel
 //! objects are reached only through `banger_sys::net`'s traits.
 
 pub mod checks;
 pub mod dns;
 pub mod ipam;
 pub mod network;
+pub mod passt;
 pub mod tap_pool;
 
 pub use network::{Network, NetworkDeps};
@@ -27,6 +29,8 @@ pub enum NetError {
     Forwarding(#[from] banger_sys::net::nft::ForwardingError),
     #[error(transparent)]
     Dns(#[from] banger_sys::net::dnsmasq::DnsmasqError),
+    #[error(transparent)]
+    Passt(#[from] passt::PasstError),
     #[error("vm {vm:?} has no address lease")]
     NoLease { vm: String },
     #[error("cannot create {path}")]
@@ -57,7 +61,8 @@ pub fn free_loopback_port() -> std::io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// The guest side of user mode (QEMU's slirp defaults).
+/// The guest side of user mode (QEMU's slirp defaults, which passt is
+/// told to match).
 pub mod user {
     pub const ADDRESS: &str = "10.0.2.15/24";
     pub const GATEWAY: &str = "10.0.2.2";

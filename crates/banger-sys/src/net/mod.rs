@@ -228,8 +228,42 @@ pub fn mac_from_id(id: &str) -> MacAddr {
     MacAddr([0x52, 0x54, 0x00, h[5], h[6], h[7]])
 }
 
+/// Whether this network namespace has an IPv4 default route (read from
+/// `/proc/net/route`): what a user-mode backend such as passt needs to find
+/// its outbound interface.
+pub fn has_ipv4_default_route() -> bool {
+    std::fs::read_to_string("/proc/net/route").is_ok_and(|t| routes_have_default(&t))
+}
+
+/// Whether a `/proc/net/route` text has a default route that is up.
+fn routes_have_default(text: &str) -> bool {
+    text.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // Iface Destination Gateway Flags RefCnt Use Metric Mask …; RTF_UP = 1.
+        f.len() > 7
+            && f[1] == "00000000"
+            && f[7] == "00000000"
+            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & 1 == 1)
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_default_route_is_destination_and_mask_zero_and_up() {
+        let head =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+        let subnet = "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        let default = "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert!(super::routes_have_default(&format!(
+            "{head}{subnet}{default}"
+        )));
+        assert!(!super::routes_have_default(&format!("{head}{subnet}")));
+        assert!(!super::routes_have_default(head));
+        let down = default.replace("\t0003\t", "\t0002\t");
+        assert!(!super::routes_have_default(&format!("{head}{down}")));
+    }
+
     use super::*;
 
     #[test]
