@@ -25,7 +25,7 @@ pub enum Command {
     #[command(subcommand)]
     Image(ImageCommand),
     /// Check that this host can run VMs.
-    Doctor(JsonFlag),
+    Doctor(DoctorArgs),
     /// Inspect or stop the banger daemon.
     #[command(subcommand)]
     Daemon(DaemonCommand),
@@ -290,6 +290,16 @@ pub struct NameArg {
 pub struct NamesArg {
     #[arg(required = true, value_name = "NAME")]
     pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Remove what banger left behind that no VM owns, and say what.
+    #[arg(long)]
+    pub fix: bool,
 }
 
 #[derive(Debug, Args)]

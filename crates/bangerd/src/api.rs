@@ -29,6 +29,7 @@ pub struct AppState {
     pub images: Arc<Images>,
     pub ops: Arc<Operations>,
     pub doctor: Arc<Doctor>,
+    pub network: Arc<banger_core::net::Network>,
     pub paths: Paths,
     pub started_at: i64,
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
@@ -47,6 +48,7 @@ impl AppState {
             images: services.images.clone(),
             ops: services.ops.clone(),
             doctor: services.doctor.clone(),
+            network: services.network.clone(),
             paths,
             started_at: banger_sys::clock::unix_now(),
             shutdown: Arc::new(shutdown),
@@ -97,6 +99,7 @@ pub fn app(state: AppState) -> Router {
             get(crate::streams::operation_events),
         )
         .route("/v1/doctor", get(doctor))
+        .route("/v1/doctor/fix", post(doctor_fix))
         .with_state(state)
 }
 
@@ -294,7 +297,32 @@ async fn show_operation(
 }
 
 async fn doctor(State(s): State<AppState>) -> Json<banger_api::DoctorReport> {
-    Json(s.doctor.report().await)
+    Json(report(&s, false).await)
+}
+
+/// `POST /v1/doctor/fix`: the report, with what was left behind removed.
+async fn doctor_fix(State(s): State<AppState>) -> Json<banger_api::DoctorReport> {
+    Json(report(&s, true).await)
+}
+
+async fn report(s: &AppState, fix: bool) -> banger_api::DoctorReport {
+    let mut report = s.doctor.report().await;
+    let leaks: Vec<banger_api::Check> = s
+        .vms
+        .leaks(fix)
+        .into_iter()
+        .chain(s.network.leaks(fix))
+        .collect();
+    if leaks.is_empty() {
+        report.checks.push(banger_api::Check {
+            name: "leaks".into(),
+            status: banger_api::CheckStatus::Pass,
+            detail: "nothing left behind: no stray process, directory, tap or bridge".into(),
+            fix: None,
+        });
+    }
+    report.checks.extend(leaks);
+    report
 }
 
 #[derive(serde::Deserialize)]

@@ -9,6 +9,7 @@
 pub mod checks;
 pub mod dns;
 pub mod ipam;
+pub mod leaks;
 pub mod network;
 pub mod passt;
 pub mod tap_pool;

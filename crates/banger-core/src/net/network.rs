@@ -388,7 +388,7 @@ impl Network {
     /// The shared host side lives exactly as long as a bridge VM of this
     /// instance runs: with none, the NAT table, the DNS server and the
     /// bridge go (each best-effort and idempotent).
-    fn remove_shared(&self) {
+    pub(crate) fn remove_shared(&self) {
         if let Err(e) = Nft::new(&*self.deps.runner).remove_nat(&self.deps.config.nft_table) {
             tracing::warn!(error = %crate::error::chain(&e), "cannot remove the nat table");
         }
@@ -400,6 +400,14 @@ impl Network {
         {
             tracing::warn!(error = %crate::error::chain(&e), "cannot delete the bridge");
         }
+    }
+
+    /// Taps held by an attached VM or the pool, and whether no VM is attached.
+    pub(crate) fn held_taps(&self) -> (Vec<String>, bool) {
+        let st = self.state();
+        let mut held: Vec<String> = st.attached.values().map(|a| a.tap.clone()).collect();
+        held.extend(st.pool.taps());
+        (held, st.attached.is_empty())
     }
 
     /// The prefix of this instance's taps.

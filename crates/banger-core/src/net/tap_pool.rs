@@ -49,6 +49,10 @@ impl TapPool {
         self.idle.iter().any(|t| t == tap)
     }
 
+    pub fn taps(&self) -> Vec<String> {
+        self.idle.clone()
+    }
+
     pub fn drain(&mut self) -> Vec<String> {
         std::mem::take(&mut self.idle)
     }
@@ -79,5 +83,61 @@ mod tests {
             instance_prefix(std::path::Path::new("/home/u/.local/state/banger"))
         );
         assert!(banger_sys::net::validate_ifname(&n).is_ok());
+    }
+
+    #[test]
+    fn every_tap_name_of_every_instance_fits_the_kernel_and_is_recognisably_ours() {
+        use rand::{Rng, SeedableRng};
+        use std::os::unix::ffi::OsStrExt;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x7a9);
+        for _ in 0..2_000 {
+            // Any state dir, UTF-8 or not.
+            let len = rng.gen_range(0..200);
+            let dir: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+            let prefix = instance_prefix(std::path::Path::new(std::ffi::OsStr::from_bytes(&dir)));
+            for _ in 0..50 {
+                let n = new_tap_name(&prefix);
+                assert!(n.len() <= 15, "{n:?} is over 15 bytes");
+                assert!(banger_sys::net::validate_ifname(&n).is_ok(), "{n:?}");
+                let suffix = n
+                    .strip_prefix(prefix.as_str())
+                    .expect("the instance prefix");
+                assert!(n.starts_with(TAP_PREFIX), "{n:?}");
+                assert!(
+                    prefix.len() + suffix.len() == 15
+                        && n[TAP_PREFIX.len()..]
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                    "{n:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_pool_never_holds_more_than_its_size_under_any_sequence() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x7a9);
+        let mut pool = TapPool::default();
+        let mut model: Vec<String> = Vec::new();
+        for i in 0..20_000 {
+            let size = rng.gen_range(0..4);
+            match rng.gen_range(0..3) {
+                0 => {
+                    let tap = format!("t{i}");
+                    let back = pool.offer(tap.clone(), size);
+                    if model.len() < size {
+                        assert_eq!(back, None);
+                        model.push(tap);
+                    } else {
+                        assert_eq!(back, Some(tap));
+                    }
+                }
+                1 => assert_eq!(pool.take(), model.pop()),
+                _ => assert_eq!(pool.missing(size), size.saturating_sub(model.len())),
+            }
+            assert!(model.iter().all(|t| pool.contains(t)));
+        }
+        assert_eq!(pool.drain(), model);
     }
 }

@@ -8,6 +8,7 @@
 pub mod boot;
 pub mod create;
 pub mod delete;
+pub mod leaks;
 pub mod lifecycle;
 pub mod monitor;
 pub mod names;

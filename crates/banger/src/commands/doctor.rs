@@ -1,5 +1,6 @@
 //! `banger doctor`: the daemon's checks of this host, one line each, with
-//! what to do about warnings and failures. Exits 1 if any check fails.
+//! what to do about warnings and failures, and (`--fix`) removal of what
+//! banger left behind that no VM owns. Exits 1 if any check fails.
 
 use anyhow::Context as _;
 use banger_api::{CheckStatus, DoctorReport};
@@ -8,9 +9,13 @@ use super::Context;
 use crate::exit;
 use crate::output;
 
-pub async fn run(ctx: &Context, json: bool) -> anyhow::Result<i32> {
+pub async fn run(ctx: &Context, json: bool, fix: bool) -> anyhow::Result<i32> {
     let client = ctx.client().await?;
-    let raw: serde_json::Value = client.get("/v1/doctor").await?;
+    let raw: serde_json::Value = if fix {
+        client.post_empty("/v1/doctor/fix").await?
+    } else {
+        client.get("/v1/doctor").await?
+    };
     let report: DoctorReport = serde_json::from_value(raw.clone())
         .context("the daemon's doctor report is not what this banger expects")?;
     if json {

@@ -91,7 +91,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<i32> {
             ImageCommand::Show(args) => image::show(ctx, &args.name, args.json).await,
             ImageCommand::Delete(arg) => image::delete(ctx, &arg.name).await,
         },
-        Command::Doctor(flag) => doctor::run(ctx, flag.json).await,
+        Command::Doctor(args) => doctor::run(ctx, args.json, args.fix).await,
         Command::Daemon(cmd) => daemon_cmd::run(ctx, cmd).await,
     }
 }

@@ -1,0 +1,107 @@
+//! `banger doctor --fix` removes what an instance left behind that no VM
+//! owns, and `banger doctor` lists it first: a tap with this instance's
+//! prefix, dnsmasq and the bridge up with no bridge VM, a VM directory with
+//! an overlay and no row, and a process carrying one of the instance's VM
+//! socket paths. Everything is planted inside a network namespace the test
+//! makes (root needed); no VM boots.
+
+use banger_e2e::{Env, process_alive, skip_unless_root_with, wait_until};
+use std::process::Command;
+use std::time::Duration;
+
+fn leaks(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "leak")
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap().to_string(),
+                c["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn doctor_lists_and_fix_removes_a_leaked_tap_dnsmasq_bridge_overlay_and_process() {
+    if skip_unless_root_with("a network namespace, taps and dnsmasq", &["dnsmasq", "ip"]) {
+        return;
+    }
+    let env = Env::in_netns("network = \"none\"\n");
+    env.ok(&["vm", "list"]); // the daemon runs, reconciled and clean
+    let prefix = banger_core::net::tap_pool::instance_prefix(&env.state_dir());
+    let tap = format!("{prefix}dead01");
+    let sh = |script: &str| {
+        let st = env.host_cmd("sh").args(["-c", script]).status().unwrap();
+        assert!(st.success(), "{script}");
+    };
+    sh(&format!(
+        "ip tuntap add name {tap} mode tap && ip link add banger0 type bridge"
+    ));
+    let dns = env.runtime_dir().join("dns");
+    std::fs::create_dir_all(&dns).unwrap();
+    sh(&format!(
+        "dnsmasq --port=0 --conf-file=/dev/null --pid-file={}",
+        dns.join("dnsmasq.pid").display()
+    ));
+    let orphan = env.state_dir().join("vms/0123456789abcdef");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("root.qcow2"), b"overlay").unwrap();
+    let mark = env.runtime_dir().join("vms/0123456789abcdef/qmp.sock");
+    let mut stray = Command::new("sh")
+        .args(["-c", "sleep 600"])
+        .arg(&mark)
+        .spawn()
+        .unwrap();
+    let stray_pid = stray.id();
+
+    let found = leaks(&env.json(&["doctor", "--json"]));
+    let text = format!("{found:?}");
+    for want in [
+        tap.as_str(),
+        "dnsmasq",
+        "bridge banger0",
+        "0123456789abcdef",
+        "process",
+    ] {
+        assert!(text.contains(want), "doctor lists {want}: {text}");
+    }
+    assert!(found.iter().all(|(s, _)| s == "warn"), "{text}");
+
+    let out = env.run(&["doctor", "--fix", "--json"]);
+    let fixed = leaks(&serde_json::from_slice(&out.stdout).unwrap());
+    assert!(
+        !fixed.is_empty()
+            && fixed
+                .iter()
+                .all(|(s, d)| s == "pass" && d.starts_with("removed: ")),
+        "{fixed:?}"
+    );
+    let _ = stray.wait();
+    assert!(!process_alive(stray_pid), "the stray process is gone");
+    assert!(!orphan.exists(), "the orphan overlay is gone");
+    let link = |name: &str| {
+        env.host_cmd("ip")
+            .args(["link", "show", name])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!link(&tap) && !link("banger0"), "tap and bridge are gone");
+    assert!(
+        wait_until(Duration::from_secs(5), || !dns.join("dnsmasq.pid").exists()),
+        "dnsmasq is stopped"
+    );
+    let after = env.json(&["doctor", "--json"]);
+    assert!(leaks(&after).is_empty(), "{:?}", leaks(&after));
+    assert!(
+        after["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "leaks" && c["status"] == "pass")
+    );
+}
