@@ -35,7 +35,9 @@
 //! | POST | `/v1/vms/{name}/sessions/{s}/stop` | → [`Session`] once it has ended |
 //! | GET | `/v1/doctor` | → [`DoctorReport`] |
 //!
-//! Every error is an [`ApiError`] body with a stable [`ErrorCode`].
+//! Every error is an [`ApiError`] body with a stable [`ErrorCode`]. Request
+//! bodies refuse fields they do not have (`invalid`, naming the field), so
+//! a misspelt or newer option is never silently dropped.
 
 pub mod error;
 pub mod modes;
@@ -158,6 +160,7 @@ impl PortForward {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct CreateVm {
     #[serde(default)]
     pub name: Option<String>,
@@ -308,6 +311,7 @@ pub struct Image {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct BuildImage {
     /// Defaults to the preset's name.
     #[serde(default)]
@@ -330,6 +334,7 @@ pub struct BuildImage {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterImage {
     pub name: String,
     /// Absolute host paths.
@@ -400,6 +405,7 @@ pub struct SshTarget {
 
 /// `POST /v1/vms/{name}/workspace`: copy a host checkout into the guest.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct PrepareWorkspace {
     /// Absolute host path inside the checkout.
     pub from: String,
@@ -418,6 +424,7 @@ pub struct PrepareWorkspace {
 
 /// `POST /v1/vms/{name}/workspace/export`: the guest's commits back out.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct ExportWorkspace {
     /// Create this branch in the host checkout (never checked out).
     #[serde(default)]
@@ -436,6 +443,7 @@ pub struct ExportWorkspace {
 
 /// `POST /v1/vms/{name}/sessions`: start a long-lived command in the guest.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct StartSession {
     /// 1-63 characters of `a-z`, `0-9`, `.`, `_`, `-`.
     pub name: String,
@@ -550,5 +558,98 @@ mod tests {
             serde_json::to_string(&ev).unwrap(),
             r#"{"event":"stage_started","name":"boot","label":"boot"}"#
         );
+    }
+
+    #[test]
+    fn every_request_refuses_an_unknown_field_by_name() {
+        fn refused<T: serde::de::DeserializeOwned + std::fmt::Debug>(json: &str) -> String {
+            serde_json::from_str::<T>(json)
+                .expect_err("an unknown field is refused")
+                .to_string()
+        }
+        let errors = [
+            refused::<CreateVm>(r#"{"name":"web","cpu":2}"#),
+            refused::<BuildImage>(r#"{"preset":"debian","cpu":2}"#),
+            refused::<RegisterImage>(r#"{"name":"a","kernel":"/k","rootfs":"/r","cpu":2}"#),
+            refused::<PrepareWorkspace>(r#"{"from":"/src","cpu":2}"#),
+            refused::<ExportWorkspace>(r#"{"branch":"b","cpu":2}"#),
+            refused::<StartSession>(r#"{"name":"s","argv":["true"],"cpu":2}"#),
+        ];
+        for e in errors {
+            assert!(e.contains("unknown field `cpu`"), "{e}");
+        }
+        // Known fields, and absent optional ones, still decode.
+        let req: CreateVm = serde_json::from_str(r#"{"name":"web","cpus":2}"#).unwrap();
+        assert_eq!(req.cpus, Some(2));
+    }
+
+    /// An independent reading of the rule: a DNS label of at most 63
+    /// characters of `[a-z0-9-]`, not starting or ending with `-`.
+    fn is_dns_label(name: &str) -> bool {
+        let b = name.as_bytes();
+        let ld = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        (1..=63).contains(&b.len())
+            && b.first().is_some_and(ld)
+            && b.last().is_some_and(ld)
+            && b.iter().all(|c| ld(c) || *c == b'-')
+    }
+
+    fn check_name(name: &str) {
+        let verdict = validate_vm_name(name);
+        assert_eq!(verdict.is_ok(), is_dns_label(name), "{name:?}: {verdict:?}");
+        if let Err(e) = verdict {
+            assert!(
+                e.starts_with("vm name ") && e.contains(&format!("{name:?}")),
+                "{e}"
+            );
+            let image = validate_image_name(name).unwrap_err();
+            assert!(image.starts_with("image name "), "{image}");
+        } else {
+            assert!(validate_image_name(name).is_ok());
+        }
+    }
+
+    #[test]
+    fn names_are_accepted_exactly_when_they_are_dns_labels() {
+        // Every string of up to four characters from an alphabet with each
+        // class the rule cares about.
+        const ALPHABET: &[char] = &['a', 'z', '0', '9', '-', 'A', '_', '.', ' ', 'é'];
+        let mut frontier = vec![String::new()];
+        let mut names = frontier.clone();
+        for _ in 0..4 {
+            frontier = frontier
+                .iter()
+                .flat_map(|n| ALPHABET.iter().map(move |c| format!("{n}{c}")))
+                .collect();
+            names.extend(frontier.iter().cloned());
+        }
+        assert_eq!(names.len(), 1 + 10 + 100 + 1000 + 10_000);
+        for n in &names {
+            check_name(n);
+        }
+        // Random longer ones around the length limit (xorshift: no
+        // dependency, and the same strings every run).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..50_000 {
+            let len = 55 + (next() % 12) as usize;
+            let name: String = (0..len)
+                .map(|_| match next() % 40 {
+                    0 => '-',
+                    1 => 'Q',
+                    2 => '_',
+                    n => ALPHABET[..4][(n % 4) as usize],
+                })
+                .collect();
+            check_name(&name);
+        }
+        check_name(&"a".repeat(63));
+        check_name(&"a".repeat(64));
+        check_name(&format!("{}-", "a".repeat(62)));
     }
 }
