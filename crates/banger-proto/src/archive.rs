@@ -94,6 +94,8 @@ pub enum ArchiveError {
         "archive does not start with its root (an entry with the empty path) but with {path:?}"
     )]
     NoRoot { path: String },
+    #[error("archive ends before its root entry: an archive holds at least its root")]
+    EndBeforeRoot,
     #[error("archive has entry {path:?} after a root that is not a directory")]
     EntryAfterLeafRoot { path: String },
     #[error("archive has bytes after its end marker")]
@@ -190,6 +192,9 @@ impl<W: Write> Encoder<W> {
     /// Writes the end marker and hands back the writer.
     pub fn end(mut self) -> Result<W, ArchiveError> {
         self.check_no_open_file()?;
+        if self.entries == 0 {
+            return Err(ArchiveError::EndBeforeRoot);
+        }
         self.put(&[END])?;
         self.out
             .flush()
@@ -335,6 +340,9 @@ impl Decoder {
     fn complete_header(&mut self) -> Result<(), ArchiveError> {
         let h = std::mem::take(&mut self.header);
         if h[0] == END {
+            if self.entries == 0 {
+                return Err(ArchiveError::EndBeforeRoot);
+            }
             self.ended = true;
             self.events.push_back(Event::End);
             return Ok(());

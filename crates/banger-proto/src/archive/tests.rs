@@ -82,6 +82,16 @@ fn a_stream_without_its_end_marker_is_truncated() {
 }
 
 #[test]
+fn an_end_marker_alone_is_not_an_archive() {
+    // Found by the `archive` fuzz target: a rootless stream decoded as
+    // complete, and an unpack then failed only at the swap, naming no cause.
+    let err = decode(&[&[0]]).unwrap_err();
+    assert!(matches!(err, ArchiveError::EndBeforeRoot), "{err}");
+    let err = Encoder::new(Vec::new()).end().unwrap_err();
+    assert!(matches!(err, ArchiveError::EndBeforeRoot), "{err}");
+}
+
+#[test]
 fn bytes_after_the_end_marker_are_rejected() {
     let mut bytes = sample();
     bytes.push(0);
