@@ -420,6 +420,10 @@ pub struct PrepareWorkspace {
     /// Where in the guest; `/root/repo` by default.
     #[serde(default)]
     pub guest_path: Option<String>,
+    /// Only the last N commits of history (a shallow repository), for huge
+    /// repositories (tracked mode).
+    #[serde(default)]
+    pub depth: Option<u32>,
 }
 
 /// `POST /v1/vms/{name}/workspace/export`: the guest's commits back out.

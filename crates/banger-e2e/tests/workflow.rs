@@ -270,6 +270,29 @@ fn a_workspace_is_a_real_checkout_and_its_commits_come_back() {
     );
     assert!(text.contains("Uncommitted changes from the guest") && text.contains("+wip"));
 
+    // A shallow workspace: only the last commit, the same HEAD and status.
+    b.ok(
+        &repo,
+        &[
+            "vm",
+            "workspace",
+            "prepare",
+            "work",
+            "--from",
+            ".",
+            "--depth",
+            "1",
+        ],
+    );
+    assert_eq!(
+        b.sh(
+            "work",
+            "cd /root/repo && git rev-list --count HEAD && git rev-parse HEAD && git status --porcelain"
+        ),
+        format!("1\n{head}{host_status}"),
+        "one commit of history, the host's HEAD and edits"
+    );
+
     // full_copy: ignored files and the submodule's files too.
     b.ok(
         &repo,

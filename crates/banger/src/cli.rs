@@ -103,6 +103,9 @@ pub struct PrepareArgs {
     /// Where in the guest (default /root/repo).
     #[arg(long, value_name = "PATH")]
     pub guest_path: Option<String>,
+    /// Only the last N commits of history (tracked mode; for huge repositories).
+    #[arg(long, value_name = "N")]
+    pub depth: Option<u32>,
 }
 
 #[derive(Debug, Args)]

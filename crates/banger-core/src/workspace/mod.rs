@@ -77,6 +77,15 @@ impl Workspaces {
         let vm_id = self.vm_id(name)?;
         let dest = guest_path(req.guest_path.as_deref())?;
         source::check_excludes(&req.exclude)?;
+        if req.depth == Some(0) {
+            return Err(Error::invalid("--depth", "must be at least 1"));
+        }
+        if req.depth.is_some() && req.mode == WorkspaceMode::FullCopy {
+            return Err(Error::invalid(
+                "--depth",
+                "is for tracked mode: full_copy copies .git as it is",
+            ));
+        }
         if req.git_ref.is_some() && req.mode == WorkspaceMode::FullCopy {
             return Err(Error::invalid(
                 "--ref",
@@ -122,17 +131,9 @@ impl Workspaces {
                     format!("{} files, {:.1} MB", w.files, w.bytes as f64 / 1e6),
                 )
             };
-            source::write_archive(
-                &*runner,
-                &co2,
-                req2.mode,
-                req2.git_ref.as_deref(),
-                &req2.exclude,
-                out,
-                &mut progress,
-            )
-            .map(drop)
-            .map_err(|e| crate::error::chain(&e))
+            source::write_archive(&*runner, &co2, &req2, out, &mut progress)
+                .map(drop)
+                .map_err(|e| crate::error::chain(&e))
         };
         let started = Instant::now();
         let result = agent.unpack_from(dest, produce, |_| {}).await;

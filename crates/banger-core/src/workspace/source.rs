@@ -128,16 +128,25 @@ pub struct Written {
 pub fn write_archive(
     runner: &dyn Runner,
     co: &Checkout,
-    mode: WorkspaceMode,
-    git_ref: Option<&str>,
-    exclude: &[String],
+    req: &banger_api::PrepareWorkspace,
     out: &mut dyn Write,
     progress: &mut dyn FnMut(Written),
 ) -> Result<Written, Error> {
+    let (mode, git_ref, exclude, depth) = (
+        req.mode,
+        req.git_ref.as_deref(),
+        req.exclude.as_slice(),
+        req.depth,
+    );
+    let shallow = match (depth, &co.head) {
+        (Some(n), Some(head)) => Some(shallow_objects(runner, co, head, n)?),
+        _ => None,
+    };
     let mut w = Writer {
         enc: Encoder::new(out),
         done: Written::default(),
         progress,
+        shallow: shallow.as_ref().map(|d| d.path().to_path_buf()),
     };
     let root_mode = std::fs::metadata(&co.top)
         .map(|m| m.permissions().mode())
@@ -196,6 +205,47 @@ struct Writer<'a> {
     enc: Encoder<&'a mut dyn Write>,
     done: Written,
     progress: &'a mut dyn FnMut(Written),
+    /// A bare repository holding only the last commits (`--depth`): its
+    /// objects and `shallow` file stand in for the checkout's.
+    shallow: Option<PathBuf>,
+}
+
+/// The last `depth` commits up to `head`, fetched into a temporary bare
+/// repository (git's own shallow fetch: the checkout is not touched).
+fn shallow_objects(
+    runner: &dyn Runner,
+    co: &Checkout,
+    head: &str,
+    depth: u32,
+) -> Result<tempfile::TempDir, Error> {
+    let tmp = tempfile::tempdir().map_err(Error::io("cannot make a temporary repository"))?;
+    let git_err = |source| Error::Git {
+        dir: co.top.clone(),
+        source,
+    };
+    runner
+        .run(
+            &Cmd::new("git")
+                .args(["init", "-q", "--bare"])
+                .arg(tmp.path()),
+        )
+        .map_err(git_err)?;
+    let url = format!("file://{}", co.top.display());
+    runner
+        .run(
+            &Cmd::new("git")
+                .arg("-C")
+                .arg(tmp.path())
+                .args(["fetch", "-q", "--no-tags", &format!("--depth={depth}")])
+                .args([
+                    "--upload-pack",
+                    "git -c uploadpack.allowAnySHA1InWant=true upload-pack",
+                ])
+                .arg(&url)
+                .arg(head),
+        )
+        .map_err(git_err)?;
+    Ok(tmp)
 }
 
 impl Writer<'_> {
@@ -325,16 +375,30 @@ impl Writer<'_> {
 
     /// The repository as `.git`: the common dir, with this checkout's own
     /// HEAD and index (or a detached commit and an index made for it).
+    /// Shallow (`--depth`): the objects and `shallow` file of the shallow
+    /// fetch, the checkout's loose objects on top (what is staged but not
+    /// committed), and only HEAD's own branch among the refs.
     fn repository(&mut self, co: &Checkout, at: Option<(&str, &Path)>) -> Result<(), Error> {
         self.dir(b".git", 0o755)?;
         let mut rel = b".git".to_vec();
         let own = ["HEAD", "index"];
-        let skip: Vec<String> = own
+        let mut skip: Vec<String> = own
             .iter()
             .map(|s| s.to_string())
             .chain(["worktrees".to_string(), "index.lock".to_string()])
             .collect();
-        self.git_tree(&co.common_dir, &mut rel, &skip)?;
+        if let Some(shallow) = self.shallow.clone() {
+            skip.extend(["objects", "refs", "packed-refs", "shallow", "logs"].map(String::from));
+            self.git_tree(&co.common_dir, &mut rel, &skip)?;
+            self.entry(&shallow.join("shallow"), b".git/shallow")?;
+            self.dir(b".git/objects", 0o755)?;
+            let mut objects = b".git/objects".to_vec();
+            self.git_tree(&shallow.join("objects"), &mut objects, &[])?;
+            self.loose_objects(&co.common_dir.join("objects"), &shallow.join("objects"))?;
+            self.branch_ref(co, at.map(|(c, _)| c))?;
+        } else {
+            self.git_tree(&co.common_dir, &mut rel, &skip)?;
+        }
         match at {
             Some((commit, index)) => {
                 self.bytes(b".git/HEAD", 0o644, format!("{commit}\n").as_bytes())?;
@@ -347,6 +411,61 @@ impl Writer<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The checkout's loose objects the shallow fetch may lack (those it
+    /// has already are not written twice).
+    fn loose_objects(&mut self, objects: &Path, have: &Path) -> Result<(), Error> {
+        let Ok(rd) = std::fs::read_dir(objects) else {
+            return Ok(());
+        };
+        let mut fans: Vec<OsString> = rd
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n.len() == 2 && n.as_bytes().iter().all(u8::is_ascii_hexdigit))
+            .collect();
+        fans.sort();
+        for fan in fans {
+            let rel = [b".git/objects/".as_slice(), fan.as_bytes()].concat();
+            if !have.join(&fan).is_dir() {
+                self.dir(&rel, 0o755)?;
+            }
+            let mut names: Vec<OsString> = std::fs::read_dir(objects.join(&fan))
+                .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            names.sort();
+            for name in names {
+                if have.join(&fan).join(&name).exists() {
+                    continue;
+                }
+                let path = [rel.as_slice(), b"/", name.as_bytes()].concat();
+                self.entry(&objects.join(&fan).join(&name), &path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `refs/heads/<branch>` at HEAD's commit, when HEAD names a branch.
+    fn branch_ref(&mut self, co: &Checkout, detached: Option<&str>) -> Result<(), Error> {
+        self.dir(b".git/refs", 0o755)?;
+        self.dir(b".git/refs/heads", 0o755)?;
+        self.dir(b".git/refs/tags", 0o755)?;
+        let (Some(head), None) = (&co.head, detached) else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(co.git_dir.join("HEAD")).unwrap_or_default();
+        let Some(branch) = text.trim().strip_prefix("ref: refs/heads/") else {
+            return Ok(());
+        };
+        let mut parent = b".git/refs/heads".to_vec();
+        let parts: Vec<&str> = branch.split('/').collect();
+        for dir in &parts[..parts.len() - 1] {
+            parent.extend_from_slice(b"/");
+            parent.extend_from_slice(dir.as_bytes());
+            self.dir(&parent, 0o755)?;
+        }
+        let path = format!(".git/refs/heads/{branch}");
+        self.bytes(path.as_bytes(), 0o644, format!("{head}\n").as_bytes())
     }
 
     /// `dir` into archive path `rel`, skipping top-level `skip` names.

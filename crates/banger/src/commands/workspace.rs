@@ -51,6 +51,7 @@ pub async fn prepare(ctx: &Context, args: PrepareArgs) -> anyhow::Result<i32> {
         git_ref: args.git_ref,
         exclude: args.exclude,
         guest_path: args.guest_path,
+        depth: args.depth,
     };
     prepare_in(&client, &args.name, req, Style::for_stderr()).await?;
     Ok(0)
