@@ -511,6 +511,35 @@ impl Drop for Env {
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+        // A test that failed half-way may have left an engine the daemon no
+        // longer knows: anything still naming this env's files goes with it.
+        kill_processes_naming(self.root.path());
+    }
+}
+
+/// SIGKILL every process whose command line mentions `dir`.
+fn kill_processes_naming(dir: &Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
     }
 }
 
