@@ -69,12 +69,17 @@ async fn run() -> anyhow::Result<()> {
     let store = Store::open(&paths.state_dir.join("banger.db"))?;
     let deps = Deps::system(&config, &paths)?;
     let services = Services::new(paths.clone(), config, store, deps)?;
+    let reconcile_began = std::time::Instant::now();
     services.images.reconcile();
     services
         .vms
         .reconcile()
         .await
         .context("reconcile at start-up")?;
+    tracing::info!(
+        ms = reconcile_began.elapsed().as_millis() as u64,
+        "reconciled images and vms"
+    );
 
     let socket = paths.socket();
     let _ = std::fs::remove_file(&socket); // we hold the lock: any socket here is stale

@@ -15,7 +15,11 @@
 //! clone): (i) `vm workspace prepare` into a Debian guest (user network),
 //! (j) the same tree as `tar | ssh` into the same guest through a warm
 //! ControlMaster, and (k) `vm run --rm -- true` inside that repository,
-//! against (c) outside any. Usage: `bench [RUNS] [--ssh] [--workspace]`
+//! against (c) outside any. With `--reconcile N`: (l) `vm list` answering
+//! after the daemon was killed (SIGKILL) with N recorded VMs, two of them
+//! running (start-up, reconcile adopting two and checking the rest), against
+//! (m) the same on an instance with no VM, the floor of a daemon start.
+//! Usage: `bench [RUNS] [--ssh] [--workspace] [--reconcile N]`
 //! (default 5 runs). Uses an isolated banger instance (its own daemon and
 //! state) and the shared download cache.
 
@@ -308,6 +312,51 @@ fn workspace_vs_tar_ssh(env: &Env, repo: &BigRepo, runs: usize) -> (Vec<f64>, Ve
     (i, j)
 }
 
+/// Kills the env's daemon and waits until it is gone.
+fn kill_daemon(env: &Env) {
+    let Some(pid) = env.daemon_pid() else { return };
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let dead = banger_e2e::wait_until(Duration::from_secs(10), || !banger_e2e::process_alive(pid));
+    assert!(dead, "the daemon {pid} outlived SIGKILL");
+}
+
+/// (l) and (m): see the module's doc. `env` has the minimal image.
+fn reconcile_after_kill(env: &Env, n: usize, runs: usize) -> (Vec<f64>, Vec<f64>) {
+    assert!(n >= 2, "--reconcile needs at least 2 vms");
+    for i in 0..n {
+        eprintln!("bench: recording vm {}/{n}", i + 1);
+        let name = format!("rec-{i}");
+        env.ok(&["vm", "create", "--name", &name, "--memory", "256"]);
+        if i >= 2 {
+            env.ok(&["vm", "stop", &name]);
+        }
+    }
+    let empty = Env::new("network = \"none\"\n");
+    empty.ok(&["vm", "list"]);
+    let (mut l, mut m) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        eprintln!("bench: reconcile run {}/{runs}", i + 1);
+        kill_daemon(env);
+        let mut list = String::new();
+        l.push(timed(|| list = env.ok(&["vm", "list", "--json"])));
+        let vms: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+        let running = vms.iter().filter(|v| v["state"] == "running").count();
+        assert_eq!(
+            (vms.len(), running),
+            (n, 2),
+            "reconcile kept every vm as it was"
+        );
+        kill_daemon(&empty);
+        m.push(timed(|| {
+            empty.ok(&["vm", "list", "--json"]);
+        }));
+    }
+    for i in 0..n {
+        env.ok(&["vm", "delete", &format!("rec-{i}")]);
+    }
+    (l, m)
+}
+
 fn main() {
     let runs: usize = std::env::args()
         .nth(1)
@@ -413,6 +462,14 @@ fn main() {
             env.ok(&["vm", "delete", &name]);
         }
     }
+    let reconcile_n: Option<usize> = std::env::args()
+        .skip_while(|a| a != "--reconcile")
+        .nth(1)
+        .map(|n| n.parse().expect("--reconcile N: a number of vms"));
+    let (l, m) = match reconcile_n {
+        Some(n) => reconcile_after_kill(&env, n, runs),
+        None => (Vec::new(), Vec::new()),
+    };
     let (i, j) = match &big {
         Some(big) => workspace_vs_tar_ssh(&env, big, runs),
         None => (Vec::new(), Vec::new()),
@@ -494,6 +551,19 @@ fn main() {
             mi / mj
         );
         println!("{:<48} {:>10.2}", "(k)/(c)", mk / mc);
+    }
+    if let Some(n) = reconcile_n {
+        let (ml, mm) = (median(l), median(m));
+        println!(
+            "{:<48} {:>10.0}",
+            format!("(l) daemon killed, {n} vms: vm list answers"),
+            ml
+        );
+        println!(
+            "{:<48} {:>10.0}",
+            "(m) daemon killed, no vm: vm list answers", mm
+        );
+        println!("{:<48} {:>10.2}", "(l)/(m)", ml / mm);
     }
     println!("{:<48} {:>10.2}", "(b)/(a)", mb / ma);
     println!("{:<48} {:>10.2}", "(c)/(a)", mc / ma);
