@@ -188,41 +188,65 @@ async fn apply_input<R: AsyncRead + Unpin>(
 
 /// Turns reads from one output into frames; see steps 3 and 5 of the module doc.
 async fn pump<R: AsyncRead + Unpin>(
-    mut src: R,
+    src: R,
     kind: FrameKind,
     frames: mpsc::Sender<Frame>,
-    mut exited: watch::Receiver<bool>,
+    exited: watch::Receiver<bool>,
 ) {
-    let mut buf = vec![0u8; MAX_OUTPUT_FRAME];
-    let mut drain_until: Option<Instant> = None;
-    loop {
-        let read = match drain_until {
-            None => tokio::select! {
-                read = src.read(&mut buf) => read,
-                _ = exited.changed() => {
-                    drain_until = Some(Instant::now() + DRAIN_MAX);
-                    continue;
+    let mut drain = Drain::new(src, exited);
+    while let Some(chunk) = drain.next().await {
+        if frames.send(Frame::new(kind, chunk.to_vec())).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// A command's output stream read to its end: until EOF, or, once `exited`
+/// changes (the command is gone), only while output still comes —
+/// [`DRAIN_IDLE`] apart, [`DRAIN_MAX`] in all — so a background grandchild
+/// holding the pipe cannot keep it open.
+pub struct Drain<R> {
+    src: R,
+    exited: watch::Receiver<bool>,
+    until: Option<Instant>,
+    buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> Drain<R> {
+    pub fn new(src: R, exited: watch::Receiver<bool>) -> Drain<R> {
+        Drain {
+            src,
+            exited,
+            until: None,
+            buf: vec![0u8; MAX_OUTPUT_FRAME],
+        }
+    }
+
+    /// The next chunk (at most [`MAX_OUTPUT_FRAME`] bytes), or `None` at the end.
+    pub async fn next(&mut self) -> Option<&[u8]> {
+        loop {
+            let read = match self.until {
+                None => tokio::select! {
+                    read = self.src.read(&mut self.buf) => read,
+                    _ = self.exited.changed() => {
+                        self.until = Some(Instant::now() + DRAIN_MAX);
+                        continue;
+                    }
+                },
+                Some(deadline) => {
+                    let idle = Instant::now() + DRAIN_IDLE;
+                    match tokio::time::timeout_at(idle.min(deadline), self.src.read(&mut self.buf))
+                        .await
+                    {
+                        Ok(read) => read,
+                        Err(_) => return None,
+                    }
                 }
-            },
-            Some(deadline) => {
-                let idle = Instant::now() + DRAIN_IDLE;
-                match tokio::time::timeout_at(idle.min(deadline), src.read(&mut buf)).await {
-                    Ok(read) => read,
-                    Err(_) => break,
-                }
-            }
-        };
-        match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if frames
-                    .send(Frame::new(kind, buf[..n].to_vec()))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
+            };
+            return match read {
+                Ok(0) | Err(_) => None,
+                Ok(n) => Some(&self.buf[..n]),
+            };
         }
     }
 }

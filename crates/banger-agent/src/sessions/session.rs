@@ -16,13 +16,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use banger_proto::{ExitStatus, SessionInfo, SessionState};
 use rustix::process::Signal;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::scrollback::Scrollback;
-use crate::exec::{DRAIN_IDLE, DRAIN_MAX, MAX_OUTPUT_FRAME};
+use crate::exec::{Drain, MAX_OUTPUT_FRAME};
 
 /// What a session is, before it has any output.
 #[derive(Debug, Clone)]
@@ -259,33 +259,9 @@ pub async fn supervise(
 
 /// Appends what `src` yields to the session until end of stream, or until
 /// drained after the exit (exec's step 5).
-async fn capture<R: AsyncRead + Unpin>(
-    mut src: R,
-    session: &Session,
-    mut exited: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; MAX_OUTPUT_FRAME];
-    let mut drain_until: Option<Instant> = None;
-    loop {
-        let read = match drain_until {
-            None => tokio::select! {
-                read = src.read(&mut buf) => read,
-                _ = exited.changed() => {
-                    drain_until = Some(Instant::now() + DRAIN_MAX);
-                    continue;
-                }
-            },
-            Some(deadline) => {
-                let idle = Instant::now() + DRAIN_IDLE;
-                match tokio::time::timeout_at(idle.min(deadline), src.read(&mut buf)).await {
-                    Ok(read) => read,
-                    Err(_) => break,
-                }
-            }
-        };
-        match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => session.append(&buf[..n]),
-        }
+async fn capture<R: AsyncRead + Unpin>(src: R, session: &Session, exited: watch::Receiver<bool>) {
+    let mut drain = Drain::new(src, exited);
+    while let Some(chunk) = drain.next().await {
+        session.append(chunk);
     }
 }
