@@ -145,22 +145,32 @@ mod tests {
         banger_sys::command::which(program).is_some()
     }
 
-    #[test]
-    fn work_disk_is_grown_once_and_copied_sparsely() {
+    /// A fresh dir holding a 16 MiB ext4 seed, or `None` (the test skips,
+    /// or fails under `BANGER_E2E_REQUIRED=1`) without e2fsprogs.
+    fn small_seed() -> Option<(tempfile::TempDir, PathBuf)> {
         if !have("mkfs.ext4") || !have("resize2fs") {
-            eprintln!("skipped: needs e2fsprogs (mkfs.ext4, resize2fs)");
-            return;
+            banger_sys::skip_test("needs e2fsprogs (mkfs.ext4, resize2fs)");
+            return None;
         }
         let dir = tempfile::tempdir().unwrap();
         let seed = dir.path().join("work-seed.ext4");
+        SystemRunner
+            .run(
+                &Cmd::new("mkfs.ext4")
+                    .args(["-q", "-F"])
+                    .arg(&seed)
+                    .arg("16M"),
+            )
+            .unwrap();
+        Some((dir, seed))
+    }
+
+    #[test]
+    fn work_disk_is_grown_once_and_copied_sparsely() {
+        let Some((dir, seed)) = small_seed() else {
+            return;
+        };
         let r = SystemRunner;
-        r.run(
-            &Cmd::new("mkfs.ext4")
-                .args(["-q", "-F"])
-                .arg(&seed)
-                .arg("16M"),
-        )
-        .unwrap();
         let disk = dir.path().join("work.ext4");
         create_work_disk(&r, &seed, 256, &disk).unwrap();
         assert_eq!(std::fs::metadata(&disk).unwrap().len(), 256 * 1024 * 1024);
@@ -186,23 +196,9 @@ mod tests {
 
     #[test]
     fn concurrent_creates_of_one_size_all_get_a_work_disk() {
-        if !have("mkfs.ext4") || !have("resize2fs") {
-            if std::env::var_os("BANGER_E2E_REQUIRED").is_some() {
-                panic!("needs e2fsprogs (mkfs.ext4, resize2fs)");
-            }
-            eprintln!("skipped: needs e2fsprogs (mkfs.ext4, resize2fs)");
+        let Some((dir, seed)) = small_seed() else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let seed = dir.path().join("work-seed.ext4");
-        let r = SystemRunner;
-        r.run(
-            &Cmd::new("mkfs.ext4")
-                .args(["-q", "-F"])
-                .arg(&seed)
-                .arg("16M"),
-        )
-        .unwrap();
+        };
         // Counts the grows: the race shows as more than one even when no
         // copy happened to be caught by a rename.
         struct Counting(std::sync::atomic::AtomicUsize);

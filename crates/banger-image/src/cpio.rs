@@ -234,7 +234,7 @@ pub(crate) mod tests {
     #[test]
     fn system_cpio_lists_the_archive() {
         let Some(cpio) = banger_sys::command::which("cpio") else {
-            println!("skipping: cpio not found in PATH (apt-get install cpio)");
+            banger_sys::skip_test("needs cpio (apt-get install cpio)");
             return;
         };
         let out = std::process::Command::new(cpio)

@@ -14,3 +14,13 @@ pub mod private_dir;
 pub mod process;
 pub mod pty;
 pub mod spawn;
+
+/// For a test that needs something this host may lack: prints
+/// `SKIPPED: why` so the run shows it, or panics where the suite must run
+/// in full (`BANGER_E2E_REQUIRED=1`, as CI sets).
+pub fn skip_test(why: &str) {
+    if std::env::var_os("BANGER_E2E_REQUIRED").is_some_and(|v| v == "1") {
+        panic!("{why}, and BANGER_E2E_REQUIRED=1 forbids skipping");
+    }
+    println!("SKIPPED: {why}");
+}

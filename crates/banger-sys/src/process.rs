@@ -210,7 +210,7 @@ mod tests {
             .args(["-c", script, "banger-needle"])
             .spawn()
         else {
-            eprintln!("SKIPPED: python3 is not installed");
+            crate::skip_test("needs python3");
             return;
         };
         let pid = child.id();
@@ -271,7 +271,7 @@ mod tests {
             .args(["-c", "sleep 30", &needle])
             .spawn();
         let Ok(child) = child.as_mut() else {
-            eprintln!("SKIPPED: no sh");
+            crate::skip_test("needs sh");
             return;
         };
         // Until its exec, the child still carries the test binary's argv.
