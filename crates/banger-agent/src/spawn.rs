@@ -128,6 +128,7 @@ pub fn spawn(
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(&cwd);
+    banger_sys::process::default_signals_on_exec(&mut cmd);
     let spawn_error = |source| SpawnError::Spawn {
         path: path.clone(),
         source,

@@ -150,6 +150,28 @@ pub fn signal(pid: u32, signal: Signal) -> std::io::Result<()> {
     }
 }
 
+/// Makes `cmd`'s child start with every standard signal at its default
+/// action, whatever this process ignores: ignored signals survive exec, and
+/// a process a shell started in the background ignores SIGINT and SIGQUIT,
+/// so without this a guest command would shrug off the user's Ctrl-C.
+/// (std already empties the child's signal mask.)
+pub fn default_signals_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the hook runs in the forked child before exec. It only calls
+    // `signal(2)`, which is async-signal-safe, allocates nothing and takes
+    // no lock; SIGKILL and SIGSTOP are skipped (they cannot be changed).
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The calling process's effective uid.
 pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
@@ -193,6 +215,34 @@ pub fn kvm_openable() -> Result<(), std::io::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The child's ignored-signal mask, from `/proc/self/status`.
+    fn child_sigign(reset: bool) -> u64 {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "grep SigIgn /proc/self/status"]);
+        if reset {
+            default_signals_on_exec(&mut cmd);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        u64::from_str_radix(text.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap()
+    }
+
+    #[test]
+    fn a_child_gets_default_signals_whatever_its_parent_ignores() {
+        let quit = 1u64 << (libc::SIGQUIT - 1);
+        // SAFETY: SIGQUIT is neither sent nor handled anywhere in these
+        // tests; ignoring it for a moment changes nothing else.
+        unsafe { libc::signal(libc::SIGQUIT, libc::SIG_IGN) };
+        let (inherited, reset) = (child_sigign(false), child_sigign(true));
+        unsafe { libc::signal(libc::SIGQUIT, libc::SIG_DFL) };
+        assert_ne!(
+            inherited & quit,
+            0,
+            "without the reset the child ignores SIGQUIT"
+        );
+        assert_eq!(reset & quit, 0, "with it the child does not");
+    }
 
     #[test]
     fn own_process_is_alive_and_has_a_cmdline() {
