@@ -13,7 +13,6 @@
 //! Owns the targets, the loop and the corpus (`corpus/<target>/`); owns no
 //! decoder (each lives in the crate that uses it).
 
-pub mod alloc;
 pub mod engine;
 pub mod mutate;
 pub mod rng;
@@ -27,7 +26,7 @@ use std::path::PathBuf;
 // Counts allocations per thread, for the targets' memory bounds; only
 // this crate's binary and tests link it.
 #[global_allocator]
-static ALLOC: alloc::Counting = alloc::Counting;
+static ALLOC: banger_sys::alloc::Counting = banger_sys::alloc::Counting;
 
 /// The target's seed corpus in the source tree.
 pub fn corpus_dir(target: &str) -> PathBuf {

@@ -3,6 +3,7 @@
 //! behind small traits or plain functions so the rest of banger is logic that
 //! unit tests drive with fakes.
 
+pub mod alloc;
 pub mod archive;
 pub mod clock;
 pub mod command;

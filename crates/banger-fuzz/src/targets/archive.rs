@@ -14,12 +14,12 @@
 //! encodes back to exactly its bytes.
 
 use super::{STRUCTURED, Target, mix, outcome_of};
-use crate::alloc::peak_during;
 use crate::rng::Rng;
 use arbitrary::Unstructured;
 use banger_proto::archive::{
     Decoder, Encoder, EntryHeader, EntryKind, Event, MAX_PATH, MAX_TARGET, MODE_MASK, check_path,
 };
+use banger_sys::alloc::peak_during;
 
 pub const TARGET: Target = Target {
     name: "archive",

@@ -16,7 +16,6 @@
 //! parses to the same value; a parsed sync or ready line round-trips.
 
 use super::{STRUCTURED, Target, mix, outcome_of};
-use crate::alloc::peak_during;
 use crate::rng::Rng;
 use banger_proto::session::{SessionInfo, SessionRequest};
 use banger_proto::{
@@ -24,6 +23,7 @@ use banger_proto::{
     MAX_FRAME, Resize, SignalMsg, Started, parse_ready, parse_sync, read_frame, ready_line,
     sync_line,
 };
+use banger_sys::alloc::peak_during;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;

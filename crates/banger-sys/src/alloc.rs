@@ -4,8 +4,9 @@
 //! closure ran. Counts are per thread, so tests running side by side do
 //! not see each other's allocations.
 //!
-//! The `#[global_allocator]` is installed by this crate's binary and test
-//! harness; it forwards every call to the system allocator unchanged.
+//! Here because it is `unsafe` (banger-sys holds all of it). banger-fuzz
+//! installs it as its `#[global_allocator]`; it forwards every call to the
+//! system allocator unchanged.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -74,7 +75,7 @@ unsafe impl GlobalAlloc for Counting {
 
 /// Runs `f` and returns its result with the largest number of bytes this
 /// thread held at once while it ran, beyond what it held when it started.
-/// Meaningful only in binaries that install [`Counting`] (this crate's
+/// Meaningful only in binaries that install [`Counting`] (banger-fuzz's
 /// binary and tests); elsewhere it reports 0.
 pub fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
     let start = LIVE.with(Cell::get);
@@ -87,6 +88,9 @@ pub fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[global_allocator]
+    static ALLOC: Counting = Counting;
 
     #[test]
     fn a_large_buffer_shows_in_the_peak_and_a_small_one_does_not() {
