@@ -334,4 +334,4 @@ pub async fn write_error<W: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 #[path = "channel_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -35,15 +35,15 @@ fn agent(power: Arc<FakePower>) -> Arc<Agent> {
     Arc::new(agent)
 }
 
-type Stream = Compat<yamux::Stream>;
+pub(crate) type Stream = Compat<yamux::Stream>;
 
 /// The host side: a yamux client whose connection a background task drives.
-struct Client {
+pub(crate) struct Client {
     open: mpsc::Sender<oneshot::Sender<yamux::Stream>>,
 }
 
 impl Client {
-    async fn open(&self) -> Stream {
+    pub(crate) async fn open(&self) -> Stream {
         let (tx, rx) = oneshot::channel();
         self.open.send(tx).await.unwrap();
         rx.await.unwrap().compat()
@@ -53,8 +53,18 @@ impl Client {
 /// Starts the agent's channel on one end of a duplex pipe and connects to it,
 /// optionally writing `garbage` before the sync line.
 async fn connect_with(garbage: &[u8], power: Arc<FakePower>) -> Client {
+    connect_to(garbage, agent(power)).await
+}
+
+async fn connect() -> Client {
+    connect_with(b"", Arc::default()).await
+}
+
+/// Serves `agent` on one end of a duplex pipe and connects to it as the
+/// daemon would, after writing `garbage`; the sessions tests use it too.
+pub(crate) async fn connect_to(garbage: &[u8], agent: Arc<crate::Agent>) -> Client {
     let (host, guest) = tokio::io::duplex(256 * 1024);
-    tokio::spawn(serve_connection(guest, agent(power)));
+    tokio::spawn(serve_connection(guest, agent));
     let mut host = host;
     host.write_all(garbage).await.unwrap();
     host.write_all(banger_proto::sync_line("n0nce").as_bytes())
@@ -80,10 +90,6 @@ async fn connect_with(garbage: &[u8], power: Arc<FakePower>) -> Client {
             yamux::Mode::Client,
         )),
     }
-}
-
-async fn connect() -> Client {
-    connect_with(b"", Arc::default()).await
 }
 
 fn drive(

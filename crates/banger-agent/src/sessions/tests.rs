@@ -4,19 +4,13 @@
 //! share the guest's agent.
 
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use banger_proto::{
-    ErrorBody, ExitStatus, Frame, FrameKind, PROTOCOL_VERSION, Request, SessionInfo,
-    SessionRequest, SessionState,
+    ErrorBody, ExitStatus, Frame, FrameKind, Request, SessionInfo, SessionRequest, SessionState,
 };
-use futures::future::poll_fn;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
-use crate::{Agent, Power, serve_connection};
+use crate::{Agent, Power};
 
 struct NoPower;
 
@@ -33,77 +27,14 @@ fn agent(scrollback: usize) -> Arc<Agent> {
     Arc::new(agent)
 }
 
-type Stream = Compat<yamux::Stream>;
-
-/// One host connection; dropping it hangs up.
-struct Client {
-    open: mpsc::Sender<oneshot::Sender<yamux::Stream>>,
-}
+use crate::channel::tests::{Client, Stream};
 
 async fn connect(agent: &Arc<Agent>) -> Client {
-    let (mut host, guest) = tokio::io::duplex(256 * 1024);
-    tokio::spawn(serve_connection(guest, agent.clone()));
-    host.write_all(banger_proto::sync_line("n").as_bytes())
-        .await
-        .unwrap();
-    let mut line = Vec::new();
-    loop {
-        match host.read_u8().await.unwrap() {
-            b'\n' => break,
-            b => line.push(b),
-        }
-    }
-    let line = String::from_utf8(line).unwrap();
-    assert_eq!(
-        banger_proto::parse_ready(&line),
-        Some(("n", PROTOCOL_VERSION))
-    );
-    let conn = yamux::Connection::new(host.compat(), yamux::Config::default(), yamux::Mode::Client);
-    Client { open: drive(conn) }
-}
-
-/// Drives the client's yamux connection until the `Client` is dropped.
-fn drive(
-    mut conn: yamux::Connection<Compat<DuplexStream>>,
-) -> mpsc::Sender<oneshot::Sender<yamux::Stream>> {
-    let (tx, mut rx) = mpsc::channel::<oneshot::Sender<yamux::Stream>>(1);
-    tokio::spawn(async move {
-        let mut waiting: Option<oneshot::Sender<yamux::Stream>> = None;
-        poll_fn(|cx| {
-            loop {
-                if waiting.is_none() {
-                    match rx.poll_recv(cx) {
-                        Poll::Ready(Some(w)) => waiting = Some(w),
-                        Poll::Ready(None) => return Poll::Ready(()),
-                        Poll::Pending => {}
-                    }
-                }
-                if waiting.is_some() {
-                    match conn.poll_new_outbound(cx) {
-                        Poll::Ready(Ok(stream)) => {
-                            let _ = waiting.take().unwrap().send(stream);
-                            continue;
-                        }
-                        Poll::Ready(Err(_)) => return Poll::Ready(()),
-                        Poll::Pending => {}
-                    }
-                }
-                match conn.poll_next_inbound(cx) {
-                    Poll::Ready(Some(Ok(_))) => continue,
-                    Poll::Ready(_) => return Poll::Ready(()),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-        })
-        .await
-    });
-    tx
+    crate::channel::tests::connect_to(b"", agent.clone()).await
 }
 
 async fn request(client: &Client, req: SessionRequest) -> Stream {
-    let (tx, rx) = oneshot::channel();
-    client.open.send(tx).await.unwrap();
-    let mut stream = rx.await.unwrap().compat();
+    let mut stream = client.open().await;
     let envelope = banger_proto::Envelope::new(Request::Session(req));
     send(&mut stream, Frame::json(FrameKind::Request, &envelope)).await;
     stream
