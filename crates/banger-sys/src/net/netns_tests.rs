@@ -693,11 +693,12 @@ fn dns_query_encoding_round_trips() {
 }
 
 /// Without privileges nothing can change, and each refusal says what to do.
-/// (Runs only as non-root; as root this would touch the host's namespace.)
+/// As root (where trying would touch the host's own namespace), the test
+/// runs itself again as `nobody`, with no capabilities.
 #[test]
 fn unprivileged_callers_are_told_what_to_do() {
     if crate::process::euid() == 0 {
-        println!("SKIPPED: needs a non-root user");
+        rerun_as_nobody("unprivileged_callers_are_told_what_to_do");
         return;
     }
     let hint = "needs CAP_NET_ADMIN: run bangerd as root or use --network user";
@@ -708,10 +709,43 @@ fn unprivileged_callers_are_told_what_to_do() {
         .ensure_bridge("bgtest-unpriv")
         .unwrap_err();
     assert!(err.to_string().ends_with(hint), "{err}");
-    if which("nft").is_some() {
-        let err = Nft::new(&SystemRunner)
-            .ensure_nat("banger_unpriv", bridge_addr(), BRIDGE)
-            .unwrap_err();
-        assert!(err.to_string().ends_with(hint), "{err}");
+    if which("nft").is_none() {
+        crate::skip_test("the nft refusal needs nft (apt-get install nftables)");
+        return;
     }
+    let err = Nft::new(&SystemRunner)
+        .ensure_nat("banger_unpriv", bridge_addr(), BRIDGE)
+        .unwrap_err();
+    assert!(err.to_string().ends_with(hint), "{err}");
+}
+
+/// Runs test `name` of this module again, in this test binary, as uid and
+/// gid 65534 with no groups (`setpriv` drops every capability with uid 0),
+/// and fails unless it ran and passed there.
+fn rerun_as_nobody(name: &str) {
+    if which("setpriv").is_none() {
+        crate::skip_test("running a test unprivileged needs setpriv (apt-get install util-linux)");
+        return;
+    }
+    let test = format!(
+        "{}::{name}",
+        module_path!().split_once("::").expect("a crate path").1
+    );
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&exe)
+        .args(["--exact", &test, "--test-threads=1", "--nocapture"])
+        .output()
+        .expect("run setpriv");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{test} as uid 65534 ({}):\n{text}",
+        out.status
+    );
 }
