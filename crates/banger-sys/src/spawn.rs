@@ -409,30 +409,4 @@ mod tests {
         let err = SystemSpawner.exec(&Cmd::new("cat").stdin(b"x".to_vec()));
         assert!(matches!(err, CommandError::Spawn { .. }), "{err:?}");
     }
-
-    #[tokio::test]
-    async fn the_recording_spawner_records_and_runs_its_stand_in() {
-        let dir = tempfile::tempdir().unwrap();
-        let spawner = RecordingSpawner::new(sh("pwd; cat"));
-        let cmd = Cmd::new("tar")
-            .arg("-cf")
-            .cwd(dir.path())
-            .stdin(b"list".to_vec());
-        let mut child = spawner.spawn(&cmd, &piped_stdout()).unwrap();
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .await
-            .unwrap();
-        let cwd = dir.path().canonicalize().unwrap();
-        assert_eq!(out, format!("{}\nlist", cwd.display()));
-        assert_eq!(child.program(), "tar");
-        assert_eq!(spawner.spawns(), vec![(cmd, piped_stdout())]);
-        let ssh = Cmd::new("ssh").arg("root@vm");
-        assert!(matches!(spawner.exec(&ssh), CommandError::Spawn { .. }));
-        assert_eq!(spawner.execs(), vec![ssh]);
-    }
 }
