@@ -84,11 +84,25 @@ pub async fn decide(
     kernel: &Path,
     cache_file: &Path,
 ) -> (Accel, KvmStatus) {
+    let device = kvm_device_status();
+    decide_given(device, spawner, choice, qemu, kernel, cache_file).await
+}
+
+/// [`decide`], given what [`kvm_device_status`] said: the host's device
+/// stays out of the unit tests.
+async fn decide_given(
+    device: Option<KvmStatus>,
+    spawner: &dyn Spawner,
+    choice: AccelChoice,
+    qemu: &Path,
+    kernel: &Path,
+    cache_file: &Path,
+) -> (Accel, KvmStatus) {
     match choice {
         AccelChoice::Kvm => (Accel::Kvm, KvmStatus::Usable),
-        AccelChoice::Tcg => (Accel::Tcg, kvm_device_status().unwrap_or(KvmStatus::Usable)),
+        AccelChoice::Tcg => (Accel::Tcg, device.unwrap_or(KvmStatus::Usable)),
         AccelChoice::Auto => {
-            let status = match kvm_device_status() {
+            let status = match device {
                 Some(s) => s,
                 None => match cached(cache_file, qemu, kernel) {
                     Some(s) => s,
@@ -212,4 +226,159 @@ pub async fn probe(
 /// Where the probe verdict is cached: with other host facts in the cache dir.
 pub fn cache_file(cache_dir: &Path) -> PathBuf {
     cache_dir.join("kvm-probe.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banger_sys::spawn::RecordingSpawner;
+
+    /// A stand-in for QEMU: a shell running `script`.
+    fn qemu_that(script: &str) -> RecordingSpawner {
+        RecordingSpawner::new(Cmd::new("sh").args(["-c", script]))
+    }
+
+    struct Host {
+        dir: tempfile::TempDir,
+    }
+
+    impl Host {
+        fn new() -> Host {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("vmlinux"), b"kernel one").unwrap();
+            Host { dir }
+        }
+
+        fn kernel(&self) -> PathBuf {
+            self.dir.path().join("vmlinux")
+        }
+
+        fn cache(&self) -> PathBuf {
+            cache_file(&self.dir.path().join("cache"))
+        }
+
+        async fn decide(&self, spawner: &RecordingSpawner) -> (Accel, KvmStatus) {
+            let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+            decide_given(
+                None,
+                spawner,
+                AccelChoice::Auto,
+                qemu,
+                &self.kernel(),
+                &self.cache(),
+            )
+            .await
+        }
+    }
+
+    fn reason(status: &KvmStatus) -> &str {
+        match status {
+            KvmStatus::Unusable { reason } | KvmStatus::NotAccessible { reason } => reason,
+            other => panic!("no reason in {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kernel_that_reaches_its_missing_init_under_kvm_means_kvm() {
+        let host = Host::new();
+        let qemu =
+            qemu_that("echo 'Kernel panic - not syncing: No working init found'; exec sleep 60");
+        assert_eq!(host.decide(&qemu).await, (Accel::Kvm, KvmStatus::Usable));
+        let spawns = qemu.spawns();
+        let [(cmd, _)] = &spawns[..] else {
+            panic!("one probe: {spawns:?}")
+        };
+        let args = cmd.args_lossy().join(" ");
+        assert!(
+            args.contains("-accel kvm") && args.contains(&host.kernel().display().to_string()),
+            "the probe boots the image's kernel under kvm: {args}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kvm_that_cannot_start_a_guest_means_tcg_with_qemus_words() {
+        let host = Host::new();
+        let qemu =
+            qemu_that("echo 'failed to initialize kvm: Operation not permitted' >&2; exit 1");
+        let (accel, status) = host.decide(&qemu).await;
+        assert_eq!(accel, Accel::Tcg);
+        assert!(
+            reason(&status).contains("failed to initialize kvm: Operation not permitted"),
+            "{status:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kernel_that_hangs_under_kvm_means_tcg_saying_so() {
+        let host = Host::new();
+        let qemu = qemu_that("echo 'Booting the kernel.'; exec sleep 60");
+        let t0 = std::time::Instant::now();
+        let status = probe(
+            &qemu,
+            Path::new("qemu"),
+            &host.kernel(),
+            Duration::from_millis(500),
+        )
+        .await;
+        let why = reason(&status);
+        assert!(
+            why.contains("hangs under /dev/kvm")
+                && why.contains("Booting the kernel.")
+                && why.contains("using TCG"),
+            "{why}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the probe gives up on time"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_qemu_that_cannot_run_means_tcg_naming_it() {
+        let host = Host::new();
+        let (accel, status) = host.decide(&RecordingSpawner::missing()).await;
+        assert_eq!(accel, Accel::Tcg);
+        assert!(
+            reason(&status).contains("cannot run /usr/bin/qemu-system-x86_64"),
+            "{status:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_verdict_is_cached_per_kernel_and_not_probed_again() {
+        let host = Host::new();
+        let fails = qemu_that("echo 'failed to initialize kvm' >&2; exit 1");
+        let first = host.decide(&fails).await;
+        assert_eq!(first.0, Accel::Tcg);
+        let boots = qemu_that("echo 'Kernel panic'; exec sleep 60");
+        assert_eq!(host.decide(&boots).await, first, "the cached verdict");
+        assert!(boots.spawns().is_empty(), "no second probe");
+        std::fs::write(host.kernel(), b"kernel two").unwrap();
+        assert_eq!(
+            host.decide(&boots).await,
+            (Accel::Kvm, KvmStatus::Usable),
+            "another kernel is probed afresh"
+        );
+        assert_eq!(boots.spawns().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_device_that_cannot_be_opened_means_tcg_without_a_probe() {
+        let host = Host::new();
+        let qemu = qemu_that("exit 1");
+        let denied = KvmStatus::NotAccessible {
+            reason: "add the user to group kvm".into(),
+        };
+        let decided = decide_given(
+            Some(denied.clone()),
+            &qemu,
+            AccelChoice::Auto,
+            Path::new("qemu"),
+            &host.kernel(),
+            &host.cache(),
+        )
+        .await;
+        assert_eq!(decided, (Accel::Tcg, denied));
+        assert!(qemu.spawns().is_empty());
+    }
 }
