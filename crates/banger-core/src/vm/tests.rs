@@ -439,6 +439,126 @@ async fn reconcile_adopts_live_vms_and_clears_dead_ones() {
     assert_eq!(leftovers(&h), nothing());
 }
 
+/// Two bridge vms, `kept` and `web`, and a daemon killed while `web` was
+/// being made or deleted (its row already marked `state`, its engine still
+/// running), then started again.
+async fn interrupted(state: VmState) -> Harness {
+    let mut h = Harness::new();
+    assert!(succeeded(&h.create("kept", NetworkMode::Bridge).await));
+    assert!(succeeded(&h.create("web", NetworkMode::Bridge).await));
+    h.store.set_vm_state("web", state, None).unwrap();
+    h.restart_daemon();
+    h.services.vms.reconcile().await.unwrap();
+    h
+}
+
+/// What is left once the vm `kept` is deleted too.
+async fn after_deleting_kept(h: &Harness) -> Leftovers {
+    assert_eq!(h.services.vms.show("kept").unwrap().state, VmState::Running);
+    assert!(succeeded(
+        &finish(h.services.vms.delete("kept").unwrap()).await
+    ));
+    leftovers(h)
+}
+
+#[tokio::test]
+async fn an_interrupted_delete_is_finished_at_start_up() {
+    let h = interrupted(VmState::Deleting).await;
+    let names: Vec<String> = h
+        .services
+        .vms
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["kept"], "the deleted vm is gone");
+    assert_eq!(
+        h.engine.running(),
+        1,
+        "its engine was stopped, kept's was not"
+    );
+    assert_eq!(h.dns_names(), ["kept"]);
+    assert_eq!(h.taps_on_bridge().len(), 1);
+    assert_eq!(
+        h.store.leased_ips().unwrap().len(),
+        1,
+        "its address went back"
+    );
+    assert_eq!(after_deleting_kept(&h).await, nothing());
+}
+
+#[tokio::test]
+async fn an_interrupted_create_is_undone_at_start_up() {
+    let h = interrupted(VmState::Creating).await;
+    assert!(
+        h.services.vms.show("web").is_err(),
+        "the half-made vm is gone"
+    );
+    assert_eq!(h.engine.running(), 1);
+    assert_eq!(h.dns_names(), ["kept"]);
+    assert_eq!(after_deleting_kept(&h).await, nothing());
+}
+
+#[tokio::test]
+async fn with_no_engine_left_start_up_sweeps_unrecorded_taps_nat_and_names() {
+    let mut h = Harness::new();
+    assert!(succeeded(&h.create("web", NetworkMode::Bridge).await));
+    let pid = h.services.vms.show("web").unwrap().pid.unwrap();
+    // The engine dies while the daemon is down, and nothing records what
+    // its boot made (as after a daemon killed before it wrote the scratch
+    // file): only the sweep can find the tap, the name and the NAT table.
+    // A name and a tap of this instance that no vm ever owned go too.
+    h.restart_daemon();
+    h.engine.crash(pid);
+    std::fs::remove_file(scratch(&h, "web").0.handles()).unwrap();
+    let hosts = h.services.network.hosts_dir();
+    std::fs::write(hosts.join("ghost"), "172.30.0.77 ghost ghost.banger\n").unwrap();
+    let stray = format!("{}0000bb", h.services.network.tap_prefix());
+    h.links.insert(&stray, Some("tun"));
+    h.services.vms.reconcile().await.unwrap();
+    assert_eq!(h.services.vms.show("web").unwrap().state, VmState::Stopped);
+    let lease = h.store.leased_ips().unwrap();
+    assert_eq!(
+        leftovers(&h),
+        Leftovers {
+            rows: 1,
+            dirs: leftovers(&h).dirs,
+            leases: lease.clone(),
+            ..nothing()
+        },
+        "no tap, name, NAT or engine; the stopped vm keeps its row, disks and address"
+    );
+    assert_eq!(lease.len(), 1);
+    use banger_sys::net::link::Links;
+    assert!(
+        !h.links.exists("banger0").unwrap(),
+        "no bridge without a bridge vm"
+    );
+    assert!(succeeded(
+        &finish(h.services.vms.start("web").unwrap()).await
+    ));
+    assert_eq!(h.dns_names(), ["web"], "and it starts again");
+}
+
+#[tokio::test]
+async fn an_instance_with_no_vm_sweeps_a_leftover_nat_table_tap_and_name() {
+    use banger_sys::command::{Cmd, Runner};
+    let mut h = Harness::new();
+    // What a daemon of this instance could have left and no row explains.
+    let nat = Cmd::new("nft").stdin(b"table ip banger { chain postrouting {} }".to_vec());
+    h.runner.run(&nat).unwrap();
+    assert!(h.runner.nat());
+    let hosts = h.services.network.hosts_dir();
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(hosts.join("ghost"), "172.30.0.77 ghost ghost.banger\n").unwrap();
+    let stray = format!("{}0000cc", h.services.network.tap_prefix());
+    h.links.insert(&stray, Some("tun"));
+    h.restart_daemon();
+    h.services.vms.reconcile().await.unwrap();
+    assert_eq!(leftovers(&h), nothing());
+}
+
 /// A VM's scratch file as JSON, to forge from.
 fn scratch(h: &Harness, name: &str) -> (VmDir, serde_json::Value) {
     let vm = h.store.vm(name).unwrap().unwrap();
