@@ -144,7 +144,7 @@ fn backoff_doubles_to_its_cap_and_starts_over_after_a_healthy_run() {
 #[tokio::test]
 async fn missing_host_keys_are_generated_private() {
     if !Path::new("/usr/bin/ssh-keygen").is_file() {
-        eprintln!("SKIP missing_host_keys_are_generated_private: no /usr/bin/ssh-keygen");
+        banger_sys::skip_test("missing_host_keys_are_generated_private needs /usr/bin/ssh-keygen");
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -197,7 +197,9 @@ async fn an_image_without_sshd_starts_nothing() {
 #[tokio::test]
 async fn a_first_boot_prepares_keys_run_dir_and_config() {
     if !Path::new("/usr/bin/ssh-keygen").is_file() {
-        eprintln!("SKIP a_first_boot_prepares_keys_run_dir_and_config: no /usr/bin/ssh-keygen");
+        banger_sys::skip_test(
+            "a_first_boot_prepares_keys_run_dir_and_config needs /usr/bin/ssh-keygen",
+        );
         return;
     }
     let root = root_with_config(DEBIAN_CONFIG);
