@@ -466,17 +466,67 @@ impl Env {
         );
     }
 
-    /// An HTTP GET to 127.0.0.1:`port` (inside the namespace, with one).
+    /// An HTTP GET to 127.0.0.1:`port` (inside the namespace, with one):
+    /// the body, or None when nothing answered (refused, reset, timed out).
+    /// Any other failure is the check's own and fails the test, so a broken
+    /// probe never passes as "unreachable".
     pub fn http_get(&self, port: u16) -> Option<String> {
-        let script = "import urllib.request,sys;print(urllib.request.urlopen('http://127.0.0.1:'+sys.argv[1],timeout=3).read().decode())";
+        const UNREACHABLE: i32 = 3;
+        let script = r#"import socket,sys,urllib.error,urllib.request
+def unreachable(e):
+    print(f"unreachable: {e!r}", file=sys.stderr); sys.exit(3)
+try:
+    print(urllib.request.urlopen("http://127.0.0.1:"+sys.argv[1],timeout=3).read().decode())
+except urllib.error.HTTPError:
+    raise
+except (ConnectionError, TimeoutError, socket.timeout) as e:
+    unreachable(e)
+except urllib.error.URLError as e:
+    if isinstance(e.reason, (ConnectionError, TimeoutError, socket.timeout)):
+        unreachable(e)
+    raise"#;
         let out = self
             .host_cmd("python3")
             .args(["-c", script, &port.to_string()])
             .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+            .expect("run python3 for an HTTP check");
+        match out.status.code() {
+            Some(0) => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+            Some(UNREACHABLE) => None,
+            code => panic!(
+                "the HTTP check of 127.0.0.1:{port} itself failed ({code:?}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// `GET /index.html` to `host`:`port` from inside `vm`, with busybox's
+    /// nc (its static wget cannot be trusted to resolve or run): what came
+    /// back, or None when nothing answered (refused, unreachable, reset,
+    /// timed out, or closed with no byte). Any other failure (nc missing,
+    /// the exec failing) fails the test. `timeout` ends an nc that would
+    /// wait forever on a half-closed connection (passt does not always pass
+    /// the server's close on).
+    pub fn guest_http_get(&self, vm: &str, host: &str, port: u16) -> Option<String> {
+        const UNREACHABLE: i32 = 3;
+        let script = r#"r=$(printf 'GET /index.html HTTP/1.0\r\n\r\n' | timeout 5 nc -w 3 "$1" "$2" 2>&1); rc=$?
+case "$rc:$r" in
+  0:HTTP/*|124:HTTP/*|143:HTTP/*) printf '%s\n' "$r"; exit 0 ;;
+  0:|124:|143:|*refused*|*unreachable*|*"No route"*|*reset*|*"timed out"*) echo "$r" >&2; exit 3 ;;
+esac
+echo "nc exited with $rc: $r" >&2; exit 2"#;
+        let port = port.to_string();
+        let out = self.run(&[
+            "vm", "exec", vm, "--", "sh", "-c", script, "sh", host, &port,
+        ]);
+        match out.status.code() {
+            Some(0) => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+            Some(UNREACHABLE) => None,
+            code => panic!(
+                "the HTTP check of {host}:{port} from {vm} itself failed ({code:?}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
     }
 
     pub fn daemon_pid(&self) -> Option<u32> {
@@ -486,58 +536,119 @@ impl Env {
     }
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        // Leave nothing running: delete every VM, then stop the daemon.
+impl Env {
+    /// Ends this env the way a user would (every VM deleted, the daemon
+    /// stopped), then returns what that left: processes still naming its
+    /// files or running in its namespace, after a grace period for them to
+    /// exit. Anything left is killed, and named here.
+    fn tear_down(&self) -> Vec<String> {
+        let mut leaks = Vec::new();
         if let Ok(out) = self.cmd(&["vm", "list", "--json"]).output()
             && let Ok(serde_json::Value::Array(vms)) = serde_json::from_slice(&out.stdout)
         {
             for vm in vms {
                 if let Some(name) = vm["name"].as_str() {
-                    let _ = self.cmd(&["vm", "delete", name]).output();
+                    let out = self.cmd(&["vm", "delete", name]).output();
+                    if !out.as_ref().is_ok_and(|o| o.status.success()) {
+                        leaks.push(format!("vm {name} (vm delete failed: {out:?})"));
+                    }
                 }
             }
         }
-        let _ = self.cmd(&["daemon", "stop"]).output();
-        if let Some(ns) = &self.netns {
-            // dnsmasq and any engine outlive the daemon by design: end them with the namespace.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
+        // The daemon's command line need not name this env's files.
+        let daemon = self.daemon_pid();
+        let out = self.cmd(&["daemon", "stop"]).output();
+        if !out.as_ref().is_ok_and(|o| o.status.success()) {
+            leaks.push(format!("the daemon (daemon stop failed: {out:?})"));
+        }
+        let left = || {
+            let mut pids = processes_naming(self.root.path());
+            pids.extend(daemon.filter(|&pid| process_alive(pid)));
+            if let Some(ns) = &self.netns {
+                pids.extend(processes_in_netns(ns));
             }
+            pids.sort_unstable();
+            pids.dedup();
+            pids
+        };
+        wait_until(Duration::from_secs(5), || left().is_empty());
+        for pid in left() {
+            leaks.push(format!("process {pid}: {}", cmdline(pid)));
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        if let Some(ns) = &self.netns {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        // A test that failed half-way may have left an engine the daemon no
-        // longer knows: anything still naming this env's files goes with it.
-        kill_processes_naming(self.root.path());
+        leaks
     }
 }
 
-/// SIGKILL every process whose command line mentions `dir`.
-fn kill_processes_naming(dir: &Path) {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() {
-            continue;
+impl Drop for Env {
+    /// Leaves nothing running, and fails the test when that took more than
+    /// deleting its VMs and stopping its daemon: a leak is a bug, not
+    /// something for clean-up to hide. A test that leaves something on
+    /// purpose must end it itself. While the test is already failing, the
+    /// leaks are only printed.
+    fn drop(&mut self) {
+        let leaks = self.tear_down();
+        if leaks.is_empty() {
+            return;
         }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline.windows(needle.len()).any(|w| w == needle) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let report = format!(
+            "env {} left behind:\n  {}",
+            self.root.path().display(),
+            leaks.join("\n  ")
+        );
+        if std::thread::panicking() {
+            eprintln!("{report}");
+        } else {
+            panic!("{report}");
         }
     }
+}
+
+/// Live processes whose command line mentions `dir`, but this one.
+fn processes_naming(dir: &Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
+}
+
+/// Processes running in network namespace `ns`.
+fn processes_in_netns(ns: &str) -> Vec<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .filter(|&p| process_alive(p))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A process's command line, spaces between its arguments.
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|_| "(gone)".into())
 }
 
 /// True when `pid` is a live (non-zombie) process, any of its threads.

@@ -96,7 +96,7 @@ fn a_dynamic_agent_next_to_bangerd_is_passed_over() {
     }
     std::fs::copy("/bin/true", bins.join("banger-agent")).unwrap();
     if std::path::Path::new("/usr/local/lib/banger/banger-agent").exists() {
-        eprintln!("SKIPPED: an installed agent in /usr/local/lib/banger would be found instead");
+        banger_sys::skip_test("an installed agent in /usr/local/lib/banger would be found instead");
         return;
     }
     // The env's own dirs, with these binaries and no agent named.

@@ -17,11 +17,9 @@ fn skip_without_tmux() -> bool {
     if which("tmux").is_some() {
         return false;
     }
-    let why = "tmux is not installed (apt-get install tmux): the terminal test drives vm exec -t under it";
-    if std::env::var("BANGER_E2E_REQUIRED").is_ok_and(|v| v == "1") {
-        panic!("e2e prerequisite missing and BANGER_E2E_REQUIRED=1: {why}");
-    }
-    eprintln!("SKIPPED: {why}");
+    banger_sys::skip_test(
+        "tmux is not installed (apt-get install tmux): the terminal test drives vm exec -t under it",
+    );
     true
 }
 

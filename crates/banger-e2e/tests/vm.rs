@@ -113,24 +113,40 @@ fn stop_and_start_keep_the_work_disk() {
         table.starts_with("NAME") && table.contains("keep") && table.contains("running"),
         "{table}"
     );
-    env.ok(&[
+    let hostname = env.ok(&["vm", "exec", "keep", "--", "hostname"]);
+    assert_eq!(hostname.trim(), "keep");
+    // Written just before the stop and never synced by the test: only the
+    // guest's own power-off (sync, unmount) gets it onto the disk, since
+    // the kernel's writeback would wait far longer than this.
+    let blob = env.ok(&[
         "vm",
         "exec",
         "keep",
         "--",
         "sh",
         "-c",
-        "echo precious > /root/file && sync",
+        "echo precious > /root/file && head -c 4194304 /dev/urandom > /root/blob && md5sum < /root/blob",
     ]);
-    let hostname = env.ok(&["vm", "exec", "keep", "--", "hostname"]);
-    assert_eq!(hostname.trim(), "keep");
-
     env.ok(&["vm", "stop", "keep"]);
     assert_eq!(vm_json(&env, "keep")["state"], "stopped");
     env.ok(&["vm", "start", "keep"]);
     assert_eq!(
         env.ok(&["vm", "exec", "keep", "--", "cat", "/root/file"]),
-        "precious\n"
+        "precious\n",
+        "a clean stop keeps what was written just before it"
+    );
+    assert_eq!(
+        env.ok(&[
+            "vm",
+            "exec",
+            "keep",
+            "--",
+            "sh",
+            "-c",
+            "md5sum < /root/blob"
+        ]),
+        blob,
+        "all of it"
     );
 
     env.ok(&["vm", "restart", "keep"]);
