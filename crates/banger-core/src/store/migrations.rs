@@ -87,6 +87,17 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (vm_id, capability)
     );
     "#,
+    // 6: a vm's snapshots (their files are in the vm's state dir, under
+    // snapshots/NAME; the row is written after the directory is complete).
+    r#"
+    CREATE TABLE snapshots (
+        vm_id      TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        name       TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (vm_id, name)
+    );
+    "#,
 ];
 
 pub fn run(conn: &mut Connection) -> Result<(), StoreError> {

@@ -8,6 +8,7 @@ mod images;
 mod migrations;
 mod operations;
 pub mod sessions;
+pub mod snapshots;
 mod vms;
 pub mod workspaces;
 
