@@ -7,6 +7,7 @@ pub mod alloc;
 pub mod archive;
 pub mod clock;
 pub mod command;
+pub mod fdpass;
 pub mod fs;
 pub mod guest;
 pub mod net;

@@ -5,7 +5,11 @@
 //! Failures can be injected at each step.
 
 use super::accel::KvmStatus;
-use super::{Accel, Drive, DriveFormat, Engine, EngineError, Handles, MachineSpec, Sockets};
+use super::snapshot::{RAM_FILE, STATE_FILE};
+use super::{
+    Accel, Drive, DriveFormat, Engine, EngineError, Handles, Layer, MachineSpec, RamMapping,
+    SnapshotReport, Sockets, Switch,
+};
 use crate::layout::VmDir;
 use banger_api::{Check, EngineKind};
 use futures::future::BoxFuture;
@@ -26,6 +30,10 @@ pub enum FakeFault {
     IgnorePowerOff,
     /// The engine runs, but its agent speaks another protocol version.
     OldAgent,
+    /// A snapshot fails after the guest was paused.
+    Snapshot,
+    /// A restored engine exits while loading the snapshot.
+    Restore,
 }
 
 #[derive(Default)]
@@ -34,6 +42,10 @@ struct State {
     alive: HashSet<u32>,
     faults: HashSet<FakeFault>,
     specs: Vec<MachineSpec>,
+    /// Engines left paused by a snapshot that did not resume them.
+    paused: HashSet<u32>,
+    /// The snapshot directory each restore started from, in order.
+    restored: Vec<(std::path::PathBuf, RamMapping)>,
 }
 
 pub struct FakeEngine {
@@ -89,6 +101,40 @@ impl FakeEngine {
         self.state.lock().unwrap().alive.remove(&pid);
     }
 
+    /// Whether a snapshot left the engine of `pid` paused.
+    pub fn paused(&self, pid: u32) -> bool {
+        self.state.lock().unwrap().paused.contains(&pid)
+    }
+
+    /// The snapshot directories restores started from.
+    pub fn restored(&self) -> Vec<(std::path::PathBuf, RamMapping)> {
+        self.state.lock().unwrap().restored.clone()
+    }
+
+    fn start(&self, spec: &MachineSpec) -> Result<Handles, EngineError> {
+        if self.faulty(FakeFault::Spawn) {
+            return Err(EngineError::EarlyExit {
+                log: "injected spawn failure".into(),
+            });
+        }
+        std::fs::create_dir_all(&spec.run_dir)?;
+        let mut st = self.state.lock().unwrap();
+        st.next_pid += 1;
+        let pid = st.next_pid;
+        if !st.faults.contains(&FakeFault::DieAtBoot) {
+            st.alive.insert(pid);
+        }
+        st.specs.push(spec.clone());
+        let sockets = self.sockets(&spec.run_dir);
+        Ok(Handles {
+            pid,
+            accel: spec.accel,
+            agent_socket: sockets.agent,
+            control_socket: sockets.control,
+            started_at: banger_sys::clock::unix_now(),
+        })
+    }
+
     fn faulty(&self, fault: FakeFault) -> bool {
         self.state.lock().unwrap().faults.contains(&fault)
     }
@@ -134,28 +180,76 @@ impl Engine for FakeEngine {
     }
 
     fn spawn<'a>(&'a self, spec: &'a MachineSpec) -> BoxFuture<'a, Result<Handles, EngineError>> {
+        Box::pin(async move { self.start(spec) })
+    }
+
+    fn create_layer(&self, base: &Layer, overlay: &Path) -> Result<(), EngineError> {
+        std::fs::write(overlay, base.path.to_string_lossy().as_bytes())?;
+        Ok(())
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        handles: &'a Handles,
+        dir: &'a Path,
+        switch: &'a [Switch],
+        resume: bool,
+    ) -> BoxFuture<'a, Result<SnapshotReport, EngineError>> {
         Box::pin(async move {
-            if self.faulty(FakeFault::Spawn) {
-                return Err(EngineError::EarlyExit {
-                    log: "injected spawn failure".into(),
+            if !self.alive(handles) {
+                return Err(EngineError::Control {
+                    command: "stop".into(),
+                    message: "not running".into(),
                 });
             }
-            std::fs::create_dir_all(&spec.run_dir)?;
-            let mut st = self.state.lock().unwrap();
-            st.next_pid += 1;
-            let pid = st.next_pid;
-            if !st.faults.contains(&FakeFault::DieAtBoot) {
-                st.alive.insert(pid);
+            if self.faulty(FakeFault::Snapshot) {
+                return Err(EngineError::Control {
+                    command: "migrate".into(),
+                    message: "injected snapshot failure".into(),
+                });
             }
-            st.specs.push(spec.clone());
-            let sockets = self.sockets(&spec.run_dir);
-            Ok(Handles {
-                pid,
-                accel: spec.accel,
-                agent_socket: sockets.agent,
-                control_socket: sockets.control,
-                started_at: banger_sys::clock::unix_now(),
-            })
+            for s in switch {
+                if !s.overlay.exists() {
+                    return Err(EngineError::Control {
+                        command: "blockdev-add".into(),
+                        message: format!("{} does not exist", s.overlay.display()),
+                    });
+                }
+            }
+            std::fs::write(dir.join(STATE_FILE), b"devices")?;
+            std::fs::write(dir.join(RAM_FILE), b"ram")?;
+            if !resume {
+                self.state.lock().unwrap().paused.insert(handles.pid);
+            }
+            Ok(SnapshotReport { paused_ms: 1 })
+        })
+    }
+
+    fn restore<'a>(
+        &'a self,
+        spec: &'a MachineSpec,
+        from: &'a Path,
+        ram: RamMapping,
+    ) -> BoxFuture<'a, Result<Handles, EngineError>> {
+        Box::pin(async move {
+            if !from.join(STATE_FILE).exists() {
+                return Err(EngineError::BadSnapshot {
+                    dir: from.to_owned(),
+                    problem: "no device state".into(),
+                });
+            }
+            if self.faulty(FakeFault::Restore) {
+                return Err(EngineError::EarlyExit {
+                    log: "injected restore failure".into(),
+                });
+            }
+            let handles = self.start(spec)?;
+            self.state
+                .lock()
+                .unwrap()
+                .restored
+                .push((from.to_owned(), ram));
+            Ok(handles)
         })
     }
 

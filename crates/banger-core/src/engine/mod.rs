@@ -12,8 +12,10 @@ pub mod accel;
 #[cfg(test)]
 pub mod fake;
 pub mod qemu;
+pub mod snapshot;
 
 use crate::layout::VmDir;
+pub use snapshot::{Layer, RamMapping, SnapshotReport, Switch};
 use banger_api::{Check, EngineKind};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -91,6 +93,8 @@ pub struct MachineSpec {
     pub engine_log: PathBuf,
     /// Directory for the engine's sockets (short path: unix sockets cap at 108 bytes).
     pub run_dir: PathBuf,
+    /// The VM's state dir: the engine keeps the guest's RAM in a file there.
+    pub state_dir: PathBuf,
     pub accel: Accel,
     /// Host TSC rate for `tsc_early_khz` under TCG.
     pub tsc_khz: Option<u64>,
@@ -141,6 +145,13 @@ pub enum EngineError {
         #[source]
         source: banger_sys::command::CommandError,
     },
+    #[error("the {engine} engine cannot {what}")]
+    Unsupported {
+        engine: &'static str,
+        what: &'static str,
+    },
+    #[error("the snapshot in {dir} is incomplete or unreadable: {problem}")]
+    BadSnapshot { dir: PathBuf, problem: String },
     #[error("engine i/o failed")]
     Io(#[from] std::io::Error),
 }
@@ -209,6 +220,46 @@ pub trait Engine: Send + Sync {
             }
             true
         })
+    }
+
+    /// Makes `overlay`, an empty copy-on-write layer over `base` (which a
+    /// running VM may be writing: the layer is switched to by
+    /// [`Engine::snapshot`]).
+    fn create_layer(&self, _base: &Layer, _overlay: &Path) -> Result<(), EngineError> {
+        Err(self.unsupported("take snapshots"))
+    }
+
+    /// Snapshots the running VM into `dir` (empty): pauses the guest,
+    /// flushes its disks, writes its device state and RAM, moves each drive
+    /// in `switch` onto its overlay (so the layer it leaves is frozen), then
+    /// lets it run on when `resume`, or leaves it paused for a stop.
+    fn snapshot<'a>(
+        &'a self,
+        _handles: &'a Handles,
+        _dir: &'a Path,
+        _switch: &'a [Switch],
+        _resume: bool,
+    ) -> BoxFuture<'a, Result<SnapshotReport, EngineError>> {
+        Box::pin(async { Err(self.unsupported("take snapshots")) })
+    }
+
+    /// Starts the VM of `spec` from the snapshot in `from` instead of
+    /// booting it (`spec`'s drives are layers over the snapshot's); returns
+    /// once the guest runs again.
+    fn restore<'a>(
+        &'a self,
+        _spec: &'a MachineSpec,
+        _from: &'a Path,
+        _ram: RamMapping,
+    ) -> BoxFuture<'a, Result<Handles, EngineError>> {
+        Box::pin(async { Err(self.unsupported("restore snapshots")) })
+    }
+
+    fn unsupported(&self, what: &'static str) -> EngineError {
+        EngineError::Unsupported {
+            engine: self.kind().as_str(),
+            what,
+        }
     }
 
     /// The guest's serial console as this engine writes it.

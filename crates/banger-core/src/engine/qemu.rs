@@ -23,6 +23,7 @@
 
 use super::accel::{self, KvmStatus};
 use super::{Accel, Drive, DriveFormat, Engine, EngineError, Handles, MachineSpec, Nic, Sockets};
+use super::{Layer, RamMapping, SnapshotReport, Switch};
 use crate::config::AccelChoice;
 use crate::layout::VmDir;
 use banger_api::{Check, CheckStatus, EngineKind};
@@ -126,12 +127,19 @@ pub fn kernel_cmdline(spec: &MachineSpec) -> String {
     args.join(" ")
 }
 
-/// QEMU's arguments (without the program) for `spec`.
+/// QEMU's arguments (without the program) for `spec`, booting: guest RAM
+/// in a fresh shared file in the VM's state dir ([`snapshot::ram_file`]).
 pub fn argv(spec: &MachineSpec) -> Vec<String> {
+    let ram = snapshot::ram_file(&spec.state_dir);
+    argv_with(spec, &snapshot::memory_object(spec, &ram, true))
+}
+
+/// QEMU's arguments for `spec` with `memory` as the guest RAM's backend.
+pub fn argv_with(spec: &MachineSpec, memory: &str) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &format!("banger-{},debug-threads=off", spec.name)]);
-    push(&["-M", "microvm"]);
+    push(&["-M", "microvm,memory-backend=mem", "-object", memory]);
     match spec.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         // TCG emulates RDRAND only when asked; the guest's RNG needs it (see kernel_cmdline).
@@ -235,14 +243,18 @@ pub fn argv(spec: &MachineSpec) -> Vec<String> {
 }
 
 impl QemuEngine {
-    async fn spawn_inner(&self, spec: &MachineSpec) -> Result<Handles, EngineError> {
+    async fn spawn_inner(
+        &self,
+        spec: &MachineSpec,
+        args: Vec<String>,
+    ) -> Result<Handles, EngineError> {
         std::fs::create_dir_all(&spec.run_dir)?;
         let agent = agent_socket(&spec.run_dir);
         let control = control_socket(&spec.run_dir);
         for stale in [&agent, &control] {
             let _ = std::fs::remove_file(stale);
         }
-        let cmd = Cmd::new(self.binary.to_string_lossy()).args(argv(spec));
+        let cmd = Cmd::new(self.binary.to_string_lossy()).args(args);
         let mut child = self
             .spawner
             .spawn(&cmd, &SpawnOptions::detached(&spec.engine_log))
@@ -484,14 +496,16 @@ impl Engine for QemuEngine {
             // A tap made a moment ago can still be held by a child another
             // thread is forking (until its exec drops close-on-exec files):
             // QEMU's open then fails with EBUSY. That passes; try once more.
-            match self.spawn_inner(spec).await {
+            // A boot starts from fresh RAM, not the last boot's.
+            let _ = std::fs::remove_file(snapshot::ram_file(&spec.state_dir));
+            match self.spawn_inner(spec, argv(spec)).await {
                 Err(EngineError::EarlyExit { log })
                     if spec.nics.iter().any(|n| matches!(n, Nic::Tap { .. }))
                         && log.contains("Device or resource busy") =>
                 {
                     tracing::warn!(vm = %spec.name, %log, "tap busy at engine start; retrying");
                     tokio::time::sleep(banger_sys::net::tap::BUSY_WAIT).await;
-                    self.spawn_inner(spec).await
+                    self.spawn_inner(spec, argv(spec)).await
                 }
                 other => other,
             }
@@ -540,7 +554,31 @@ impl Engine for QemuEngine {
     fn checks<'a>(&'a self, kernel: Option<&'a Path>) -> BoxFuture<'a, Vec<Check>> {
         Box::pin(self.checks_inner(kernel))
     }
+
+    fn create_layer(&self, base: &Layer, overlay: &Path) -> Result<(), EngineError> {
+        snapshot::create_layer(&*self.runner, base, overlay)
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        handles: &'a Handles,
+        dir: &'a Path,
+        switch: &'a [Switch],
+        resume: bool,
+    ) -> BoxFuture<'a, Result<SnapshotReport, EngineError>> {
+        Box::pin(snapshot::snapshot(self, handles, dir, switch, resume))
+    }
+
+    fn restore<'a>(
+        &'a self,
+        spec: &'a MachineSpec,
+        from: &'a Path,
+        ram: RamMapping,
+    ) -> BoxFuture<'a, Result<Handles, EngineError>> {
+        Box::pin(snapshot::restore(self, spec, from, ram))
+    }
 }
 
+pub mod snapshot;
 #[cfg(test)]
 mod tests;

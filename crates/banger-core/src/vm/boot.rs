@@ -107,6 +107,7 @@ impl Lifecycle {
             console_log: engine.console_log(&dir),
             engine_log: dir.engine_log(),
             run_dir: dir.run.clone(),
+            state_dir: dir.state.clone(),
             accel,
             tsc_khz: banger_sys::process::tsc_khz(),
         };

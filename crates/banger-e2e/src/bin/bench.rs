@@ -117,6 +117,7 @@ fn bare_boot(image: &Path, scratch: &Path, accel: Accel) -> f64 {
         console_log: scratch.join("console.log"),
         engine_log: scratch.join("engine.log"),
         run_dir: scratch.to_owned(),
+        state_dir: scratch.to_owned(),
         accel,
         tsc_khz: banger_sys::process::tsc_khz(),
     };

@@ -22,6 +22,7 @@ fn spec(accel: Accel) -> MachineSpec {
         console_log: "/vm/console.log".into(),
         engine_log: "/vm/qemu.log".into(),
         run_dir: "/run/b/abc".into(),
+        state_dir: "/vm".into(),
         accel,
         tsc_khz: Some(2_300_000),
     }
@@ -254,5 +255,16 @@ fn a_stream_nic_connects_to_its_socket_as_a_client() {
         &a,
         "-device",
         "virtio-net-device,netdev=net0,mac=52:54:00:01:02:03"
+    ));
+}
+
+#[test]
+fn guest_ram_is_a_shared_file_in_the_state_dir() {
+    let a = argv(&spec(Accel::Tcg));
+    assert!(has_pair(&a, "-M", "microvm,memory-backend=mem"));
+    assert!(has_pair(
+        &a,
+        "-object",
+        "memory-backend-file,id=mem,size=512M,mem-path=/vm/guest.ram,share=on"
     ));
 }

@@ -1,0 +1,387 @@
+//! Snapshot and restore on QEMU (7.2 and later), through QMP.
+//!
+//! Guest RAM lives in a file, `-object memory-backend-file,share=on` (the
+//! VM's state dir, [`ram_file`]: a disk, not the small runtime tmpfs), so
+//! the device state need not carry it: with the `x-ignore-shared`
+//! migration capability a shared RAM block is left out of the stream.
+//!
+//! Snapshot ([`snapshot`]), on the control socket:
+//! 1. `qom-get` the RAM file's path and whether it is shared, `query-block`
+//!    the drives' top layers;
+//! 2. `stop` (QEMU drains and flushes every disk);
+//! 3. each drive in the switch list: `blockdev-add` its new overlay (made
+//!    beforehand, empty, by [`create_layer`]) and `blockdev-snapshot` onto
+//!    it: the layer below is frozen from now on;
+//! 4. `migrate-set-capabilities` `x-ignore-shared`, `getfd` (the state
+//!    file, opened here), `migrate` to `fd:`, poll `query-migrate`;
+//! 5. the RAM file copied out sparse (a privately mapped one went through
+//!    the stream instead);
+//! 6. `cont`, unless the VM is to stop. A migrated source that is not
+//!    continued refuses a second migration; one that is, takes it.
+//!
+//! Restore ([`restore`]): the VM's command line with its RAM from the
+//! snapshot (a copy mapped shared, or the snapshot's file mapped privately
+//! so VMs restored from it share pages) and `-incoming defer`; then
+//! `x-ignore-shared` (set before `migrate-incoming`: 7.2 has no command-line
+//! switch for it), `getfd`, `migrate-incoming` from `fd:`, poll
+//! `query-migrate`, `cont` (the source was paused, so the target is too).
+
+use super::{QemuEngine, control_socket};
+use crate::engine::snapshot::{RAM_FILE, STATE_FILE};
+use crate::engine::{EngineError, Handles, Layer, MachineSpec, RamMapping, SnapshotReport, Switch};
+use banger_sys::command::{Cmd, Runner};
+use serde_json::{Value, json};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+/// A running VM's RAM file, in its state dir.
+pub fn ram_file(state_dir: &Path) -> PathBuf {
+    state_dir.join(RAM_FILE)
+}
+
+/// The guest RAM's backing file as QEMU arguments (`-machine
+/// memory-backend=mem` names it).
+pub fn memory_object(spec: &MachineSpec, path: &Path, share: bool) -> String {
+    format!(
+        "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+        spec.memory_mib,
+        super::option_value(path),
+        if share { "on" } else { "off" }
+    )
+}
+
+/// How long a migration to or from a file may take.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One QMP session: commands with arguments, and a file passed along.
+struct Qmp {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    w: OwnedWriteHalf,
+}
+
+impl Qmp {
+    async fn connect(socket: &Path) -> Result<Qmp, EngineError> {
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|source| EngineError::Connect {
+                path: socket.to_owned(),
+                source,
+            })?;
+        let (r, w) = stream.into_split();
+        let mut q = Qmp {
+            lines: BufReader::new(r).lines(),
+            w,
+        };
+        q.reply("greeting").await?;
+        q.execute("qmp_capabilities", Value::Null).await?;
+        Ok(q)
+    }
+
+    async fn reply(&mut self, command: &str) -> Result<Value, EngineError> {
+        loop {
+            let line = self
+                .lines
+                .next_line()
+                .await?
+                .ok_or_else(|| control(command, "the engine closed its control socket"))?;
+            let v: Value = serde_json::from_str(&line).map_err(|e| control(command, e))?;
+            if v.get("event").is_some() {
+                continue;
+            }
+            if let Some(e) = v.get("error") {
+                let desc = e.get("desc").and_then(Value::as_str).unwrap_or_default();
+                return Err(control(command, desc));
+            }
+            return Ok(v.get("return").cloned().unwrap_or(Value::Null));
+        }
+    }
+
+    fn message(command: &str, args: Value) -> Vec<u8> {
+        let mut m = if args.is_null() {
+            json!({ "execute": command })
+        } else {
+            json!({ "execute": command, "arguments": args })
+        }
+        .to_string();
+        m.push('\n');
+        m.into_bytes()
+    }
+
+    async fn execute(&mut self, command: &str, args: Value) -> Result<Value, EngineError> {
+        self.w.write_all(&Self::message(command, args)).await?;
+        self.reply(command).await
+    }
+
+    /// `getfd`: QEMU keeps `file` under `name` for a `fd:NAME` URI.
+    async fn pass_file(&mut self, name: &str, file: &File) -> Result<(), EngineError> {
+        let msg = Self::message("getfd", json!({ "fdname": name }));
+        let sock = self.w.as_ref();
+        loop {
+            sock.writable().await?;
+            match sock.try_io(tokio::io::Interest::WRITABLE, || {
+                banger_sys::fdpass::send_with_fd(sock, &msg, file)
+            }) {
+                Ok(n) if n == msg.len() => break,
+                Ok(n) => {
+                    self.w.write_all(&msg[n..]).await?;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.reply("getfd").await.map(drop)
+    }
+
+    /// Waits for the migration in either direction to complete.
+    async fn wait_migration(&mut self) -> Result<(), EngineError> {
+        let deadline = Instant::now() + MIGRATE_TIMEOUT;
+        loop {
+            let st = self.execute("query-migrate", Value::Null).await?;
+            match st.get("status").and_then(Value::as_str).unwrap_or("") {
+                "completed" => return Ok(()),
+                s @ ("failed" | "cancelled") => {
+                    let why = st.get("error-desc").and_then(Value::as_str).unwrap_or(s);
+                    return Err(control("migrate", why));
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(control("migrate", "did not complete in time"));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+
+    async fn ignore_shared(&mut self) -> Result<(), EngineError> {
+        self.execute(
+            "migrate-set-capabilities",
+            json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] }),
+        )
+        .await
+        .map(drop)
+    }
+}
+
+fn control(command: &str, message: impl ToString) -> EngineError {
+    EngineError::Control {
+        command: command.into(),
+        message: message.to_string(),
+    }
+}
+
+fn bad(dir: &Path, problem: impl Into<String>) -> EngineError {
+    EngineError::BadSnapshot {
+        dir: dir.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// `overlay`: an empty qcow2 over `base`. `base` may be open in a running
+/// QEMU, so it is read with `-U` (its size only) and not opened again.
+pub fn create_layer(runner: &dyn Runner, base: &Layer, overlay: &Path) -> Result<(), EngineError> {
+    let err = |source| EngineError::RootDisk {
+        path: overlay.to_owned(),
+        source,
+    };
+    let info = runner
+        .run(
+            &Cmd::new("qemu-img")
+                .args(["info", "-U", "--output=json", "-f", base.format.as_str()])
+                .arg(&base.path),
+        )
+        .map_err(err)?;
+    let size = serde_json::from_slice::<Value>(&info.stdout)
+        .ok()
+        .and_then(|v| v.get("virtual-size").and_then(Value::as_u64))
+        .ok_or_else(|| control("qemu-img info", "no virtual-size"))?;
+    runner
+        .run(
+            &Cmd::new("qemu-img")
+                .args([
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-u",
+                    "-F",
+                    base.format.as_str(),
+                    "-b",
+                ])
+                .arg(&base.path)
+                .arg(overlay)
+                .arg(size.to_string()),
+        )
+        .map(drop)
+        .map_err(err)
+}
+
+/// The drives' top layers: file → node name.
+async fn top_layers(q: &mut Qmp) -> Result<Vec<(PathBuf, String)>, EngineError> {
+    let blocks = q.execute("query-block", Value::Null).await?;
+    Ok(blocks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| {
+            let ins = b.get("inserted")?;
+            Some((
+                PathBuf::from(ins.get("file")?.as_str()?),
+                ins.get("node-name")?.as_str()?.to_string(),
+            ))
+        })
+        .collect())
+}
+
+async fn qom_get(q: &mut Qmp, property: &str) -> Result<Value, EngineError> {
+    q.execute(
+        "qom-get",
+        json!({ "path": "/objects/mem", "property": property }),
+    )
+    .await
+}
+
+pub(super) async fn snapshot(
+    engine: &QemuEngine,
+    handles: &Handles,
+    dir: &Path,
+    switch: &[Switch],
+    resume: bool,
+) -> Result<SnapshotReport, EngineError> {
+    let mut q = Qmp::connect(&handles.control_socket).await?;
+    let ram = PathBuf::from(
+        qom_get(&mut q, "mem-path")
+            .await?
+            .as_str()
+            .ok_or_else(|| control("qom-get", "no mem-path: the vm runs without a RAM file"))?,
+    );
+    let shared = qom_get(&mut q, "share").await?.as_bool().unwrap_or(false);
+    let tops = top_layers(&mut q).await?;
+    let mut moves = Vec::new();
+    for (i, s) in switch.iter().enumerate() {
+        let node = tops
+            .iter()
+            .find(|(file, _)| *file == s.current)
+            .map(|(_, node)| node.clone())
+            .ok_or_else(|| {
+                control(
+                    "query-block",
+                    format!("no drive has {} on top", s.current.display()),
+                )
+            })?;
+        // Node names are unique for the engine's life; the layers a snapshot
+        // leaves stay nodes (backing) of the chain.
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        moves.push((node, format!("layer{stamp}-{i}"), &s.overlay));
+    }
+    let state = File::options()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(STATE_FILE))?;
+    let t0 = Instant::now();
+    q.execute("stop", Value::Null).await?;
+    let paused = async {
+        for (node, name, overlay) in &moves {
+            q.execute(
+                "blockdev-add",
+                json!({
+                    "driver": "qcow2",
+                    "node-name": name,
+                    "file": { "driver": "file", "filename": overlay },
+                    "backing": null,
+                }),
+            )
+            .await?;
+            q.execute(
+                "blockdev-snapshot",
+                json!({ "node": node, "overlay": name }),
+            )
+            .await?;
+        }
+        q.ignore_shared().await?;
+        q.pass_file("snapshot", &state).await?;
+        q.execute("migrate", json!({ "uri": "fd:snapshot" }))
+            .await?;
+        q.wait_migration().await?;
+        if shared {
+            let runner = engine.runner.clone();
+            let (from, to) = (ram.clone(), dir.join(RAM_FILE));
+            tokio::task::spawn_blocking(move || crate::disks::sparse_copy(&*runner, &from, &to))
+                .await
+                .map_err(|e| control("copy guest ram", e))?
+                .map_err(|e| control("copy guest ram", crate::error::chain(&e)))?;
+        }
+        Ok::<_, EngineError>(())
+    }
+    .await;
+    // Whatever happened, a VM that is to run on runs on.
+    if resume {
+        let cont = q.execute("cont", Value::Null).await;
+        paused?;
+        cont?;
+    } else {
+        paused?;
+    }
+    Ok(SnapshotReport {
+        paused_ms: t0.elapsed().as_millis() as u64,
+    })
+}
+
+pub(super) async fn restore(
+    engine: &QemuEngine,
+    spec: &MachineSpec,
+    from: &Path,
+    mapping: RamMapping,
+) -> Result<Handles, EngineError> {
+    let state =
+        File::open(from.join(STATE_FILE)).map_err(|e| bad(from, format!("{STATE_FILE}: {e}")))?;
+    let snap_ram = from.join(RAM_FILE);
+    let own = ram_file(&spec.state_dir);
+    let _ = std::fs::remove_file(&own);
+    let (ram, share) = match mapping {
+        RamMapping::Private if snap_ram.exists() => (snap_ram, false),
+        _ => {
+            if snap_ram.exists() {
+                let runner = engine.runner.clone();
+                let to = own.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::disks::sparse_copy(&*runner, &snap_ram, &to)
+                })
+                .await
+                .map_err(|e| control("copy guest ram", e))?
+                .map_err(|e| control("copy guest ram", crate::error::chain(&e)))?;
+            }
+            (own, true)
+        }
+    };
+    let mut args = super::argv_with(spec, &memory_object(spec, &ram, share));
+    args.extend(["-incoming".to_string(), "defer".to_string()]);
+    let handles = engine.spawn_inner(spec, args).await?;
+    let incoming = async {
+        let mut q = Qmp::connect(&control_socket(&spec.run_dir)).await?;
+        q.ignore_shared().await?;
+        q.pass_file("restore", &state).await?;
+        q.execute("migrate-incoming", json!({ "uri": "fd:restore" }))
+            .await?;
+        q.wait_migration().await?;
+        q.execute("cont", Value::Null).await.map(drop)
+    };
+    match incoming.await {
+        Ok(()) => Ok(handles),
+        Err(e) => {
+            let _ = engine.stop_inner(&handles, Duration::from_secs(1)).await;
+            let log = crate::layout::tail(&spec.engine_log, 4);
+            Err(if log.is_empty() {
+                e
+            } else {
+                control("restore", format!("{e}; engine said: {log}"))
+            })
+        }
+    }
+}
