@@ -7,6 +7,8 @@
 //! Prerequisites (QEMU, the static agent, the built binaries) are checked by
 //! [`Env::new`]; when one is missing the test prints why and is skipped,
 //! unless `BANGER_E2E_REQUIRED=1` (set in CI), where a skip is a failure.
+//! An env's drop deletes its VMs and stops its daemon, and fails the test
+//! when anything of it still runs after that: clean-up never hides a leak.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -555,15 +557,12 @@ impl Env {
                 }
             }
         }
-        // The daemon's command line need not name this env's files.
-        let daemon = self.daemon_pid();
         let out = self.cmd(&["daemon", "stop"]).output();
         if !out.as_ref().is_ok_and(|o| o.status.success()) {
             leaks.push(format!("the daemon (daemon stop failed: {out:?})"));
         }
         let left = || {
             let mut pids = processes_naming(self.root.path());
-            pids.extend(daemon.filter(|&pid| process_alive(pid)));
             if let Some(ns) = &self.netns {
                 pids.extend(processes_in_netns(ns));
             }
@@ -607,20 +606,22 @@ impl Drop for Env {
     }
 }
 
-/// Live processes whose command line mentions `dir`, but this one.
+/// Live processes whose command line or environment mentions `dir` (the
+/// daemon's names it only in its environment), but this one.
 fn processes_naming(dir: &Path) -> Vec<u32> {
     let needle = dir.as_os_str().as_encoded_bytes();
+    let names = |pid: u32, file: &str| {
+        std::fs::read(format!("/proc/{pid}/{file}"))
+            .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+    };
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != std::process::id())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
-        })
+        .filter(|&pid| pid != 1 && pid != std::process::id())
+        .filter(|&pid| process_alive(pid) && (names(pid, "cmdline") || names(pid, "environ")))
         .collect()
 }
 
@@ -633,7 +634,7 @@ fn processes_in_netns(ns: &str) -> Vec<u32> {
             String::from_utf8_lossy(&o.stdout)
                 .split_whitespace()
                 .filter_map(|p| p.parse().ok())
-                .filter(|&p| process_alive(p))
+                .filter(|&p| p != 1 && process_alive(p))
                 .collect()
         })
         .unwrap_or_default()
