@@ -34,6 +34,10 @@
 //! | GET | `/v1/vms/{name}/sessions/{s}/logs?follow=bool` | → `application/octet-stream`: scrollback, then live output while following |
 //! | POST | `/v1/vms/{name}/sessions/{s}/stop` | → [`Session`] once it has ended |
 //! | GET | `/v1/doctor` | → [`DoctorReport`] |
+//! | GET | `/v1/vms/{name}/snapshots` | → `Vec<Snapshot>` |
+//! | POST | `/v1/vms/{name}/snapshots` | [`TakeSnapshot`] → 202 [`OperationRef`] |
+//! | DELETE | `/v1/vms/{name}/snapshots/{s}` | → 204 |
+//! | POST | `/v1/vms/{name}/restore` | [`RestoreSnapshot`] → 202 [`OperationRef`] |
 //!
 //! Every error is an [`ApiError`] body with a stable [`ErrorCode`]. Request
 //! bodies refuse fields they do not have (`invalid`, naming the field), so
@@ -42,9 +46,11 @@
 pub mod error;
 pub mod modes;
 pub mod paths;
+pub mod snapshot;
 pub mod text;
 
 pub use error::ErrorCode;
+pub use snapshot::{RestoreSnapshot, Snapshot, TakeSnapshot, validate_snapshot_name};
 pub use modes::{EngineKind, NetworkMode, Preset, SessionState, UnknownWord, WorkspaceMode};
 
 use serde::{Deserialize, Serialize};
@@ -211,6 +217,8 @@ pub enum OperationKind {
     ImageRegister,
     WorkspacePrepare,
     WorkspaceExport,
+    Snapshot,
+    Restore,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -19,6 +19,12 @@ pub enum Error {
     ImageNotFound { name: String },
     #[error("no session named {name:?}: see `banger vm session list`")]
     SessionNotFound { name: String },
+    #[error("vm {vm:?} has no snapshot named {name:?}: see `banger vm snapshot list {vm}`")]
+    SnapshotNotFound { vm: String, name: String },
+    #[error(
+        "vm {vm:?} already has a snapshot named {name:?}: pick another --name, or delete it with `banger vm snapshot delete {vm} {name}`"
+    )]
+    SnapshotExists { vm: String, name: String },
     #[error("no operation {id:?}")]
     OperationNotFound { id: String },
     #[error("vm {name:?} is {state}{}", refusal(*.action, .name))]
@@ -176,8 +182,10 @@ impl Error {
             Error::VmNotFound { .. }
             | Error::ImageNotFound { .. }
             | Error::SessionNotFound { .. }
+            | Error::SnapshotNotFound { .. }
             | Error::OperationNotFound { .. } => ErrorCode::NotFound,
             Error::WrongState { .. }
+            | Error::SnapshotExists { .. }
             | Error::ImageExists { .. }
             | Error::PortInUse { .. }
             | Error::Store(S::DuplicateVm(_) | S::DuplicateImage(_) | S::ImageInUse { .. }) => {

@@ -44,6 +44,14 @@ pub enum VmCommand {
     Stop(NameArg),
     /// Stop and start a VM.
     Restart(NameArg),
+    /// Snapshot a running VM: memory, devices and disks at one moment
+    /// (prints the snapshot's name); `list` and `delete` its snapshots.
+    #[command(
+        override_usage = "banger vm snapshot <VM> [--name N] [--stop]\n       banger vm snapshot list <VM> [--json]\n       banger vm snapshot delete <VM> <SNAPSHOT>"
+    )]
+    Snapshot(SnapshotArgs),
+    /// Put a VM back to a snapshot: processes, memory and files as they were.
+    Restore(RestoreArgs),
     /// Delete VMs and their disks.
     #[command(alias = "rm")]
     Delete(NamesArg),
@@ -287,6 +295,43 @@ pub struct ExecArgs {
 #[derive(Debug, Args)]
 pub struct NameArg {
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub command: Option<SnapshotCommand>,
+    /// The VM to snapshot.
+    pub vm: Option<String>,
+    /// The snapshot's name (default: snap-N, the first free N).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Stop the VM once the snapshot is taken.
+    #[arg(long)]
+    pub stop: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List a VM's snapshots.
+    #[command(alias = "ls")]
+    List(ShowArgs),
+    /// Delete one of a VM's snapshots.
+    #[command(alias = "rm")]
+    Delete(SnapshotRef),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotRef {
+    pub vm: String,
+    pub snapshot: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    pub vm: String,
+    pub snapshot: String,
 }
 
 #[derive(Debug, Args)]

@@ -80,6 +80,8 @@ pub fn summary(op: &Operation) -> String {
         OperationKind::ImageRegister => format!("image {} registered", op.target),
         OperationKind::WorkspacePrepare => format!("workspace ready in vm {}", op.target),
         OperationKind::WorkspaceExport => format!("workspace of vm {} exported", op.target),
+        OperationKind::Snapshot => format!("snapshot of vm {} taken", op.target),
+        OperationKind::Restore => format!("vm {} restored", op.target),
     };
     match op.duration_ms {
         Some(ms) => format!("{what} ({})", format_duration_ms(ms)),
@@ -98,6 +100,8 @@ fn kind_noun(kind: OperationKind) -> &'static str {
         OperationKind::ImageRegister => "registering image",
         OperationKind::WorkspacePrepare => "preparing workspace",
         OperationKind::WorkspaceExport => "exporting workspace",
+        OperationKind::Snapshot => "taking snapshot",
+        OperationKind::Restore => "restoring vm",
     }
 }
 

@@ -65,6 +65,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/vms/{name}/start", post(start_vm))
         .route("/v1/vms/{name}/stop", post(stop_vm))
         .route("/v1/vms/{name}/restart", post(restart_vm))
+        .route(
+            "/v1/vms/{name}/snapshots",
+            get(list_snapshots).post(take_snapshot),
+        )
+        .route(
+            "/v1/vms/{name}/snapshots/{snapshot}",
+            axum::routing::delete(delete_snapshot),
+        )
+        .route("/v1/vms/{name}/restore", post(restore_vm))
         .route("/v1/vms/{name}/logs", get(crate::streams::vm_logs))
         .route("/v1/vms/{name}/exec", post(crate::exec::exec))
         .route("/v1/vms/{name}/connect", post(crate::exec::connect))
@@ -197,6 +206,39 @@ async fn stop_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResu
 
 async fn restart_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     Ok(accepted(s.vms.restart(&name)?))
+}
+
+async fn list_snapshots(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<banger_api::Snapshot>>> {
+    Ok(Json(s.vms.snapshots(&name)?))
+}
+
+async fn take_snapshot(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    req: Result<Json<banger_api::TakeSnapshot>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Response> {
+    let req = body("snapshot", req)?;
+    Ok(accepted(s.vms.snapshot(&name, req)?))
+}
+
+async fn delete_snapshot(
+    State(s): State<AppState>,
+    Path((name, snapshot)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    s.vms.delete_snapshot(&name, &snapshot).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn restore_vm(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    req: Result<Json<banger_api::RestoreSnapshot>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Response> {
+    let req = body("restore", req)?;
+    Ok(accepted(s.vms.restore(&name, req)?))
 }
 
 /// A JSON body, or a 400 naming what is wrong with it.

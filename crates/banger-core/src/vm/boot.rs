@@ -11,17 +11,22 @@
 //!    `ready`.
 //!
 //! A failure anywhere leaves the undo stack to the caller, which unwinds it.
+//!
+//! Restore ([`Lifecycle::boot_from`] with a snapshot) is the same sequence
+//! with the engine restored from the snapshot instead of booted: the host
+//! side is made afresh, the guest resumes where the snapshot left it.
 
 use super::Lifecycle;
 use super::runtime::Running;
 use super::undo::Undo;
 use crate::agent::AgentConn;
 use crate::capability::{BootPlan, Ctx};
-use crate::engine::{Drive, DriveFormat, Engine, Handles, MachineSpec};
+use crate::engine::{Drive, DriveFormat, Engine, Handles, MachineSpec, RamMapping};
 use crate::error::Error;
 use crate::ops::Op;
 use crate::store::{ImageRecord, VmRecord};
 use banger_proto::GuestConfig;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +39,19 @@ impl Lifecycle {
         vm: &'a VmRecord,
         image: &ImageRecord,
         undo: &mut Undo<'a>,
+    ) -> Result<(), Error> {
+        self.boot_from(op, vm, image, undo, None).await
+    }
+
+    /// [`Lifecycle::boot`], or with `from` (a snapshot directory and how to
+    /// map its RAM) a restore of that snapshot.
+    pub(super) async fn boot_from<'a>(
+        &'a self,
+        op: &Op,
+        vm: &'a VmRecord,
+        image: &ImageRecord,
+        undo: &mut Undo<'a>,
+        from: Option<(&Path, RamMapping)>,
     ) -> Result<(), Error> {
         let engine = self.engine(vm)?;
         let dir = self.dir(vm);
@@ -88,6 +106,12 @@ impl Lifecycle {
             serial: banger_proto::CONFIG_DRIVE_SERIAL,
             read_only: true,
         });
+        super::layers::Tops::load(&dir)
+            .map_err(Error::io(format!(
+                "cannot read {}",
+                dir.file(super::layers::TOPS).display()
+            )))?
+            .apply(&dir, &mut drives);
         let manifest: serde_json::Value = serde_json::from_str(&image.manifest).unwrap_or_default();
         let spec = MachineSpec {
             vm_id: vm.id.clone(),
@@ -111,11 +135,20 @@ impl Lifecycle {
             accel,
             tsc_khz: banger_sys::process::tsc_khz(),
         };
-        let handles = op
-            .stage("engine", "start engine", async {
-                Ok::<_, Error>(engine.spawn(&spec).await?)
-            })
-            .await?;
+        let handles = match from {
+            None => {
+                op.stage("engine", "start engine", async {
+                    Ok::<_, Error>(engine.spawn(&spec).await?)
+                })
+                .await?
+            }
+            Some((snapshot, ram)) => {
+                op.stage("engine", "restore engine", async {
+                    Ok::<_, Error>(engine.restore(&spec, snapshot, ram).await?)
+                })
+                .await?
+            }
+        };
         {
             let (engine, handles) = (engine.clone(), handles.clone());
             undo.push_async("stop the engine", move || {

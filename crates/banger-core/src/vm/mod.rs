@@ -8,12 +8,15 @@
 pub mod boot;
 pub mod create;
 pub mod delete;
+pub mod layers;
 pub mod leaks;
 pub mod lifecycle;
 pub mod monitor;
 pub mod names;
 pub mod reconcile;
+pub mod restore;
 pub mod runtime;
+pub mod snapshot;
 pub mod ssh;
 pub mod start;
 pub mod stop;
@@ -21,6 +24,8 @@ pub mod undo;
 
 #[cfg(test)]
 mod race_tests;
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;
 

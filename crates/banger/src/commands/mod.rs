@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod exec;
 pub mod image;
 pub mod session;
+pub mod snapshot;
 pub mod ssh;
 pub mod vm;
 pub mod vm_run;
@@ -63,6 +64,8 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<i32> {
             VmCommand::Start(arg) => vm::lifecycle(ctx, vm::Action::Start, &arg.name).await,
             VmCommand::Stop(arg) => vm::lifecycle(ctx, vm::Action::Stop, &arg.name).await,
             VmCommand::Restart(arg) => vm::lifecycle(ctx, vm::Action::Restart, &arg.name).await,
+            VmCommand::Snapshot(args) => snapshot::run(ctx, args).await,
+            VmCommand::Restore(args) => snapshot::restore(ctx, &args.vm, &args.snapshot).await,
             VmCommand::Delete(args) => vm::delete(ctx, &args.names).await,
             VmCommand::List(flag) => vm::list(ctx, flag.json).await,
             VmCommand::Show(args) => vm::show(ctx, &args.name, args.json).await,

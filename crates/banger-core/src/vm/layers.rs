@@ -1,0 +1,272 @@
+//! A VM's disk layers and snapshot directories, on disk.
+//!
+//! Each writable drive (root, work) is a chain of copy-on-write layers:
+//! the one it was created with (`root.qcow2` over the image, the raw
+//! `work.ext4`) and, after snapshots, qcow2 layers in `layers/`. The top of
+//! each chain is recorded in `layers.json` (absent: no snapshot was ever
+//! taken, the drives are their first layers); a boot or restore attaches
+//! the top. A layer a snapshot left is frozen: nothing writes it again,
+//! and the snapshot's manifest names it.
+//!
+//! Crash safety: `layers.json` is replaced by rename, and names a new top
+//! before the engine moves onto it. An empty layer over the one the engine
+//! still writes shows the same disk, so a daemon killed in between loses
+//! nothing. A snapshot is written into `snapshots/.NAME.staging-*` and
+//! renamed to `snapshots/NAME` when complete; [`sweep`] clears what an
+//! interrupted one left.
+
+use crate::engine::{Drive, DriveFormat, Layer};
+use crate::layout::VmDir;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const TOPS: &str = "layers.json";
+pub const LAYERS_DIR: &str = "layers";
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+pub const MANIFEST: &str = "manifest.json";
+
+/// One layer, by its path relative to the VM's state dir.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRef {
+    pub file: String,
+    pub format: String,
+}
+
+impl LayerRef {
+    pub fn of(dir: &VmDir, layer: &Layer) -> Option<LayerRef> {
+        let rel = layer.path.strip_prefix(&dir.state).ok()?;
+        Some(LayerRef {
+            file: rel.to_str()?.to_string(),
+            format: layer.format.as_str().into(),
+        })
+    }
+
+    /// The layer in `dir`; `None` for a path that leaves the state dir.
+    pub fn resolve(&self, dir: &VmDir) -> Option<Layer> {
+        let rel = Path::new(&self.file);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return None;
+        }
+        Some(Layer {
+            path: dir.state.join(rel),
+            format: DriveFormat::parse(&self.format)?,
+        })
+    }
+}
+
+/// The top layer of each drive that has moved off its first layer, by the
+/// drive's serial.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tops(pub BTreeMap<String, LayerRef>);
+
+impl Tops {
+    pub fn load(dir: &VmDir) -> std::io::Result<Tops> {
+        match std::fs::read(dir.file(TOPS)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Tops::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn save(&self, dir: &VmDir) -> std::io::Result<()> {
+        write_atomic(&dir.file(TOPS), &serde_json::to_vec_pretty(self)?)
+    }
+
+    /// `drives` with each writable one moved to its recorded top.
+    pub fn apply(&self, dir: &VmDir, drives: &mut [Drive]) {
+        for d in drives.iter_mut().filter(|d| !d.read_only) {
+            if let Some(layer) = self.0.get(d.serial).and_then(|r| r.resolve(dir)) {
+                d.path = layer.path;
+                d.format = layer.format;
+            }
+        }
+    }
+}
+
+/// What a snapshot directory says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub vm_id: String,
+    pub name: String,
+    pub created_at: i64,
+    pub engine: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    /// The frozen layer of each writable drive, by serial.
+    pub layers: BTreeMap<String, LayerRef>,
+    pub paused_ms: u64,
+}
+
+pub fn snapshots_dir(dir: &VmDir) -> PathBuf {
+    dir.file(SNAPSHOTS_DIR)
+}
+
+pub fn snapshot_dir(dir: &VmDir, name: &str) -> PathBuf {
+    snapshots_dir(dir).join(name)
+}
+
+pub fn read_manifest(snap: &Path) -> std::io::Result<Manifest> {
+    serde_json::from_slice(&std::fs::read(snap.join(MANIFEST))?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// A new directory for a snapshot being written (owner-only).
+pub fn staging_dir(dir: &VmDir, name: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = snapshots_dir(dir);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&parent)?;
+    let staging = parent.join(format!(".{name}.staging-{}", unique()));
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    Ok(staging)
+}
+
+/// A new layer's path for the drive `serial`.
+pub fn new_layer_path(dir: &VmDir, serial: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let layers = dir.file(LAYERS_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&layers)?;
+    Ok(layers.join(format!("{serial}-{}.qcow2", unique())))
+}
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{nanos:x}")
+}
+
+/// Flushes `snap`'s files to disk, then makes it `snapshots/NAME`.
+pub fn publish(staging: &Path, dir: &VmDir, name: &str) -> std::io::Result<PathBuf> {
+    for entry in std::fs::read_dir(staging)? {
+        std::fs::File::open(entry?.path())?.sync_all()?;
+    }
+    let dest = snapshot_dir(dir, name);
+    std::fs::rename(staging, &dest)?;
+    std::fs::File::open(snapshots_dir(dir))?.sync_all()?;
+    Ok(dest)
+}
+
+/// Bytes a file or directory tree really holds on disk (holes excluded).
+pub fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| allocated(&e.path()))
+            .sum()
+    } else {
+        meta.blocks() * 512
+    }
+}
+
+/// Removes what an interrupted snapshot left: staging directories.
+/// Returns the names of the complete snapshot directories.
+pub fn sweep(dir: &VmDir) -> Vec<String> {
+    let mut complete = Vec::new();
+    for entry in std::fs::read_dir(snapshots_dir(dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".staging-") {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove a snapshot's staging dir");
+            }
+        } else if entry.path().join(MANIFEST).is_file() {
+            complete.push(name);
+        }
+    }
+    complete
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp-{}", unique()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm_dir(root: &Path) -> VmDir {
+        let d = VmDir::new(&root.join("state"), &root.join("run"), "abc");
+        d.create().unwrap();
+        d
+    }
+
+    #[test]
+    fn recorded_tops_replace_writable_drives_only() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = vm_dir(t.path());
+        let mut tops = Tops::default();
+        tops.0.insert(
+            "banger-work".into(),
+            LayerRef {
+                file: "layers/banger-work-1.qcow2".into(),
+                format: "qcow2".into(),
+            },
+        );
+        tops.save(&dir).unwrap();
+        let drive = |serial, read_only| Drive {
+            path: dir.file("x"),
+            format: DriveFormat::Raw,
+            serial,
+            read_only,
+        };
+        let mut drives = vec![drive("banger-root", false), drive("banger-work", false)];
+        Tops::load(&dir).unwrap().apply(&dir, &mut drives);
+        assert_eq!(drives[0].path, dir.file("x"));
+        assert_eq!(drives[1].path, dir.file("layers/banger-work-1.qcow2"));
+        assert_eq!(drives[1].format, DriveFormat::Qcow2);
+    }
+
+    #[test]
+    fn a_layer_outside_the_state_dir_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = vm_dir(t.path());
+        for file in ["../other/root.qcow2", "/etc/passwd"] {
+            let r = LayerRef {
+                file: file.into(),
+                format: "raw".into(),
+            };
+            assert_eq!(r.resolve(&dir), None, "{file}");
+        }
+    }
+
+    #[test]
+    fn sweep_removes_staging_and_keeps_complete_snapshots() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = vm_dir(t.path());
+        let staging = staging_dir(&dir, "one").unwrap();
+        std::fs::write(staging.join(MANIFEST), "{}").unwrap();
+        let done = staging_dir(&dir, "two").unwrap();
+        std::fs::write(done.join(MANIFEST), "{}").unwrap();
+        publish(&done, &dir, "two").unwrap();
+        assert_eq!(sweep(&dir), ["two"]);
+        assert!(!staging.exists());
+    }
+}

@@ -1,0 +1,208 @@
+//! Snapshot and restore on the fake engine: what is recorded, which disk
+//! layers the next boot gets, and what a failure leaves.
+
+use super::layers::{self, Tops};
+use crate::engine::RamMapping;
+use crate::engine::fake::FakeFault;
+use crate::error::Error;
+use crate::testing::{Harness, finish, succeeded};
+use banger_api::{NetworkMode, RestoreSnapshot, TakeSnapshot, VmState};
+
+fn take(name: Option<&str>, stop: bool) -> TakeSnapshot {
+    TakeSnapshot {
+        name: name.map(Into::into),
+        stop,
+    }
+}
+
+fn stage_names(op: &banger_api::Operation) -> Vec<&str> {
+    op.stages.iter().map(|s| s.name.as_str()).collect()
+}
+
+async fn running_vm() -> Harness {
+    let h = Harness::new();
+    assert!(succeeded(&h.create("web", NetworkMode::None).await));
+    h
+}
+
+fn vm_dir(h: &Harness) -> crate::layout::VmDir {
+    let vm = h.store.vm("web").unwrap().unwrap();
+    crate::layout::VmDir {
+        state: vm.dir.into(),
+        run: h.paths.runtime_dir.join("vms").join(&vm.id),
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_is_recorded_and_the_vm_runs_on_new_layers() {
+    let h = running_vm().await;
+    let op = finish(h.services.vms.snapshot("web", take(None, false)).unwrap()).await;
+    assert!(succeeded(&op), "{op:?}");
+    assert_eq!(stage_names(&op), ["layers", "memory", "save"]);
+    assert_eq!(op.target, "web/snap-1");
+    let list = h.services.vms.snapshots("web").unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].name, "snap-1");
+    let dir = vm_dir(&h);
+    let manifest = layers::read_manifest(&layers::snapshot_dir(&dir, "snap-1")).unwrap();
+    assert_eq!(
+        manifest.layers[banger_proto::ROOT_DRIVE_SERIAL].file,
+        "root.fake"
+    );
+    let tops = Tops::load(&dir).unwrap();
+    assert!(
+        tops.0[banger_proto::ROOT_DRIVE_SERIAL]
+            .file
+            .starts_with("layers/")
+    );
+    assert_eq!(h.services.vms.show("web").unwrap().state, VmState::Running);
+    assert_eq!(h.engine.running(), 1);
+
+    // The next boot attaches the new top, not the frozen layer.
+    assert!(succeeded(
+        &finish(h.services.vms.stop("web").unwrap()).await
+    ));
+    assert!(succeeded(
+        &finish(h.services.vms.start("web").unwrap()).await
+    ));
+    let root = h.engine.specs().pop().unwrap().drives[0].clone();
+    assert_eq!(
+        root.path,
+        dir.file(&tops.0[banger_proto::ROOT_DRIVE_SERIAL].file)
+    );
+}
+
+#[tokio::test]
+async fn snapshot_with_stop_leaves_the_vm_stopped() {
+    let h = running_vm().await;
+    let op = finish(
+        h.services
+            .vms
+            .snapshot("web", take(Some("s"), true))
+            .unwrap(),
+    )
+    .await;
+    assert!(succeeded(&op), "{op:?}");
+    assert_eq!(stage_names(&op), ["layers", "memory", "save", "stop"]);
+    assert_eq!(h.services.vms.show("web").unwrap().state, VmState::Stopped);
+    assert_eq!(h.engine.running(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_snapshot_leaves_no_snapshot_and_the_vm_running() {
+    let h = running_vm().await;
+    h.engine.fail(FakeFault::Snapshot);
+    let op = finish(
+        h.services
+            .vms
+            .snapshot("web", take(Some("s"), false))
+            .unwrap(),
+    )
+    .await;
+    assert!(!succeeded(&op));
+    assert!(h.services.vms.snapshots("web").unwrap().is_empty());
+    let dir = vm_dir(&h);
+    assert!(layers::sweep(&dir).is_empty());
+    let left: Vec<_> = std::fs::read_dir(layers::snapshots_dir(&dir))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+    assert_eq!(h.services.vms.show("web").unwrap().state, VmState::Running);
+}
+
+#[tokio::test]
+async fn names_are_unique_per_vm_and_deleted_snapshots_are_gone() {
+    let h = running_vm().await;
+    let op = finish(
+        h.services
+            .vms
+            .snapshot("web", take(Some("a"), false))
+            .unwrap(),
+    )
+    .await;
+    assert!(succeeded(&op));
+    let again = h.services.vms.snapshot("web", take(Some("a"), false));
+    assert!(matches!(again, Err(Error::SnapshotExists { .. })));
+    h.services.vms.delete_snapshot("web", "a").await.unwrap();
+    assert!(h.services.vms.snapshots("web").unwrap().is_empty());
+    assert!(!layers::snapshot_dir(&vm_dir(&h), "a").exists());
+    let gone = h.services.vms.delete_snapshot("web", "a").await;
+    assert!(matches!(gone, Err(Error::SnapshotNotFound { .. })));
+    let restore = h.services.vms.restore(
+        "web",
+        RestoreSnapshot {
+            snapshot: "a".into(),
+        },
+    );
+    assert!(matches!(restore, Err(Error::SnapshotNotFound { .. })));
+}
+
+#[tokio::test]
+async fn restore_starts_the_engine_from_the_snapshot_on_fresh_layers() {
+    let h = running_vm().await;
+    let op = finish(
+        h.services
+            .vms
+            .snapshot("web", take(Some("s"), false))
+            .unwrap(),
+    )
+    .await;
+    assert!(succeeded(&op));
+    let dir = vm_dir(&h);
+    let top_after_snapshot = Tops::load(&dir).unwrap().0[banger_proto::ROOT_DRIVE_SERIAL].clone();
+    let req = RestoreSnapshot {
+        snapshot: "s".into(),
+    };
+    let op = finish(h.services.vms.restore("web", req).unwrap()).await;
+    assert!(succeeded(&op), "{op:?}");
+    assert_eq!(
+        stage_names(&op),
+        ["stop", "layers", "prepare", "config", "engine", "agent"]
+    );
+    assert_eq!(
+        h.engine.restored(),
+        [(layers::snapshot_dir(&dir, "s"), RamMapping::Copy)]
+    );
+    assert_eq!(h.engine.running(), 1);
+    assert_eq!(h.services.vms.show("web").unwrap().state, VmState::Running);
+    let top = Tops::load(&dir).unwrap().0[banger_proto::ROOT_DRIVE_SERIAL].clone();
+    assert_ne!(top, top_after_snapshot);
+    assert!(
+        !dir.file(&top_after_snapshot.file).exists(),
+        "the old top is removed"
+    );
+    assert_eq!(
+        h.engine.specs().pop().unwrap().drives[0].path,
+        dir.file(&top.file)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_restore_leaves_the_vm_failed_and_no_engine() {
+    let h = running_vm().await;
+    let op = finish(
+        h.services
+            .vms
+            .snapshot("web", take(Some("s"), false))
+            .unwrap(),
+    )
+    .await;
+    assert!(succeeded(&op));
+    h.engine.fail(FakeFault::Restore);
+    let req = RestoreSnapshot {
+        snapshot: "s".into(),
+    };
+    let op = finish(h.services.vms.restore("web", req).unwrap()).await;
+    assert!(!succeeded(&op));
+    let vm = h.services.vms.show("web").unwrap();
+    assert_eq!(vm.state, VmState::Failed);
+    assert!(vm.last_error.unwrap().contains("injected restore failure"));
+    assert_eq!(h.engine.running(), 0);
+    h.engine.heal();
+    let req = RestoreSnapshot {
+        snapshot: "s".into(),
+    };
+    assert!(succeeded(
+        &finish(h.services.vms.restore("web", req).unwrap()).await
+    ));
+}
