@@ -1,0 +1,170 @@
+//! End-to-end: snapshots of a real guest and restores of them, through the
+//! real CLI and daemon. A counter running in the guest (a session, its
+//! count in the shell's memory) is still counting after a restore, from
+//! where the snapshot caught it; a file written after the snapshot is gone;
+//! the restored VM answers `vm exec` and can be snapshotted again; list and
+//! delete; `--stop` leaves the VM stopped and a restore brings it back.
+//! Prints what each step took (the figures in ARCHITECTURE.md).
+
+use banger_e2e::{Env, boot_permit, skip, wait_until};
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = "default_memory_mib = 256\ndefault_disk_size_mib = 512\nnetwork = \"none\"\ndefault_image = \"minimal\"\n";
+
+const VM: &str = "snappy";
+
+fn counter(env: &Env) -> u64 {
+    let out = env.ok(&["vm", "exec", VM, "--", "cat", "/root/counter"]);
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("counter: {out:?}"))
+}
+
+fn timed(env: &Env, what: &str, args: &[&str]) -> (String, Duration) {
+    let t0 = Instant::now();
+    let out = env.ok(args);
+    let took = t0.elapsed();
+    eprintln!("FIGURE {what}: {} ms", took.as_millis());
+    (out, took)
+}
+
+fn snapshots(env: &Env) -> Vec<serde_json::Value> {
+    env.json(&["vm", "snapshot", "list", VM, "--json"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_restored_vm_is_back_at_its_snapshot_with_its_processes_running() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let _permit = boot_permit();
+    env.ok(&["vm", "create", "--name", VM]);
+    env.ok(&[
+        "vm",
+        "session",
+        "start",
+        VM,
+        "--name",
+        "counter",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /root/counter; sleep 0.2; done",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(20), || env
+            .run(&["vm", "exec", VM, "--", "cat", "/root/counter"])
+            .stdout
+            .len()
+            > 1
+            && counter(&env) >= 5),
+        "the counter never counted"
+    );
+
+    // Snapshot, and the VM runs on.
+    let before = counter(&env);
+    let (name, _) = timed(
+        &env,
+        "snapshot (running vm)",
+        &["vm", "snapshot", VM, "--name", "first"],
+    );
+    assert_eq!(name.trim(), "first");
+    let at_snapshot = counter(&env);
+    assert!(at_snapshot >= before);
+    let list = snapshots(&env);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["name"], "first");
+    let size = list[0]["size_bytes"].as_u64().unwrap();
+    eprintln!("FIGURE snapshot size on disk: {} KiB", size / 1024);
+    assert!(size > 0);
+
+    // Time passes, a file is written; the restore undoes both.
+    std::thread::sleep(Duration::from_secs(3));
+    env.ok(&[
+        "vm",
+        "exec",
+        VM,
+        "--",
+        "sh",
+        "-c",
+        "echo later > /root/after",
+    ]);
+    let before_restore = counter(&env);
+    assert!(
+        before_restore > at_snapshot + 5,
+        "the counter kept counting"
+    );
+    timed(
+        &env,
+        "restore to agent answering",
+        &["vm", "restore", VM, "first"],
+    );
+    let restored = counter(&env);
+    assert!(
+        restored >= before && restored < before_restore,
+        "counter after restore {restored}: the snapshot caught it between {before} and {at_snapshot}, it had reached {before_restore}"
+    );
+    let out = env.run(&["vm", "exec", VM, "--", "cat", "/root/after"]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a file written after the snapshot survived the restore"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || counter(&env) > restored + 2),
+        "the counter does not run after the restore"
+    );
+    assert_eq!(
+        env.ok(&["vm", "exec", VM, "--", "echo", "answers"]).trim(),
+        "answers"
+    );
+
+    // The restored VM snapshots again, with --stop, and comes back from that.
+    timed(
+        &env,
+        "snapshot --stop (restored vm)",
+        &["vm", "snapshot", VM, "--name", "second", "--stop"],
+    );
+    assert_eq!(env.json(&["vm", "show", VM, "--json"])["state"], "stopped");
+    let stopped_at = {
+        // The work disk is the guest's; its counter file is what the snapshot froze.
+        timed(
+            &env,
+            "restore a stopped vm",
+            &["vm", "restore", VM, "second"],
+        );
+        counter(&env)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || counter(&env) > stopped_at + 2),
+        "the counter does not run after the second restore"
+    );
+
+    // List and delete.
+    let names: Vec<String> = snapshots(&env)
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["first", "second"]);
+    env.ok(&["vm", "snapshot", "delete", VM, "first"]);
+    let names: Vec<String> = snapshots(&env)
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["second"]);
+    let out = env.run(&["vm", "restore", VM, "first"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no snapshot named"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The first snapshot's frozen layers still carry the disks: a restart boots.
+    env.ok(&["vm", "restart", VM]);
+    env.ok(&["vm", "exec", VM, "--", "true"]);
+    env.ok(&["vm", "delete", VM]);
+}
