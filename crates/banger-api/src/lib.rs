@@ -198,6 +198,11 @@ pub struct CreateVm {
     /// bridge mode, the host's loopback in user mode); off by default.
     #[serde(default)]
     pub host_access: bool,
+    /// `VM/SNAPSHOT`: the new VM starts from that snapshot instead of
+    /// booting (its CPUs, memory, image, disk size and network are the
+    /// snapshot's VM's).
+    #[serde(default)]
+    pub from_snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

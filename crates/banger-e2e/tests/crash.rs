@@ -1,7 +1,7 @@
 //! The fault-point loop: the daemon is killed (SIGKILL, through
 //! `BANGER_FAULT_AT`, see `banger_core::fault`) at the beginning and at the
-//! end of every stage of create, start, stop, delete and image build; the
-//! next daemon must then leave nothing behind: no engine process without a
+//! end of every stage of create, start, stop, delete, snapshot, restore and
+//! image build; the next daemon must then leave nothing behind: no engine process without a
 //! running VM, no VM directory or socket directory without a row, no image
 //! staging directory, no VM stuck in `creating` or `deleting`, every state
 //! matching reality, the store's integrity intact, and the VM usable again.
@@ -43,6 +43,23 @@ const POINTS: &[&str] = &[
     "delete:stop/done",
     "delete:files",
     "delete:files/done",
+    "snapshot:layers",
+    "snapshot:layers/done",
+    "snapshot:memory",
+    "snapshot:memory/done",
+    "snapshot:save",
+    "snapshot:save/done",
+    "restore:stop",
+    "restore:stop/done",
+    "restore:layers",
+    "restore:layers/done",
+    "restore:prepare",
+    "restore:prepare/done",
+    "restore:config",
+    "restore:engine",
+    "restore:engine/done",
+    "restore:agent",
+    "restore:agent/done",
     "image_build:fetch_packages",
     "image_build:rootfs",
     "image_build:rootfs/done",
@@ -51,7 +68,14 @@ const POINTS: &[&str] = &[
 ];
 
 /// Stages that run only on failure paths or in other presets; not killed at.
-const NOT_REACHED: &[&str] = &["stop:kill", "create:accel", "start:accel"];
+const NOT_REACHED: &[&str] = &[
+    "stop:kill",
+    "create:accel",
+    "start:accel",
+    "restore:accel",
+    // `vm snapshot --stop` only; the loop snapshots a vm that runs on.
+    "snapshot:stop",
+];
 
 const VM: &str = "crashy";
 
@@ -225,6 +249,18 @@ fn run_point(env: &Env, point: &str) {
             arrange(env, "running");
             crash_at(env, point, &["vm", "delete", VM]);
         }
+        "snapshot" => {
+            arrange(env, "running");
+            crash_at(env, point, &["vm", "snapshot", VM]);
+        }
+        "restore" => {
+            arrange(env, "running");
+            let snaps = env.json(&["vm", "snapshot", "list", VM, "--json"]);
+            if !snaps.as_array().unwrap().iter().any(|s| s["name"] == "base") {
+                env.ok(&["vm", "snapshot", VM, "--name", "base"]);
+            }
+            crash_at(env, point, &["vm", "restore", VM, "base"]);
+        }
         "image_build" => {
             crash_at(
                 env,
@@ -261,6 +297,8 @@ fn killing_the_daemon_at_any_stage_leaves_nothing_behind() {
     env.ok(&["vm", "create", "--name", VM]);
     env.ok(&["vm", "stop", VM]);
     env.ok(&["vm", "start", VM]);
+    env.ok(&["vm", "snapshot", VM, "--name", "clean"]);
+    env.ok(&["vm", "restore", VM, "clean"]);
     env.ok(&["vm", "delete", VM]);
     for point in POINTS {
         run_point(&env, point);

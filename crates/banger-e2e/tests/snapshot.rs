@@ -3,7 +3,9 @@
 //! count in the shell's memory) is still counting after a restore, from
 //! where the snapshot caught it; a file written after the snapshot is gone;
 //! the restored VM answers `vm exec` and can be snapshotted again; list and
-//! delete; `--stop` leaves the VM stopped and a restore brings it back.
+//! delete; `--stop` leaves the VM stopped and a restore brings it back; a
+//! new VM created from a snapshot runs the snapshot's guest on disks of its
+//! own.
 //! Prints what each step took (the figures in ARCHITECTURE.md).
 
 use banger_e2e::{Env, boot_permit, skip, wait_until};
@@ -166,5 +168,31 @@ fn a_restored_vm_is_back_at_its_snapshot_with_its_processes_running() {
     // The first snapshot's frozen layers still carry the disks: a restart boots.
     env.ok(&["vm", "restart", VM]);
     env.ok(&["vm", "exec", VM, "--", "true"]);
+
+    // A new vm from a snapshot: its own record, the snapshot's guest, and
+    // disks of its own (it outlives the vm it came from).
+    let from = format!("{VM}/second");
+    timed(
+        &env,
+        "create --from-snapshot to agent answering",
+        &["vm", "create", "--name", "copy", "--from-snapshot", &from],
+    );
+    let copy = env.json(&["vm", "show", "copy", "--json"]);
+    assert_eq!(copy["state"], "running");
+    assert_ne!(copy["id"], env.json(&["vm", "show", VM, "--json"])["id"]);
+    let count = |vm: &str| -> u64 {
+        env.ok(&["vm", "exec", vm, "--", "cat", "/root/counter"])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let first = count("copy");
+    assert!(
+        wait_until(Duration::from_secs(10), || count("copy") > first + 2),
+        "the snapshot's counter does not run in the new vm"
+    );
     env.ok(&["vm", "delete", VM]);
+    env.ok(&["vm", "restart", "copy"]);
+    env.ok(&["vm", "exec", "copy", "--", "ls", "/root/counter"]);
+    env.ok(&["vm", "delete", "copy"]);
 }

@@ -247,6 +247,10 @@ pub struct VmSpec {
     /// Let the guest reach the host's own services (off: only DNS on the bridge).
     #[arg(long)]
     pub host_access: bool,
+    /// Start from VM/SNAPSHOT instead of booting: a new VM with that VM's
+    /// resources, its processes, memory and files as the snapshot has them.
+    #[arg(long, value_name = "VM/SNAPSHOT")]
+    pub from_snapshot: Option<String>,
 }
 
 fn parse_publish(s: &str) -> Result<String, String> {

@@ -188,6 +188,16 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
+    fn copy_layer(
+        &self,
+        top: &Layer,
+        _base: Option<&Layer>,
+        dest: &Layer,
+    ) -> Result<(), EngineError> {
+        std::fs::copy(&top.path, &dest.path)?;
+        Ok(())
+    }
+
     fn snapshot<'a>(
         &'a self,
         handles: &'a Handles,

@@ -229,6 +229,18 @@ pub trait Engine: Send + Sync {
         Err(self.unsupported("take snapshots"))
     }
 
+    /// Writes `dest`: the disk that `top` (with its whole chain) shows, as
+    /// one layer over `base` (only what differs from it), or standalone.
+    /// For a new VM's disks from another VM's frozen layers.
+    fn copy_layer(
+        &self,
+        _top: &Layer,
+        _base: Option<&Layer>,
+        _dest: &Layer,
+    ) -> Result<(), EngineError> {
+        Err(self.unsupported("copy snapshot disks"))
+    }
+
     /// Snapshots the running VM into `dir` (empty): pauses the guest,
     /// flushes its disks, writes its device state and RAM, moves each drive
     /// in `switch` onto its overlay (so the layer it leaves is frozen), then

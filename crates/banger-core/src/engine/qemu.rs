@@ -559,6 +559,15 @@ impl Engine for QemuEngine {
         snapshot::create_layer(&*self.runner, base, overlay)
     }
 
+    fn copy_layer(
+        &self,
+        top: &Layer,
+        base: Option<&Layer>,
+        dest: &Layer,
+    ) -> Result<(), EngineError> {
+        snapshot::copy_layer(&*self.runner, top, base, dest)
+    }
+
     fn snapshot<'a>(
         &'a self,
         handles: &'a Handles,

@@ -20,6 +20,9 @@ use std::sync::Arc;
 impl Lifecycle {
     /// `vm create`: validates, records the VM and begins the operation.
     pub fn create(self: &Arc<Self>, req: CreateVm) -> Result<Arc<Op>, Error> {
+        if req.from_snapshot.is_some() {
+            return self.create_from_snapshot(req);
+        }
         let vm = self.plan_vm(&req)?;
         // A preset image that does not exist yet is built first, in this operation.
         let build_first = self.images.needs_build(&vm.image)?;

@@ -6,6 +6,7 @@
 //! and records the outcome at the end.
 
 pub mod boot;
+pub mod clone;
 pub mod create;
 pub mod delete;
 pub mod layers;

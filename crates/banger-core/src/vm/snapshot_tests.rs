@@ -206,3 +206,53 @@ async fn a_failed_restore_leaves_the_vm_failed_and_no_engine() {
         &finish(h.services.vms.restore("web", req).unwrap()).await
     ));
 }
+
+#[tokio::test]
+async fn a_vm_created_from_a_snapshot_is_a_new_vm_restored_from_it() {
+    let h = running_vm().await;
+    let op = finish(
+        h.services
+            .vms
+            .snapshot("web", take(Some("s"), false))
+            .unwrap(),
+    )
+    .await;
+    assert!(succeeded(&op));
+    let req = |from: &str, cpus: Option<u32>| banger_api::CreateVm {
+        name: Some("copy".into()),
+        cpus,
+        from_snapshot: Some(from.into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.services.vms.create(req("web/nope", None)),
+        Err(Error::SnapshotNotFound { .. })
+    ));
+    assert!(matches!(
+        h.services.vms.create(req("web", None)),
+        Err(Error::Invalid { .. })
+    ));
+    let web = h.store.vm("web").unwrap().unwrap();
+    assert!(matches!(
+        h.services.vms.create(req("web/s", Some(web.cpus + 1))),
+        Err(Error::Invalid { .. })
+    ));
+    let op = finish(h.services.vms.create(req("web/s", None)).unwrap()).await;
+    assert!(succeeded(&op), "{op:?}");
+    let copy = h.store.vm("copy").unwrap().unwrap();
+    assert_ne!(copy.id, web.id);
+    assert_ne!(copy.dir, web.dir);
+    assert_eq!((copy.cpus, copy.memory_mib), (web.cpus, web.memory_mib));
+    assert_eq!(h.services.vms.show("copy").unwrap().state, VmState::Running);
+    let (from, ram) = h.engine.restored().pop().unwrap();
+    assert!(
+        from.starts_with(&copy.dir),
+        "restored from its own copy: {from:?}"
+    );
+    assert_eq!(ram, RamMapping::Copy);
+    assert!(
+        !from.exists(),
+        "the copy of the snapshot's files is gone once it runs"
+    );
+    assert_eq!(h.engine.running(), 2);
+}

@@ -43,6 +43,7 @@ pub async fn create_vm(client: &Client, spec: &VmSpec, style: Style) -> anyhow::
         allow_hosts: spec.allow_host.clone(),
         allow_cidrs: spec.allow_cidr.clone(),
         host_access: spec.host_access,
+        from_snapshot: spec.from_snapshot.clone(),
     };
     let op: OperationRef = client.post("/v1/vms", &body).await?;
     let operation = progress::follow(client, &op, style).await?;

@@ -219,6 +219,50 @@ pub fn create_layer(runner: &dyn Runner, base: &Layer, overlay: &Path) -> Result
         .map_err(err)
 }
 
+/// `dest`: what `top` shows, over `base` (only the differences) or alone;
+/// sparse. The source may be a running VM's backing file (read with `-U`).
+pub fn copy_layer(
+    runner: &dyn Runner,
+    top: &Layer,
+    base: Option<&Layer>,
+    dest: &Layer,
+) -> Result<(), EngineError> {
+    let mut cmd = Cmd::new("qemu-img").args([
+        "convert",
+        "-U",
+        "-f",
+        top.format.as_str(),
+        "-O",
+        dest.format.as_str(),
+    ]);
+    if let Some(b) = base {
+        cmd = cmd.arg("-B").arg(&b.path).args(["-F", b.format.as_str()]);
+    }
+    runner
+        .run(&cmd.arg(&top.path).arg(&dest.path))
+        .map(drop)
+        .map_err(|source| EngineError::RootDisk {
+            path: dest.path.clone(),
+            source,
+        })
+}
+
+/// The file a qcow2 layer is over, as its header names it.
+fn backing_of(runner: &dyn Runner, layer: &Path) -> Option<PathBuf> {
+    let out = runner
+        .run(
+            &Cmd::new("qemu-img")
+                .args(["info", "-U", "--output=json", "-f", "qcow2"])
+                .arg(layer),
+        )
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.get("full-backing-filename")
+        .or_else(|| v.get("backing-filename"))
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+}
+
 /// The drives' top layers: file → node name.
 async fn top_layers(q: &mut Qmp) -> Result<Vec<(PathBuf, String)>, EngineError> {
     let blocks = q.execute("query-block", Value::Null).await?;
@@ -260,25 +304,37 @@ pub(super) async fn snapshot(
     );
     let shared = qom_get(&mut q, "share").await?.as_bool().unwrap_or(false);
     let tops = top_layers(&mut q).await?;
-    let mut moves = Vec::new();
+    // Node names are unique for the engine's life; the layers a snapshot
+    // leaves stay nodes (backing) of the chain.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let mut moves: Vec<(String, String, &Path)> = Vec::new();
     for (i, s) in switch.iter().enumerate() {
-        let node = tops
-            .iter()
-            .find(|(file, _)| *file == s.current)
-            .map(|(_, node)| node.clone())
-            .ok_or_else(|| {
-                control(
-                    "query-block",
-                    format!("no drive has {} on top", s.current.display()),
-                )
-            })?;
-        // Node names are unique for the engine's life; the layers a snapshot
-        // leaves stay nodes (backing) of the chain.
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        moves.push((node, format!("layer{stamp}-{i}"), &s.overlay));
+        let on_top = |file: &Path| {
+            tops.iter()
+                .find(|(f, _)| f == file)
+                .map(|(_, node)| node.clone())
+        };
+        let name = format!("layer{stamp}-{i}");
+        if let Some(node) = on_top(&s.current) {
+            moves.push((node, name, &s.overlay));
+            continue;
+        }
+        // A snapshot interrupted between recording a new top and moving the
+        // engine onto it leaves `current` an empty layer over the engine's
+        // top: stack it first, then the new one.
+        let below = backing_of(&*engine.runner, &s.current);
+        let Some(node) = below.as_deref().and_then(on_top) else {
+            return Err(control(
+                "query-block",
+                format!("no drive has {} on top", s.current.display()),
+            ));
+        };
+        let first = format!("{name}-late");
+        moves.push((node, first.clone(), &s.current));
+        moves.push((first, name, &s.overlay));
     }
     let state = File::options()
         .write(true)

@@ -1,0 +1,270 @@
+//! `vm create --from-snapshot VM/SNAPSHOT`: a new VM (its own name, id,
+//! MAC, address, DNS name, directories) that starts from another VM's
+//! snapshot instead of booting. Its machine is the snapshot's (CPUs,
+//! memory, image, disk size, network mode and engine: the device state
+//! only loads into the same devices); asking for other values is refused.
+//! As an operation, under the new VM's lock:
+//!
+//! 1. `disks`, under the source VM's lock (its snapshot stays while it is
+//!    read): the new VM's directories; its root disk and work disk copied
+//!    out of the snapshot's frozen layers (root: only what differs from the
+//!    image; work: sparse), so the new VM depends on nothing of the source;
+//!    every other capability's `create` (an address lease); the snapshot's
+//!    device state and RAM linked into the new VM's dir (they are never
+//!    written once saved);
+//! 2. the boot sequence restoring from those files (`boot.rs`).
+//!
+//! A failure unwinds all of it, the row included, like a create.
+//!
+//! The guest itself is the snapshot's: until the agent re-applies identity
+//! after a restore (hostname, addresses, RNG), it keeps the source's.
+
+use super::Lifecycle;
+use super::layers;
+use super::undo::Undo;
+use crate::capability::Ctx;
+use crate::engine::snapshot::{RAM_FILE, STATE_FILE};
+use crate::engine::{DriveFormat, EngineError, Layer, RamMapping};
+use crate::error::Error;
+use crate::ops::Op;
+use crate::store::VmRecord;
+use banger_api::{CreateVm, OperationKind, VmState};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where a new VM keeps the snapshot files it starts from, until it runs.
+const FROM_SNAPSHOT: &str = "from-snapshot";
+
+impl Lifecycle {
+    /// `vm create --from-snapshot`: validates, records the VM and begins the
+    /// operation.
+    pub fn create_from_snapshot(self: &Arc<Self>, req: CreateVm) -> Result<Arc<Op>, Error> {
+        let from = req.from_snapshot.clone().unwrap_or_default();
+        let (src, snap) = from.split_once('/').ok_or_else(|| {
+            Error::invalid(
+                "--from-snapshot",
+                format!("{from:?} is not VM/SNAPSHOT (see `banger vm snapshot list VM`)"),
+            )
+        })?;
+        let source = self.record(src)?;
+        if !self
+            .store
+            .snapshots(&source.id)?
+            .iter()
+            .any(|s| s.name == snap)
+        {
+            return Err(Error::SnapshotNotFound {
+                vm: src.into(),
+                name: snap.into(),
+            });
+        }
+        let same = |flag: &str, asked: Option<String>, have: String| match asked {
+            Some(a) if a != have => Err(Error::invalid(
+                flag,
+                format!("must be the snapshot's vm's ({have}); leave it out"),
+            )),
+            _ => Ok(()),
+        };
+        same(
+            "--cpus",
+            req.cpus.map(|v| v.to_string()),
+            source.cpus.to_string(),
+        )?;
+        same(
+            "--memory",
+            req.memory_mib.map(|v| format!("{v} MiB")),
+            format!("{} MiB", source.memory_mib),
+        )?;
+        same(
+            "--disk-size",
+            req.disk_size_mib.map(|v| format!("{v} MiB")),
+            format!("{} MiB", source.disk_size_mib),
+        )?;
+        same("--image", req.image.clone(), source.image.clone())?;
+        same(
+            "--network",
+            req.network.map(|n| n.as_str().to_string()),
+            source.network.as_str().to_string(),
+        )?;
+        let planned = CreateVm {
+            cpus: Some(source.cpus),
+            memory_mib: Some(source.memory_mib),
+            disk_size_mib: Some(source.disk_size_mib),
+            image: Some(source.image.clone()),
+            network: Some(source.network),
+            engine: Some(source.engine),
+            ..req
+        };
+        let vm = self.plan_vm(&planned)?;
+        self.store.insert_vm(&vm)?;
+        let (this, name) = (self.clone(), vm.name.clone());
+        let (src, snap) = (src.to_string(), snap.to_string());
+        Ok(self
+            .ops
+            .spawn(OperationKind::Create, &name, |op| async move {
+                let lock = this.lock(&vm.name);
+                let _guard = lock.lock().await;
+                this.run_create_from(&op, &vm, &src, &snap).await
+            }))
+    }
+
+    async fn run_create_from(
+        &self,
+        op: &Op,
+        vm: &VmRecord,
+        src: &str,
+        snap: &str,
+    ) -> Result<(), Error> {
+        let image = self.images.record(&vm.image)?;
+        let made: VmRecord;
+        let mut undo = Undo::new();
+        undo.push("forget the vm", move || {
+            if let Err(e) = self.store.delete_vm(&vm.name) {
+                tracing::error!(vm = %vm.name, error = %crate::error::chain(&e), "cannot remove the failed vm's record");
+            }
+        });
+        let result = match self.copy_from(op, vm, src, snap, &mut undo).await {
+            Err(e) => Err(e),
+            Ok(files) => match self.record(&vm.name) {
+                Err(e) => Err(e),
+                Ok(v) => {
+                    made = v;
+                    let booted = self
+                        .boot_from(
+                            op,
+                            &made,
+                            &image,
+                            &mut undo,
+                            Some((&files, RamMapping::Copy)),
+                        )
+                        .await;
+                    let _ = std::fs::remove_dir_all(&files);
+                    booted.and_then(|()| {
+                        self.store
+                            .set_vm_state(&vm.name, VmState::Running, None)
+                            .map_err(Error::from)
+                    })
+                }
+            },
+        };
+        match &result {
+            Ok(()) => drop(undo),
+            Err(e) => {
+                tracing::warn!(vm = %vm.name, error = %crate::error::chain(e), "create from snapshot failed; undoing");
+                undo.unwind().await;
+            }
+        }
+        result
+    }
+
+    /// Step 1; returns the directory with the snapshot's state and RAM.
+    async fn copy_from<'a>(
+        &'a self,
+        op: &Op,
+        vm: &'a VmRecord,
+        src: &str,
+        snap: &str,
+        undo: &mut Undo<'a>,
+    ) -> Result<PathBuf, Error> {
+        let engine = self.engine(vm)?;
+        let dir = self.dir(vm);
+        let image = self.images.record(&vm.image)?;
+        op.stage("disks", "copy disks from the snapshot", async {
+            dir.create()
+                .map_err(Error::io(format!("cannot create {}", dir.state.display())))?;
+            let dir2 = dir.clone();
+            undo.push("remove the vm's directories", move || {
+                if let Err(e) = dir2.remove() {
+                    tracing::warn!(vm = %vm.name, error = %e, "cannot remove the vm's directories");
+                }
+            });
+            let lock = self.lock(src);
+            let _guard = lock.lock().await;
+            let source = self.record(src)?;
+            let sdir = self.dir(&source);
+            let from = layers::snapshot_dir(&sdir, snap);
+            let manifest = layers::read_manifest(&from).map_err(|_| Error::SnapshotNotFound {
+                vm: src.into(),
+                name: snap.into(),
+            })?;
+            let mut copies = Vec::new();
+            for (serial, frozen) in &manifest.layers {
+                let top = frozen.resolve(&sdir).ok_or_else(|| {
+                    Error::Engine(EngineError::BadSnapshot {
+                        dir: from.clone(),
+                        problem: format!("layer {:?} is outside its vm's dir", frozen.file),
+                    })
+                })?;
+                if serial == banger_proto::ROOT_DRIVE_SERIAL {
+                    let root = engine.root_drive(&dir);
+                    let base = Layer {
+                        path: Path::new(&image.dir).join(banger_image::layout::ROOTFS),
+                        format: DriveFormat::Raw,
+                    };
+                    let dest = Layer {
+                        path: root.path,
+                        format: root.format,
+                    };
+                    copies.push((top, Some(base), dest));
+                } else if serial == banger_proto::WORK_DRIVE_SERIAL {
+                    let dest = Layer {
+                        path: dir.work_disk(),
+                        format: DriveFormat::Raw,
+                    };
+                    copies.push((top, None, dest));
+                }
+            }
+            let engine2 = engine.clone();
+            tokio::task::spawn_blocking(move || {
+                copies
+                    .iter()
+                    .try_for_each(|(top, base, dest)| engine2.copy_layer(top, base.as_ref(), dest))
+            })
+            .await
+            .map_err(|source| Error::Task {
+                task: "copy disks",
+                source,
+            })??;
+            let files = dir.file(FROM_SNAPSHOT);
+            link_or_copy(&from, &files).map_err(Error::io(format!(
+                "cannot copy {} into {}",
+                from.display(),
+                files.display()
+            )))?;
+            let ctx = Ctx {
+                vm,
+                image: &image,
+                dir: &dir,
+            };
+            for cap in self.capabilities.for_vm(vm) {
+                // The work disk came from the snapshot above.
+                if cap.name() != "work-disk" {
+                    cap.create(&ctx).await?;
+                }
+                let (cap, dir) = (cap.clone(), dir.clone());
+                undo.push(format!("destroy {}", cap.name()), move || {
+                    cap.destroy(vm, &dir)
+                });
+            }
+            Ok::<_, Error>(files)
+        })
+        .await
+    }
+}
+
+/// The snapshot's device state and RAM into `to`: hard links (a saved
+/// snapshot's files never change), or copies across filesystems.
+fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(to)?;
+    for name in [STATE_FILE, RAM_FILE] {
+        let src = from.join(name);
+        if !src.exists() {
+            continue;
+        }
+        if std::fs::hard_link(&src, to.join(name)).is_err() {
+            std::fs::copy(&src, to.join(name))?;
+        }
+    }
+    Ok(())
+}
