@@ -5,7 +5,7 @@
 //! the restored VM answers `vm exec` and can be snapshotted again; list and
 //! delete; `--stop` leaves the VM stopped and a restore brings it back; a
 //! new VM created from a snapshot runs the snapshot's guest on disks of its
-//! own.
+//! own; `vm fork` makes running copies.
 //! Prints what each step took (the figures in ARCHITECTURE.md).
 
 use banger_e2e::{Env, boot_permit, skip, wait_until};
@@ -20,6 +20,23 @@ fn counter(env: &Env) -> u64 {
     out.trim()
         .parse()
         .unwrap_or_else(|_| panic!("counter: {out:?}"))
+}
+
+fn count_in(env: &Env, vm: &str) -> u64 {
+    let out = env.ok(&["vm", "exec", vm, "--", "cat", "/root/counter"]);
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("counter: {out:?}"))
+}
+
+/// A process's proportional share of memory (shared pages split between
+/// the processes that map them).
+fn pss_kib(pid: u64) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 fn timed(env: &Env, what: &str, args: &[&str]) -> (String, Duration) {
@@ -145,6 +162,43 @@ fn a_restored_vm_is_back_at_its_snapshot_with_its_processes_running() {
         wait_until(Duration::from_secs(10), || counter(&env) > stopped_at + 2),
         "the counter does not run after the second restore"
     );
+
+    // Forks: new vms from the running one, each counting on from where
+    // the fork caught it, their RAM shared with each other where unchanged.
+    let (out, _) = timed(
+        &env,
+        "fork --count 2",
+        &["vm", "fork", VM, "--count", "2", "--prefix", "try"],
+    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["try-1", "try-2"]);
+    for f in ["try-1", "try-2"] {
+        let c = count_in(&env, f);
+        assert!(
+            wait_until(Duration::from_secs(10), || count_in(&env, f) > c + 2),
+            "the counter does not run in fork {f}"
+        );
+    }
+    let pss = |vm: &str| {
+        pss_kib(
+            env.json(&["vm", "show", vm, "--json"])["pid"]
+                .as_u64()
+                .unwrap(),
+        )
+    };
+    let (a, b, source) = (pss("try-1"), pss("try-2"), pss(VM));
+    eprintln!(
+        "FIGURE fork pss: try-1 {a} KiB + try-2 {b} KiB = {} KiB; the source vm {source} KiB",
+        a + b
+    );
+    assert!(
+        env.json(&["vm", "snapshot", "list", VM, "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !s["name"].as_str().unwrap().starts_with("fork-")),
+        "fork leaves no snapshot behind"
+    );
+    env.ok(&["vm", "delete", "try-1", "try-2"]);
 
     // List and delete.
     let names: Vec<String> = snapshots(&env)

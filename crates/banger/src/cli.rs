@@ -52,6 +52,9 @@ pub enum VmCommand {
     Snapshot(SnapshotArgs),
     /// Put a VM back to a snapshot: processes, memory and files as they were.
     Restore(RestoreArgs),
+    /// New running VMs, each a copy of a running VM as it is now (memory
+    /// shared copy-on-write between them); prints their names.
+    Fork(ForkArgs),
     /// Delete VMs and their disks.
     #[command(alias = "rm")]
     Delete(NamesArg),
@@ -336,6 +339,17 @@ pub struct SnapshotRef {
 pub struct RestoreArgs {
     pub vm: String,
     pub snapshot: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    pub vm: String,
+    /// How many copies.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub count: u32,
+    /// The copies are named PREFIX-1, PREFIX-2, … (default: VM-fork).
+    #[arg(long)]
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -12,7 +12,9 @@
 //!    every other capability's `create` (an address lease); the snapshot's
 //!    device state and RAM linked into the new VM's dir (they are never
 //!    written once saved);
-//! 2. the boot sequence restoring from those files (`boot.rs`).
+//! 2. the boot sequence restoring from those files (`boot.rs`), the RAM
+//!    mapped privately: VMs made from one snapshot (`vm fork`) share the
+//!    pages none of them changed.
 //!
 //! A failure unwinds all of it, the row included, like a create.
 //!
@@ -135,7 +137,7 @@ impl Lifecycle {
                             &made,
                             &image,
                             &mut undo,
-                            Some((&files, RamMapping::Copy)),
+                            Some((&files, RamMapping::Private)),
                         )
                         .await;
                     let _ = std::fs::remove_dir_all(&files);

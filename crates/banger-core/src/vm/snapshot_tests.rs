@@ -249,7 +249,7 @@ async fn a_vm_created_from_a_snapshot_is_a_new_vm_restored_from_it() {
         from.starts_with(&copy.dir),
         "restored from its own copy: {from:?}"
     );
-    assert_eq!(ram, RamMapping::Copy);
+    assert_eq!(ram, RamMapping::Private);
     assert!(
         !from.exists(),
         "the copy of the snapshot's files is gone once it runs"

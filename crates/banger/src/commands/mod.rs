@@ -66,6 +66,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<i32> {
             VmCommand::Restart(arg) => vm::lifecycle(ctx, vm::Action::Restart, &arg.name).await,
             VmCommand::Snapshot(args) => snapshot::run(ctx, args).await,
             VmCommand::Restore(args) => snapshot::restore(ctx, &args.vm, &args.snapshot).await,
+            VmCommand::Fork(args) => snapshot::fork(ctx, args).await,
             VmCommand::Delete(args) => vm::delete(ctx, &args.names).await,
             VmCommand::List(flag) => vm::list(ctx, flag.json).await,
             VmCommand::Show(args) => vm::show(ctx, &args.name, args.json).await,

@@ -54,6 +54,9 @@ pub fn memory_object(spec: &MachineSpec, path: &Path, share: bool) -> String {
     )
 }
 
+/// How many empty layers interrupted snapshots may have left on a drive.
+const MAX_LATE_LAYERS: usize = 64;
+
 /// How long a migration to or from a file may take.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -305,36 +308,49 @@ pub(super) async fn snapshot(
     let shared = qom_get(&mut q, "share").await?.as_bool().unwrap_or(false);
     let tops = top_layers(&mut q).await?;
     // Node names are unique for the engine's life; the layers a snapshot
-    // leaves stay nodes (backing) of the chain.
+    // leaves stay nodes (backing) of the chain. At most 31 characters.
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let mut moves: Vec<(String, String, &Path)> = Vec::new();
+    let mut moves: Vec<(String, String, PathBuf)> = Vec::new();
     for (i, s) in switch.iter().enumerate() {
         let on_top = |file: &Path| {
             tops.iter()
                 .find(|(f, _)| f == file)
                 .map(|(_, node)| node.clone())
         };
-        let name = format!("layer{stamp}-{i}");
+        let name = format!("l{stamp:x}-{i}");
         if let Some(node) = on_top(&s.current) {
-            moves.push((node, name, &s.overlay));
+            moves.push((node, name, s.overlay.clone()));
             continue;
         }
-        // A snapshot interrupted between recording a new top and moving the
-        // engine onto it leaves `current` an empty layer over the engine's
-        // top: stack it first, then the new one.
-        let below = backing_of(&*engine.runner, &s.current);
-        let Some(node) = below.as_deref().and_then(on_top) else {
+        // Snapshots interrupted between recording a new top and moving the
+        // engine onto it leave `current` over one or more empty layers over
+        // the engine's top: stack them first, bottom up, then the new one.
+        let mut pending = vec![s.current.as_path().to_owned()];
+        let mut below = None;
+        while below.is_none() && pending.len() <= MAX_LATE_LAYERS {
+            let Some(b) = backing_of(&*engine.runner, pending.last().expect("one")) else {
+                break;
+            };
+            match on_top(&b) {
+                Some(node) => below = Some(node),
+                None => pending.push(b),
+            }
+        }
+        let Some(mut node) = below else {
             return Err(control(
                 "query-block",
                 format!("no drive has {} on top", s.current.display()),
             ));
         };
-        let first = format!("{name}-late");
-        moves.push((node, first.clone(), &s.current));
-        moves.push((first, name, &s.overlay));
+        for (j, layer) in pending.into_iter().rev().enumerate() {
+            let late = format!("{name}-{j}");
+            moves.push((node, late.clone(), layer));
+            node = late;
+        }
+        moves.push((node, name, s.overlay.clone()));
     }
     let state = File::options()
         .write(true)
