@@ -72,7 +72,8 @@ fn a_restored_vm_is_back_at_its_snapshot_with_its_processes_running() {
         "--",
         "sh",
         "-c",
-        "i=0; while true; do i=$((i+1)); echo $i > /root/counter; sleep 0.2; done",
+        // Renamed into place: a reader never sees it half written.
+        "i=0; while true; do i=$((i+1)); echo $i > /root/c.tmp; mv /root/c.tmp /root/counter; sleep 0.2; done",
     ]);
     assert!(
         wait_until(Duration::from_secs(20), || env
