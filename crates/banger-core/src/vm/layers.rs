@@ -14,6 +14,11 @@
 //! nothing. A snapshot is written into `snapshots/.NAME.staging-*` and
 //! renamed to `snapshots/NAME` when complete; [`sweep`] clears what an
 //! interrupted one left.
+//!
+//! Which layer each one in `layers/` is over is recorded (`layers/below.json`)
+//! when it is made, so [`collect`] can remove the layers nothing needs any
+//! more (not a drive's top, not frozen by a snapshot, not under either)
+//! after a restore or a snapshot's deletion. A layer with no record is kept.
 
 use crate::engine::{Drive, DriveFormat, Layer};
 use crate::layout::VmDir;
@@ -25,6 +30,8 @@ pub const TOPS: &str = "layers.json";
 pub const LAYERS_DIR: &str = "layers";
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 pub const MANIFEST: &str = "manifest.json";
+/// What each layer in `layers/` is over.
+pub const BELOW: &str = "layers/below.json";
 
 /// One layer, by its path relative to the VM's state dir.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +94,76 @@ impl Tops {
             }
         }
     }
+}
+
+/// What each layer in `layers/` is over, by file relative to the state dir.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Below(pub BTreeMap<String, String>);
+
+impl Below {
+    pub fn load(dir: &VmDir) -> std::io::Result<Below> {
+        match std::fs::read(dir.file(BELOW)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Below::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn save(&self, dir: &VmDir) -> std::io::Result<()> {
+        write_atomic(&dir.file(BELOW), &serde_json::to_vec_pretty(self)?)
+    }
+}
+
+/// Records that `layer` is over `base`, before `layer` is anyone's top.
+pub fn record_below(dir: &VmDir, layer: &LayerRef, base: &LayerRef) -> std::io::Result<()> {
+    let mut below = Below::load(dir)?;
+    below.0.insert(layer.file.clone(), base.file.clone());
+    below.save(dir)
+}
+
+/// Removes the recorded layers nothing needs: not a drive's top, not a
+/// complete snapshot's frozen layer, not under either. Returns what went.
+/// Keeps everything when a snapshot's manifest cannot be read.
+pub fn collect(dir: &VmDir) -> std::io::Result<Vec<PathBuf>> {
+    let mut below = Below::load(dir)?;
+    let mut wanted: Vec<String> = Tops::load(dir)?.0.into_values().map(|r| r.file).collect();
+    for name in sweep(dir) {
+        let m = read_manifest(&snapshot_dir(dir, &name))?;
+        wanted.extend(m.layers.into_values().map(|r| r.file));
+    }
+    let mut needed = std::collections::BTreeSet::new();
+    while let Some(file) = wanted.pop() {
+        if needed.insert(file.clone())
+            && let Some(b) = below.0.get(&file)
+        {
+            wanted.push(b.clone());
+        }
+    }
+    let unneeded: Vec<String> = below
+        .0
+        .keys()
+        .filter(|f| !needed.contains(*f))
+        .cloned()
+        .collect();
+    let mut removed = Vec::new();
+    for file in unneeded {
+        let r = LayerRef {
+            file: file.clone(),
+            format: "qcow2".into(),
+        };
+        if let Some(layer) = r.resolve(dir)
+            && file.starts_with(LAYERS_DIR)
+        {
+            match std::fs::remove_file(&layer.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => removed.push(layer.path),
+            }
+        }
+        below.0.remove(&file);
+    }
+    below.save(dir)?;
+    Ok(removed)
 }
 
 /// What a snapshot directory says about itself.

@@ -7,7 +7,8 @@
 //!    recorded stopped;
 //! 2. `layers`: a new empty layer over each disk layer the snapshot froze,
 //!    recorded as the drives' tops; the tops they replace are removed
-//!    (nothing is built on a top);
+//!    (nothing is built on a top), with what only they needed
+//!    (`layers::collect`);
 //! 3. the boot sequence (`boot.rs`: prepare, config, engine, agent) with
 //!    the engine restored from the snapshot instead of booted: its RAM a
 //!    copy of the snapshot's, so the snapshot can be restored again.
@@ -143,10 +144,6 @@ fn check_fits(vm: &crate::store::VmRecord, engine: &dyn Engine, m: &Manifest) ->
 
 /// Step 2: new tops over the snapshot's frozen layers.
 fn layers_from(engine: &dyn Engine, dir: &VmDir, m: &Manifest) -> Result<(), Error> {
-    let old = Tops::load(dir).map_err(Error::io(format!(
-        "cannot read {}",
-        dir.file(layers::TOPS).display()
-    )))?;
     let mut tops = Tops::default();
     for (serial, frozen) in &m.layers {
         let base = frozen.resolve(dir).ok_or_else(|| {
@@ -174,20 +171,19 @@ fn layers_from(engine: &dyn Engine, dir: &VmDir, m: &Manifest) -> Result<(), Err
             },
         )
         .expect("a new layer is in the vm's dir");
+        layers::record_below(dir, &top, frozen).map_err(Error::io(format!(
+            "cannot write {}",
+            dir.file(layers::BELOW).display()
+        )))?;
         tops.0.insert(serial.clone(), top);
     }
     tops.save(dir).map_err(Error::io(format!(
         "cannot write {}",
         dir.file(layers::TOPS).display()
     )))?;
-    // Nothing is built on a top, and no snapshot froze one: the old ones go.
-    for top in old.0.values() {
-        if let Some(l) = top.resolve(dir)
-            && top.file.starts_with(layers::LAYERS_DIR)
-            && !tops.0.values().any(|t| t == top)
-        {
-            let _ = std::fs::remove_file(l.path);
-        }
+    // The old tops (nothing is built on a top) and what only they needed go.
+    if let Err(e) = layers::collect(dir) {
+        tracing::warn!(dir = %dir.state.display(), error = %e, "cannot remove unneeded disk layers");
     }
     Ok(())
 }

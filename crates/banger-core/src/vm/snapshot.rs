@@ -248,7 +248,12 @@ impl Lifecycle {
             });
         }
         crate::layout::remove_dir_if_present(&path)
-            .map_err(Error::io(format!("cannot remove {}", path.display())))
+            .map_err(Error::io(format!("cannot remove {}", path.display())))?;
+        // The disk layers only it kept go with it.
+        if let Err(e) = layers::collect(&dir) {
+            tracing::warn!(vm = %name, error = %e, "cannot remove unneeded disk layers");
+        }
+        Ok(())
     }
 }
 
@@ -306,6 +311,10 @@ fn new_layers(
                 hint: "snapshots keep only disks in the vm's own directory".into(),
             });
         };
+        layers::record_below(dir, &top_ref, &frozen_ref).map_err(Error::io(format!(
+            "cannot write {}",
+            dir.file(layers::BELOW).display()
+        )))?;
         frozen.insert(d.serial.to_string(), frozen_ref);
         tops.0.insert(d.serial.to_string(), top_ref);
         switches.push(Switch {

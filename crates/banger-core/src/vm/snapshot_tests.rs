@@ -256,3 +256,48 @@ async fn a_vm_created_from_a_snapshot_is_a_new_vm_restored_from_it() {
     );
     assert_eq!(h.engine.running(), 2);
 }
+
+#[tokio::test]
+async fn layers_no_snapshot_or_top_needs_are_removed() {
+    let h = running_vm().await;
+    let dir = vm_dir(&h);
+    let root =
+        |h: &Harness| Tops::load(&vm_dir(h)).unwrap().0[banger_proto::ROOT_DRIVE_SERIAL].clone();
+    for name in ["a", "b"] {
+        let op = finish(
+            h.services
+                .vms
+                .snapshot("web", take(Some(name), false))
+                .unwrap(),
+        )
+        .await;
+        assert!(succeeded(&op), "{op:?}");
+    }
+    // b froze the layer a made; the top now is over it.
+    let frozen_by_b = layers::read_manifest(&layers::snapshot_dir(&dir, "b"))
+        .unwrap()
+        .layers[banger_proto::ROOT_DRIVE_SERIAL]
+        .clone();
+    let top_before = root(&h);
+    let req = RestoreSnapshot {
+        snapshot: "a".into(),
+    };
+    assert!(succeeded(
+        &finish(h.services.vms.restore("web", req).unwrap()).await
+    ));
+    assert!(!dir.file(&top_before.file).exists(), "the old top goes");
+    assert!(
+        dir.file(&frozen_by_b.file).exists(),
+        "b still needs its layer"
+    );
+    h.services.vms.delete_snapshot("web", "b").await.unwrap();
+    assert!(
+        !dir.file(&frozen_by_b.file).exists(),
+        "nothing needs b's layer now"
+    );
+    assert!(
+        dir.file("root.fake").exists(),
+        "a and the top are built on the first layer"
+    );
+    assert!(dir.file(&root(&h).file).exists());
+}
