@@ -392,13 +392,12 @@ pub(super) async fn snapshot(
         Ok::<_, EngineError>(())
     }
     .await;
-    // Whatever happened, a VM that is to run on runs on.
-    if resume {
+    // Whatever happened, a VM that is to run on runs on, and so does one
+    // whose snapshot failed (it was to stop only with a snapshot taken).
+    if resume || paused.is_err() {
         let cont = q.execute("cont", Value::Null).await;
         paused?;
         cont?;
-    } else {
-        paused?;
     }
     Ok(SnapshotReport {
         paused_ms: t0.elapsed().as_millis() as u64,
