@@ -464,6 +464,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn snapshot_routes_answer_with_stable_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app_in(dir.path());
+        let (status, body) = call(app.clone(), "GET", "/v1/vms/nope/snapshots", "").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+        let (status, body) = call(
+            app.clone(),
+            "POST",
+            "/v1/vms/nope/snapshots",
+            "{\"nmae\": \"x\"}",
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid"))
+        );
+        let (status, _) = call(
+            app.clone(),
+            "POST",
+            "/v1/vms/nope/restore",
+            "{\"snapshot\": \"s\"}",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = call(app, "DELETE", "/v1/vms/nope/snapshots/s", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
     async fn unknown_presets_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let (status, body) = call(
