@@ -235,6 +235,13 @@ impl Engine for FakeEngine {
         })
     }
 
+    fn resume_interrupted<'a>(
+        &'a self,
+        handles: &'a Handles,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(async move { Ok(self.state.lock().unwrap().paused.remove(&handles.pid)) })
+    }
+
     fn restore<'a>(
         &'a self,
         spec: &'a MachineSpec,

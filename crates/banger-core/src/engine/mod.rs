@@ -267,6 +267,15 @@ pub trait Engine: Send + Sync {
         Box::pin(async { Err(self.unsupported("restore snapshots")) })
     }
 
+    /// Lets a guest run on that a snapshot left paused when the daemon
+    /// taking it was killed (at adoption); true when it was paused so.
+    fn resume_interrupted<'a>(
+        &'a self,
+        _handles: &'a Handles,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(async { Ok(false) })
+    }
+
     fn unsupported(&self, what: &'static str) -> EngineError {
         EngineError::Unsupported {
             engine: self.kind().as_str(),

@@ -568,6 +568,13 @@ impl Engine for QemuEngine {
         snapshot::copy_layer(&*self.runner, top, base, dest)
     }
 
+    fn resume_interrupted<'a>(
+        &'a self,
+        handles: &'a Handles,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(snapshot::resume_interrupted(handles))
+    }
+
     fn snapshot<'a>(
         &'a self,
         handles: &'a Handles,

@@ -66,6 +66,18 @@ impl Lifecycle {
         }
         for (vm, r) in &adopted {
             tracing::info!(vm = %vm.name, pid = r.handles.pid, "adopting running vm");
+            // A daemon killed while taking a snapshot can leave the guest paused.
+            if let Ok(engine) = self.engines.get(r.engine) {
+                match engine.resume_interrupted(&r.handles).await {
+                    Ok(true) => {
+                        tracing::warn!(vm = %vm.name, "resumed a guest an interrupted snapshot left paused")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(vm = %vm.name, error = %crate::error::chain(&e), "cannot ask whether an interrupted snapshot left the guest paused")
+                    }
+                }
+            }
             self.watch(vm, r);
             self.runtime.insert(&vm.name, r.clone());
         }

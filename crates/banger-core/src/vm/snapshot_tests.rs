@@ -301,3 +301,29 @@ async fn layers_no_snapshot_or_top_needs_are_removed() {
     );
     assert!(dir.file(&root(&h).file).exists());
 }
+
+#[tokio::test]
+async fn a_guest_an_interrupted_snapshot_left_paused_runs_on_after_a_daemon_restart() {
+    let mut h = running_vm().await;
+    let vm = h.services.vms.show("web").unwrap();
+    let pid = vm.pid.unwrap();
+    // The daemon dies inside the engine's snapshot, after `stop`.
+    let handles = crate::engine::Handles {
+        pid,
+        accel: crate::engine::Accel::Tcg,
+        agent_socket: "/nowhere".into(),
+        control_socket: "/nowhere".into(),
+        started_at: 0,
+    };
+    let staging = tempfile::tempdir().unwrap();
+    use crate::engine::Engine;
+    h.engine
+        .snapshot(&handles, staging.path(), &[], false)
+        .await
+        .unwrap();
+    assert!(h.engine.paused(pid));
+    h.restart_daemon();
+    h.services.vms.reconcile().await.unwrap();
+    assert!(!h.engine.paused(pid), "adoption resumed it");
+    assert_eq!(h.services.vms.show("web").unwrap().state, VmState::Running);
+}

@@ -404,6 +404,21 @@ pub(super) async fn snapshot(
     })
 }
 
+/// After a daemon was killed mid-snapshot: `stop` leaves the guest
+/// `paused`, a finished migration `postmigrate`. Nothing else in banger
+/// pauses a guest so (a disk error is `io-error`), so either is resumed.
+pub(super) async fn resume_interrupted(handles: &Handles) -> Result<bool, EngineError> {
+    let mut q = Qmp::connect(&handles.control_socket).await?;
+    let status = q.execute("query-status", Value::Null).await?;
+    match status.get("status").and_then(Value::as_str) {
+        Some("paused" | "postmigrate") => {
+            q.execute("cont", Value::Null).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 pub(super) async fn restore(
     engine: &QemuEngine,
     spec: &MachineSpec,
