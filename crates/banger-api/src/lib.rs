@@ -50,8 +50,8 @@ pub mod snapshot;
 pub mod text;
 
 pub use error::ErrorCode;
-pub use snapshot::{RestoreSnapshot, Snapshot, TakeSnapshot, validate_snapshot_name};
 pub use modes::{EngineKind, NetworkMode, Preset, SessionState, UnknownWord, WorkspaceMode};
+pub use snapshot::{RestoreSnapshot, Snapshot, TakeSnapshot, validate_snapshot_name};
 
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +72,9 @@ pub enum VmState {
     Stopped,
     Failed,
     Deleting,
+    /// Running, but held paused by its engine after a host disk error
+    /// (see [`Vm::paused`]). Observed, never recorded.
+    Paused,
 }
 
 impl VmState {
@@ -82,6 +85,7 @@ impl VmState {
             VmState::Stopped => "stopped",
             VmState::Failed => "failed",
             VmState::Deleting => "deleting",
+            VmState::Paused => "paused",
         }
     }
 }
@@ -133,6 +137,9 @@ pub struct Vm {
     /// Whether the guest may reach the host's own services.
     #[serde(default)]
     pub host_access: bool,
+    /// Why the engine holds the guest paused (`host disk full`), while it does.
+    #[serde(default)]
+    pub paused: Option<String>,
 }
 
 fn default_network() -> NetworkMode {

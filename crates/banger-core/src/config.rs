@@ -54,7 +54,9 @@ pub struct Config {
     pub bridge_subnet: String,
     /// DNS suffix: VMs resolve as `<name>.<suffix>`.
     pub dns_suffix: String,
-    /// nftables table banger owns for NAT (no other table is touched).
+    /// nftables table banger owns for NAT (no other table is touched);
+    /// empty: `banger_` and the instance's mark ([`Config::for_instance`]),
+    /// so instances sharing a network namespace never touch each other's.
     pub nft_table: String,
     /// Taps kept ready for bridge-mode VMs.
     pub tap_pool_size: usize,
@@ -86,7 +88,7 @@ impl Default for Config {
             bridge_name: "banger0".into(),
             bridge_subnet: "172.30.0.0/24".into(),
             dns_suffix: "banger".into(),
-            nft_table: "banger".into(),
+            nft_table: String::new(),
             tap_pool_size: 2,
             allow_ip_forward: false,
             egress: true,
@@ -123,6 +125,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Fills what defaults to this instance's own (the nftables table)
+    /// for the instance whose state dir is `state_dir`.
+    pub fn for_instance(mut self, state_dir: &Path) -> Config {
+        if self.nft_table.is_empty() {
+            self.nft_table = format!("banger_{}", crate::net::tap_pool::instance_mark(state_dir));
+        }
+        self
+    }
+
     /// Loads `path`; a missing file means all defaults.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         match std::fs::read_to_string(path) {
@@ -192,11 +203,10 @@ impl Config {
                 ),
             )
         })?;
-        if self.nft_table.is_empty()
-            || !self
-                .nft_table
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        if !self
+            .nft_table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
             return Err((
                 "nft_table",

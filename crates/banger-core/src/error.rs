@@ -33,6 +33,25 @@ pub enum Error {
         state: VmState,
         action: Action,
     },
+    #[error("vm {name:?} is paused ({reason}): {hint}")]
+    Paused {
+        name: String,
+        reason: &'static str,
+        hint: String,
+    },
+    #[error(
+        "the disk holding {} is full ({free_mib} MiB free; {action} needs {need_mib} MiB): \
+         free space there (delete vms or images you no longer need) and try again",
+        dir.display()
+    )]
+    DiskFull {
+        dir: std::path::PathBuf,
+        free_mib: u64,
+        need_mib: u64,
+        action: &'static str,
+        #[source]
+        source: Option<Box<Error>>,
+    },
     #[error("image {name:?} already exists: {hint}")]
     ImageExists { name: String, hint: &'static str },
     #[error("port {port} on 127.0.0.1 is in use: pick another --publish host port")]
@@ -186,6 +205,7 @@ impl Error {
             | Error::OperationNotFound { .. } => ErrorCode::NotFound,
             Error::WrongState { .. }
             | Error::SnapshotExists { .. }
+            | Error::Paused { .. }
             | Error::ImageExists { .. }
             | Error::PortInUse { .. }
             | Error::Store(S::DuplicateVm(_) | S::DuplicateImage(_) | S::ImageInUse { .. }) => {
@@ -211,6 +231,7 @@ impl Error {
             | Error::AgentBinaryUnusable { .. }
             | Error::SshKey { .. }
             | Error::Git { .. }
+            | Error::DiskFull { .. }
             | Error::Io { .. } => ErrorCode::Host,
             Error::Refused { .. } => ErrorCode::Conflict,
         }

@@ -302,6 +302,8 @@ impl Images {
             });
         }
         let agent_bin = self.agent_bin()?;
+        let state_dir = self.paths.state_dir.clone();
+        crate::space::ensure_room(&state_dir, "building an image")?;
         let this = self.clone();
         Ok(self
             .ops
@@ -310,6 +312,7 @@ impl Images {
                 let build = this.preset_builder(plan, agent_bin);
                 this.install_exclusive(&op, &name, force, "pass --force to rebuild it", build)
                     .await
+                    .map_err(|e| crate::space::explain(e, &state_dir, "building an image"))
             }))
     }
 

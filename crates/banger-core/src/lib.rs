@@ -22,6 +22,7 @@ pub mod net;
 pub mod ops;
 pub mod services;
 pub mod session;
+pub mod space;
 pub mod ssh;
 pub mod store;
 pub mod vm;

@@ -282,7 +282,15 @@ impl Operations {
         let fut = work(op.clone());
         let (this, op2) = (self.clone(), op.clone());
         tokio::spawn(async move {
-            let result = fut.await;
+            // Its own task, so that a panic in the work still ends the
+            // operation (as failed) and nobody waits for it forever.
+            let result = match tokio::spawn(fut).await {
+                Ok(result) => result,
+                Err(source) => Err(Error::Task {
+                    task: "operation",
+                    source,
+                }),
+            };
             this.finish(&op2, result);
         });
         op
@@ -358,6 +366,27 @@ mod tests {
         );
         assert_eq!(op.wait().await.state, OperationState::Failed);
         assert_eq!(rec.error.unwrap().code, banger_api::ErrorCode::Engine);
+    }
+
+    #[tokio::test]
+    async fn an_operation_whose_work_panics_ends_failed_instead_of_never() {
+        let reg = Arc::new(Operations::new(Arc::new(Store::open_in_memory().unwrap())));
+        let op = reg.spawn(OperationKind::Stop, "web", |_| async {
+            if true {
+                panic!("a bug");
+            }
+            Ok(())
+        });
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), op.wait())
+            .await
+            .expect("the operation ends");
+        assert_eq!(done.state, OperationState::Failed);
+        assert!(
+            done.error
+                .unwrap()
+                .message
+                .contains("operation task failed")
+        );
     }
 
     #[test]

@@ -153,7 +153,7 @@ impl Harness {
         let key = root.path().join("id_ed25519");
         std::fs::write(&key, "private").unwrap();
         std::fs::write(root.path().join("id_ed25519.pub"), "ssh-ed25519 AAAA test").unwrap();
-        let mut config = setup.config;
+        let mut config = setup.config.for_instance(&paths.state_dir);
         config.ssh_key = Some(key);
         let engine = Arc::new(FakeEngine::new(EngineKind::Qemu));
         let links = Arc::new(FakeLinks::new());

@@ -213,14 +213,19 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
     );
     // The host (here: the namespace) resolves them too, from the daemon's dnsmasq.
     assert_eq!(resolve(&env, "a.banger"), Dns::Address(ip_a.clone()));
+    // NAT is in this instance's own table, named with its mark.
+    let table = format!(
+        "banger_{}",
+        banger_core::net::tap_pool::instance_mark(&env.state_dir())
+    );
     let nat = env
         .host_cmd("nft")
-        .args(["list", "table", "ip", "banger"])
+        .args(["list", "table", "ip", &table])
         .output()
         .unwrap();
     assert!(
         String::from_utf8_lossy(&nat.stdout).contains("masquerade"),
-        "NAT is in banger's own table"
+        "NAT is in the instance's table {table}"
     );
 
     // The host's own services are off limits (DNS aside): a listener on
@@ -328,7 +333,7 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         .output()
         .unwrap();
     assert!(
-        !String::from_utf8_lossy(&rules.stdout).contains("table ip banger"),
+        !String::from_utf8_lossy(&rules.stdout).contains("table ip banger_"),
         "nat table left behind"
     );
     let hosts_dir = banger_core::net::network::public_hosts_dir(&env.state_dir());

@@ -38,6 +38,10 @@ async fn run() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // The log is on the state dir's disk: when that is full, a line is
+        // lost. Reporting that goes through eprintln!, which panics when
+        // stderr cannot be written, and would take the request with it.
+        .log_internal_errors(false)
         .init();
     let home = std::env::var_os("HOME")
         .map(std::path::PathBuf::from)
@@ -47,7 +51,7 @@ async fn run() -> anyhow::Result<()> {
         &home,
         banger_sys::process::euid(),
     );
-    let config = Config::load(&paths.config_file)?;
+    let config = Config::load(&paths.config_file)?.for_instance(&paths.state_dir);
     for dir in paths.private_dirs() {
         banger_sys::private_dir::ensure_private_dir(dir.path).context(dir.refusal())?;
     }

@@ -15,10 +15,10 @@ pub mod qemu;
 pub mod snapshot;
 
 use crate::layout::VmDir;
-pub use snapshot::{Layer, RamMapping, SnapshotReport, Switch};
 use banger_api::{Check, EngineKind};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+pub use snapshot::{Layer, RamMapping, SnapshotReport, Switch};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +38,24 @@ impl Accel {
         match self {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Why an engine holds its guest paused without being asked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// A disk write failed for lack of space on the host.
+    DiskFull,
+    /// A disk write failed for another reason.
+    IoError,
+}
+
+impl Pause {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Pause::DiskFull => "host disk full",
+            Pause::IoError => "host disk i/o error",
         }
     }
 }
@@ -220,6 +238,22 @@ pub trait Engine: Send + Sync {
             }
             true
         })
+    }
+
+    /// Follows whether the engine holds the guest paused after a disk
+    /// error, sending each change (`None`: running), until the engine
+    /// exits. Engines that never pause on their own return at once.
+    fn follow_pause<'a>(
+        &'a self,
+        _handles: &'a Handles,
+        _tx: tokio::sync::watch::Sender<Option<Pause>>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// Lets a guest paused by a disk error run again.
+    fn resume<'a>(&'a self, _handles: &'a Handles) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Makes `overlay`, an empty copy-on-write layer over `base` (which a

@@ -15,6 +15,9 @@
 //!    it in the background when it exits.
 //! 5. Stop: QMP `quit` (the daemon first asks the agent for a clean
 //!    power-off), then SIGKILL after the timeout.
+//! 6. Disk errors: writable drives pause the guest on a failed write
+//!    (`werror=stop`); [`pause`] follows that on a second QMP socket, and
+//!    `cont` lets the guest run on.
 //!
 //! Liveness ([`QemuEngine::alive`]) is what stands between a pid read from a
 //! scratch file and a SIGKILL: a process counts as this VM's engine only
@@ -22,7 +25,9 @@
 //! `-qmp` argument.
 
 use super::accel::{self, KvmStatus};
-use super::{Accel, Drive, DriveFormat, Engine, EngineError, Handles, MachineSpec, Nic, Sockets};
+use super::{
+    Accel, Drive, DriveFormat, Engine, EngineError, Handles, MachineSpec, Nic, Pause, Sockets,
+};
 use super::{Layer, RamMapping, SnapshotReport, Switch};
 use crate::config::AccelChoice;
 use crate::layout::VmDir;
@@ -128,10 +133,9 @@ pub fn kernel_cmdline(spec: &MachineSpec) -> String {
 }
 
 /// QEMU's arguments (without the program) for `spec`, booting: guest RAM
-/// in a fresh shared file in the VM's state dir ([`snapshot::ram_file`]).
+/// in a shared memfd ([`snapshot::boot_memory`]).
 pub fn argv(spec: &MachineSpec) -> Vec<String> {
-    let ram = snapshot::ram_file(&spec.state_dir);
-    argv_with(spec, &snapshot::memory_object(spec, &ram, true))
+    argv_with(spec, &snapshot::boot_memory(spec))
 }
 
 /// QEMU's arguments for `spec` with `memory` as the guest RAM's backend.
@@ -176,7 +180,12 @@ pub fn argv_with(spec: &MachineSpec, memory: &str) -> Vec<String> {
             DriveFormat::Raw => "raw",
             DriveFormat::Qcow2 => "qcow2",
         };
-        let ro = if d.read_only { ",read-only=on" } else { "" };
+        // A failed write pauses the guest (see `pause`) rather than failing in it.
+        let ro = if d.read_only {
+            ",read-only=on"
+        } else {
+            ",werror=stop"
+        };
         push(&[
             "-drive",
             &format!(
@@ -239,6 +248,7 @@ pub fn argv_with(spec: &MachineSpec, memory: &str) -> Vec<String> {
         ),
     ]);
     push(&["-qmp", &qmp_arg(&control_socket(&spec.run_dir))]);
+    push(&["-qmp", &qmp_arg(&pause::events_socket(&spec.run_dir))]);
     a
 }
 
@@ -251,7 +261,7 @@ impl QemuEngine {
         std::fs::create_dir_all(&spec.run_dir)?;
         let agent = agent_socket(&spec.run_dir);
         let control = control_socket(&spec.run_dir);
-        for stale in [&agent, &control] {
+        for stale in [&agent, &control, &pause::events_socket(&spec.run_dir)] {
             let _ = std::fs::remove_file(stale);
         }
         let cmd = Cmd::new(self.binary.to_string_lossy()).args(args);
@@ -496,8 +506,6 @@ impl Engine for QemuEngine {
             // A tap made a moment ago can still be held by a child another
             // thread is forking (until its exec drops close-on-exec files):
             // QEMU's open then fails with EBUSY. That passes; try once more.
-            // A boot starts from fresh RAM, not the last boot's.
-            let _ = std::fs::remove_file(snapshot::ram_file(&spec.state_dir));
             match self.spawn_inner(spec, argv(spec)).await {
                 Err(EngineError::EarlyExit { log })
                     if spec.nics.iter().any(|n| matches!(n, Nic::Tap { .. }))
@@ -593,8 +601,25 @@ impl Engine for QemuEngine {
     ) -> BoxFuture<'a, Result<Handles, EngineError>> {
         Box::pin(snapshot::restore(self, spec, from, ram))
     }
+
+    fn follow_pause<'a>(
+        &'a self,
+        handles: &'a Handles,
+        tx: tokio::sync::watch::Sender<Option<Pause>>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(run_dir) = handles.control_socket.parent() {
+                pause::follow(&pause::events_socket(run_dir), tx).await;
+            }
+        })
+    }
+
+    fn resume<'a>(&'a self, handles: &'a Handles) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move { qmp_command(&handles.control_socket, "cont").await.map(drop) })
+    }
 }
 
+pub mod pause;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -9,9 +9,15 @@ pub const TAP_PREFIX: &str = "bgtap";
 /// its state dir's hash, so instances sharing a network namespace never
 /// sweep each other's taps.
 pub fn instance_prefix(state_dir: &std::path::Path) -> String {
+    format!("{TAP_PREFIX}{}", instance_mark(state_dir))
+}
+
+/// Four hex digits of the state dir's hash: what marks one instance's
+/// taps and nftables table apart from another's.
+pub fn instance_mark(state_dir: &std::path::Path) -> String {
     use sha2::Digest;
     let h = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
-    format!("{TAP_PREFIX}{}", &hex::encode(h)[..4])
+    hex::encode(h)[..4].to_string()
 }
 
 /// A fresh tap name with `prefix` (an [`instance_prefix`]): 15 characters.

@@ -7,6 +7,7 @@
 mod images;
 mod migrations;
 mod operations;
+mod reserve;
 pub mod sessions;
 pub mod snapshots;
 mod vms;
@@ -51,6 +52,8 @@ pub enum StoreError {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Room for the store's own writes on a full disk (none in memory).
+    reserve: Option<reserve::Reserve>,
 }
 
 impl Store {
@@ -60,7 +63,7 @@ impl Store {
             path: path.to_owned(),
             source,
         })?;
-        Store::init(conn).map_err(|e| match e {
+        Store::init(conn, Some(reserve::Reserve::beside(path))).map_err(|e| match e {
             StoreError::Sql(source) => StoreError::Open {
                 path: path.to_owned(),
                 source,
@@ -71,14 +74,15 @@ impl Store {
 
     /// An in-memory store for unit tests.
     pub fn open_in_memory() -> Result<Store, StoreError> {
-        Store::init(Connection::open_in_memory()?)
+        Store::init(Connection::open_in_memory()?, None)
     }
 
-    fn init(mut conn: Connection) -> Result<Store, StoreError> {
+    fn init(mut conn: Connection, reserve: Option<reserve::Reserve>) -> Result<Store, StoreError> {
         configure(&conn)?;
         migrations::run(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            reserve,
         })
     }
 
@@ -86,16 +90,33 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits it.
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits it. On a
+    /// full disk the reserve is released and `f` runs once more.
     fn write<T>(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+        f: impl Fn(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        let mut attempt = || -> Result<T, StoreError> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        let out = match attempt() {
+            Err(StoreError::Sql(e))
+                if is_disk_full(&e) && self.reserve.as_ref().is_some_and(|r| r.release()) =>
+            {
+                attempt()
+            }
+            other => other,
+        };
+        if out.is_ok()
+            && let Some(r) = &self.reserve
+        {
+            r.replenish();
+        }
+        out
     }
 
     fn read<T>(
@@ -113,6 +134,10 @@ fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     Ok(())
+}
+
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {

@@ -24,6 +24,7 @@ impl Lifecycle {
             return self.create_from_snapshot(req);
         }
         let vm = self.plan_vm(&req)?;
+        crate::space::ensure_room(&self.paths.state_dir, "creating a vm")?;
         // A preset image that does not exist yet is built first, in this operation.
         let build_first = self.images.needs_build(&vm.image)?;
         if build_first.is_none() {
@@ -40,7 +41,9 @@ impl Lifecycle {
                 }
                 let lock = this.lock(&vm.name);
                 let _guard = lock.lock().await;
-                this.run_create(&op, &vm).await
+                this.run_create(&op, &vm)
+                    .await
+                    .map_err(|e| crate::space::explain(e, &this.paths.state_dir, "creating a vm"))
             }))
     }
 

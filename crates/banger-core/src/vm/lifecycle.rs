@@ -53,6 +53,7 @@ pub struct Lifecycle {
     pub(super) network: Arc<Network>,
     pub(super) runner: Arc<dyn Runner>,
     pub(super) runtime: RuntimeCache,
+    pub(super) held: Arc<super::pause::Held>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(super) exits: mpsc::UnboundedSender<Exited>,
 }
@@ -72,6 +73,7 @@ impl Lifecycle {
             network: deps.network,
             runner: deps.runner,
             runtime: RuntimeCache::default(),
+            held: Arc::default(),
             locks: Mutex::new(HashMap::new()),
             exits,
         });
@@ -131,7 +133,8 @@ impl Lifecycle {
     }
 
     /// The state a user should see: a VM recorded as running whose engine
-    /// is gone is stopped (and the monitor is told, to record it).
+    /// is gone is stopped (and the monitor is told, to record it); one
+    /// whose engine holds the guest after a disk error is paused.
     fn observed_state(&self, vm: &VmRecord, running: Option<&Running>) -> VmState {
         if vm.state != VmState::Running {
             return vm.state;
@@ -142,7 +145,12 @@ impl Lifecycle {
                 .is_ok_and(|e| e.alive(&r.handles))
         });
         if alive {
-            return VmState::Running;
+            let held = running.is_some_and(|r| self.held.get(&vm.name, r.handles.pid).is_some());
+            return if held {
+                VmState::Paused
+            } else {
+                VmState::Running
+            };
         }
         self.report_exit(&vm.name, running.map(|r| r.handles.pid));
         VmState::Stopped
@@ -160,8 +168,13 @@ impl Lifecycle {
         let egress = crate::capability::egress::Egress::of(&vm);
         let running = self.runtime.get(&vm.name);
         let state = self.observed_state(&vm, running.as_ref());
-        let running = running.filter(|_| state == VmState::Running);
+        let running = running.filter(|_| matches!(state, VmState::Running | VmState::Paused));
+        let paused = running
+            .as_ref()
+            .and_then(|r| self.held.get(&vm.name, r.handles.pid))
+            .map(|why| why.describe().to_string());
         Vm {
+            paused,
             dns_name: (vm.network == NetworkMode::Bridge).then(|| self.network.dns_name(&vm.name)),
             id: vm.id,
             name: vm.name,
@@ -198,6 +211,9 @@ impl Lifecycle {
         let vm = self.record(name)?;
         let running = self.runtime.get(name);
         let state = self.observed_state(&vm, running.as_ref());
+        if let Some(why) = self.held(&vm).filter(|_| state == VmState::Paused) {
+            return Err(self.paused_error(&vm, why));
+        }
         let (VmState::Running, Some(running)) = (state, running) else {
             return Err(Error::WrongState {
                 name: name.into(),
@@ -243,6 +259,7 @@ impl Lifecycle {
         let Ok(engine) = self.engines.get(running.engine) else {
             return;
         };
+        self.follow_pause(vm, engine.clone(), running.handles.clone());
         let (handles, exits) = (running.handles.clone(), self.exits.clone());
         let name = vm.name.clone();
         let console = engine.console_log(&self.dir(vm));

@@ -14,6 +14,7 @@ pub mod leaks;
 pub mod lifecycle;
 pub mod monitor;
 pub mod names;
+pub mod pause;
 pub mod reconcile;
 pub mod restore;
 pub mod runtime;

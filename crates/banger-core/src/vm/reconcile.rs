@@ -106,7 +106,8 @@ impl Lifecycle {
                     let _ = dir.remove();
                     self.store.delete_vm(&vm.name)?;
                 }
-                VmState::Running => {
+                // Paused is observed, never recorded.
+                VmState::Running | VmState::Paused => {
                     tracing::info!(vm = %vm.name, "engine gone while the daemon was down; recording stopped");
                     self.store.set_vm_state(&vm.name, VmState::Stopped, None)?;
                 }

@@ -19,6 +19,9 @@ impl Lifecycle {
                 action: Action::Start,
             });
         }
+        if vm.state != VmState::Running {
+            crate::space::ensure_room(&self.paths.state_dir, "starting a vm")?;
+        }
         let (this, name) = (self.clone(), name.to_string());
         Ok(self
             .ops

@@ -54,19 +54,29 @@ impl Lifecycle {
             .filter(|e| running.as_ref().is_some_and(|r| e.alive(&r.handles)));
         if let (Some(r), Some(engine)) = (running, engine) {
             let timeout = Duration::from_secs(self.config.stop_timeout_secs);
-            let graceful = op
-                .stage("shutdown", "shut down guest", async {
+            // A guest held after a disk error cannot power off by itself.
+            let held = self.held(&vm);
+            let graceful = if let Some(why) = held {
+                Err(self.paused_error(&vm, why))
+            } else {
+                op.stage("shutdown", "shut down guest", async {
                     let agent = self.agent(name).await?;
                     agent.shutdown(false).await?;
-                    if engine.wait_gone(&r.handles, timeout).await {
-                        Ok(())
-                    } else {
-                        Err(Error::PowerOffTimeout {
-                            secs: timeout.as_secs(),
-                        })
+                    // The guest's last writes can meet a full disk: held,
+                    // it will never power off.
+                    tokio::select! {
+                        gone = engine.wait_gone(&r.handles, timeout) => if gone {
+                            Ok(())
+                        } else {
+                            Err(Error::PowerOffTimeout {
+                                secs: timeout.as_secs(),
+                            })
+                        },
+                        why = self.until_held(&vm) => Err(self.paused_error(&vm, why)),
                     }
                 })
-                .await;
+                .await
+            };
             if graceful.is_err() {
                 op.stage("kill", "stop engine", async {
                     Ok::<_, Error>(engine.stop(&r.handles, Duration::from_secs(2)).await?)

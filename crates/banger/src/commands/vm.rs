@@ -140,12 +140,20 @@ pub async fn list(ctx: &Context, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// A VM's state with why it is paused, as in `paused: host disk full`.
+fn state_text(vm: &Vm) -> String {
+    match &vm.paused {
+        Some(why) => format!("{}: {why}", vm.state),
+        None => vm.state.to_string(),
+    }
+}
+
 fn vm_table(vms: &[Vm], now: i64) -> Table {
     let mut table = Table::new(&["NAME", "STATE", "IMAGE", "CPUS", "MEM", "AGE"]);
     for vm in vms {
         table.row(vec![
             vm.name.clone(),
-            vm.state.to_string(),
+            state_text(vm),
             vm.image.clone(),
             vm.cpus.to_string(),
             format_mib(vm.memory_mib),
@@ -175,7 +183,7 @@ fn vm_fields(vm: &Vm, now: i64) -> String {
     let mut fields = vec![
         ("name", vm.name.clone()),
         ("id", vm.id.clone()),
-        ("state", vm.state.to_string()),
+        ("state", state_text(vm)),
         ("image", vm.image.clone()),
         ("cpus", vm.cpus.to_string()),
         ("memory", format_mib(vm.memory_mib)),
@@ -263,20 +271,25 @@ mod tests {
             ip: None,
             dns_name: None,
             ports: vec![],
+            paused: None,
         }
     }
 
     #[test]
     fn vm_list_reads_as_aligned_columns() {
+        let mut full = vm("ci", VmState::Paused, 256, 940);
+        full.paused = Some("host disk full".into());
         let vms = [
             vm("web", VmState::Running, 512, 995),
             vm("db-primary", VmState::Stopped, 2048, 1000 - 7200),
+            full,
         ];
         assert_eq!(
             vm_table(&vms, 1000).render(),
-            "NAME        STATE    IMAGE    CPUS  MEM   AGE\n\
-             web         running  minimal  2     512M  5s\n\
-             db-primary  stopped  minimal  2     2G    2h\n"
+            "NAME        STATE                   IMAGE    CPUS  MEM   AGE\n\
+             web         running                 minimal  2     512M  5s\n\
+             db-primary  stopped                 minimal  2     2G    2h\n\
+             ci          paused: host disk full  minimal  2     256M  1m\n"
         );
     }
 

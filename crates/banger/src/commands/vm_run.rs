@@ -98,7 +98,8 @@ async fn ensure_vm(client: &Client, spec: &VmSpec) -> anyhow::Result<String> {
         eprintln!("note: vm {name} exists; --image, --cpus, --memory and --disk-size are ignored");
     }
     match vm.state {
-        VmState::Running => {}
+        // A paused guest's exec is refused by the daemon with what to do.
+        VmState::Running | VmState::Paused => {}
         VmState::Stopped | VmState::Failed => {
             run_action(client, Action::Start, name, style).await?
         }

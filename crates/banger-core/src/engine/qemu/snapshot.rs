@@ -1,12 +1,12 @@
 //! Snapshot and restore on QEMU (7.2 and later), through QMP.
 //!
-//! Guest RAM lives in a file, `-object memory-backend-file,share=on` (the
-//! VM's state dir, [`ram_file`]: a disk, not the small runtime tmpfs), so
-//! the device state need not carry it: with the `x-ignore-shared`
-//! migration capability a shared RAM block is left out of the stream.
+//! A booted guest's RAM is a shared memfd ([`boot_memory`]), so the device
+//! state need not carry it: with the `x-ignore-shared` migration
+//! capability a shared RAM block is left out of the stream, and the
+//! snapshot copies the memfd itself (through `/proc/<pid>/fd`).
 //!
 //! Snapshot ([`snapshot`]), on the control socket:
-//! 1. `qom-get` the RAM file's path and whether it is shared, `query-block`
+//! 1. `qom-get` whether the RAM is shared (and a file backend's path), `query-block`
 //!    the drives' top layers;
 //! 2. `stop` (QEMU drains and flushes every disk);
 //! 3. each drive in the switch list: `blockdev-add` its new overlay (made
@@ -14,14 +14,15 @@
 //!    it: the layer below is frozen from now on;
 //! 4. `migrate-set-capabilities` `x-ignore-shared`, `getfd` (the state
 //!    file, opened here), `migrate` to `fd:`, poll `query-migrate`;
-//! 5. the RAM file copied out sparse (a privately mapped one went through
-//!    the stream instead);
+//! 5. the RAM copied out sparse (a privately mapped one went through the
+//!    stream instead);
 //! 6. `cont`, unless the VM is to stop. A migrated source that is not
 //!    continued refuses a second migration; one that is, takes it.
 //!
-//! Restore ([`restore`]): the VM's command line with its RAM from the
-//! snapshot (a copy mapped shared, or the snapshot's file mapped privately
-//! so VMs restored from it share pages) and `-incoming defer`; then
+//! Restore ([`restore`]): the VM's command line with its RAM the
+//! snapshot's file mapped privately (pages read on demand, shared by every
+//! VM restored from it; the snapshot stays intact) and `-incoming defer`;
+//! then
 //! `x-ignore-shared` (set before `migrate-incoming`: 7.2 has no command-line
 //! switch for it), `getfd`, `migrate-incoming` from `fd:`, poll
 //! `query-migrate`, `cont` (the source was paused, so the target is too).
@@ -38,9 +39,38 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-/// A running VM's RAM file, in its state dir.
-pub fn ram_file(state_dir: &Path) -> PathBuf {
-    state_dir.join(RAM_FILE)
+/// A booting VM's RAM: a shared memfd. Shared, so a snapshot leaves it
+/// out of the device state and copies it itself; a memfd, so it is memory
+/// like any guest's (never written back to a disk, never taking the state
+/// dir's space, where a full disk would fault the guest) and goes with the
+/// process, whatever kills it.
+pub fn boot_memory(spec: &MachineSpec) -> String {
+    format!(
+        "memory-backend-memfd,id=mem,size={}M,share=on",
+        spec.memory_mib
+    )
+}
+
+/// Where the RAM of the engine `pid` can be read: its backend's file, or
+/// the memfd it holds (`/proc/<pid>/fd/<n>`, readable by its own user).
+fn ram_source(pid: u32, mem_path: Option<&str>) -> Result<PathBuf, EngineError> {
+    if let Some(path) = mem_path {
+        return Ok(PathBuf::from(path));
+    }
+    let fds = PathBuf::from(format!("/proc/{pid}/fd"));
+    for entry in std::fs::read_dir(&fds)?.flatten() {
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if target
+            .to_string_lossy()
+            .starts_with("/memfd:memory-backend-memfd")
+        {
+            return Ok(entry.path());
+        }
+    }
+    Err(control(
+        "find guest ram",
+        "the engine holds no memfd named mem",
+    ))
 }
 
 /// The guest RAM's backing file as QEMU arguments (`-machine
@@ -299,12 +329,9 @@ pub(super) async fn snapshot(
     resume: bool,
 ) -> Result<SnapshotReport, EngineError> {
     let mut q = Qmp::connect(&handles.control_socket).await?;
-    let ram = PathBuf::from(
-        qom_get(&mut q, "mem-path")
-            .await?
-            .as_str()
-            .ok_or_else(|| control("qom-get", "no mem-path: the vm runs without a RAM file"))?,
-    );
+    // A file backend names its file; a memfd backend has no such property.
+    let mem_path = qom_get(&mut q, "mem-path").await.ok();
+    let ram = ram_source(handles.pid, mem_path.as_ref().and_then(Value::as_str))?;
     let shared = qom_get(&mut q, "share").await?.as_bool().unwrap_or(false);
     let tops = top_layers(&mut q).await?;
     // Node names are unique for the engine's life; the layers a snapshot
@@ -428,25 +455,21 @@ pub(super) async fn restore(
     let state =
         File::open(from.join(STATE_FILE)).map_err(|e| bad(from, format!("{STATE_FILE}: {e}")))?;
     let snap_ram = from.join(RAM_FILE);
-    let own = ram_file(&spec.state_dir);
-    let _ = std::fs::remove_file(&own);
-    let (ram, share) = match mapping {
-        RamMapping::Private if snap_ram.exists() => (snap_ram, false),
-        _ => {
-            if snap_ram.exists() {
-                let runner = engine.runner.clone();
-                let to = own.clone();
-                tokio::task::spawn_blocking(move || {
-                    crate::disks::sparse_copy(&*runner, &snap_ram, &to)
-                })
-                .await
-                .map_err(|e| control("copy guest ram", e))?
-                .map_err(|e| control("copy guest ram", crate::error::chain(&e)))?;
-            }
-            (own, true)
-        }
+    // The snapshot's RAM file mapped privately, for a restore in place as
+    // for a fork: pages are read on demand and shared with every VM
+    // restored from it, writes stay the VM's own, the snapshot stays as it
+    // was (`mapping` needs no copy). A snapshot whose RAM went through the
+    // device state loads into private memory.
+    let _ = mapping;
+    let memory = if snap_ram.exists() {
+        memory_object(spec, &snap_ram, false)
+    } else {
+        format!(
+            "memory-backend-memfd,id=mem,size={}M,share=off",
+            spec.memory_mib
+        )
     };
-    let mut args = super::argv_with(spec, &memory_object(spec, &ram, share));
+    let mut args = super::argv_with(spec, &memory);
     args.extend(["-incoming".to_string(), "defer".to_string()]);
     let handles = engine.spawn_inner(spec, args).await?;
     let incoming = async {

@@ -55,7 +55,7 @@ fn drives_are_found_by_serial_and_the_agent_port_by_name() {
     assert!(has_pair(
         &a,
         "-drive",
-        "id=disk0,file=/vm/root.qcow2,format=qcow2,if=none"
+        "id=disk0,file=/vm/root.qcow2,format=qcow2,if=none,werror=stop"
     ));
     assert!(has_pair(
         &a,
@@ -72,6 +72,12 @@ fn drives_are_found_by_serial_and_the_agent_port_by_name() {
         "-qmp",
         "unix:/run/b/abc/qmp.sock,server=on,wait=off"
     ));
+    // A second monitor carries the events a disk error raises.
+    assert!(has_pair(
+        &a,
+        "-qmp",
+        "unix:/run/b/abc/events.sock,server=on,wait=off"
+    ));
     assert!(has_pair(&a, "-smp", "2") && has_pair(&a, "-m", "512M"));
 }
 
@@ -86,7 +92,7 @@ fn commas_in_paths_are_doubled_inside_option_strings() {
     assert!(has_pair(
         &a,
         "-drive",
-        "id=disk0,file=/vm/a,,b/root.qcow2,format=qcow2,if=none"
+        "id=disk0,file=/vm/a,,b/root.qcow2,format=qcow2,if=none,werror=stop"
     ));
     assert!(has_pair(
         &a,
@@ -259,12 +265,13 @@ fn a_stream_nic_connects_to_its_socket_as_a_client() {
 }
 
 #[test]
-fn guest_ram_is_a_shared_file_in_the_state_dir() {
+fn a_booted_guests_ram_is_a_shared_memfd_never_a_file_on_the_state_disk() {
     let a = argv(&spec(Accel::Tcg));
     assert!(has_pair(&a, "-M", "microvm,memory-backend=mem"));
     assert!(has_pair(
         &a,
         "-object",
-        "memory-backend-file,id=mem,size=512M,mem-path=/vm/guest.ram,share=on"
+        "memory-backend-memfd,id=mem,size=512M,share=on"
     ));
+    assert!(!a.iter().any(|arg| arg.contains("mem-path")), "{a:?}");
 }
