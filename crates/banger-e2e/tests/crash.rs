@@ -256,7 +256,12 @@ fn run_point(env: &Env, point: &str) {
         "restore" => {
             arrange(env, "running");
             let snaps = env.json(&["vm", "snapshot", "list", VM, "--json"]);
-            if !snaps.as_array().unwrap().iter().any(|s| s["name"] == "base") {
+            if !snaps
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] == "base")
+            {
                 env.ok(&["vm", "snapshot", VM, "--name", "base"]);
             }
             crash_at(env, point, &["vm", "restore", VM, "base"]);
