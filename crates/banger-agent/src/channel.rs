@@ -240,6 +240,17 @@ async fn handle_stream(stream: yamux::Stream, agent: Arc<Agent>) {
         Request::Unpack(req) => crate::files::unpack(req, input, output).await,
         Request::Pack(req) => crate::files::pack(req, output).await,
         Request::Session(req) => crate::sessions::run(&agent, req, input, output).await,
+        Request::Identity(req) => match crate::identity::apply(&agent, req).await {
+            Ok(report) => {
+                let _ = respond(&mut output, &report).await;
+            }
+            Err(e) => {
+                let message = crate::console::chain(&e);
+                crate::console::log(format_args!("identity: {message}"));
+                let _ = write_error(&mut output, "identity_failed", message).await;
+                let _ = output.shutdown().await;
+            }
+        },
         Request::Shutdown { reboot } => {
             let _ = respond(&mut output, &serde_json::json!({})).await;
             drop(output);

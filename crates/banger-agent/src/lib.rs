@@ -3,7 +3,8 @@
 //!
 //! As init it boots the guest (`boot`: kernel modules, disks found by
 //! serial, switch to the root disk; `setup`: the mounts, hostname, ssh
-//! keys and network (`net`) a system expects), then serves the host on the
+//! keys and network (`net`) a system expects), after a restore takes the
+//! identity the host gives it (`identity`), and serves the host on the
 //! virtio-serial port (`port`) for the rest of the guest's life, with sshd
 //! (`sshd`) kept running beside it when the image has one. The server half
 //! ([`serve_connection`]) runs over any byte stream, so it is tested on the
@@ -28,6 +29,7 @@ pub mod entropy;
 pub mod exec;
 pub mod fdio;
 pub mod files;
+pub mod identity;
 pub mod net;
 pub mod port;
 pub mod reaper;
@@ -51,6 +53,9 @@ pub struct Agent {
     pub power: Arc<dyn Power>,
     /// The guest's sessions, shared by every host connection.
     pub sessions: sessions::Sessions,
+    /// The network the guest's NIC has now (boot's, then each restore's):
+    /// where `identity` finds the link and the address to replace.
+    pub network: std::sync::Mutex<Option<banger_proto::GuestNetwork>>,
 }
 
 impl Agent {
@@ -61,6 +66,7 @@ impl Agent {
             exec: ExecDefaults::default(),
             power,
             sessions: sessions::Sessions::default(),
+            network: std::sync::Mutex::new(None),
         }
     }
 }

@@ -75,7 +75,9 @@ fn main() {
         };
         log(format_args!("serving on {}", path.display()));
         log(format_args!("ready"));
-        let agent = Arc::new(Agent::new(Arc::new(GuestPower)));
+        let agent = Agent::new(Arc::new(GuestPower));
+        *agent.network.lock().expect("not yet shared") = booted.config.network.clone();
+        let agent = Arc::new(agent);
         // Runs once serving yields: host keys may take seconds to generate.
         let reaper = agent.reaper;
         tokio::spawn(async move { Sshd::guest().run(reaper).await });

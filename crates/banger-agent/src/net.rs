@@ -19,6 +19,14 @@
 //! Every step is logged with its duration as `net: ...`; a failure is logged
 //! and skips the steps that need it, never the boot.
 //!
+//! After a restore the guest still has the snapshot's MAC and address
+//! (virtio-net's MAC travels in the device state); [`reconfigure`] moves
+//! the same link to the new ones: the link found by its old MAC, the new
+//! MAC set (which QEMU's filter follows), the old address removed before
+//! the new one is added (in the same subnet the new one would be a
+//! secondary address, which the kernel removes with the primary), the
+//! default route and `resolv.conf` replaced.
+//!
 //! Messages are built by `netlink-packet-route` (the message layer
 //! `rtnetlink` is made of) and sent on a plain blocking socket: the three
 //! requests run before the async runtime exists, each answered by one ack,
@@ -43,7 +51,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
     RouteType,
@@ -61,6 +69,7 @@ pub const LINK_POLL: Duration = Duration::from_millis(10);
 /// Message types from `<linux/rtnetlink.h>`.
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
 /// How long to wait for the kernel's answer to one netlink request.
 const NETLINK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -90,6 +99,8 @@ pub enum NetError {
         #[source]
         source: io::Error,
     },
+    #[error("MAC address {value:?} is not six hex bytes")]
+    BadMac { value: String },
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -200,6 +211,113 @@ pub trait Rtnl {
     fn add_address(&mut self, index: u32, cidr: Ipv4Cidr) -> io::Result<()>;
     /// Adds (or replaces) the default route via `gateway` out of the link.
     fn add_default_route(&mut self, index: u32, gateway: Ipv4Addr, onlink: bool) -> io::Result<()>;
+    /// Sets the link's MAC address.
+    fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()>;
+    /// Clears `IFF_UP` on the link.
+    fn link_down(&mut self, index: u32) -> io::Result<()>;
+    /// Removes an address from the link.
+    fn del_address(&mut self, index: u32, cidr: Ipv4Cidr) -> io::Result<()>;
+}
+
+/// `52:54:00:12:34:56` as bytes.
+pub fn parse_mac(value: &str) -> Result<[u8; 6], NetError> {
+    let bad = || NetError::BadMac {
+        value: value.to_string(),
+    };
+    let mut out = [0u8; 6];
+    let mut parts = value.trim().split(':');
+    for byte in &mut out {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    match parts.next() {
+        None => Ok(out),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// Moves the guest's NIC from `old` (what it has now, if known) to `new`,
+/// with files under `root` and links under `sys_class_net`: the link is
+/// the one with `old`'s MAC, else `new`'s.
+pub fn reconfigure(
+    rtnl: &mut impl Rtnl,
+    sys_class_net: &Path,
+    root: &Path,
+    old: Option<&GuestNetwork>,
+    new: &GuestNetwork,
+) -> Result<(), NetError> {
+    let mac = parse_mac(&new.mac)?;
+    let cidr: Ipv4Cidr = new
+        .address
+        .trim()
+        .parse()
+        .map_err(|source| NetError::BadCidr { source })?;
+    let gateway = match new.gateway.as_deref().map(str::trim) {
+        Some(gw) if !gw.is_empty() => {
+            Some(gw.parse::<Ipv4Addr>().map_err(|_| NetError::BadGateway {
+                value: gw.to_string(),
+            })?)
+        }
+        _ => None,
+    };
+    let link = old
+        .and_then(|o| find_link(sys_class_net, &o.mac))
+        .or_else(|| find_link(sys_class_net, &new.mac))
+        .ok_or_else(|| NetError::NoLink {
+            mac: old.map_or(&new.mac, |o| &o.mac).clone(),
+            timeout: Duration::ZERO,
+        })?;
+    let name = &link.name;
+    let netlink = |what: String| move |source: io::Error| NetError::Netlink { what, source };
+    let current = std::fs::read_to_string(sys_class_net.join(name).join("address"))
+        .ok()
+        .and_then(|m| parse_mac(&m).ok());
+    if current != Some(mac) {
+        step(&format!("net: {name} MAC {}", new.mac), || {
+            match rtnl.set_mac(link.index, mac) {
+                // A driver that cannot change it while up.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => rtnl
+                    .link_down(link.index)
+                    .and_then(|()| rtnl.set_mac(link.index, mac)),
+                other => other,
+            }
+            .map_err(netlink(format!("setting {name}'s MAC to {}", new.mac)))
+        })?;
+    }
+    step(&format!("net: {name} up"), || {
+        rtnl.link_up(link.index)
+            .map_err(netlink(format!("setting {name} up")))
+    })?;
+    let old_cidr = old.and_then(|o| o.address.trim().parse::<Ipv4Cidr>().ok());
+    if let Some(old_cidr) = old_cidr.filter(|o| *o != cidr) {
+        step(&format!("net: {old_cidr} off {name}"), || {
+            match rtnl.del_address(link.index, old_cidr) {
+                Err(e)
+                    if e.raw_os_error() == Some(rustix::io::Errno::ADDRNOTAVAIL.raw_os_error()) =>
+                {
+                    Ok(())
+                }
+                other => other,
+            }
+            .map_err(netlink(format!("removing {old_cidr} from {name}")))
+        })?;
+    }
+    step(&format!("net: {cidr} on {name}"), || {
+        rtnl.add_address(link.index, cidr)
+            .map_err(netlink(format!("adding {cidr} to {name}")))
+    })?;
+    if let Some(gw) = gateway {
+        step(&format!("net: default route via {gw}"), || {
+            rtnl.add_default_route(link.index, gw, !cidr.contains(gw))
+                .map_err(netlink(format!("adding the default route via {gw}")))
+        })?;
+    }
+    step("net: wrote /etc/resolv.conf", || {
+        write_resolv_conf(root, new)
+    })
 }
 
 /// Runs steps 1-4 on the live system: `lo` always, the NIC when `network`
@@ -389,6 +507,31 @@ impl Rtnl for Netlink {
             msg.attributes.push(AddressAttribute::Broadcast(brd));
         }
         self.request(RTM_NEWADDR, &msg, NLM_F_CREATE | NLM_F_REPLACE)
+    }
+
+    fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.request(RTM_NEWLINK, &msg, 0)
+    }
+
+    fn link_down(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.change_mask = LinkFlags::Up;
+        self.request(RTM_NEWLINK, &msg, 0)
+    }
+
+    fn del_address(&mut self, index: u32, cidr: Ipv4Cidr) -> io::Result<()> {
+        let addr = IpAddr::V4(cidr.addr());
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = cidr.prefix();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(addr));
+        msg.attributes.push(AddressAttribute::Address(addr));
+        self.request(RTM_DELADDR, &msg, 0)
     }
 
     fn add_default_route(&mut self, index: u32, gateway: Ipv4Addr, onlink: bool) -> io::Result<()> {

@@ -39,6 +39,9 @@ enum Call {
     Up(u32),
     Address(u32, Ipv4Cidr),
     Route(u32, Ipv4Addr, bool),
+    Mac(u32, [u8; 6]),
+    Down(u32),
+    DelAddress(u32, Ipv4Cidr),
 }
 
 /// Records what the configuration asked of the kernel.
@@ -62,6 +65,106 @@ impl Rtnl for FakeRtnl {
             .push(Call::Route(index, gateway, onlink));
         Ok(())
     }
+    fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        self.calls.borrow_mut().push(Call::Mac(index, mac));
+        Ok(())
+    }
+    fn link_down(&mut self, index: u32) -> io::Result<()> {
+        self.calls.borrow_mut().push(Call::Down(index));
+        Ok(())
+    }
+    fn del_address(&mut self, index: u32, cidr: Ipv4Cidr) -> io::Result<()> {
+        self.calls.borrow_mut().push(Call::DelAddress(index, cidr));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_mac_parses_from_six_hex_bytes_only() {
+    assert_eq!(
+        parse_mac("52:54:00:AA:bb:0c").unwrap(),
+        [0x52, 0x54, 0, 0xaa, 0xbb, 0x0c]
+    );
+    for bad in [
+        "52:54:00:aa:bb",
+        "52:54:00:aa:bb:cc:dd",
+        "52:54:00:aa:bb:c",
+        "zz:54:00:aa:bb:cc",
+    ] {
+        assert!(
+            matches!(parse_mac(bad), Err(NetError::BadMac { .. })),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn a_restored_link_gets_the_new_mac_and_address_and_loses_the_old() {
+    let sys = sys_with(&[
+        ("lo", "00:00:00:00:00:00", 1),
+        ("eth0", "52:54:00:11:22:33", 2),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let old = GuestNetwork {
+        mac: "52:54:00:11:22:33".into(),
+        address: "172.30.0.9/24".into(),
+        ..network()
+    };
+    let mut rtnl = FakeRtnl::default();
+    reconfigure(&mut rtnl, sys.path(), root.path(), Some(&old), &network()).unwrap();
+    assert_eq!(
+        rtnl.calls.into_inner(),
+        vec![
+            Call::Mac(2, [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]),
+            Call::Up(2),
+            Call::DelAddress(2, cidr("172.30.0.9/24")),
+            Call::Address(2, cidr("172.30.0.5/24")),
+            Call::Route(2, Ipv4Addr::new(172, 30, 0, 1), false),
+        ]
+    );
+    assert!(
+        std::fs::read_to_string(root.path().join("etc/resolv.conf"))
+            .unwrap()
+            .contains("nameserver 172.30.0.1")
+    );
+}
+
+#[test]
+fn reconfiguring_to_the_same_network_removes_nothing() {
+    let sys = sys_with(&[("eth0", "52:54:00:aa:bb:cc", 2)]);
+    let root = tempfile::tempdir().unwrap();
+    let mut rtnl = FakeRtnl::default();
+    reconfigure(
+        &mut rtnl,
+        sys.path(),
+        root.path(),
+        Some(&network()),
+        &network(),
+    )
+    .unwrap();
+    let calls = rtnl.calls.into_inner();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Mac(..) | Call::DelAddress(..))),
+        "{calls:?}"
+    );
+    assert!(calls.contains(&Call::Address(2, cidr("172.30.0.5/24"))));
+}
+
+#[test]
+fn reconfiguring_without_the_old_link_is_an_error_naming_its_mac() {
+    let sys = sys_with(&[("lo", "00:00:00:00:00:00", 1)]);
+    let root = tempfile::tempdir().unwrap();
+    let err = reconfigure(
+        &mut FakeRtnl::default(),
+        sys.path(),
+        root.path(),
+        None,
+        &network(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("52:54:00:aa:bb:cc"), "{err}");
 }
 
 fn cidr(s: &str) -> Ipv4Cidr {
@@ -378,6 +481,27 @@ fn configures_a_real_link_in_a_network_namespace_of_its_own() {
         assert_eq!(routes.as_array().unwrap().len(), 1);
         assert_eq!(routes[0]["gateway"], "172.30.0.1");
         assert_eq!(routes[0]["dev"], "d0");
+
+        // As after a restore: a new MAC and address on the same link.
+        let moved = GuestNetwork {
+            mac: "52:54:00:dd:ee:01".into(),
+            address: "172.30.0.77/24".into(),
+            ..network()
+        };
+        // The fake /sys still shows the old MAC, as the guest's does.
+        reconfigure(&mut rtnl, sys.path(), root.path(), Some(&net), &moved).unwrap();
+        let d0 = json("ip -j addr show dev d0");
+        assert_eq!(d0[0]["address"], "52:54:00:dd:ee:01");
+        let inet: Vec<_> = d0[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["family"] == "inet")
+            .map(|a| a["local"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(inet, ["172.30.0.77"], "the old address stays");
+        let routes = json("ip -j route show default");
+        assert_eq!(routes[0]["gateway"], "172.30.0.1");
 
         let err = rtnl.link_up(9999).unwrap_err();
         assert_eq!(

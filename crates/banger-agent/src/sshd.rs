@@ -25,12 +25,19 @@
 //! It runs as a task beside the agent port, started once the port is being
 //! served: generating an RSA host key takes seconds under TCG and must not
 //! delay the host.
+//!
+//! A restored or forked guest would serve the snapshot's host key, shared
+//! with every other VM made from it: [`Sshd::renew_host_key`] makes a new
+//! one beside it, renames it over the old (the public half first) and
+//! sends the running sshd `SIGHUP`, on which it re-executes itself and
+//! reads the new key.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use banger_proto::ExitStatus;
@@ -58,6 +65,12 @@ const OPTIONS: [&str; 4] = [
 const HOST_KEY_TYPES: [&str; 1] = ["ed25519"];
 /// The host key sshd serves (guest path).
 pub const HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
+/// Where a renewed host key is made before it replaces [`HOST_KEY`].
+const NEW_HOST_KEY: &str = "/etc/ssh/.ssh_host_ed25519_key.banger-new";
+
+/// The pid of the sshd the supervisor runs now (0: none); the guest has
+/// one supervisor.
+static RUNNING: AtomicU32 = AtomicU32::new(0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshdError {
@@ -272,6 +285,36 @@ impl Sshd {
 
     /// Step 2: make the Ed25519 host key.
     pub async fn generate_host_keys(&self, reaper: &Reaper) -> Result<(), SshdError> {
+        self.keygen_at(reaper, HOST_KEY).await
+    }
+
+    /// A new host key in place of the one there is, and a running sshd told
+    /// to use it; `Ok(false)` when the image has no sshd.
+    pub async fn renew_host_key(&self, reaper: &Reaper) -> Result<bool, SshdError> {
+        if !self.program.is_file() {
+            return Ok(false);
+        }
+        let at = |p: &str| self.root.join(p.trim_start_matches('/'));
+        let (new, key) = (at(NEW_HOST_KEY), at(HOST_KEY));
+        let pub_of = |p: &Path| PathBuf::from(format!("{}.pub", p.display()));
+        for leftover in [new.clone(), pub_of(&new)] {
+            let _ = std::fs::remove_file(leftover);
+        }
+        self.keygen_at(reaper, NEW_HOST_KEY).await?;
+        for (from, to) in [(pub_of(&new), pub_of(&key)), (new, key)] {
+            std::fs::rename(&from, &to).map_err(|source| SshdError::Write { path: to, source })?;
+        }
+        let pid = RUNNING.load(Ordering::SeqCst);
+        if pid != 0
+            && let Some(pid) = rustix::process::Pid::from_raw(pid as i32)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::Hup);
+        }
+        Ok(true)
+    }
+
+    /// Runs `ssh-keygen` for an Ed25519 key at `path` (guest path).
+    async fn keygen_at(&self, reaper: &Reaper, path: &str) -> Result<(), SshdError> {
         let etc_ssh = self.root.join("etc/ssh");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -282,7 +325,7 @@ impl Sshd {
                 source,
             })?;
         let mut cmd = command(&self.keygen);
-        let key = self.root.join(HOST_KEY.trim_start_matches('/'));
+        let key = self.root.join(path.trim_start_matches('/'));
         cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
             .arg(&key)
             .stdout(Stdio::null());
@@ -315,10 +358,13 @@ impl Sshd {
             let outcome = match start(reaper, &mut cmd) {
                 Ok((pid, exited)) => {
                     log(format_args!("sshd: started (pid {pid})"));
-                    match exited.await {
+                    RUNNING.store(pid, Ordering::SeqCst);
+                    let outcome = match exited.await {
                         Ok(status) => describe(status),
                         Err(_) => "was lost".to_string(),
-                    }
+                    };
+                    RUNNING.store(0, Ordering::SeqCst);
+                    outcome
                 }
                 Err(e) => format!("could not start: {e}"),
             };

@@ -60,6 +60,8 @@ const POINTS: &[&str] = &[
     "restore:engine/done",
     "restore:agent",
     "restore:agent/done",
+    "restore:identity",
+    "restore:identity/done",
     "image_build:fetch_packages",
     "image_build:rootfs",
     "image_build:rootfs/done",

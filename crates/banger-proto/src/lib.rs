@@ -31,6 +31,9 @@
 //! 9. `pack`: the agent sends the archive of `path` as `Stdout` frames,
 //!    then one `Response` frame ([`ArchiveStats`]), or an `Error` frame
 //!    (after which the host discards what it received).
+//! 10. `identity`: after a restore, the host gives the guest the identity
+//!     of the VM it now is ([`IdentityRequest`]); the agent applies it and
+//!     answers one `Response` frame ([`IdentityReport`]) or one `Error`.
 //!
 //! A frame is `kind: u8`, `len: u32` big-endian, then `len` payload bytes
 //! (at most [`MAX_FRAME`]). Data frames carry raw bytes, the rest JSON.
@@ -248,6 +251,48 @@ pub enum Request {
     Unpack(UnpackRequest),
     /// Archive `path` onto the stream (step 9 above).
     Pack(PackRequest),
+    /// Become the VM named here (step 10 above).
+    Identity(IdentityRequest),
+}
+
+/// Most entropy bytes one identity request may carry.
+pub const MAX_IDENTITY_ENTROPY: usize = 512;
+
+/// What makes a restored guest a machine of its own: sent by the host right
+/// after a restore or fork, whose guest still has the snapshot's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct IdentityRequest {
+    pub vm_name: String,
+    pub hostname: String,
+    /// The NIC's new MAC and addresses, as at boot; `None`: no network.
+    #[serde(default)]
+    pub network: Option<GuestNetwork>,
+    /// Random bytes from the host, mixed into the guest's RNG (at most
+    /// [`MAX_IDENTITY_ENTROPY`]) before it is reseeded.
+    pub entropy: Vec<u8>,
+    /// The host's wall clock when it sent this; the guest steps to it.
+    pub time: WallTime,
+}
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WallTime {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// What the agent did with an [`IdentityRequest`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct IdentityReport {
+    /// How far the guest's clock was stepped (positive: forward).
+    pub clock_step_ms: i64,
+    /// Whether sshd's host key was made anew.
+    #[serde(default)]
+    pub ssh_host_key: bool,
+    /// What could not be done but leaves the guest usable (an sshd key
+    /// that could not be made), one line each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// `{"op":"unpack","dest":"/root/repo"}`
@@ -318,7 +363,7 @@ pub struct ExitStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     /// Stable machine code: `protocol_mismatch`, `not_found`, `spawn_failed`, `bad_request`,
-    /// and for sessions `preflight_failed`, `conflict`.
+    /// for sessions `preflight_failed`, `conflict`, for identity `identity_failed`.
     pub code: String,
     pub message: String,
 }
@@ -436,6 +481,20 @@ mod tests {
     fn envelope_json_names_the_op() {
         let json = serde_json::to_string(&Envelope::new(Request::Health)).unwrap();
         assert_eq!(json, r#"{"version":1,"request":{"op":"health"}}"#);
+    }
+
+    #[test]
+    fn identity_request_names_its_op() {
+        let json = serde_json::to_value(Envelope::new(Request::Identity(IdentityRequest {
+            vm_name: "a".into(),
+            hostname: "a".into(),
+            entropy: vec![1, 2],
+            time: WallTime { secs: 5, nanos: 6 },
+            ..Default::default()
+        })))
+        .unwrap();
+        assert_eq!(json["request"]["op"], "identity");
+        assert_eq!(json["request"]["time"]["secs"], 5);
     }
 
     #[test]

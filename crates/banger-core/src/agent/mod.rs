@@ -149,6 +149,19 @@ impl AgentConn {
         expect_response(frame)
     }
 
+    /// Gives a restored guest its identity (see `capability/identity.rs`).
+    pub async fn identity(
+        &self,
+        req: banger_proto::IdentityRequest,
+    ) -> Result<banger_proto::IdentityReport, AgentError> {
+        let mut s = self.request(Request::Identity(req)).await?;
+        let frame = tokio::time::timeout(Duration::from_secs(30), banger_proto::read_frame(&mut s))
+            .await
+            .map_err(|_| AgentError::Closed)??
+            .ok_or(AgentError::Closed)?;
+        expect_response(frame)
+    }
+
     /// Asks the guest to power off (or reboot); returns once the agent accepted.
     pub async fn shutdown(&self, reboot: bool) -> Result<(), AgentError> {
         let mut s = self.request(Request::Shutdown { reboot }).await?;

@@ -13,8 +13,11 @@
 //!    what it must remember to undo them goes into the plan's `runtime`
 //!    (kept in the VM's `handles.json`), undone by `release` on stop, on a
 //!    failed boot and on delete;
-//! 4. `ready`: act once the guest agent answers;
-//! 5. `sweep`: at daemon start, remove its leftovers that no live VM owns.
+//! 4. `restored`: once the agent of a guest restored from a snapshot
+//!    answers (before every `ready`), with this boot's guest config: the
+//!    guest still has the snapshot's state, not this boot's;
+//! 5. `ready`: act once the guest agent answers;
+//! 6. `sweep`: at daemon start, remove its leftovers that no live VM owns.
 //!
 //! The lifecycle runs each step with an undo stack ([`crate::vm::undo`]):
 //! every hook that succeeded pushes its undo, and a failure anywhere runs
@@ -27,6 +30,7 @@ pub mod bridge;
 pub mod egress;
 pub mod file_sync;
 pub mod git_identity;
+pub mod identity;
 pub mod ssh_keys;
 pub mod user_net;
 pub mod work_disk;
@@ -111,6 +115,18 @@ pub trait Capability: Send + Sync {
     /// `None` when nothing was recorded); must be idempotent.
     fn release(&self, _vm: &VmRecord, _runtime: Option<&serde_json::Value>) {}
 
+    /// Acts once the agent of a guest restored from a snapshot answers,
+    /// before any `ready`; `guest` is the config this boot gave the guest
+    /// (the guest, resumed, never read it).
+    fn restored<'a>(
+        &'a self,
+        _ctx: &'a Ctx<'a>,
+        _guest: &'a GuestConfig,
+        _agent: &'a AgentConn,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        ok()
+    }
+
     /// Acts once the guest agent answers.
     fn ready<'a>(
         &'a self,
@@ -188,6 +204,7 @@ pub struct Deps {
 pub fn standard(deps: &Deps) -> Pipeline {
     Pipeline::new(vec![
         Arc::new(egress::EgressPolicy),
+        Arc::new(identity::Identity),
         Arc::new(work_disk::WorkDisk::new(deps.runner.clone())),
         Arc::new(ssh_keys::SshKeys::new(
             deps.runner.clone(),

@@ -7,8 +7,9 @@
 //! 4. the engine, from the machine spec (root disk, the capabilities'
 //!    drives, the config drive); undo: stop it;
 //! 5. the runtime remembered (memory and `handles.json`); undo: forget it;
-//! 6. the guest agent answering its health check, then every capability's
-//!    `ready`.
+//! 6. the guest agent answering its health check, then (restores only,
+//!    stage `identity`) every capability's `restored`, then every
+//!    capability's `ready`.
 //!
 //! A failure anywhere leaves the undo stack to the caller, which unwinds it.
 //!
@@ -177,6 +178,15 @@ impl Lifecycle {
             .await?;
         let conn = Arc::new(conn);
         self.runtime.set_agent(&vm.name, conn.clone());
+        if from.is_some() {
+            op.stage("identity", "give the guest its identity", async {
+                for cap in self.capabilities.for_vm(vm) {
+                    cap.restored(&ctx, &plan.guest, &conn).await?;
+                }
+                Ok::<_, Error>(())
+            })
+            .await?;
+        }
         for cap in self.capabilities.for_vm(vm) {
             cap.ready(&ctx, &conn).await?;
         }

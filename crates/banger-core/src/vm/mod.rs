@@ -25,6 +25,8 @@ pub mod stop;
 pub mod undo;
 
 #[cfg(test)]
+mod identity_tests;
+#[cfg(test)]
 mod race_tests;
 #[cfg(test)]
 mod snapshot_tests;

@@ -157,7 +157,9 @@ async fn restore_starts_the_engine_from_the_snapshot_on_fresh_layers() {
     assert!(succeeded(&op), "{op:?}");
     assert_eq!(
         stage_names(&op),
-        ["stop", "layers", "prepare", "config", "engine", "agent"]
+        [
+            "stop", "layers", "prepare", "config", "engine", "agent", "identity"
+        ]
     );
     assert_eq!(
         h.engine.restored(),

@@ -1,0 +1,213 @@
+//! Becoming a machine of its own after a restore. A guest restored from a
+//! snapshot (`vm restore`, `vm create --from-snapshot`, `vm fork`) wakes up
+//! with the snapshot's clock, RNG state, hostname, MAC, address and sshd
+//! host key, shared with every other VM made from the same snapshot. The
+//! host sends an [`IdentityRequest`] right after its agent answers; this
+//! applies it, in order:
+//!
+//! 1. check it (a hostname the kernel and `/etc/hosts` take, the entropy's
+//!    size): a bad request changes nothing;
+//! 2. step `CLOCK_REALTIME` to the host's time (it lags by the snapshot's
+//!    age: the guest's clock stood still while it was saved);
+//! 3. mix the host's random bytes into the kernel's pool and reseed the
+//!    CRNG from it, so forks of one snapshot stop producing the same
+//!    random numbers (QEMU 7.2's `vmgenid` is not visible on `-M microvm`,
+//!    see ARCHITECTURE.md, so this is the only reseed);
+//! 4. the hostname (`sethostname`, `/etc/hostname`, `/etc/hosts`);
+//! 5. the network: the NIC moved to the new MAC and address (`net.rs`,
+//!    [`crate::net::reconfigure`]), remembered for the next restore;
+//! 6. a new sshd host key when the image has sshd (`sshd.rs`); failing
+//!    that is a warning, not an error: the guest is usable without it.
+//!
+//! Only the guest's init applies anything: the same agent serves tests on
+//! a host, whose clock, RNG and hostname are not its to change.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use banger_proto::{IdentityReport, IdentityRequest, MAX_IDENTITY_ENTROPY};
+
+use crate::Agent;
+use crate::console::{chain, log, step};
+
+/// Fewest entropy bytes a request must carry (a 128-bit reseed).
+pub const MIN_ENTROPY: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("hostname {0:?} is not 1-63 letters, digits and inner hyphens")]
+    BadHostname(String),
+    #[error("{0} entropy bytes: expected {MIN_ENTROPY} to {MAX_IDENTITY_ENTROPY}")]
+    BadEntropy(usize),
+    #[error("the host's time has {0} nanoseconds")]
+    BadTime(u32),
+    #[error("stepping the clock")]
+    Clock(#[source] std::io::Error),
+    #[error("reseeding the random number generator")]
+    Entropy(#[source] std::io::Error),
+    #[error("setting the hostname")]
+    Hostname(#[source] std::io::Error),
+    #[error("moving the network to its new identity")]
+    Network(#[source] crate::net::NetError),
+}
+
+/// Step 1.
+pub fn check(req: &IdentityRequest) -> Result<(), IdentityError> {
+    let name = req.hostname.as_str();
+    let label_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !label_ok {
+        return Err(IdentityError::BadHostname(name.to_string()));
+    }
+    if !(MIN_ENTROPY..=MAX_IDENTITY_ENTROPY).contains(&req.entropy.len()) {
+        return Err(IdentityError::BadEntropy(req.entropy.len()));
+    }
+    if req.time.nanos >= 1_000_000_000 {
+        return Err(IdentityError::BadTime(req.time.nanos));
+    }
+    Ok(())
+}
+
+/// Milliseconds from `now` to the host's time in `req`.
+pub fn step_ms(req: &IdentityRequest, now: SystemTime) -> i64 {
+    let guest = match now.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    };
+    let host = req.time.secs * 1000 + i64::from(req.time.nanos / 1_000_000);
+    host - guest
+}
+
+/// Steps 1-6 on the live guest; refuses nothing but applies nothing unless
+/// this process is the guest's init.
+pub async fn apply(agent: &Agent, req: IdentityRequest) -> Result<IdentityReport, IdentityError> {
+    check(&req)?;
+    let mut report = IdentityReport {
+        clock_step_ms: step_ms(&req, SystemTime::now()),
+        ..Default::default()
+    };
+    if !crate::is_init() {
+        report
+            .warnings
+            .push("not the guest's init: nothing applied".into());
+        return Ok(report);
+    }
+    step(
+        &format!("identity: clock stepped {} ms", report.clock_step_ms),
+        || {
+            banger_sys::guest::set_wall_clock(req.time.secs, req.time.nanos)
+                .map_err(IdentityError::Clock)
+        },
+    )?;
+    step("identity: reseeded the RNG", || {
+        banger_sys::guest::add_entropy_and_reseed(&req.entropy).map_err(IdentityError::Entropy)
+    })?;
+    step(&format!("identity: hostname {}", req.hostname), || {
+        rustix::system::sethostname(req.hostname.as_bytes())
+            .map_err(std::io::Error::from)
+            .and_then(|()| crate::setup::write_hostname_files(Path::new("/"), &req.hostname))
+            .map_err(IdentityError::Hostname)
+    })?;
+    if let Some(new) = &req.network {
+        let mut current = agent.network.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rtnl = crate::net::Netlink::open().map_err(IdentityError::Network)?;
+        crate::net::reconfigure(
+            &mut rtnl,
+            Path::new(crate::net::SYS_CLASS_NET),
+            Path::new("/"),
+            current.as_ref(),
+            new,
+        )
+        .map_err(IdentityError::Network)?;
+        *current = Some(new.clone());
+    }
+    match crate::sshd::Sshd::guest()
+        .renew_host_key(agent.reaper)
+        .await
+    {
+        Ok(renewed) => {
+            report.ssh_host_key = renewed;
+            if renewed {
+                log(format_args!("identity: new sshd host key"));
+            }
+        }
+        Err(e) => {
+            let line = format!("sshd host key not renewed: {}", chain(&e));
+            log(format_args!("identity: {line}"));
+            report.warnings.push(line);
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banger_proto::WallTime;
+    use std::time::Duration;
+
+    fn request() -> IdentityRequest {
+        IdentityRequest {
+            vm_name: "try-1".into(),
+            hostname: "try-1".into(),
+            network: None,
+            entropy: vec![7; 64],
+            time: WallTime {
+                secs: 1_800_000_000,
+                nanos: 500_000_000,
+            },
+        }
+    }
+
+    #[test]
+    fn a_plain_request_passes() {
+        check(&request()).unwrap();
+    }
+
+    #[test]
+    fn hostnames_the_kernel_and_hosts_file_would_mangle_are_refused() {
+        for bad in ["", "-a", "a-", "a b", "a.b", "a\nb", &"x".repeat(64)] {
+            let req = IdentityRequest {
+                hostname: bad.into(),
+                ..request()
+            };
+            assert!(
+                matches!(check(&req), Err(IdentityError::BadHostname(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn too_little_or_too_much_entropy_is_refused() {
+        for n in [0, MIN_ENTROPY - 1, MAX_IDENTITY_ENTROPY + 1] {
+            let req = IdentityRequest {
+                entropy: vec![1; n],
+                ..request()
+            };
+            assert!(matches!(check(&req), Err(IdentityError::BadEntropy(_))));
+        }
+    }
+
+    #[test]
+    fn the_step_is_how_far_the_guest_lags() {
+        let lagging = UNIX_EPOCH + Duration::from_millis(1_800_000_000_500 - 90_000);
+        assert_eq!(step_ms(&request(), lagging), 90_000);
+        let ahead = UNIX_EPOCH + Duration::from_millis(1_800_000_000_500 + 20);
+        assert_eq!(step_ms(&request(), ahead), -20);
+    }
+
+    #[tokio::test]
+    async fn off_the_guest_nothing_is_applied() {
+        struct NoPower;
+        impl crate::Power for NoPower {
+            fn shutdown(&self, _reboot: bool) {}
+        }
+        let agent = Agent::new(std::sync::Arc::new(NoPower));
+        let report = apply(&agent, request()).await.unwrap();
+        assert_eq!(report.warnings, ["not the guest's init: nothing applied"]);
+    }
+}
