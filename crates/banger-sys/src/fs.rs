@@ -27,3 +27,32 @@ mod tests {
         assert!(super::lock_exclusive(&p).is_ok());
     }
 }
+
+/// An anonymous memory file named `name` (as `/memfd:NAME` in
+/// `/proc/<pid>/fd`), close-on-exec: memory like any other, gone when the
+/// last holder closes it or its mapping goes.
+pub fn memfd(name: &str) -> std::io::Result<File> {
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+    Ok(File::from(fd))
+}
+
+#[cfg(test)]
+mod memfd_tests {
+    use std::io::{Read, Seek, Write};
+
+    #[test]
+    fn a_memfd_holds_what_is_written_and_shows_its_name() {
+        let mut f = super::memfd("banger-test").unwrap();
+        f.write_all(b"guest ram").unwrap();
+        f.rewind().unwrap();
+        let mut back = String::new();
+        f.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "guest ram");
+        use std::os::fd::AsRawFd;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+        assert!(
+            link.to_string_lossy().starts_with("/memfd:banger-test"),
+            "{link:?}"
+        );
+    }
+}

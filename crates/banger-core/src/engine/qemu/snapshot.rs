@@ -19,10 +19,10 @@
 //! 6. `cont`, unless the VM is to stop. A migrated source that is not
 //!    continued refuses a second migration; one that is, takes it.
 //!
-//! Restore ([`restore`]): the VM's command line with its RAM the
-//! snapshot's file mapped privately (pages read on demand, shared by every
-//! VM restored from it; the snapshot stays intact) and `-incoming defer`;
-//! then
+//! Restore ([`restore`]): the VM's command line with its RAM from the
+//! snapshot (in place: a copy in a memfd mapped shared, so it can be
+//! snapshotted again cheaply; a fork: the snapshot's file mapped privately,
+//! pages shared by every VM restored from it) and `-incoming defer`; then
 //! `x-ignore-shared` (set before `migrate-incoming`: 7.2 has no command-line
 //! switch for it), `getfd`, `migrate-incoming` from `fd:`, poll
 //! `query-migrate`, `cont` (the source was paused, so the target is too).
@@ -51,26 +51,30 @@ pub fn boot_memory(spec: &MachineSpec) -> String {
     )
 }
 
-/// Where the RAM of the engine `pid` can be read: its backend's file, or
-/// the memfd it holds (`/proc/<pid>/fd/<n>`, readable by its own user).
+/// The memfd a VM restored in place runs on: a copy of the snapshot's RAM
+/// the daemon made, which QEMU maps shared.
+const RESTORED_RAM: &str = "banger-ram";
+
+/// Where the RAM of the engine `pid` can be read: the memfd it holds
+/// (`/proc/<pid>/fd/<n>`, readable by its own user), booted (QEMU names
+/// it after the backend) or restored in place ([`RESTORED_RAM`]), else its
+/// backend's file.
 fn ram_source(pid: u32, mem_path: Option<&str>) -> Result<PathBuf, EngineError> {
-    if let Some(path) = mem_path {
-        return Ok(PathBuf::from(path));
-    }
     let fds = PathBuf::from(format!("/proc/{pid}/fd"));
+    let ours = format!("/memfd:{RESTORED_RAM} ");
     for entry in std::fs::read_dir(&fds)?.flatten() {
         let target = std::fs::read_link(entry.path()).unwrap_or_default();
-        if target
-            .to_string_lossy()
-            .starts_with("/memfd:memory-backend-memfd")
-        {
+        let target = target.to_string_lossy();
+        if target.starts_with("/memfd:memory-backend-memfd") || target.starts_with(&ours) {
             return Ok(entry.path());
         }
     }
-    Err(control(
-        "find guest ram",
-        "the engine holds no memfd named mem",
-    ))
+    mem_path.map(PathBuf::from).ok_or_else(|| {
+        control(
+            "find guest ram",
+            "the engine holds no memfd and names no file",
+        )
+    })
 }
 
 /// The guest RAM's backing file as QEMU arguments (`-machine
@@ -455,13 +459,29 @@ pub(super) async fn restore(
     let state =
         File::open(from.join(STATE_FILE)).map_err(|e| bad(from, format!("{STATE_FILE}: {e}")))?;
     let snap_ram = from.join(RAM_FILE);
-    // The snapshot's RAM file mapped privately, for a restore in place as
-    // for a fork: pages are read on demand and shared with every VM
-    // restored from it, writes stay the VM's own, the snapshot stays as it
-    // was (`mapping` needs no copy). A snapshot whose RAM went through the
-    // device state loads into private memory.
-    let _ = mapping;
-    let memory = if snap_ram.exists() {
+    // A restore in place runs on a copy of the snapshot's RAM in a memfd
+    // mapped shared (QEMU opens it through this process's fd; it is gone
+    // with QEMU), so the VM can be snapshotted again cheaply and its forks
+    // share pages. A fork maps the snapshot's file privately: pages read on
+    // demand and shared with every VM restored from it, the snapshot
+    // intact. A snapshot whose RAM went through the device state loads
+    // into private memory.
+    let mut _held = None;
+    let memory = if snap_ram.exists() && mapping == RamMapping::Copy {
+        let memfd = banger_sys::fs::memfd(RESTORED_RAM)?;
+        let path = PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            banger_sys::process::own_pid(),
+            std::os::fd::AsRawFd::as_raw_fd(&memfd)
+        ));
+        let (runner, from_ram, to) = (engine.runner.clone(), snap_ram.clone(), path.clone());
+        tokio::task::spawn_blocking(move || crate::disks::sparse_copy(&*runner, &from_ram, &to))
+            .await
+            .map_err(|e| control("copy guest ram", e))?
+            .map_err(|e| control("copy guest ram", crate::error::chain(&e)))?;
+        _held = Some(memfd);
+        memory_object(spec, &path, true)
+    } else if snap_ram.exists() {
         memory_object(spec, &snap_ram, false)
     } else {
         format!(
