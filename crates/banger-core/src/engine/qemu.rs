@@ -38,7 +38,6 @@ use futures::future::BoxFuture;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 /// The root disk's file in the VM's state dir.
@@ -407,50 +406,13 @@ impl QemuEngine {
     }
 }
 
-/// Runs one QMP command (after the capabilities negotiation).
+/// Runs one QMP command (after the capabilities negotiation); its `return`.
 pub async fn qmp_command(socket: &Path, command: &str) -> Result<serde_json::Value, EngineError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| EngineError::Connect {
-            path: socket.to_owned(),
-            source,
-        })?;
-    let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r).lines();
-    let mut next_reply = async || -> Result<serde_json::Value, EngineError> {
-        loop {
-            let line = lines
-                .next_line()
-                .await?
-                .ok_or_else(|| EngineError::Control {
-                    command: command.into(),
-                    message: "connection closed".into(),
-                })?;
-            let v: serde_json::Value =
-                serde_json::from_str(&line).map_err(|e| EngineError::Control {
-                    command: command.into(),
-                    message: e.to_string(),
-                })?;
-            if v.get("event").is_none() {
-                return Ok(v);
-            }
-        }
-    };
-    next_reply().await?; // greeting
-    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").await?;
-    next_reply().await?;
-    w.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
-        .await?;
-    let reply = next_reply().await;
-    match reply {
-        Ok(v) if v.get("error").is_some() => Err(EngineError::Control {
-            command: command.into(),
-            message: v["error"].to_string(),
-        }),
-        Ok(v) => Ok(v),
+    let mut q = qmp::Qmp::connect(socket).await?;
+    match q.execute(command, serde_json::Value::Null).await {
         // `quit` may close the socket before answering.
         Err(_) if command == "quit" => Ok(serde_json::Value::Null),
-        Err(e) => Err(e),
+        other => other,
     }
 }
 
@@ -620,6 +582,7 @@ impl Engine for QemuEngine {
 }
 
 pub mod pause;
+mod qmp;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;

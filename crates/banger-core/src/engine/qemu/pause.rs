@@ -9,12 +9,11 @@
 //! and `query-block` (a device whose `io-status` is `nospace` means the
 //! host disk is full), and publishes the result.
 
+use super::qmp::Qmp;
 use crate::engine::{EngineError, Pause};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 /// The events socket beside a VM's control socket.
@@ -25,81 +24,21 @@ pub fn events_socket(run_dir: &Path) -> PathBuf {
 /// The events that can change whether the guest is held.
 const EVENTS: [&str; 3] = ["STOP", "RESUME", "BLOCK_IO_ERROR"];
 
-struct Monitor {
-    lines: Lines<BufReader<OwnedReadHalf>>,
-    w: OwnedWriteHalf,
+/// Whether the guest is held now.
+async fn state(q: &mut Qmp) -> Result<Option<Pause>, EngineError> {
+    let status = q.execute("query-status", Value::Null).await?;
+    let block = q.execute("query-block", Value::Null).await?;
+    Ok(pause_of(&status, &block))
 }
 
-impl Monitor {
-    async fn connect(socket: &Path) -> Result<Monitor, EngineError> {
-        let stream = UnixStream::connect(socket)
-            .await
-            .map_err(|source| EngineError::Connect {
-                path: socket.to_owned(),
-                source,
-            })?;
-        let (r, w) = stream.into_split();
-        let mut m = Monitor {
-            lines: BufReader::new(r).lines(),
-            w,
-        };
-        m.next().await?; // greeting
-        m.execute("qmp_capabilities").await?;
-        Ok(m)
-    }
-
-    /// The next message, `None` when the engine closed the socket.
-    async fn next(&mut self) -> Result<Option<serde_json::Value>, EngineError> {
-        let Some(line) = self.lines.next_line().await? else {
-            return Ok(None);
-        };
-        serde_json::from_str(&line)
-            .map(Some)
-            .map_err(|e| EngineError::Control {
-                command: "event".into(),
-                message: e.to_string(),
-            })
-    }
-
-    /// Runs `command` and returns its `return` value; events that arrive
-    /// meanwhile are dropped (the caller asks again after any event).
-    async fn execute(&mut self, command: &str) -> Result<serde_json::Value, EngineError> {
-        self.w
-            .write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
-            .await?;
-        loop {
-            let v = self.next().await?.ok_or_else(|| EngineError::Control {
-                command: command.into(),
-                message: "connection closed".into(),
-            })?;
-            if v.get("event").is_some() {
-                continue;
-            }
-            if let Some(e) = v.get("error") {
-                return Err(EngineError::Control {
-                    command: command.into(),
-                    message: e.to_string(),
-                });
-            }
-            return Ok(v["return"].clone());
+/// Waits for an event that can change the state; false at end of stream.
+async fn changed(q: &mut Qmp) -> Result<bool, EngineError> {
+    while let Some(event) = q.next_event().await? {
+        if EVENTS.contains(&event.as_str()) {
+            return Ok(true);
         }
     }
-
-    async fn state(&mut self) -> Result<Option<Pause>, EngineError> {
-        let status = self.execute("query-status").await?;
-        let block = self.execute("query-block").await?;
-        Ok(pause_of(&status, &block))
-    }
-
-    /// Waits for an event that can change the state; false at end of stream.
-    async fn changed(&mut self) -> Result<bool, EngineError> {
-        while let Some(v) = self.next().await? {
-            if v["event"].as_str().is_some_and(|e| EVENTS.contains(&e)) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
+    Ok(false)
 }
 
 /// What `query-status` and `query-block` say about a held guest.
@@ -129,7 +68,7 @@ async fn follow_inner(socket: &Path, tx: &watch::Sender<Option<Pause>>) -> Resul
     // it existed has none, and is simply not followed.
     let mut monitor = None;
     for _ in 0..50 {
-        match Monitor::connect(socket).await {
+        match Qmp::connect(socket).await {
             Ok(m) => {
                 monitor = Some(m);
                 break;
@@ -142,9 +81,9 @@ async fn follow_inner(socket: &Path, tx: &watch::Sender<Option<Pause>>) -> Resul
         return Ok(());
     };
     loop {
-        let state = m.state().await?;
+        let state = state(&mut m).await?;
         tx.send_if_modified(|cur| std::mem::replace(cur, state) != state);
-        if !m.changed().await? {
+        if !changed(&mut m).await? {
             return Ok(());
         }
     }

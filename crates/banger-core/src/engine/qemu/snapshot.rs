@@ -27,6 +27,7 @@
 //! switch for it), `getfd`, `migrate-incoming` from `fd:`, poll
 //! `query-migrate`, `cont` (the source was paused, so the target is too).
 
+use super::qmp::{Qmp, control};
 use super::{QemuEngine, control_socket};
 use crate::engine::snapshot::{RAM_FILE, STATE_FILE};
 use crate::engine::{EngineError, Handles, Layer, MachineSpec, RamMapping, SnapshotReport, Switch};
@@ -35,9 +36,7 @@ use serde_json::{Value, json};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
 
 /// A booting VM's RAM: a shared memfd. Shared, so a snapshot leaves it
 /// out of the device state and copies it itself; a memfd, so it is memory
@@ -94,68 +93,11 @@ const MAX_LATE_LAYERS: usize = 64;
 /// How long a migration to or from a file may take.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// One QMP session: commands with arguments, and a file passed along.
-struct Qmp {
-    lines: Lines<BufReader<OwnedReadHalf>>,
-    w: OwnedWriteHalf,
-}
-
+/// What a snapshot and a restore ask of a QMP session besides commands.
 impl Qmp {
-    async fn connect(socket: &Path) -> Result<Qmp, EngineError> {
-        let stream = UnixStream::connect(socket)
-            .await
-            .map_err(|source| EngineError::Connect {
-                path: socket.to_owned(),
-                source,
-            })?;
-        let (r, w) = stream.into_split();
-        let mut q = Qmp {
-            lines: BufReader::new(r).lines(),
-            w,
-        };
-        q.reply("greeting").await?;
-        q.execute("qmp_capabilities", Value::Null).await?;
-        Ok(q)
-    }
-
-    async fn reply(&mut self, command: &str) -> Result<Value, EngineError> {
-        loop {
-            let line = self
-                .lines
-                .next_line()
-                .await?
-                .ok_or_else(|| control(command, "the engine closed its control socket"))?;
-            let v: Value = serde_json::from_str(&line).map_err(|e| control(command, e))?;
-            if v.get("event").is_some() {
-                continue;
-            }
-            if let Some(e) = v.get("error") {
-                let desc = e.get("desc").and_then(Value::as_str).unwrap_or_default();
-                return Err(control(command, desc));
-            }
-            return Ok(v.get("return").cloned().unwrap_or(Value::Null));
-        }
-    }
-
-    fn message(command: &str, args: Value) -> Vec<u8> {
-        let mut m = if args.is_null() {
-            json!({ "execute": command })
-        } else {
-            json!({ "execute": command, "arguments": args })
-        }
-        .to_string();
-        m.push('\n');
-        m.into_bytes()
-    }
-
-    async fn execute(&mut self, command: &str, args: Value) -> Result<Value, EngineError> {
-        self.w.write_all(&Self::message(command, args)).await?;
-        self.reply(command).await
-    }
-
     /// `getfd`: QEMU keeps `file` under `name` for a `fd:NAME` URI.
     async fn pass_file(&mut self, name: &str, file: &File) -> Result<(), EngineError> {
-        let msg = Self::message("getfd", json!({ "fdname": name }));
+        let msg = Qmp::message("getfd", json!({ "fdname": name }));
         let sock = self.w.as_ref();
         loop {
             sock.writable().await?;
@@ -200,13 +142,6 @@ impl Qmp {
         )
         .await
         .map(drop)
-    }
-}
-
-fn control(command: &str, message: impl ToString) -> EngineError {
-    EngineError::Control {
-        command: command.into(),
-        message: message.to_string(),
     }
 }
 
