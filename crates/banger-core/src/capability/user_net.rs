@@ -345,7 +345,10 @@ mod tests {
         let s = socket.display();
         RecordingSpawner::new(Cmd::new("bash").args([
             "-c".to_string(),
-            format!(": > {s}; exec -a passt sh -c 'sleep 100; :' x --socket {s}"),
+            // The socket appears only once the process is "passt" (as the
+            // real one makes it after starting): attach returns when it
+            // exists, and the identity check must not race the exec.
+            format!("exec -a passt sh -c ': > {s}; sleep 100; :' x --socket {s}"),
         ]))
     }
 
