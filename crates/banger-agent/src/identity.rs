@@ -16,8 +16,9 @@
 //! 4. the hostname (`sethostname`, `/etc/hostname`, `/etc/hosts`);
 //! 5. the network: the NIC moved to the new MAC and address (`net.rs`,
 //!    [`crate::net::reconfigure`]), remembered for the next restore;
-//! 6. a new sshd host key when the image has sshd (`sshd.rs`); failing
-//!    that is a warning, not an error: the guest is usable without it.
+//! 6. the host's new sshd host key installed when the image has sshd
+//!    (`sshd.rs`); failing that is a warning, not an error: the guest is
+//!    usable without it.
 //!
 //! Only the guest's init applies anything: the same agent serves tests on
 //! a host, whose clock, RNG and hostname are not its to change.
@@ -25,10 +26,10 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use banger_proto::{IdentityReport, IdentityRequest, MAX_IDENTITY_ENTROPY};
+use banger_proto::{IdentityReport, IdentityRequest, MAX_HOST_KEY, MAX_IDENTITY_ENTROPY};
 
 use crate::Agent;
-use crate::console::{chain, log, step};
+use crate::console::{chain, step};
 
 /// Fewest entropy bytes a request must carry (a 128-bit reseed).
 pub const MIN_ENTROPY: usize = 16;
@@ -41,6 +42,8 @@ pub enum IdentityError {
     BadEntropy(usize),
     #[error("the host's time has {0} nanoseconds")]
     BadTime(u32),
+    #[error("the sshd host key is not an Ed25519 OpenSSH key pair")]
+    BadHostKey,
     #[error("stepping the clock")]
     Clock(#[source] std::io::Error),
     #[error("reseeding the random number generator")]
@@ -67,6 +70,20 @@ pub fn check(req: &IdentityRequest) -> Result<(), IdentityError> {
     }
     if req.time.nanos >= 1_000_000_000 {
         return Err(IdentityError::BadTime(req.time.nanos));
+    }
+    if let Some(key) = &req.ssh_host_key {
+        let public = key.public.trim();
+        let one_line = |t: &str| !t.contains(['\n', '\r']);
+        let ok = key.private.len() <= MAX_HOST_KEY
+            && public.len() <= MAX_HOST_KEY
+            && key
+                .private
+                .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+            && public.starts_with("ssh-ed25519 ")
+            && one_line(public);
+        if !ok {
+            return Err(IdentityError::BadHostKey);
+        }
     }
     Ok(())
 }
@@ -124,21 +141,16 @@ pub async fn apply(agent: &Agent, req: IdentityRequest) -> Result<IdentityReport
         .map_err(IdentityError::Network)?;
         *current = Some(new.clone());
     }
-    match crate::sshd::Sshd::guest()
-        .renew_host_key(agent.reaper)
-        .await
-    {
-        Ok(renewed) => {
-            report.ssh_host_key = renewed;
-            if renewed {
-                log(format_args!("identity: new sshd host key"));
-            }
-        }
-        Err(e) => {
-            let line = format!("sshd host key not renewed: {}", chain(&e));
-            log(format_args!("identity: {line}"));
-            report.warnings.push(line);
-        }
+    let Some(key) = &req.ssh_host_key else {
+        return Ok(report);
+    };
+    match step("identity: sshd host key", || {
+        crate::sshd::Sshd::guest().install_host_key(key)
+    }) {
+        Ok(installed) => report.ssh_host_key = installed,
+        Err(e) => report
+            .warnings
+            .push(format!("sshd host key not replaced: {}", chain(&e))),
     }
     Ok(report)
 }
@@ -159,6 +171,36 @@ mod tests {
                 secs: 1_800_000_000,
                 nanos: 500_000_000,
             },
+            ssh_host_key: Some(banger_proto::SshHostKey {
+                private:
+                    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n-----END OPENSSH PRIVATE KEY-----\n"
+                        .into(),
+                public: "ssh-ed25519 AAAAC3Nz".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_host_key_that_is_not_an_ed25519_pair_is_refused() {
+        for (private, public) in [
+            ("not a key", "ssh-ed25519 AAAA"),
+            ("-----BEGIN OPENSSH PRIVATE KEY-----\n", "ssh-rsa AAAA"),
+            (
+                "-----BEGIN OPENSSH PRIVATE KEY-----\n",
+                "ssh-ed25519 AAAA\nssh-ed25519 BBBB",
+            ),
+        ] {
+            let req = IdentityRequest {
+                ssh_host_key: Some(banger_proto::SshHostKey {
+                    private: private.into(),
+                    public: public.into(),
+                }),
+                ..request()
+            };
+            assert!(
+                matches!(check(&req), Err(IdentityError::BadHostKey)),
+                "{public:?}"
+            );
         }
     }
 

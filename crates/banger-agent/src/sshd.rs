@@ -27,20 +27,20 @@
 //! delay the host.
 //!
 //! A restored or forked guest would serve the snapshot's host key, shared
-//! with every other VM made from it: [`Sshd::renew_host_key`] makes a new
-//! one beside it, renames it over the old (the public half first) and
-//! sends the running sshd `SIGHUP`, on which it re-executes itself and
-//! reads the new key.
+//! with every other VM made from it: [`Sshd::install_host_key`] writes the
+//! one the host made beside it, renames it over the old (the public half
+//! first) and sends the running sshd `SIGHUP`, on which it re-executes
+//! itself and reads the new key.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use banger_proto::ExitStatus;
+use banger_proto::{ExitStatus, SshHostKey};
 use tokio::sync::oneshot;
 
 use crate::console::{Millis, chain, log};
@@ -288,20 +288,31 @@ impl Sshd {
         self.keygen_at(reaper, HOST_KEY).await
     }
 
-    /// A new host key in place of the one there is, and a running sshd told
-    /// to use it; `Ok(false)` when the image has no sshd.
-    pub async fn renew_host_key(&self, reaper: &Reaper) -> Result<bool, SshdError> {
+    /// `key` in place of the host key there is, and a running sshd told to
+    /// use it; `Ok(false)` when the image has no sshd.
+    pub fn install_host_key(&self, key: &SshHostKey) -> Result<bool, SshdError> {
         if !self.program.is_file() {
             return Ok(false);
         }
         let at = |p: &str| self.root.join(p.trim_start_matches('/'));
-        let (new, key) = (at(NEW_HOST_KEY), at(HOST_KEY));
+        let (new, dest) = (at(NEW_HOST_KEY), at(HOST_KEY));
         let pub_of = |p: &Path| PathBuf::from(format!("{}.pub", p.display()));
-        for leftover in [new.clone(), pub_of(&new)] {
-            let _ = std::fs::remove_file(leftover);
-        }
-        self.keygen_at(reaper, NEW_HOST_KEY).await?;
-        for (from, to) in [(pub_of(&new), pub_of(&key)), (new, key)] {
+        let write = |path: &Path, text: &str, mode: u32| {
+            let _ = std::fs::remove_file(path);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(path)
+                .and_then(|mut f| io::Write::write_all(&mut f, text.as_bytes()))
+                .map_err(|source| SshdError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        };
+        write(&new, &key.private, 0o600)?;
+        write(&pub_of(&new), &format!("{}\n", key.public.trim()), 0o644)?;
+        for (from, to) in [(pub_of(&new), pub_of(&dest)), (new, dest)] {
             std::fs::rename(&from, &to).map_err(|source| SshdError::Write { path: to, source })?;
         }
         let pid = RUNNING.load(Ordering::SeqCst);

@@ -219,3 +219,36 @@ async fn a_first_boot_prepares_keys_run_dir_and_config() {
     assert!(root.path().join("run/sshd").is_dir());
     assert!(root.path().join(DROP_IN).is_file());
 }
+
+#[test]
+fn an_installed_host_key_replaces_the_old_one_privately() {
+    let root = tempfile::tempdir().unwrap();
+    let sshd = sshd_in(root.path());
+    let key = SshHostKey {
+        private: "-----BEGIN OPENSSH PRIVATE KEY-----\nnew\n".into(),
+        public: "ssh-ed25519 NEW".into(),
+    };
+    assert!(
+        !sshd.install_host_key(&key).unwrap(),
+        "no sshd: nothing to do"
+    );
+    std::fs::create_dir_all(root.path().join("usr/sbin")).unwrap();
+    std::fs::write(root.path().join("usr/sbin/sshd"), "").unwrap();
+    let etc = root.path().join("etc/ssh");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("ssh_host_ed25519_key"), "old").unwrap();
+    std::fs::write(etc.join("ssh_host_ed25519_key.pub"), "ssh-ed25519 OLD\n").unwrap();
+    assert!(sshd.install_host_key(&key).unwrap());
+    let private = etc.join("ssh_host_ed25519_key");
+    assert_eq!(std::fs::read_to_string(&private).unwrap(), key.private);
+    assert_eq!(std::fs::metadata(&private).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(etc.join("ssh_host_ed25519_key.pub")).unwrap(),
+        "ssh-ed25519 NEW\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(&etc)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "nothing but the key pair: {left:?}");
+}

@@ -4,7 +4,9 @@
 //! hostnames, MACs and addresses (the ones the host leased them, not the
 //! snapshot's), reach each other and the source by name; a VM restored
 //! from a snapshot taken seconds earlier has the host's time, not the
-//! snapshot's. Prints what a restore and a fork took.
+//! snapshot's. Prints what a restore and a fork took. And a Debian guest
+//! (sshd) serves a new host key after a restore and in each fork, which
+//! `vm ssh` pins again and checks strictly.
 
 use banger_e2e::{Env, boot_permit, skip_unless_root_with};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -137,4 +139,50 @@ fn forks_are_machines_of_their_own_on_the_bridge() {
         );
     }
     env.ok(&["vm", "delete", "twin-1", "twin-2", SRC]);
+}
+
+#[test]
+fn restored_and_forked_debian_guests_serve_new_sshd_host_keys() {
+    if skip_unless_root_with("building the debian image", &["mmdebstrap", "ssh"]) {
+        return;
+    }
+    let env = Env::new("network = \"none\"\ndefault_memory_mib = 512\n");
+    let _permit = boot_permit();
+    env.ok(&["vm", "create", "--name", "keyed", "--image", "debian"]);
+    let key = |vm: &str| {
+        env.ok(&[
+            "vm",
+            "exec",
+            vm,
+            "--",
+            "cat",
+            "/etc/ssh/ssh_host_ed25519_key.pub",
+        ])
+    };
+    // Pins the first key (`vm/ssh.rs`).
+    assert_eq!(env.ok(&["vm", "ssh", "keyed", "--", "hostname"]), "keyed\n");
+    let first = key("keyed");
+    env.ok(&["vm", "snapshot", "keyed", "--name", "s"]);
+    env.ok(&["vm", "restore", "keyed", "s"]);
+    let restored = key("keyed");
+    assert_ne!(first, restored, "a restore keeps the snapshot's host key");
+    assert_eq!(
+        env.ok(&["vm", "ssh", "keyed", "--", "hostname"]),
+        "keyed\n",
+        "ssh checks the new key strictly once it is pinned again"
+    );
+    let out = env.ok(&["vm", "fork", "keyed", "--count", "2", "--prefix", "kf"]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["kf-1", "kf-2"]);
+    let (k1, k2) = (key("kf-1"), key("kf-2"));
+    assert!(
+        k1 != k2 && k1 != restored && k2 != restored,
+        "forks share a host key: {k1} {k2} {restored}"
+    );
+    for f in ["kf-1", "kf-2"] {
+        assert_eq!(
+            env.ok(&["vm", "ssh", f, "--", "hostname"]),
+            format!("{f}\n")
+        );
+    }
+    env.ok(&["vm", "delete", "kf-1", "kf-2", "keyed"]);
 }

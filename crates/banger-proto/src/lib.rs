@@ -272,6 +272,31 @@ pub struct IdentityRequest {
     pub entropy: Vec<u8>,
     /// The host's wall clock when it sent this; the guest steps to it.
     pub time: WallTime,
+    /// sshd's new Ed25519 host key, made on the host (where it takes
+    /// milliseconds, against half a second in a TCG guest) so the host
+    /// knows the key to pin; installed only if the image has sshd.
+    #[serde(default)]
+    pub ssh_host_key: Option<SshHostKey>,
+}
+
+/// Most bytes of either half of an [`SshHostKey`].
+pub const MAX_HOST_KEY: usize = 4096;
+
+/// An OpenSSH key pair as `ssh-keygen` writes it.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SshHostKey {
+    /// The private key file (`-----BEGIN OPENSSH PRIVATE KEY-----`).
+    pub private: String,
+    /// The public key line (`ssh-ed25519 AAAA...`).
+    pub public: String,
+}
+
+impl std::fmt::Debug for SshHostKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshHostKey")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Seconds and nanoseconds since the Unix epoch.
@@ -286,7 +311,7 @@ pub struct WallTime {
 pub struct IdentityReport {
     /// How far the guest's clock was stepped (positive: forward).
     pub clock_step_ms: i64,
-    /// Whether sshd's host key was made anew.
+    /// Whether sshd now serves the request's host key.
     #[serde(default)]
     pub ssh_host_key: bool,
     /// What could not be done but leaves the guest usable (an sshd key

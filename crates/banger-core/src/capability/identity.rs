@@ -7,9 +7,11 @@
 //! agent an identity request built from this boot's guest config (what a
 //! cold boot would have read from the config drive), 64 bytes from the
 //! host's RNG and the host's time; the agent applies it (`banger-agent`'s
-//! `identity.rs` says how) or the restore fails. The VM's pinned sshd
-//! host key (`vm/ssh.rs`) is forgotten first: the guest makes a new one,
-//! pinned again over the agent channel by the next `vm ssh`.
+//! `identity.rs` says how) or the restore fails. sshd's new host key is
+//! made here with `ssh-keygen` (milliseconds, against half a second for
+//! the guest under TCG) and sent along; the VM's pinned host key
+//! (`vm/ssh.rs`) is forgotten first, and the new one pinned once the agent
+//! says sshd has it (a guest without sshd pins nothing).
 //!
 //! An agent too old to know the request (a snapshot taken before it
 //! existed) leaves the guest as it was, with a warning in the log.
@@ -17,19 +19,69 @@
 use super::{Capability, Ctx};
 use crate::agent::{AgentConn, AgentError};
 use crate::error::Error;
-use banger_proto::{GuestConfig, IdentityRequest, WallTime};
+use crate::layout::VmDir;
+use crate::vm::ssh::{KNOWN_HOSTS, host_key_alias};
+use banger_proto::{GuestConfig, IdentityRequest, SshHostKey, WallTime};
+use banger_sys::command::{Cmd, Runner};
 use futures::future::BoxFuture;
 use rand::RngCore;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Random bytes sent for the guest's reseed.
 pub const ENTROPY_BYTES: usize = 64;
 
-pub struct Identity;
+pub struct Identity {
+    runner: Arc<dyn Runner>,
+}
+
+impl Identity {
+    pub fn new(runner: Arc<dyn Runner>) -> Identity {
+        Identity { runner }
+    }
+
+    /// A new Ed25519 key pair, made in `dir` and read back; `None` (logged)
+    /// when `ssh-keygen` fails: the guest then keeps the key it has.
+    fn host_key(&self, vm: &str, dir: &VmDir) -> Option<SshHostKey> {
+        let tmp = dir.file(&format!(".host_key.{:08x}", rand::random::<u32>()));
+        let public = std::path::PathBuf::from(format!("{}.pub", tmp.display()));
+        let made = self
+            .runner
+            .run(
+                &Cmd::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
+                    .arg(&tmp),
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                Ok(SshHostKey {
+                    private: std::fs::read_to_string(&tmp).map_err(|e| e.to_string())?,
+                    public: std::fs::read_to_string(&public)
+                        .map_err(|e| e.to_string())?
+                        .trim()
+                        .to_string(),
+                })
+            });
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&public);
+        made.map_err(|e| tracing::warn!(vm, error = %e, "cannot make an sshd host key: the guest keeps the snapshot's"))
+            .ok()
+    }
+}
+
+/// The known-hosts line `vm ssh` checks the guest's host key against.
+pub fn known_hosts_line(vm_id: &str, public: &str) -> String {
+    format!("{} {}\n", host_key_alias(vm_id), public.trim())
+}
 
 /// The request for a guest given `guest` at this boot, with `entropy` and
 /// the host's time `now`.
-pub fn request(guest: &GuestConfig, entropy: Vec<u8>, now: SystemTime) -> IdentityRequest {
+pub fn request(
+    guest: &GuestConfig,
+    entropy: Vec<u8>,
+    now: SystemTime,
+    ssh_host_key: Option<SshHostKey>,
+) -> IdentityRequest {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     IdentityRequest {
         vm_name: guest.vm_name.clone(),
@@ -44,6 +96,7 @@ pub fn request(guest: &GuestConfig, entropy: Vec<u8>, now: SystemTime) -> Identi
             secs: since.as_secs() as i64,
             nanos: since.subsec_nanos(),
         },
+        ssh_host_key,
     }
 }
 
@@ -59,7 +112,7 @@ impl Capability for Identity {
         agent: &'a AgentConn,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let known = ctx.dir.file(crate::vm::ssh::KNOWN_HOSTS);
+            let known = ctx.dir.file(KNOWN_HOSTS);
             match std::fs::remove_file(&known) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(Error::io(format!("cannot remove {}", known.display()))(e));
@@ -68,11 +121,19 @@ impl Capability for Identity {
             }
             let mut entropy = vec![0u8; ENTROPY_BYTES];
             rand::rngs::OsRng.fill_bytes(&mut entropy);
+            let key = self.host_key(&ctx.vm.name, ctx.dir);
+            let public = key.as_ref().map(|k| k.public.clone());
             match agent
-                .identity(request(guest, entropy, SystemTime::now()))
+                .identity(request(guest, entropy, SystemTime::now(), key))
                 .await
             {
                 Ok(report) => {
+                    if let Some(public) = public.filter(|_| report.ssh_host_key) {
+                        let tmp = ctx.dir.file(".known_hosts.tmp");
+                        std::fs::write(&tmp, known_hosts_line(&ctx.vm.id, &public))
+                            .and_then(|()| std::fs::rename(&tmp, &known))
+                            .map_err(Error::io(format!("cannot write {}", known.display())))?;
+                    }
                     // The guest's words: logged, never acted on.
                     tracing::info!(
                         vm = %ctx.vm.name,
@@ -120,7 +181,7 @@ mod tests {
             }),
         };
         let now = UNIX_EPOCH + Duration::new(1_800_000_000, 250);
-        let req = request(&guest, vec![9; ENTROPY_BYTES], now);
+        let req = request(&guest, vec![9; ENTROPY_BYTES], now, None);
         assert_eq!(req.hostname, "try-2");
         assert_eq!(req.network, guest.network);
         assert_eq!(
@@ -134,11 +195,46 @@ mod tests {
     }
 
     #[test]
+    fn the_new_host_key_is_pinned_under_the_vms_alias() {
+        assert_eq!(
+            known_hosts_line("ab12", "ssh-ed25519 AAAA\n"),
+            "banger-ab12 ssh-ed25519 AAAA\n"
+        );
+    }
+
+    #[test]
+    fn a_host_key_is_made_with_ssh_keygen() {
+        if banger_sys::command::which("ssh-keygen").is_none() {
+            eprintln!("skipped: needs ssh-keygen (openssh-client)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = VmDir {
+            state: tmp.path().to_path_buf(),
+            run: tmp.path().to_path_buf(),
+        };
+        let identity = Identity::new(Arc::new(banger_sys::command::SystemRunner));
+        let key = identity.host_key("web", &dir).unwrap();
+        assert!(key.public.starts_with("ssh-ed25519 "), "{key:?}");
+        assert!(
+            key.private
+                .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+        );
+        let other = identity.host_key("web", &dir).unwrap();
+        assert_ne!(key.public, other.public);
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "the key files are not left in the vm's dir"
+        );
+    }
+
+    #[test]
     fn a_config_without_a_hostname_names_the_guest_after_the_vm() {
         let guest = GuestConfig {
             vm_name: "web".into(),
             ..Default::default()
         };
-        assert_eq!(request(&guest, vec![], UNIX_EPOCH).hostname, "web");
+        assert_eq!(request(&guest, vec![], UNIX_EPOCH, None).hostname, "web");
     }
 }

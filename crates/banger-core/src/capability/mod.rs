@@ -204,7 +204,7 @@ pub struct Deps {
 pub fn standard(deps: &Deps) -> Pipeline {
     Pipeline::new(vec![
         Arc::new(egress::EgressPolicy),
-        Arc::new(identity::Identity),
+        Arc::new(identity::Identity::new(deps.runner.clone())),
         Arc::new(work_disk::WorkDisk::new(deps.runner.clone())),
         Arc::new(ssh_keys::SshKeys::new(
             deps.runner.clone(),
