@@ -11,6 +11,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
+/// How long a refused connection is tried again.
+const LISTEN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(super) struct Qmp {
     lines: Lines<BufReader<OwnedReadHalf>>,
     pub(super) w: OwnedWriteHalf,
@@ -25,12 +28,27 @@ pub(super) fn control(command: &str, message: impl ToString) -> EngineError {
 
 impl Qmp {
     pub(super) async fn connect(socket: &Path) -> Result<Qmp, EngineError> {
-        let stream = UnixStream::connect(socket)
-            .await
-            .map_err(|source| EngineError::Connect {
-                path: socket.to_owned(),
-                source,
-            })?;
+        // QEMU binds the socket before it listens: a client that came as
+        // soon as the file appeared (a restore, on a loaded host) can be
+        // refused for a moment.
+        let deadline = std::time::Instant::now() + LISTEN_GRACE;
+        let stream = loop {
+            match UnixStream::connect(socket).await {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(source) => {
+                    return Err(EngineError::Connect {
+                        path: socket.to_owned(),
+                        source,
+                    });
+                }
+            }
+        };
         let (r, w) = stream.into_split();
         let mut q = Qmp {
             lines: BufReader::new(r).lines(),
