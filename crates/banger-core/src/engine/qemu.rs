@@ -521,6 +521,28 @@ impl Engine for QemuEngine {
         p.uid == me && p.euid == me && p.exe == binary && p.args.contains(&qmp)
     }
 
+    /// Gone means gone: an exiting QEMU stops looking like itself (its
+    /// executable link goes with its memory) a moment before its threads
+    /// are dead, longer with a large memfd to free; wait for that too, so a
+    /// stopped or deleted VM leaves no process behind when the call returns.
+    fn wait_gone<'a>(&'a self, handles: &'a Handles, timeout: Duration) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let deadline = Instant::now() + timeout;
+            let was_ours = self.alive(handles);
+            while self.alive(handles) {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let rest = Instant::now() + Duration::from_secs(5);
+            while was_ours && banger_sys::process::alive(handles.pid) && Instant::now() < rest {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            true
+        })
+    }
+
     fn checks<'a>(&'a self, kernel: Option<&'a Path>) -> BoxFuture<'a, Vec<Check>> {
         Box::pin(self.checks_inner(kernel))
     }
