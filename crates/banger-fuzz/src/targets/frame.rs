@@ -20,8 +20,8 @@ use crate::rng::Rng;
 use banger_proto::session::{SessionInfo, SessionRequest};
 use banger_proto::{
     ArchiveStats, Envelope, ErrorBody, ExitStatus, Frame, FrameKind, GuestConfig, HealthResponse,
-    MAX_FRAME, Resize, SignalMsg, Started, parse_ready, parse_sync, read_frame, ready_line,
-    sync_line,
+    IdentityReport, MAX_FRAME, Resize, SignalMsg, Started, parse_ready, parse_sync, read_frame,
+    ready_line, sync_line,
 };
 use banger_sys::alloc::peak_during;
 use serde::Serialize;
@@ -46,6 +46,7 @@ pub const TARGET: Target = Target {
         b"{\"op\":\"session\"",
         b"{\"op\":\"unpack\",\"dest\":\"/root/x\"}",
         b"\"op\":\"connect\",\"port\":",
+        b"{\"op\":\"identity\",\"vm_name\":\"a\",\"hostname\":\"a\",\"entropy\":[1],\"time\":{\"secs\":1,\"nanos\":2}}",
         b"{\"rows\":24,\"cols\":80}",
         b"{\"code\":0,\"signal\":9}",
         b"BANGER-SYNC ",
@@ -156,6 +157,7 @@ fn check_payload(frame: &Frame) -> u64 {
             round_trip::<ArchiveStats>(frame),
             round_trip::<SessionInfo>(frame),
             round_trip::<Vec<SessionInfo>>(frame),
+            round_trip::<IdentityReport>(frame),
         ],
         FrameKind::Error => vec![round_trip::<ErrorBody>(frame)],
         FrameKind::Started => vec![round_trip::<Started>(frame)],
