@@ -10,6 +10,7 @@
 use super::Lifecycle;
 use crate::engine::{Engine, Handles, Pause};
 use crate::error::Error;
+use crate::space;
 use crate::store::VmRecord;
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,9 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Free space the host must have again before a guest held on a full disk
-/// runs on (less, and it would be paused again at once).
-pub const ROOM_TO_RESUME: u64 = 64 << 20;
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Held guests by VM name, with their engine's pid (a report about an
@@ -57,14 +55,14 @@ impl Held {
     }
 }
 
+/// Whether a guest held on a full disk may run on: the room any work
+/// starts with ([`space::ROOM`]; less, and it would be held again at once).
 fn has_room(state_dir: &Path) -> bool {
-    banger_sys::process::free_bytes(state_dir).is_ok_and(|free| free >= ROOM_TO_RESUME)
+    space::ensure_room(state_dir, "resuming a guest").is_ok()
 }
 
 fn free_mib(state_dir: &Path) -> String {
-    banger_sys::process::free_bytes(state_dir)
-        .map(|b| format!("{} MiB free", b >> 20))
-        .unwrap_or_else(|_| "free space unknown".into())
+    format!("{} MiB free", space::free_mib(state_dir))
 }
 
 impl Lifecycle {
@@ -130,7 +128,7 @@ impl Lifecycle {
                  it runs on by itself once {} MiB are free",
                 state_dir.display(),
                 free_mib(state_dir),
-                ROOM_TO_RESUME >> 20
+                space::ROOM >> 20
             ),
             Pause::IoError => format!(
                 "see {} for the failed write; `banger vm stop {}` or `banger vm delete {}` end it",
