@@ -17,8 +17,13 @@ pub fn free_mib(dir: &Path) -> u64 {
 
 /// Refuses `action` when the disk holding `dir` has less than [`ROOM`] free.
 pub fn ensure_room(dir: &Path, action: &'static str) -> Result<(), Error> {
+    ensure(dir, ROOM, action)
+}
+
+/// Refuses `action` when the disk holding `dir` has less than `need` bytes free.
+pub fn ensure(dir: &Path, need: u64, action: &'static str) -> Result<(), Error> {
     match banger_sys::process::free_bytes(dir) {
-        Ok(free) if free < ROOM => Err(disk_full(dir, action, None)),
+        Ok(free) if free < need => Err(disk_full(dir, need, action, None)),
         _ => Ok(()),
     }
 }
@@ -28,14 +33,14 @@ pub fn explain(err: Error, dir: &Path, action: &'static str) -> Error {
     if matches!(err, Error::DiskFull { .. }) || !says_disk_full(&err) {
         return err;
     }
-    disk_full(dir, action, Some(err))
+    disk_full(dir, ROOM, action, Some(err))
 }
 
-fn disk_full(dir: &Path, action: &'static str, source: Option<Error>) -> Error {
+fn disk_full(dir: &Path, need: u64, action: &'static str, source: Option<Error>) -> Error {
     Error::DiskFull {
         dir: dir.to_owned(),
         free_mib: free_mib(dir),
-        need_mib: ROOM >> 20,
+        need_mib: need >> 20,
         action,
         source: source.map(Box::new),
     }

@@ -138,11 +138,21 @@ fn a_full_disk_pauses_the_writer_refuses_new_work_clearly_and_everything_recover
         .unwrap()
         .clone();
     match idle["state"].as_str().unwrap() {
-        "running" => assert_eq!(
-            env.ok(&["vm", "exec", "idle", "--", "echo", "alive"])
-                .trim(),
-            "alive"
-        ),
+        "running" => {
+            assert_eq!(
+                env.ok(&["vm", "exec", "idle", "--", "echo", "alive"])
+                    .trim(),
+                "alive"
+            );
+            // A snapshot (its RAM goes to this disk) is refused up front.
+            let out = env.run(&["vm", "snapshot", "idle"]);
+            assert!(!out.status.success());
+            let err = stderr(&out);
+            assert!(
+                err.contains("full") && err.contains("taking a snapshot"),
+                "{err}"
+            );
+        }
         "paused" => assert_eq!(idle["paused"], "host disk full"),
         other => panic!("the idle vm is {other}: {idle}"),
     }

@@ -98,6 +98,7 @@ impl Lifecycle {
             ..req
         };
         let vm = self.plan_vm(&planned)?;
+        crate::space::ensure_room(&self.paths.state_dir, "creating a vm")?;
         self.store.insert_vm(&vm)?;
         let (this, name) = (self.clone(), vm.name.clone());
         let (src, snap) = (src.to_string(), snap.to_string());
@@ -106,7 +107,9 @@ impl Lifecycle {
             .spawn(OperationKind::Create, &name, |op| async move {
                 let lock = this.lock(&vm.name);
                 let _guard = lock.lock().await;
-                this.run_create_from(&op, &vm, &src, &snap).await
+                this.run_create_from(&op, &vm, &src, &snap)
+                    .await
+                    .map_err(|e| crate::space::explain(e, &this.paths.state_dir, "creating a vm"))
             }))
     }
 

@@ -63,12 +63,20 @@ impl Lifecycle {
                 .find(|s| existing.iter().all(|e| &e.name != s))
                 .expect("a free name"),
         };
+        // The guest's RAM goes to the disk (as much as it touched, at most
+        // all of it), besides the room any work starts with.
+        let need = crate::space::ROOM + (vm.memory_mib << 20);
+        crate::space::ensure(&self.paths.state_dir, need, "taking a snapshot")?;
         let (this, name, stop) = (self.clone(), name.to_string(), req.stop);
         let target = format!("{name}/{snap}");
         Ok(self
             .ops
             .spawn(OperationKind::Snapshot, &target, |op| async move {
-                this.run_snapshot(&op, &name, &snap, stop).await
+                this.run_snapshot(&op, &name, &snap, stop)
+                    .await
+                    .map_err(|e| {
+                        crate::space::explain(e, &this.paths.state_dir, "taking a snapshot")
+                    })
             }))
     }
 
