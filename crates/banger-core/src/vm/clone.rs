@@ -152,13 +152,8 @@ impl Lifecycle {
                 }
             },
         };
-        match &result {
-            Ok(()) => drop(undo),
-            Err(e) => {
-                tracing::warn!(vm = %vm.name, error = %crate::error::chain(e), "create from snapshot failed; undoing");
-                undo.unwind().await;
-            }
-        }
+        undo.settle(&result, &format!("create from snapshot of vm {}", vm.name))
+            .await;
         result
     }
 

@@ -140,13 +140,8 @@ impl Lifecycle {
                 }
             },
         };
-        match &result {
-            Ok(()) => drop(undo),
-            Err(e) => {
-                tracing::warn!(vm = %vm.name, error = %crate::error::chain(e), "create failed; undoing");
-                undo.unwind().await;
-            }
-        }
+        undo.settle(&result, &format!("create of vm {}", vm.name))
+            .await;
         result
     }
 

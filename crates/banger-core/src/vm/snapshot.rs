@@ -154,11 +154,9 @@ impl Lifecycle {
             .await
         }
         .await;
-        if let Err(e) = result {
-            undo.unwind().await;
-            return Err(e);
-        }
-        drop(undo);
+        undo.settle(&result, &format!("snapshot {snap} of vm {name}"))
+            .await;
+        result?;
         if stop {
             op.stage("stop", "stop engine", async {
                 engine

@@ -38,6 +38,19 @@ impl<'a> Undo<'a> {
         self.steps.iter().rev().map(|(l, _)| l.as_str()).collect()
     }
 
+    /// Keeps what was made when `result` is a success; undoes it otherwise,
+    /// logging why (`what` names the operation and its target).
+    pub async fn settle<T, E: std::error::Error + 'static>(
+        self,
+        result: &Result<T, E>,
+        what: &str,
+    ) {
+        if let Err(e) = result {
+            tracing::warn!(error = %crate::error::chain(e), "{what} failed; undoing");
+            self.unwind().await;
+        }
+    }
+
     /// Runs every step, last pushed first.
     pub async fn unwind(self) {
         for (label, step) in self.steps.into_iter().rev() {
