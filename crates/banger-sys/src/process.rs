@@ -16,6 +16,17 @@ pub fn alive(pid: u32) -> bool {
     !live_tasks(pid).is_empty()
 }
 
+/// The command name of a live `pid` (`/proc/<pid>/comm`, at most 15
+/// bytes): what is left to tell a process by while it exits, when its
+/// executable link and arguments are already gone.
+pub fn comm(pid: u32) -> Option<String> {
+    if !alive(pid) {
+        return None;
+    }
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(name.trim_end().to_string())
+}
+
 /// The `/proc` directories of `pid`'s threads that have not exited: under
 /// `/proc/<pid>/task`, or `/proc/<pid>` itself where that is unreadable.
 fn live_tasks(pid: u32) -> Vec<PathBuf> {
@@ -215,6 +226,18 @@ pub fn kvm_openable() -> Result<(), std::io::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comm_names_a_live_process_and_nothing_for_a_gone_one() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert_eq!(comm(child.id()).as_deref(), Some("sleep"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(comm(child.id()), None);
+    }
 
     /// The child's ignored-signal mask, from `/proc/self/status`.
     fn child_sigign(reset: bool) -> u64 {

@@ -528,15 +528,19 @@ impl Engine for QemuEngine {
     fn wait_gone<'a>(&'a self, handles: &'a Handles, timeout: Duration) -> BoxFuture<'a, bool> {
         Box::pin(async move {
             let deadline = Instant::now() + timeout;
-            let was_ours = self.alive(handles);
             while self.alive(handles) {
                 if Instant::now() > deadline {
                     return false;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // Exiting (the stop may have been quick enough that it never
+            // looked alive here): only its command name is left to know it by.
+            let exiting = || {
+                banger_sys::process::comm(handles.pid).is_some_and(|c| c.starts_with("qemu-system"))
+            };
             let rest = Instant::now() + Duration::from_secs(5);
-            while was_ours && banger_sys::process::alive(handles.pid) && Instant::now() < rest {
+            while exiting() && Instant::now() < rest {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             true
