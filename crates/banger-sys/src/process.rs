@@ -339,9 +339,12 @@ mod tests {
     #[test]
     fn processes_are_found_by_an_argument_they_carry() {
         let needle = format!("/tmp/banger-needle-{}", rand_suffix());
-        // `$0` of the shell carries the needle.
+        // `$0` of the shell carries the needle. It waits in a builtin: a
+        // lone command would be exec'd in its place (needle and all gone),
+        // and any other would be forked (two processes with the needle).
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 30", &needle])
+            .args(["-c", "read line", &needle])
+            .stdin(std::process::Stdio::piped())
             .spawn();
         let Ok(child) = child.as_mut() else {
             crate::skip_test("needs sh");
