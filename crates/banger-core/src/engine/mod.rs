@@ -228,16 +228,9 @@ pub trait Engine: Send + Sync {
 
     /// Waits until the engine is gone; false when it still runs after `timeout`.
     fn wait_gone<'a>(&'a self, handles: &'a Handles, timeout: Duration) -> BoxFuture<'a, bool> {
-        Box::pin(async move {
-            let deadline = Instant::now() + timeout;
-            while self.alive(handles) {
-                if Instant::now() > deadline {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            true
-        })
+        Box::pin(wait_while(timeout, Duration::from_millis(20), || {
+            self.alive(handles)
+        }))
     }
 
     /// Follows whether the engine holds the guest paused after a disk
@@ -325,6 +318,23 @@ pub trait Engine: Send + Sync {
     /// Doctor lines about this engine on this host (`kernel`: an image's
     /// kernel to probe the accelerator with, when there is one).
     fn checks<'a>(&'a self, kernel: Option<&'a Path>) -> BoxFuture<'a, Vec<Check>>;
+}
+
+/// Polls `holds` every `every` until it is false (true) or `timeout`
+/// passes with it still true (false).
+pub async fn wait_while(
+    timeout: Duration,
+    every: Duration,
+    mut holds: impl FnMut() -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    while holds() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+    }
+    true
 }
 
 /// The engines this daemon can run, by kind, and the one new VMs get.

@@ -527,22 +527,16 @@ impl Engine for QemuEngine {
     /// stopped or deleted VM leaves no process behind when the call returns.
     fn wait_gone<'a>(&'a self, handles: &'a Handles, timeout: Duration) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            let deadline = Instant::now() + timeout;
-            while self.alive(handles) {
-                if Instant::now() > deadline {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            if !super::wait_while(timeout, Duration::from_millis(20), || self.alive(handles)).await
+            {
+                return false;
             }
             // Exiting (the stop may have been quick enough that it never
             // looked alive here): only its command name is left to know it by.
             let exiting = || {
                 banger_sys::process::comm(handles.pid).is_some_and(|c| c.starts_with("qemu-system"))
             };
-            let rest = Instant::now() + Duration::from_secs(5);
-            while exiting() && Instant::now() < rest {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            super::wait_while(Duration::from_secs(5), Duration::from_millis(10), exiting).await;
             true
         })
     }
