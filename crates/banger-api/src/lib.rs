@@ -210,6 +210,9 @@ pub struct CreateVm {
     /// snapshot's VM's).
     #[serde(default)]
     pub from_snapshot: Option<String>,
+    /// Boot even when the image has a warm snapshot that fits.
+    #[serde(default)]
+    pub cold: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -231,6 +234,8 @@ pub enum OperationKind {
     WorkspaceExport,
     Snapshot,
     Restore,
+    /// `image warm`: its target is the image.
+    ImageWarm,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -328,6 +333,28 @@ pub struct Image {
     /// lists them with their versions).
     #[serde(default)]
     pub installed_packages: usize,
+    /// Its warm snapshot (`image warm`), if it has one.
+    #[serde(default)]
+    pub warm: Option<WarmImage>,
+}
+
+/// An image's warm snapshot: the machine it was made for (a VM asking for
+/// exactly this is restored from it instead of booted) and whether it can
+/// still be used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WarmImage {
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub disk_size_mib: u64,
+    pub network: NetworkMode,
+    pub engine: EngineKind,
+    pub created_at: i64,
+    /// Bytes on disk (RAM as far as the guest touched it, disk changes).
+    pub size_bytes: u64,
+    /// Why it can no longer be used (the image, agent, engine or banger
+    /// changed since), if so; `image warm` makes a new one.
+    #[serde(default)]
+    pub stale: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -217,6 +217,7 @@ impl Manifest {
             packages: self.packages.clone(),
             kernel_package: self.kernel_package.clone(),
             installed_packages: self.installed.len(),
+            warm: None,
         }
     }
 }

@@ -252,8 +252,15 @@ pub struct VmSpec {
     pub host_access: bool,
     /// Start from VM/SNAPSHOT instead of booting: a new VM with that VM's
     /// resources, its processes, memory and files as the snapshot has them.
-    #[arg(long, value_name = "VM/SNAPSHOT")]
+    #[arg(long, value_name = "VM/SNAPSHOT", conflicts_with = "cold")]
     pub from_snapshot: Option<String>,
+    /// Boot, even when the image has a warm snapshot that fits (`image warm`).
+    #[arg(long)]
+    pub cold: bool,
+    /// Show more of what the daemon did: whether the VM was restored from
+    /// the image's warm snapshot or booted, and why.
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 fn parse_publish(s: &str) -> Result<String, String> {
@@ -405,6 +412,19 @@ pub enum ImageCommand {
     /// Delete an image.
     #[command(alias = "rm")]
     Delete(NameArg),
+    /// Boot the image once with the default resources and keep a snapshot
+    /// of it at agent-ready: `vm create` and `vm run` asking for those
+    /// resources then restore it instead of booting.
+    Warm(WarmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// Image to warm.
+    pub name: String,
+    /// Remove the image's warm snapshot instead.
+    #[arg(long)]
+    pub remove: bool,
 }
 
 #[derive(Debug, Args)]

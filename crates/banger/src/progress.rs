@@ -42,7 +42,22 @@ impl Style {
 /// Follows the operation to its end, rendering it in `style`, and prints the
 /// summary unless quiet. A failed operation is an error carrying its message.
 pub async fn follow(client: &Client, op: &OperationRef, style: Style) -> anyhow::Result<Operation> {
+    follow_with(client, op, style, false).await
+}
+
+/// Stages shown only with `--verbose`: the create's choice between a warm
+/// snapshot and a boot, and why.
+const VERBOSE_ONLY: &[&str] = &["warm"];
+
+/// [`follow`], showing the [`VERBOSE_ONLY`] stages too when `verbose`.
+pub async fn follow_with(
+    client: &Client,
+    op: &OperationRef,
+    style: Style,
+    verbose: bool,
+) -> anyhow::Result<Operation> {
     let mut renderer = Renderer::new(style, std::io::stderr());
+    renderer.verbose = verbose;
     let operation = client
         .follow_operation(&op.id, |event| renderer.event(event))
         .await;
@@ -82,6 +97,7 @@ pub fn summary(op: &Operation) -> String {
         OperationKind::WorkspaceExport => format!("workspace of vm {} exported", op.target),
         OperationKind::Snapshot => format!("snapshot of vm {} taken", op.target),
         OperationKind::Restore => format!("vm {} restored", op.target),
+        OperationKind::ImageWarm => format!("image {} warm", op.target),
     };
     match op.duration_ms {
         Some(ms) => format!("{what} ({})", format_duration_ms(ms)),
@@ -102,6 +118,7 @@ fn kind_noun(kind: OperationKind) -> &'static str {
         OperationKind::WorkspaceExport => "exporting workspace",
         OperationKind::Snapshot => "taking snapshot",
         OperationKind::Restore => "restoring vm",
+        OperationKind::ImageWarm => "warming image",
     }
 }
 
@@ -116,6 +133,8 @@ pub struct Renderer<W: Write> {
     out: W,
     multi: Option<MultiProgress>,
     stages: HashMap<String, StageView>,
+    /// Show the [`VERBOSE_ONLY`] stages.
+    pub verbose: bool,
 }
 
 impl<W: Write> Renderer<W> {
@@ -127,10 +146,20 @@ impl<W: Write> Renderer<W> {
             out,
             multi,
             stages: HashMap::new(),
+            verbose: false,
         }
     }
 
     pub fn event(&mut self, event: &OperationEvent) {
+        let stage = match event {
+            OperationEvent::StageStarted { name, .. }
+            | OperationEvent::Progress { name, .. }
+            | OperationEvent::StageFinished { name, .. } => Some(name),
+            _ => None,
+        };
+        if !self.verbose && stage.is_some_and(|n| VERBOSE_ONLY.contains(&n.as_str())) {
+            return;
+        }
         match event {
             OperationEvent::StageStarted { name, label } => {
                 let bar = self.multi.as_ref().map(|multi| {

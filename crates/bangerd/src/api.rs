@@ -102,6 +102,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/images/build", post(build_image))
         .route("/v1/images/register", post(register_image))
         .route("/v1/images/{name}", get(show_image).delete(delete_image))
+        .route(
+            "/v1/images/{name}/warm",
+            post(warm_image).delete(unwarm_image),
+        )
         .route("/v1/operations/{id}", get(show_operation))
         .route(
             "/v1/operations/{id}/events",
@@ -287,14 +291,18 @@ pub struct WaitQuery {
 }
 
 async fn list_images(State(s): State<AppState>) -> ApiResult<Json<Vec<banger_api::Image>>> {
-    Ok(Json(s.images.list()?))
+    let mut images = Vec::new();
+    for image in s.images.list()? {
+        images.push(s.vms.with_warm(image).await);
+    }
+    Ok(Json(images))
 }
 
 async fn show_image(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<banger_api::Image>> {
-    Ok(Json(s.images.show(&name)?))
+    Ok(Json(s.vms.with_warm(s.images.show(&name)?).await))
 }
 
 async fn delete_image(
@@ -302,7 +310,26 @@ async fn delete_image(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     s.images.delete(&name)?;
+    s.vms.unwarm(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn warm_image(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+    Ok(accepted(s.vms.warm_image(&name)?))
+}
+
+async fn unwarm_image(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    if s.vms.unwarm(&name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(error(
+            ErrorCode::NotFound,
+            format!("image {name} has no warm snapshot"),
+        ))
+    }
 }
 
 async fn build_image(

@@ -177,6 +177,12 @@ pub enum EngineError {
 pub trait Engine: Send + Sync {
     fn kind(&self) -> EngineKind;
 
+    /// The engine program and its version, as far as a saved device state
+    /// depends on them (a warm snapshot made under another is not restored).
+    fn version(&self) -> String {
+        self.kind().as_str().to_string()
+    }
+
     /// The VM's root disk as this engine boots it.
     fn root_drive(&self, dir: &VmDir) -> Drive;
 

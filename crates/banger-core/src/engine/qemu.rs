@@ -55,6 +55,8 @@ pub struct QemuEngine {
     /// `binary` found in `PATH` with symlinks resolved, as `/proc/<pid>/exe`
     /// shows it (once found).
     resolved: OnceLock<PathBuf>,
+    /// `--version`'s first line (once asked).
+    version: OnceLock<String>,
 }
 
 impl QemuEngine {
@@ -73,6 +75,7 @@ impl QemuEngine {
             spawner,
             decided: tokio::sync::Mutex::new(None),
             resolved: OnceLock::new(),
+            version: OnceLock::new(),
         }
     }
 
@@ -419,6 +422,20 @@ pub async fn qmp_command(socket: &Path, command: &str) -> Result<serde_json::Val
 impl Engine for QemuEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Qemu
+    }
+
+    fn version(&self) -> String {
+        self.version
+            .get_or_init(|| {
+                let out = self
+                    .runner
+                    .run(&Cmd::new(self.binary.to_string_lossy()).arg("--version"))
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let line = out.lines().next().unwrap_or("unknown version");
+                format!("{} ({line})", self.binary.display())
+            })
+            .clone()
     }
 
     fn root_drive(&self, dir: &VmDir) -> Drive {

@@ -107,18 +107,24 @@ impl Lifecycle {
             .spawn(OperationKind::Create, &name, |op| async move {
                 let lock = this.lock(&vm.name);
                 let _guard = lock.lock().await;
-                this.run_create_from(&op, &vm, &src, &snap)
-                    .await
-                    .map_err(|e| crate::space::explain(e, &this.paths.state_dir, "creating a vm"))
+                this.run_create_from(
+                    &op,
+                    &vm,
+                    Source::Snapshot {
+                        vm: src,
+                        name: snap,
+                    },
+                )
+                .await
+                .map_err(|e| crate::space::explain(e, &this.paths.state_dir, "creating a vm"))
             }))
     }
 
-    async fn run_create_from(
+    pub(super) async fn run_create_from(
         &self,
         op: &Op,
         vm: &VmRecord,
-        src: &str,
-        snap: &str,
+        source: Source,
     ) -> Result<(), Error> {
         let image = self.images.record(&vm.image)?;
         let made: VmRecord;
@@ -128,7 +134,7 @@ impl Lifecycle {
                 tracing::error!(vm = %vm.name, error = %crate::error::chain(&e), "cannot remove the failed vm's record");
             }
         });
-        let result = match self.copy_from(op, vm, src, snap, &mut undo).await {
+        let result = match self.copy_from(op, vm, &source, &mut undo).await {
             Err(e) => Err(e),
             Ok(files) => match self.record(&vm.name) {
                 Err(e) => Err(e),
@@ -162,8 +168,7 @@ impl Lifecycle {
         &'a self,
         op: &Op,
         vm: &'a VmRecord,
-        src: &str,
-        snap: &str,
+        source: &Source,
         undo: &mut Undo<'a>,
     ) -> Result<PathBuf, Error> {
         let engine = self.engine(vm)?;
@@ -178,47 +183,77 @@ impl Lifecycle {
                     tracing::warn!(vm = %vm.name, error = %e, "cannot remove the vm's directories");
                 }
             });
-            let lock = self.lock(src);
+            // The source stays while it is read.
+            let lock = match source {
+                Source::Snapshot { vm, .. } => self.lock(vm),
+                Source::Warm { image, .. } => self.lock(&format!("warm:{image}")),
+            };
             let _guard = lock.lock().await;
-            let source = self.record(src)?;
-            let sdir = self.dir(&source);
-            let from = layers::snapshot_dir(&sdir, snap);
-            let manifest = layers::read_manifest(&from).map_err(|_| Error::SnapshotNotFound {
-                vm: src.into(),
-                name: snap.into(),
-            })?;
-            let mut copies = Vec::new();
-            for (serial, frozen) in &manifest.layers {
-                let top = frozen.resolve(&sdir).ok_or_else(|| {
-                    Error::Engine(EngineError::BadSnapshot {
-                        dir: from.clone(),
-                        problem: format!("layer {:?} is outside its vm's dir", frozen.file),
-                    })
-                })?;
-                if serial == banger_proto::ROOT_DRIVE_SERIAL {
-                    let root = engine.root_drive(&dir);
-                    let base = Layer {
-                        path: Path::new(&image.dir).join(banger_image::layout::ROOTFS),
-                        format: DriveFormat::Raw,
-                    };
-                    let dest = Layer {
-                        path: root.path,
-                        format: root.format,
-                    };
-                    copies.push((top, Some(base), dest));
-                } else if serial == banger_proto::WORK_DRIVE_SERIAL {
-                    let dest = Layer {
-                        path: dir.work_disk(),
-                        format: DriveFormat::Raw,
-                    };
-                    copies.push((top, None, dest));
+            let root = engine.root_drive(&dir);
+            let root = Layer {
+                path: root.path,
+                format: root.format,
+            };
+            let work = Layer {
+                path: dir.work_disk(),
+                format: DriveFormat::Raw,
+            };
+            let (from, copies) = match source {
+                Source::Snapshot {
+                    vm: src,
+                    name: snap,
+                } => {
+                    let source = self.record(src)?;
+                    let sdir = self.dir(&source);
+                    let from = layers::snapshot_dir(&sdir, snap);
+                    let manifest =
+                        layers::read_manifest(&from).map_err(|_| Error::SnapshotNotFound {
+                            vm: src.clone(),
+                            name: snap.clone(),
+                        })?;
+                    let mut copies = Vec::new();
+                    for (serial, frozen) in &manifest.layers {
+                        let top = frozen.resolve(&sdir).ok_or_else(|| {
+                            Error::Engine(EngineError::BadSnapshot {
+                                dir: from.clone(),
+                                problem: format!("layer {:?} is outside its vm's dir", frozen.file),
+                            })
+                        })?;
+                        if serial == banger_proto::ROOT_DRIVE_SERIAL {
+                            let base = Layer {
+                                path: Path::new(&image.dir).join(banger_image::layout::ROOTFS),
+                                format: DriveFormat::Raw,
+                            };
+                            copies.push(Copy::Layer(top, Some(base), root.clone()));
+                        } else if serial == banger_proto::WORK_DRIVE_SERIAL {
+                            copies.push(Copy::Layer(top, None, work.clone()));
+                        }
+                    }
+                    (from, copies)
                 }
-            }
-            let engine2 = engine.clone();
+                // Its root layer is over the image's rootfs already, as the
+                // VM's own would be: a plain copy of each file will do.
+                Source::Warm { dir: from, .. } => (
+                    from.clone(),
+                    vec![
+                        Copy::File(from.join(super::warm::ROOT), root.path.clone()),
+                        Copy::File(from.join(super::warm::WORK), work.path.clone()),
+                    ],
+                ),
+            };
+            let (engine2, runner) = (engine.clone(), self.runner.clone());
             tokio::task::spawn_blocking(move || {
-                copies
-                    .iter()
-                    .try_for_each(|(top, base, dest)| engine2.copy_layer(top, base.as_ref(), dest))
+                copies.iter().try_for_each(|copy| match copy {
+                    Copy::Layer(top, base, dest) => engine2.copy_layer(top, base.as_ref(), dest),
+                    Copy::File(from, to) => {
+                        crate::disks::sparse_copy(&*runner, from, to).map_err(|source| {
+                            EngineError::RootDisk {
+                                path: to.clone(),
+                                source,
+                            }
+                        })
+                    }
+                })
             })
             .await
             .map_err(|source| Error::Task {
@@ -252,9 +287,24 @@ impl Lifecycle {
     }
 }
 
+/// Where a new VM's machine comes from.
+pub(super) enum Source {
+    /// A VM's snapshot.
+    Snapshot { vm: String, name: String },
+    /// An image's warm snapshot (`vm/warm.rs`), kept in `dir`.
+    Warm { dir: PathBuf, image: String },
+}
+
+/// One disk of the new VM: a layer flattened over an optional base, or a
+/// file copied as it is (sparse).
+enum Copy {
+    Layer(Layer, Option<Layer>, Layer),
+    File(PathBuf, PathBuf),
+}
+
 /// The snapshot's device state and RAM into `to`: hard links (a saved
 /// snapshot's files never change), or copies across filesystems.
-fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(super) fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().mode(0o700).create(to)?;
     for name in [STATE_FILE, RAM_FILE] {

@@ -32,6 +32,7 @@ impl Lifecycle {
         }
         let this = self.clone();
         let name = vm.name.clone();
+        let cold = req.cold;
         Ok(self
             .ops
             .spawn(OperationKind::Create, &name, |op| async move {
@@ -41,10 +42,38 @@ impl Lifecycle {
                 }
                 let lock = this.lock(&vm.name);
                 let _guard = lock.lock().await;
-                this.run_create(&op, &vm)
-                    .await
-                    .map_err(|e| crate::space::explain(e, &this.paths.state_dir, "creating a vm"))
+                let warm = this.choose_warm(&op, &vm, cold).await;
+                match warm {
+                    Some(dir) => {
+                        let source = super::clone::Source::Warm {
+                            dir,
+                            image: vm.image.clone(),
+                        };
+                        this.run_create_from(&op, &vm, source).await
+                    }
+                    None => this.run_create(&op, &vm).await,
+                }
+                .map_err(|e| crate::space::explain(e, &this.paths.state_dir, "creating a vm"))
             }))
+    }
+
+    /// The warm snapshot to restore `vm` from, if one fits; stage `warm`
+    /// says which, or why the VM boots instead.
+    async fn choose_warm(&self, op: &Op, vm: &VmRecord, cold: bool) -> Option<std::path::PathBuf> {
+        let t0 = op.begin_stage("warm", "look for a warm snapshot");
+        let (dir, detail) = if cold {
+            (None, "booting: --cold".to_string())
+        } else {
+            match self.warm_for(vm).await {
+                Ok(dir) => (
+                    Some(dir),
+                    format!("restoring the warm snapshot of image {}", vm.image),
+                ),
+                Err(why) => (None, format!("booting: {why}")),
+            }
+        };
+        op.end_stage("warm", t0, None, Some(detail));
+        dir
     }
 
     /// Turns a request into the VM's durable record, or says what is wrong.
@@ -114,7 +143,7 @@ impl Lifecycle {
 
     /// Makes and boots the recorded `vm`; on failure, undoes all of it,
     /// the row included.
-    async fn run_create(&self, op: &Op, vm: &VmRecord) -> Result<(), Error> {
+    pub(super) async fn run_create(&self, op: &Op, vm: &VmRecord) -> Result<(), Error> {
         let image = self.images.record(&vm.image)?;
         // The record as the capabilities left it (an address lease).
         let made: VmRecord;

@@ -28,7 +28,7 @@ impl Lifecycle {
             }))
     }
 
-    async fn run_delete(&self, op: &Op, name: &str) -> Result<(), Error> {
+    pub(super) async fn run_delete(&self, op: &Op, name: &str) -> Result<(), Error> {
         let lock = self.lock(name);
         let _guard = lock.lock().await;
         // Two deletes of one name both pass the check in `delete`; the

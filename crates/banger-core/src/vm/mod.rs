@@ -23,6 +23,7 @@ pub mod ssh;
 pub mod start;
 pub mod stop;
 pub mod undo;
+pub mod warm;
 
 #[cfg(test)]
 mod identity_tests;

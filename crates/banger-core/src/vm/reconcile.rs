@@ -14,7 +14,9 @@
 //! - `creating`: a create that never finished; remove it entirely, as a
 //!   failed create would have;
 //! - `deleting`: finish the delete;
-//! - `stopped`/`failed`: make sure nothing transient is left.
+//! - `stopped`/`failed`: make sure nothing transient is left;
+//! - a VM `image warm` was using, in any state: removed, with what an
+//!   interrupted warm left in the warm dir.
 
 use super::Lifecycle;
 use super::runtime::{self, Running};
@@ -59,8 +61,10 @@ impl Lifecycle {
                     .get(r.engine)
                     .is_ok_and(|e| e.alive(&r.handles))
             });
+            // A VM `image warm` made is never kept past its operation.
+            let warming = vm.options.contains_key(super::warm::WARMING);
             match (vm.state, scratch) {
-                (VmState::Running, Some(r)) if alive => adopted.push((vm, r)),
+                (VmState::Running, Some(r)) if alive && !warming => adopted.push((vm, r)),
                 (_, r) => dead.push((vm, r.filter(|_| alive))),
             }
         }
@@ -98,9 +102,14 @@ impl Lifecycle {
                 let _ = engine.stop(&r.handles, Duration::from_millis(500)).await;
             }
             self.release_runtime(&vm);
-            match vm.state {
+            let state = if vm.options.contains_key(super::warm::WARMING) {
+                VmState::Deleting
+            } else {
+                vm.state
+            };
+            match state {
                 VmState::Creating | VmState::Deleting => {
-                    tracing::info!(vm = %vm.name, state = %vm.state, "removing a vm whose create or delete was interrupted");
+                    tracing::info!(vm = %vm.name, state = %vm.state, "removing a vm whose create, delete or image warm was interrupted");
                     let dir = self.dir(&vm);
                     self.capabilities.destroy(&vm, &dir);
                     let _ = dir.remove();
@@ -114,6 +123,7 @@ impl Lifecycle {
                 VmState::Stopped | VmState::Failed => {}
             }
         }
+        self.sweep_warm();
         Ok(())
     }
 }

@@ -80,7 +80,13 @@ impl Lifecycle {
             }))
     }
 
-    async fn run_snapshot(&self, op: &Op, name: &str, snap: &str, stop: bool) -> Result<(), Error> {
+    pub(super) async fn run_snapshot(
+        &self,
+        op: &Op,
+        name: &str,
+        snap: &str,
+        stop: bool,
+    ) -> Result<(), Error> {
         let lock = self.lock(name);
         let _guard = lock.lock().await;
         let vm = self.record(name)?;

@@ -84,17 +84,56 @@ pub async fn list(ctx: &Context, json: bool) -> anyhow::Result<i32> {
 }
 
 fn image_table(images: &[Image], now: i64) -> Table {
-    let mut table = Table::new(&["NAME", "SOURCE", "KERNEL", "SIZE", "AGE"]);
+    let mut table = Table::new(&["NAME", "SOURCE", "KERNEL", "SIZE", "AGE", "WARM"]);
     for image in images {
+        let warm = match &image.warm {
+            None => "-".to_string(),
+            Some(w) if w.stale.is_some() => "stale".to_string(),
+            Some(w) => format!("{} cpu, {} MiB", w.cpus, w.memory_mib),
+        };
         table.row(vec![
             image.name.clone(),
             image.source.clone(),
             or_dash(image.kernel_version.as_ref()),
             format_bytes(image.size_bytes),
             format_age(now, image.created_at),
+            warm,
         ]);
     }
     table
+}
+
+/// The warm snapshot as `image show` says it.
+fn warm_field(w: &banger_api::WarmImage, now: i64) -> String {
+    let machine = format!(
+        "{} cpu, {} MiB memory, {} MiB disk, network {}, {}; {}, made {} ago",
+        w.cpus,
+        w.memory_mib,
+        w.disk_size_mib,
+        w.network,
+        w.engine.as_str(),
+        format_bytes(w.size_bytes),
+        format_age(now, w.created_at)
+    );
+    match &w.stale {
+        Some(why) => format!("{machine}; stale: {why}"),
+        None => machine,
+    }
+}
+
+/// `image warm NAME [--remove]`.
+pub async fn warm(ctx: &Context, name: &str, remove: bool) -> anyhow::Result<i32> {
+    banger_api::validate_image_name(name).map_err(anyhow::Error::msg)?;
+    let client = ctx.client().await?;
+    let path = format!("/v1/images/{}/warm", path_segment(name));
+    if remove {
+        client.delete::<()>(&path).await?;
+        eprintln!("image {name}'s warm snapshot removed");
+        return Ok(0);
+    }
+    let op: OperationRef = client.post(&path, &serde_json::json!({})).await?;
+    progress::follow(&client, &op, Style::for_stderr()).await?;
+    Ok(0)
 }
 
 pub async fn show(ctx: &Context, name: &str, json: bool) -> anyhow::Result<i32> {
@@ -144,6 +183,9 @@ fn image_fields(image: &Image, now: i64) -> String {
         ),
         ("dir", image.dir.clone()),
     ]);
+    if let Some(w) = &image.warm {
+        fields.push(("warm", warm_field(w, now)));
+    }
     let mut text = render_fields(&fields);
     if !image.files.is_empty() {
         text.push_str("files:\n");

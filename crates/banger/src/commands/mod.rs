@@ -94,6 +94,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<i32> {
             ImageCommand::List(flag) => image::list(ctx, flag.json).await,
             ImageCommand::Show(args) => image::show(ctx, &args.name, args.json).await,
             ImageCommand::Delete(arg) => image::delete(ctx, &arg.name).await,
+            ImageCommand::Warm(args) => image::warm(ctx, &args.name, args.remove).await,
         },
         Command::Doctor(args) => doctor::run(ctx, args.json, args.fix).await,
         Command::Daemon(cmd) => daemon_cmd::run(ctx, cmd).await,

@@ -44,9 +44,10 @@ pub async fn create_vm(client: &Client, spec: &VmSpec, style: Style) -> anyhow::
         allow_cidrs: spec.allow_cidr.clone(),
         host_access: spec.host_access,
         from_snapshot: spec.from_snapshot.clone(),
+        cold: spec.cold,
     };
     let op: OperationRef = client.post("/v1/vms", &body).await?;
-    let operation = progress::follow(client, &op, style).await?;
+    let operation = progress::follow_with(client, &op, style, spec.verbose).await?;
     Ok(operation.target)
 }
 
