@@ -531,6 +531,12 @@ echo "nc exited with $rc: $r" >&2; exit 2"#;
         }
     }
 
+    /// The pid of `vm`'s engine (QEMU), as `vm show` reports it.
+    pub fn vm_pid(&self, vm: &str) -> u32 {
+        let pid = self.json(&["vm", "show", vm, "--json"])["pid"].as_u64();
+        pid.unwrap_or_else(|| panic!("vm {vm} has no engine pid")) as u32
+    }
+
     pub fn daemon_pid(&self) -> Option<u32> {
         let out = self.run(&["daemon", "status", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -655,6 +661,18 @@ fn cmdline(pid: u32) -> String {
 /// True when `pid` is a live (non-zombie) process, any of its threads.
 pub fn process_alive(pid: u32) -> bool {
     banger_sys::process::alive(pid)
+}
+
+/// A process's proportional share of memory in KiB (`Pss` of
+/// `/proc/PID/smaps_rollup`: each shared page split between the processes
+/// that map it), so the figures of VMs sharing pages add up.
+pub fn pss_kib(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{path} has no Pss line"))
 }
 
 /// Waits until `cond` holds or `timeout` passes.

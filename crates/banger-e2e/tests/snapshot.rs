@@ -8,7 +8,7 @@
 //! own; `vm fork` makes running copies.
 //! Prints what each step took (the figures in ARCHITECTURE.md).
 
-use banger_e2e::{Env, boot_permit, skip, wait_until};
+use banger_e2e::{Env, boot_permit, pss_kib, skip, wait_until};
 use std::time::{Duration, Instant};
 
 const CONFIG: &str = "default_memory_mib = 256\ndefault_disk_size_mib = 512\nnetwork = \"none\"\ndefault_image = \"minimal\"\n";
@@ -27,16 +27,6 @@ fn count_in(env: &Env, vm: &str) -> u64 {
     out.trim()
         .parse()
         .unwrap_or_else(|_| panic!("counter: {out:?}"))
-}
-
-/// A process's proportional share of memory (shared pages split between
-/// the processes that map them).
-fn pss_kib(pid: u64) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 fn timed(env: &Env, what: &str, args: &[&str]) -> (String, Duration) {
@@ -179,13 +169,7 @@ fn a_restored_vm_is_back_at_its_snapshot_with_its_processes_running() {
             "the counter does not run in fork {f}"
         );
     }
-    let pss = |vm: &str| {
-        pss_kib(
-            env.json(&["vm", "show", vm, "--json"])["pid"]
-                .as_u64()
-                .unwrap(),
-        )
-    };
+    let pss = |vm: &str| pss_kib(env.vm_pid(vm));
     let (a, b, source) = (pss("try-1"), pss("try-2"), pss(VM));
     eprintln!(
         "FIGURE fork pss: try-1 {a} KiB + try-2 {b} KiB = {} KiB; the source vm {source} KiB",
