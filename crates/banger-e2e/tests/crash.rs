@@ -1,10 +1,12 @@
 //! The fault-point loop: the daemon is killed (SIGKILL, through
 //! `BANGER_FAULT_AT`, see `banger_core::fault`) at the beginning and at the
 //! end of every stage of create, start, stop, delete, snapshot, restore and
-//! image build; the next daemon must then leave nothing behind: no engine process without a
-//! running VM, no VM directory or socket directory without a row, no image
-//! staging directory, no VM stuck in `creating` or `deleting`, every state
-//! matching reality, the store's integrity intact, and the VM usable again.
+//! image build, and in `image warm`; the next daemon must then leave
+//! nothing behind: no engine process without a running VM, no VM directory
+//! or socket directory without a row, no image or warm staging directory,
+//! no VM stuck in `creating` or `deleting`, no VM `image warm` made, every
+//! state matching reality, the store's integrity intact, and the VM (or
+//! the warm snapshot, when one was kept) usable again.
 //!
 //! The points come from the stages the daemon really runs: the loop fails
 //! when a stage it logged is missing from [`POINTS`], so it stays
@@ -20,6 +22,8 @@ const CONFIG: &str = "default_memory_mib = 256\ndefault_disk_size_mib = 512\nnet
 
 /// Every kill point the loop covers, as `KIND:STAGE[/done]`.
 const POINTS: &[&str] = &[
+    "create:warm",
+    "create:warm/done",
     "create:disks",
     "create:disks/done",
     "create:prepare",
@@ -30,6 +34,8 @@ const POINTS: &[&str] = &[
     "create:engine/done",
     "create:agent",
     "create:agent/done",
+    "create:identity",
+    "create:identity/done",
     "start:prepare",
     "start:prepare/done",
     "start:config",
@@ -67,6 +73,15 @@ const POINTS: &[&str] = &[
     "image_build:rootfs/done",
     "image_build:work_seed/done",
     "image_build:finish",
+    // `image warm`: its vm running, mid-snapshot, the snapshot saved, the
+    // warm snapshot about to be swapped in and just swapped in, its vm
+    // being removed.
+    "image_warm:agent/done",
+    "image_warm:memory",
+    "image_warm:save/done",
+    "image_warm:keep",
+    "image_warm:keep/done",
+    "image_warm:files",
 ];
 
 /// Stages that run only on failure paths or in other presets; not killed at.
@@ -188,6 +203,16 @@ fn check(env: &Env, point: &str) {
         staging.is_empty(),
         "{point}: image staging left: {staging:?}"
     );
+    let warm: Vec<String> = dir_names(&state.join("warm"))
+        .into_iter()
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(warm.is_empty(), "{point}: warm staging left: {warm:?}");
+    assert!(
+        list.iter()
+            .all(|v| !v["name"].as_str().unwrap().starts_with("warm-")),
+        "{point}: the warming vm is left: {list:?}"
+    );
     let db = rusqlite::Connection::open(state.join("banger.db")).unwrap();
     let integrity: String = db
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -237,7 +262,18 @@ fn run_point(env: &Env, point: &str) {
     match kind {
         "create" => {
             arrange(env, "absent");
+            // Only a create restored from a warm snapshot has this stage.
+            let warm = point.starts_with("create:identity");
+            if warm {
+                env.ok(&["image", "warm", "minimal"]);
+            }
             crash_at(env, point, &["vm", "create", "--name", VM]);
+            if warm {
+                check(env, point);
+                recover(env, point);
+                env.ok(&["image", "warm", "minimal", "--remove"]);
+                return;
+            }
         }
         "start" => {
             arrange(env, "stopped");
@@ -267,6 +303,28 @@ fn run_point(env: &Env, point: &str) {
                 env.ok(&["vm", "snapshot", VM, "--name", "base"]);
             }
             crash_at(env, point, &["vm", "restore", VM, "base"]);
+        }
+        "image_warm" => {
+            arrange(env, "absent");
+            crash_at(env, point, &["image", "warm", "minimal"]);
+            check(env, point);
+            // A warm snapshot kept is whole: a vm starts from it.
+            let image = env.json(&["image", "show", "minimal", "--json"]);
+            if !image["warm"].is_null() {
+                let out = env.ok(&[
+                    "vm",
+                    "run",
+                    "--rm",
+                    "--no-checkout",
+                    "--verbose",
+                    "--",
+                    "echo",
+                    "alive",
+                ]);
+                assert_eq!(out, "alive\n", "{point}: a vm from the warm snapshot works");
+                env.ok(&["image", "warm", "minimal", "--remove"]);
+            }
+            return;
         }
         "image_build" => {
             crash_at(
@@ -315,7 +373,11 @@ fn killing_the_daemon_at_any_stage_leaves_nothing_behind() {
     let missing: Vec<&String> = seen
         .iter()
         .filter(|p| !POINTS.contains(&p.as_str()) && !NOT_REACHED.contains(&p.as_str()))
-        .filter(|p| !p.starts_with("image_build:") && !p.starts_with("restart:"))
+        .filter(|p| {
+            !p.starts_with("image_build:")
+                && !p.starts_with("image_warm:")
+                && !p.starts_with("restart:")
+        })
         .collect();
     assert!(
         missing.is_empty(),

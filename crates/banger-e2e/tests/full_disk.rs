@@ -110,7 +110,9 @@ fn a_full_disk_pauses_the_writer_refuses_new_work_clearly_and_everything_recover
 
     // Paused, and shown so, soon after the disk fills.
     let mut list = serde_json::Value::Null;
-    let paused = wait_until(Duration::from_secs(60), || {
+    // The 100 MB write, under TCG on a loaded host, can take minutes to
+    // reach the full disk.
+    let paused = wait_until(Duration::from_secs(180), || {
         list = env.json(&["vm", "list", "--json"]);
         vm(&list, "writer").is_some_and(|v| v["state"] == "paused")
     });

@@ -3,8 +3,9 @@
 //! then restored from it, not booted, and answers exactly as a booted one
 //! does: the command's stdout, stderr and exit status, in a guest that is
 //! its own machine (its hostname is its VM's). A VM asking for another
-//! machine boots, and `--verbose` says why; `--cold` boots on request;
-//! `image warm --remove` forgets the snapshot. Nothing is left: no VM
+//! machine boots, and `--verbose` says why; `--cold` boots on request; a
+//! rebuilt image makes the snapshot stale (shown, and VMs boot); `image
+//! warm --remove` forgets the snapshot. Nothing is left: no VM
 //! (the warming one included) and no staging directory.
 //! Prints what each step took.
 
@@ -158,6 +159,24 @@ fn a_warm_vm_run_answers_exactly_as_a_booted_one() {
             .contains("this vm asks for 320 MiB memory (warm: 256)"),
         "{}",
         bigger.stderr
+    );
+
+    // A rebuilt image makes it stale: shown so, and VMs boot, saying why.
+    env.ok(&["image", "build", "--preset", "minimal", "--force"]);
+    let image = env.json(&["image", "show", "minimal", "--json"]);
+    assert_eq!(
+        image["warm"]["stale"], "the image was rebuilt since",
+        "{image}"
+    );
+    let stale = vm_run(&env, "stale", &[]);
+    assert_eq!(stale.code, Some(7));
+    assert!(
+        stale
+            .stderr
+            .contains("the warm snapshot is stale: the image was rebuilt since")
+            && stale.stderr.contains("start engine"),
+        "{}",
+        stale.stderr
     );
 
     env.ok(&["image", "warm", "minimal", "--remove"]);

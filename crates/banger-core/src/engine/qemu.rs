@@ -311,6 +311,9 @@ impl QemuEngine {
 
     async fn stop_inner(&self, handles: &Handles, timeout: Duration) -> Result<(), EngineError> {
         if !self.alive(handles) {
+            // It may be exiting already (its daemon was killed, say) and
+            // still hold its disks' locks: a new engine on them would fail.
+            self.wait_gone(handles, Duration::ZERO).await;
             return Ok(());
         }
         if let Err(e) = qmp_command(&handles.control_socket, "quit").await {

@@ -53,7 +53,7 @@ impl Lifecycle {
     pub async fn reconcile(&self) -> Result<(), crate::error::Error> {
         let vms = self.store.vms()?;
         let mut adopted: Vec<(VmRecord, Running)> = Vec::new();
-        let mut dead: Vec<(VmRecord, Option<Running>)> = Vec::new();
+        let mut dead: Vec<(VmRecord, Option<Running>, bool)> = Vec::new();
         for vm in vms {
             let scratch = runtime::read(&self.dir(&vm), &self.engines);
             let alive = scratch.as_ref().is_some_and(|r| {
@@ -65,7 +65,7 @@ impl Lifecycle {
             let warming = vm.options.contains_key(super::warm::WARMING);
             match (vm.state, scratch) {
                 (VmState::Running, Some(r)) if alive && !warming => adopted.push((vm, r)),
-                (_, r) => dead.push((vm, r.filter(|_| alive))),
+                (_, r) => dead.push((vm, r, alive)),
             }
         }
         for (vm, r) in &adopted {
@@ -94,11 +94,15 @@ impl Lifecycle {
             .collect();
         self.capabilities.sweep(&live);
         self.sweep_orphans(&adopted);
-        for (vm, alive) in dead {
-            if let Some(r) = &alive
+        for (vm, scratch, alive) in dead {
+            if let Some(r) = &scratch
                 && let Ok(engine) = self.engines.get(r.engine)
             {
-                tracing::warn!(vm = %vm.name, pid = r.handles.pid, state = %vm.state, "stopping an engine the store says is not running");
+                if alive {
+                    tracing::warn!(vm = %vm.name, pid = r.handles.pid, state = %vm.state, "stopping an engine the store says is not running");
+                }
+                // Also waits out one exiting on its own, which still holds
+                // the VM's disks.
                 let _ = engine.stop(&r.handles, Duration::from_millis(500)).await;
             }
             self.release_runtime(&vm);

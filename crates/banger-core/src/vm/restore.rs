@@ -17,7 +17,6 @@
 
 use super::Lifecycle;
 use super::layers::{self, LayerRef, Manifest, Tops};
-use super::undo::Undo;
 use crate::engine::{DriveFormat, Engine, EngineError, Layer, RamMapping};
 use crate::error::{Action, Error};
 use crate::layout::VmDir;
@@ -98,24 +97,10 @@ impl Lifecycle {
             layers_from(&*engine, &dir, &manifest)
         })
         .await?;
-        let mut undo = Undo::new();
-        match self
-            .boot_from(op, &vm, &image, &mut undo, Some((&from, RamMapping::Copy)))
-            .await
-        {
-            Ok(()) => {
-                drop(undo);
-                self.store.set_vm_state(name, VmState::Running, None)?;
-                tracing::info!(vm = %name, snapshot = %snap, "restored");
-                Ok(())
-            }
-            Err(e) => {
-                undo.unwind().await;
-                let msg = crate::error::chain(&e);
-                self.store.set_vm_state(name, VmState::Failed, Some(&msg))?;
-                Err(e)
-            }
-        }
+        self.boot_recorded(op, &vm, &image, Some((&from, RamMapping::Copy)))
+            .await?;
+        tracing::info!(vm = %name, snapshot = %snap, "restored");
+        Ok(())
     }
 }
 

@@ -3,9 +3,12 @@
 
 use super::Lifecycle;
 use super::undo::Undo;
+use crate::engine::RamMapping;
 use crate::error::{Action, Error};
 use crate::ops::Op;
+use crate::store::{ImageRecord, VmRecord};
 use banger_api::{OperationKind, VmState};
+use std::path::Path;
 use std::sync::Arc;
 
 impl Lifecycle {
@@ -51,17 +54,30 @@ impl Lifecycle {
             });
         }
         let image = self.images.record(&vm.image)?;
+        self.boot_recorded(op, &vm, &image, None).await
+    }
+
+    /// Boots the recorded `vm` (or, with `from`, restores it) and records
+    /// the outcome: running, or failed with why, what the boot made undone.
+    pub(super) async fn boot_recorded(
+        &self,
+        op: &Op,
+        vm: &VmRecord,
+        image: &ImageRecord,
+        from: Option<(&Path, RamMapping)>,
+    ) -> Result<(), Error> {
         let mut undo = Undo::new();
-        match self.boot(op, &vm, &image, &mut undo).await {
+        match self.boot_from(op, vm, image, &mut undo, from).await {
             Ok(()) => {
                 drop(undo);
-                self.store.set_vm_state(name, VmState::Running, None)?;
+                self.store.set_vm_state(&vm.name, VmState::Running, None)?;
                 Ok(())
             }
             Err(e) => {
                 undo.unwind().await;
                 let msg = crate::error::chain(&e);
-                self.store.set_vm_state(name, VmState::Failed, Some(&msg))?;
+                self.store
+                    .set_vm_state(&vm.name, VmState::Failed, Some(&msg))?;
                 Err(e)
             }
         }

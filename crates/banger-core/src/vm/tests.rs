@@ -61,7 +61,10 @@ async fn a_bridge_vm_boots_with_its_disks_tap_name_and_lease() {
     let op = h.create("web", NetworkMode::Bridge).await;
     assert!(succeeded(&op), "{op:?}");
     let stages: Vec<&str> = op.stages.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(stages, ["disks", "prepare", "config", "engine", "agent"]);
+    assert_eq!(
+        stages,
+        ["warm", "disks", "prepare", "config", "engine", "agent"]
+    );
     let vm = h.services.vms.show("web").unwrap();
     assert_eq!(
         (vm.state, vm.ip.as_deref()),

@@ -457,3 +457,125 @@ fn swap_in(staging: &Path, dest: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn print() -> Fingerprint {
+        Fingerprint {
+            image: "1700000000 abcdef".into(),
+            engine: "qemu-system-x86_64 (QEMU emulator version 7.2.19)".into(),
+            accel: "tcg".into(),
+            banger: "0.1.0 123 456.7".into(),
+        }
+    }
+
+    fn manifest() -> WarmManifest {
+        WarmManifest {
+            version: 1,
+            image: "minimal".into(),
+            cpus: 1,
+            memory_mib: 256,
+            disk_size_mib: 512,
+            network: NetworkMode::None,
+            engine: EngineKind::Qemu,
+            created_at: 0,
+            fingerprint: print(),
+        }
+    }
+
+    fn vm() -> VmRecord {
+        VmRecord {
+            id: "ab".into(),
+            name: "w".into(),
+            image: "minimal".into(),
+            state: banger_api::VmState::Creating,
+            cpus: 1,
+            memory_mib: 256,
+            disk_size_mib: 512,
+            created_at: 0,
+            dir: "/x".into(),
+            last_error: None,
+            network: NetworkMode::None,
+            publish: vec![],
+            ip: None,
+            mac: None,
+            engine: EngineKind::Qemu,
+            options: Default::default(),
+        }
+    }
+
+    #[test]
+    fn every_fingerprint_that_changed_makes_it_stale_and_says_which() {
+        assert_eq!(print().stale(&print()), None);
+        let mut now = print();
+        now.image = "1700000500 123456".into();
+        assert_eq!(
+            print().stale(&now).as_deref(),
+            Some("the image was rebuilt since")
+        );
+        let mut now = print();
+        now.banger = "0.1.0 124 999.1".into();
+        assert!(print().stale(&now).unwrap().starts_with("banger"));
+        let mut now = print();
+        now.engine = "qemu-system-x86_64 (QEMU emulator version 8.2.0)".into();
+        assert!(print().stale(&now).unwrap().contains("8.2.0"));
+        let mut now = print();
+        now.accel = "kvm".into();
+        assert_eq!(
+            print().stale(&now).as_deref(),
+            Some("it was made under tcg, and VMs now run under kvm")
+        );
+    }
+
+    #[test]
+    fn only_the_same_machine_fits_and_the_misfit_names_each_difference() {
+        assert_eq!(manifest().misfit(&vm()), None);
+        let mut other = vm();
+        other.memory_mib = 320;
+        other.cpus = 2;
+        assert_eq!(
+            manifest().misfit(&other).as_deref(),
+            Some("this vm asks for 2 cpus (warm: 1), 320 MiB memory (warm: 256)")
+        );
+        let mut other = vm();
+        other.disk_size_mib = 1024;
+        other.network = NetworkMode::User;
+        assert_eq!(
+            manifest().misfit(&other).as_deref(),
+            Some("this vm asks for 1024 MiB disk (warm: 512), network user (warm: none)")
+        );
+    }
+
+    #[test]
+    fn the_manifest_reads_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            serde_json::to_vec(&manifest()).unwrap(),
+        )
+        .unwrap();
+        let back = read_manifest(dir.path()).unwrap();
+        assert_eq!(back.fingerprint, print());
+        assert_eq!(back.misfit(&vm()), None);
+    }
+
+    #[test]
+    fn a_swap_replaces_the_old_snapshot_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("minimal");
+        let staging = root.path().join(".minimal.new-1");
+        for (dir, v) in [(&dest, "old"), (&staging, "new")] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join(MANIFEST), v).unwrap();
+        }
+        swap_in(&staging, &dest).unwrap();
+        assert_eq!(std::fs::read_to_string(dest.join(MANIFEST)).unwrap(), "new");
+        let names: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["minimal"], "no staging or old copy is left");
+    }
+}
