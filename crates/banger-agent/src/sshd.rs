@@ -6,7 +6,9 @@
 //! 1. Nothing happens unless `/usr/sbin/sshd` exists.
 //! 2. Host keys: images ship without them so every VM has its own, so when
 //!    the Ed25519 host key is missing, make it with `ssh-keygen`. It writes to
-//!    the VM's own root overlay, so this happens on a VM's first boot only.
+//!    the VM's own root overlay, so this happens on a VM's first boot only,
+//!    at the lowest priority ([`KEYGEN_NICE`]): under TCG it takes ~0.6 s of
+//!    the guest's one CPU, which the host's first commands need more.
 //! 3. `/run/sshd`, the privilege-separation directory, mode 0755 (`/run`
 //!    is a fresh tmpfs every boot).
 //! 4. Root logs in with keys: unless the global section of
@@ -340,12 +342,17 @@ impl Sshd {
         cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
             .arg(&key)
             .stdout(Stdio::null());
-        let exited = start(reaper, &mut cmd)
-            .map_err(|source| SshdError::Spawn {
-                path: self.keygen.clone(),
-                source,
-            })?
-            .1;
+        let (pid, exited) = start(reaper, &mut cmd).map_err(|source| SshdError::Spawn {
+            path: self.keygen.clone(),
+            source,
+        })?;
+        // A first boot's key is made while the host runs its first commands
+        // (the user's, the git identity's) on the guest's only CPU: it waits
+        // for them. Set from here, as the agent forbids a pre_exec hook; the
+        // child's first instants at nice 0 cost nothing.
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::setpriority_process(Some(pid), KEYGEN_NICE);
+        }
         match exited.await.map(|s| s.code) {
             Ok(0) => Ok(()),
             Ok(code) => Err(SshdError::Failed {
@@ -393,6 +400,9 @@ impl Sshd {
         }
     }
 }
+
+/// The niceness `ssh-keygen` runs at: the lowest priority.
+pub const KEYGEN_NICE: i32 = 19;
 
 /// A child with a clean environment, in its own process group, its output
 /// on the agent's (the console).

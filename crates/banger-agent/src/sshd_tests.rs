@@ -167,6 +167,25 @@ async fn a_failing_keygen_is_reported() {
 }
 
 #[tokio::test]
+async fn host_keys_are_made_at_the_lowest_priority() {
+    let root = tempfile::tempdir().unwrap();
+    let mut sshd = sshd_in(root.path());
+    sshd.keygen = root.path().join("keygen");
+    let seen = root.path().join("nice");
+    // Reads its niceness (field 19 of stat) once the agent has set it.
+    script(
+        &sshd.keygen,
+        &format!(
+            "sleep 0.3; cut -d' ' -f19 /proc/$$/stat > {}",
+            seen.display()
+        ),
+    );
+    sshd.generate_host_keys(Reaper::global()).await.unwrap();
+    let nice = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(nice.trim(), KEYGEN_NICE.to_string());
+}
+
+#[tokio::test]
 async fn an_exiting_sshd_is_restarted_with_its_arguments() {
     let root = tempfile::tempdir().unwrap();
     let sshd = sshd_in(root.path());

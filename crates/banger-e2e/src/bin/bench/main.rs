@@ -142,11 +142,11 @@ fn main() {
     }
     let snaps = args.snapshots.then(|| snapshots::measure(&env, runs));
     let cold = args.breakdown.then(|| breakdown::cold(&env, runs));
-    let debian_cold = args.breakdown.then(|| debian_on_bridge(runs));
-    if args.ssh || args.workspace {
+    if args.ssh || args.workspace || args.breakdown {
         eprintln!("bench: building the debian image…");
         env.ok(&["image", "build", "--preset", "debian"]);
     }
+    let debian_cold = args.breakdown.then(|| debian_on_bridge(&env, runs));
     let ssh = args.ssh.then(|| ssh_figures(&env, runs));
     let reconciled = args
         .reconcile
@@ -271,15 +271,28 @@ fn snapshots_rows(r: &mut Report, f: snapshots::Figures) {
     );
 }
 
-/// `--breakdown` for the debian image on the bridge (needs root: a network
-/// namespace of its own holds the bridge).
-fn debian_on_bridge(runs: usize) -> Result<breakdown::Samples, String> {
+/// `--breakdown` for the debian image on the bridge, in an instance inside
+/// a network namespace of its own (needs root), with `host`'s debian image
+/// registered there (the namespace has no way out to a mirror).
+fn debian_on_bridge(host: &Env, runs: usize) -> Result<breakdown::Samples, String> {
     if banger_sys::process::euid() != 0 {
         return Err("needs root (the bridge network)".into());
     }
     let env = Env::in_netns("default_image = \"debian\"\nnetwork = \"bridge\"\n");
-    eprintln!("bench: building the debian image for the bridge breakdown…");
-    env.ok(&["image", "build", "--preset", "debian"]);
+    let dir = host.state_dir().join("images/debian");
+    let modules = banger_e2e::kernel_modules_dir();
+    env.ok(&[
+        "image",
+        "register",
+        "--name",
+        "debian",
+        "--kernel",
+        &dir.join("vmlinux").to_string_lossy(),
+        "--rootfs",
+        &dir.join("rootfs.ext4").to_string_lossy(),
+        "--modules",
+        &modules.to_string_lossy(),
+    ]);
     Ok(breakdown::cold(&env, runs))
 }
 
