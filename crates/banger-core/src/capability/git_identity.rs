@@ -35,6 +35,19 @@ impl GitIdentity {
     }
 }
 
+impl GitIdentity {
+    /// `user.name VALUE user.email VALUE`, for the keys the host sets.
+    fn identity(&self) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        for key in ["user.name", "user.email"] {
+            if let Some(v) = self.global(key) {
+                args.extend([key.to_string(), v]);
+            }
+        }
+        args
+    }
+}
+
 /// Sets each given key in the guest's global git config; exits 0 without
 /// git. Values arrive as arguments, never through the shell's parser.
 const SET_SCRIPT: &str = r#"command -v git >/dev/null 2>&1 || exit 0
@@ -45,18 +58,17 @@ impl Capability for GitIdentity {
         "git-identity"
     }
 
+    fn ready_key(&self, _ctx: &Ctx<'_>) -> Option<String> {
+        Some(self.identity().join("\n"))
+    }
+
     fn ready<'a>(
         &'a self,
         ctx: &'a Ctx<'a>,
         agent: &'a AgentConn,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let mut args: Vec<String> = Vec::new();
-            for key in ["user.name", "user.email"] {
-                if let Some(v) = self.global(key) {
-                    args.extend([key.to_string(), v]);
-                }
-            }
+            let args = self.identity();
             if args.is_empty() {
                 tracing::debug!(vm = %ctx.vm.name, "no global git identity on the host");
                 return Ok(());

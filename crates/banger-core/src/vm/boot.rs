@@ -9,7 +9,8 @@
 //! 5. the runtime remembered (memory and `handles.json`); undo: forget it;
 //! 6. the guest agent answering its health check, then (restores only,
 //!    stage `identity`) every capability's `restored`, then every
-//!    capability's `ready`.
+//!    capability's `ready` (but, restoring a warm snapshot, not those whose
+//!    `ready_key` says the guest has it already).
 //!
 //! A failure anywhere leaves the undo stack to the caller, which unwinds it.
 //!
@@ -187,7 +188,17 @@ impl Lifecycle {
             })
             .await?;
         }
+        // What the snapshot's guest already had applied (a warm one says).
+        let applied = from
+            .map(|(dir, _)| super::warm::read_ready(dir))
+            .unwrap_or_default();
         for cap in self.capabilities.for_vm(vm) {
+            if let Some(key) = applied.get(cap.name())
+                && cap.ready_key(&ctx).as_ref() == Some(key)
+            {
+                tracing::debug!(vm = %vm.name, capability = cap.name(), "the restored guest has what ready would apply");
+                continue;
+            }
             cap.ready(&ctx, &conn).await?;
         }
         Ok(())

@@ -233,24 +233,36 @@ impl Lifecycle {
                 }
                 // Its root layer is over the image's rootfs already, as the
                 // VM's own would be: a plain copy of each file will do.
-                Source::Warm { dir: from, .. } => (
-                    from.clone(),
-                    vec![
-                        Copy::File(from.join(super::warm::ROOT), root.path.clone()),
-                        Copy::File(from.join(super::warm::WORK), work.path.clone()),
-                    ],
-                ),
+                Source::Warm { dir: from, .. } => {
+                    let mut copies =
+                        vec![Copy::Root(from.join(super::warm::ROOT), root.path.clone())];
+                    let work_from = from.join(super::warm::WORK);
+                    if work_from.exists() {
+                        copies.push(Copy::Work(work_from, work.path.clone()));
+                    }
+                    (from.clone(), copies)
+                }
             };
             let (engine2, runner) = (engine.clone(), self.runner.clone());
             tokio::task::spawn_blocking(move || {
                 copies.iter().try_for_each(|copy| match copy {
-                    Copy::Layer(top, base, dest) => engine2.copy_layer(top, base.as_ref(), dest),
-                    Copy::File(from, to) => {
+                    Copy::Layer(top, base, dest) => engine2
+                        .copy_layer(top, base.as_ref(), dest)
+                        .map_err(Error::from),
+                    Copy::Root(from, to) => {
                         crate::disks::sparse_copy(&*runner, from, to).map_err(|source| {
-                            EngineError::RootDisk {
+                            Error::from(EngineError::RootDisk {
                                 path: to.clone(),
                                 source,
-                            }
+                            })
+                        })
+                    }
+                    Copy::Work(from, to) => {
+                        crate::disks::sparse_copy(&*runner, from, to).map_err(|source| {
+                            Error::from(crate::disks::DiskError::Copy {
+                                path: to.clone(),
+                                source,
+                            })
                         })
                     }
                 })
@@ -295,11 +307,12 @@ pub(super) enum Source {
     Warm { dir: PathBuf, image: String },
 }
 
-/// One disk of the new VM: a layer flattened over an optional base, or a
-/// file copied as it is (sparse).
+/// One disk of the new VM: a layer flattened over an optional base, or
+/// the root or work disk copied as it is (sparse).
 enum Copy {
     Layer(Layer, Option<Layer>, Layer),
-    File(PathBuf, PathBuf),
+    Root(PathBuf, PathBuf),
+    Work(PathBuf, PathBuf),
 }
 
 /// The snapshot's device state and RAM into `to`: hard links (a saved
@@ -307,7 +320,7 @@ enum Copy {
 pub(super) fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().mode(0o700).create(to)?;
-    for name in [STATE_FILE, RAM_FILE] {
+    for name in [STATE_FILE, RAM_FILE, super::warm::READY] {
         let src = from.join(name);
         if !src.exists() {
             continue;

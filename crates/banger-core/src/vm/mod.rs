@@ -33,6 +33,8 @@ mod race_tests;
 mod snapshot_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod warm_tests;
 
 pub use lifecycle::{Lifecycle, LifecycleDeps};
 
