@@ -174,7 +174,7 @@ impl Lifecycle {
             .stage(
                 "agent",
                 "wait for agent",
-                self.wait_for_agent(vm, &*engine, &handles),
+                self.wait_for_agent(vm, &*engine, &handles, from.is_none()),
             )
             .await?;
         let conn = Arc::new(conn);
@@ -204,14 +204,17 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Connects to the agent, retrying until it answers, the engine dies, or
-    /// the boot timeout passes; errors carry the last console lines, or a
-    /// kernel panic's line and what led to it.
+    /// Connects to the agent, retrying until it answers (its health check
+    /// too, with `health`: a restore's identity request comes next and
+    /// serves as one), the engine dies, or the boot timeout passes; errors
+    /// carry the last console lines, or a kernel panic's line and what led
+    /// to it.
     async fn wait_for_agent(
         &self,
         vm: &VmRecord,
         engine: &dyn Engine,
         handles: &Handles,
+        health: bool,
     ) -> Result<AgentConn, Error> {
         let timeout = Duration::from_secs(self.config.boot_timeout_secs);
         let deadline = Instant::now() + timeout;
@@ -220,7 +223,9 @@ impl Lifecycle {
                 match engine.connect_agent(handles).await {
                     Ok(io) => match AgentConn::handshake(io).await {
                         Ok(conn) => {
-                            conn.health().await?;
+                            if health {
+                                conn.health().await?;
+                            }
                             return Ok::<_, Error>(conn);
                         }
                         Err(e @ crate::agent::AgentError::ProtocolMismatch { .. }) => {
