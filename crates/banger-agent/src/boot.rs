@@ -5,7 +5,9 @@
 //! 1. Mount devtmpfs on `/dev` and make `/dev/console` our stdout/stderr,
 //!    then proc on `/proc` and sysfs on `/sys`.
 //! 2. Load the modules named in [`MODULE_LIST`], in order, from
-//!    [`MODULE_DIR`] (`finit_module`; already loaded is fine).
+//!    [`MODULE_DIR`] (`finit_module`; already loaded is fine), but a driver
+//!    of virtio devices the guest lacks and the helpers only it needs
+//!    (`modinfo`: no network device, no `virtio_net`).
 //! 3. Wait for the root and config disks to appear by serial number; the
 //!    work disk is optional.
 //! 4. Read the [`GuestConfig`] from the raw config drive.
@@ -31,6 +33,7 @@ use rustix::mount::MountFlags;
 
 use crate::console::{log, step};
 use crate::devices;
+use crate::modinfo::{self, ModInfo};
 
 /// Kernel modules to load, one file name per line, in the initramfs.
 pub const MODULE_LIST: &str = "/etc/banger/modules";
@@ -38,6 +41,8 @@ pub const MODULE_LIST: &str = "/etc/banger/modules";
 pub const MODULE_DIR: &str = "/lib/modules/banger";
 /// Where the root disk is mounted before it becomes `/`.
 pub const NEW_ROOT: &str = "/newroot";
+/// Where the kernel lists virtio devices, drivers loaded or not.
+pub const VIRTIO_BUS: &str = "/sys/bus/virtio/devices";
 /// How long to wait for the root and config disks.
 pub const DISK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -195,7 +200,20 @@ fn load_modules() {
             return;
         }
     };
-    for name in module_names(&list) {
+    let names: Vec<&str> = module_names(&list).collect();
+    let infos: Vec<ModInfo> = names
+        .iter()
+        .map(|name| {
+            let bytes = std::fs::read(Path::new(MODULE_DIR).join(name)).unwrap_or_default();
+            ModInfo::parse(name, &bytes)
+        })
+        .collect();
+    let mut devices = || modinfo::virtio_devices(Path::new(VIRTIO_BUS));
+    for (i, name) in names.iter().enumerate() {
+        if !modinfo::needed(&infos, i, &mut devices) {
+            log(format_args!("skipped {name}: no virtio device needs it"));
+            continue;
+        }
         let path = Path::new(MODULE_DIR).join(name);
         let _ = step(&format!("loaded {name}"), || load_module(&path));
     }

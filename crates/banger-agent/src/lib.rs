@@ -30,6 +30,7 @@ pub mod exec;
 pub mod fdio;
 pub mod files;
 pub mod identity;
+pub mod modinfo;
 pub mod net;
 pub mod port;
 pub mod reaper;

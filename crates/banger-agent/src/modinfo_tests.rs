@@ -1,0 +1,220 @@
+//! Unit tests of `modinfo.rs`: `.modinfo` read out of a made ELF file, and
+//! the decision over the Debian cloud kernel's module list.
+
+use super::*;
+
+/// A little-endian ELF64 file with a `.shstrtab` and a `.modinfo` holding
+/// `modinfo`, like a kernel module's (other sections left out).
+fn elf_with_modinfo(modinfo: &[u8]) -> Vec<u8> {
+    let names = b"\0.shstrtab\0.modinfo\0";
+    let mut elf = vec![0u8; 64];
+    elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+    let names_at = elf.len();
+    elf.extend_from_slice(names);
+    let info_at = elf.len();
+    elf.extend_from_slice(modinfo);
+    while !elf.len().is_multiple_of(8) {
+        elf.push(0);
+    }
+    let shoff = elf.len();
+    let header = |name: u32, offset: usize, size: usize| {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(&name.to_le_bytes());
+        h[0x18..0x20].copy_from_slice(&(offset as u64).to_le_bytes());
+        h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
+        h
+    };
+    elf.extend(header(0, 0, 0));
+    elf.extend(header(1, names_at, names.len()));
+    elf.extend(header(11, info_at, modinfo.len()));
+    elf[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+    elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+    elf[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+    elf[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
+    elf
+}
+
+fn module(name: &str, ids: &[u32], depends: &[&str]) -> ModInfo {
+    ModInfo {
+        name: name.into(),
+        virtio_ids: ids.iter().map(|i| Some(*i)).collect(),
+        depends: depends.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// The image's list for Debian 12's cloud kernel, in load order.
+fn debian_cloud() -> Vec<ModInfo> {
+    vec![
+        module("virtio_ring", &[], &[]),
+        module("virtio", &[], &["virtio_ring"]),
+        module("virtio_mmio", &[], &["virtio", "virtio_ring"]),
+        module("virtio_blk", &[2], &["virtio", "virtio_ring"]),
+        module("virtio_console", &[3], &["virtio", "virtio_ring"]),
+        module("failover", &[], &[]),
+        module("net_failover", &[], &["failover"]),
+        module(
+            "virtio_net",
+            &[1],
+            &["net_failover", "virtio_ring", "virtio"],
+        ),
+        module("vsock", &[], &[]),
+        module(
+            "vmw_vsock_virtio_transport_common",
+            &[],
+            &["vsock", "virtio_ring", "virtio"],
+        ),
+        module(
+            "vmw_vsock_virtio_transport",
+            &[19],
+            &[
+                "vmw_vsock_virtio_transport_common",
+                "vsock",
+                "virtio",
+                "virtio_ring",
+            ],
+        ),
+    ]
+}
+
+fn loaded(modules: &[ModInfo], devices: &[u32]) -> Vec<String> {
+    let mut devices = || devices.iter().copied().collect::<BTreeSet<u32>>();
+    (0..modules.len())
+        .filter(|&i| needed(modules, i, &mut devices))
+        .map(|i| modules[i].name.clone())
+        .collect()
+}
+
+#[test]
+fn modinfo_gives_the_virtio_ids_and_dependencies() {
+    let elf = elf_with_modinfo(
+        b"license=GPL\0alias=virtio:d00000001v*\0depends=net_failover,virtio-ring,virtio\0vermagic=6.1.0\0",
+    );
+    assert_eq!(
+        ModInfo::parse("virtio_net.ko", &elf),
+        module(
+            "virtio_net",
+            &[1],
+            &["net_failover", "virtio_ring", "virtio"]
+        )
+    );
+}
+
+#[test]
+fn a_wildcard_alias_drives_anything() {
+    let elf = elf_with_modinfo(b"alias=virtio:d*v*\0depends=\0");
+    let info = ModInfo::parse("any-virtio.ko", &elf);
+    assert_eq!(
+        (info.name.as_str(), info.virtio_ids),
+        ("any_virtio", vec![None])
+    );
+    assert!(needed(&[ModInfo::parse("x.ko", &elf)], 0, &mut || [2].into()));
+}
+
+#[test]
+fn a_file_that_is_no_elf_is_a_module_without_ids() {
+    assert_eq!(
+        ModInfo::parse("virtio_net.ko.xz", b"\xfd7zXZ\0..."),
+        module("virtio_net", &[], &[])
+    );
+}
+
+#[test]
+fn without_a_network_device_the_network_and_vsock_modules_are_skipped() {
+    assert_eq!(
+        loaded(&debian_cloud(), &[2, 2, 2, 3]),
+        [
+            "virtio_ring",
+            "virtio",
+            "virtio_mmio",
+            "virtio_blk",
+            "virtio_console"
+        ]
+    );
+}
+
+#[test]
+fn a_network_device_brings_virtio_net_and_its_helpers() {
+    assert_eq!(
+        loaded(&debian_cloud(), &[1, 2, 3]),
+        [
+            "virtio_ring",
+            "virtio",
+            "virtio_mmio",
+            "virtio_blk",
+            "virtio_console",
+            "failover",
+            "net_failover",
+            "virtio_net"
+        ]
+    );
+    assert_eq!(
+        loaded(&debian_cloud(), &[2, 3, 19]).len(),
+        8,
+        "vsock's three"
+    );
+}
+
+#[test]
+fn an_empty_bus_loads_everything() {
+    assert_eq!(loaded(&debian_cloud(), &[]).len(), debian_cloud().len());
+}
+
+#[test]
+fn the_bus_is_read_only_when_a_driver_is_decided() {
+    let mut reads = 0;
+    let modules = debian_cloud();
+    for i in 0..3 {
+        assert!(needed(&modules, i, &mut || {
+            reads += 1;
+            [2].into()
+        }));
+    }
+    assert_eq!(reads, 0, "the transport and core need no device list");
+}
+
+#[test]
+fn virtio_devices_reads_each_devices_id() {
+    let bus = tempfile::tempdir().unwrap();
+    for (dev, id) in [("virtio0", "0x0002\n"), ("virtio1", "0x0003\n")] {
+        std::fs::create_dir(bus.path().join(dev)).unwrap();
+        std::fs::write(bus.path().join(dev).join("device"), id).unwrap();
+    }
+    assert_eq!(virtio_devices(bus.path()), [2, 3].into());
+    assert!(virtio_devices(&bus.path().join("absent")).is_empty());
+}
+
+/// The real modules of the kernel banger's images boot, when an image
+/// build has unpacked them into the e2e cache.
+#[test]
+fn the_debian_cloud_kernels_modules_read_as_expected() {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let extract = target.join("e2e-cache/banger/extract");
+    let Some(modules) = std::fs::read_dir(&extract).ok().and_then(|d| {
+        d.flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains("linux-image-"))
+    }) else {
+        eprintln!("skipped: no unpacked kernel under {}", extract.display());
+        return;
+    };
+    let Some(release) = std::fs::read_dir(modules.join("lib/modules"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(Result::ok)
+    else {
+        return;
+    };
+    let net = release.path().join("kernel/drivers/net/virtio_net.ko");
+    let Ok(bytes) = std::fs::read(&net) else {
+        eprintln!("skipped: no {}", net.display());
+        return;
+    };
+    let info = ModInfo::parse("virtio_net.ko", &bytes);
+    assert_eq!(info.virtio_ids, [Some(1)]);
+    assert!(
+        info.depends.contains(&"net_failover".to_string()),
+        "{info:?}"
+    );
+}
