@@ -69,6 +69,8 @@ const HOST_KEY_TYPES: [&str; 1] = ["ed25519"];
 pub const HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
 /// Where a renewed host key is made before it replaces [`HOST_KEY`].
 const NEW_HOST_KEY: &str = "/etc/ssh/.ssh_host_ed25519_key.banger-new";
+/// Where a first boot's host key is made before it becomes [`HOST_KEY`].
+const FIRST_HOST_KEY: &str = "/etc/ssh/.ssh_host_ed25519_key.banger-first";
 
 /// The pid of the sshd the supervisor runs now (0: none); the guest has
 /// one supervisor.
@@ -285,9 +287,39 @@ impl Sshd {
         args
     }
 
-    /// Step 2: make the Ed25519 host key.
+    /// Step 2: make the Ed25519 host key, beside [`HOST_KEY`], and link it
+    /// there only if nothing is there by then: a guest snapshotted while
+    /// making it (a warm image's) and restored has been given a key of its
+    /// own by the host meanwhile ([`Sshd::install_host_key`]), which must
+    /// stay, as the host pinned it.
     pub async fn generate_host_keys(&self, reaper: &Reaper) -> Result<(), SshdError> {
-        self.keygen_at(reaper, HOST_KEY).await
+        let at = |p: &str| self.root.join(p.trim_start_matches('/'));
+        let pub_of = |p: &Path| PathBuf::from(format!("{}.pub", p.display()));
+        let (made, dest) = (at(FIRST_HOST_KEY), at(HOST_KEY));
+        for stale in [&made, &pub_of(&made)] {
+            let _ = std::fs::remove_file(stale);
+        }
+        self.keygen_at(reaper, FIRST_HOST_KEY).await?;
+        let write_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SshdError::Write { path, source }
+        };
+        let adopted = match std::fs::hard_link(&made, &dest) {
+            Ok(()) => std::fs::rename(pub_of(&made), pub_of(&dest))
+                .map(|()| true)
+                .map_err(write_err(&pub_of(&dest))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(write_err(&dest)(e)),
+        };
+        for done in [&made, &pub_of(&made)] {
+            let _ = std::fs::remove_file(done);
+        }
+        if !adopted? {
+            log(format_args!(
+                "sshd: kept the host key the host gave this guest meanwhile"
+            ));
+        }
+        Ok(())
     }
 
     /// `key` in place of the host key there is, and a running sshd told to

@@ -166,6 +166,45 @@ async fn a_failing_keygen_is_reported() {
     assert!(matches!(err, SshdError::Failed { code: 3, .. }));
 }
 
+/// What a stand-in keygen does to leave a key pair at its `-f` path
+/// (the last argument).
+const MAKE_KEY: &str =
+    r#"for a; do k="$a"; done; echo generated > "$k"; echo ssh-ed25519 GEN > "$k.pub""#;
+
+#[tokio::test]
+async fn a_key_the_host_gave_while_the_first_key_was_made_stays() {
+    let root = tempfile::tempdir().unwrap();
+    let mut sshd = sshd_in(root.path());
+    std::fs::create_dir_all(root.path().join("usr/sbin")).unwrap();
+    std::fs::write(&sshd.program, "").unwrap();
+    sshd.keygen = root.path().join("keygen");
+    script(&sshd.keygen, &format!("sleep 0.4; {MAKE_KEY}"));
+    let key = SshHostKey {
+        private: "-----BEGIN OPENSSH PRIVATE KEY-----\nhost\n".into(),
+        public: "ssh-ed25519 HOST".into(),
+    };
+    let (made, ()) = tokio::join!(sshd.generate_host_keys(Reaper::global()), async {
+        // A warm guest restored mid-keygen is given its own key.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(sshd.install_host_key(&key).unwrap());
+    });
+    made.unwrap();
+    let etc = root.path().join("etc/ssh");
+    assert_eq!(
+        std::fs::read_to_string(etc.join("ssh_host_ed25519_key")).unwrap(),
+        key.private
+    );
+    assert_eq!(
+        std::fs::read_to_string(etc.join("ssh_host_ed25519_key.pub")).unwrap(),
+        "ssh-ed25519 HOST\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(&etc)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "nothing but the host's pair: {left:?}");
+}
+
 #[tokio::test]
 async fn host_keys_are_made_at_the_lowest_priority() {
     let root = tempfile::tempdir().unwrap();
@@ -176,7 +215,7 @@ async fn host_keys_are_made_at_the_lowest_priority() {
     script(
         &sshd.keygen,
         &format!(
-            "sleep 0.3; cut -d' ' -f19 /proc/$$/stat > {}",
+            "sleep 0.3; cut -d' ' -f19 /proc/$$/stat > {}; {MAKE_KEY}",
             seen.display()
         ),
     );

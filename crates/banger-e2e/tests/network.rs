@@ -2,7 +2,8 @@
 //! (needs root; nothing reaches the host's own network): bridge-mode guests
 //! with leased addresses that ping each other by name, a Debian guest (built
 //! on first use) reached by ssh by name, a user-mode guest with a published
-//! port and ssh through a loopback forward, ssh through the agent channel
+//! port and ssh through a loopback forward (also into a VM restored from a
+//! warm image, with a host key of its own), ssh through the agent channel
 //! when there is no route, and a teardown that leaves no tap, nft table,
 //! DNS entry or lease.
 
@@ -103,6 +104,20 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         "the image build shows its stages"
     );
     host.assert_ssh_works("w2");
+    // A VM restored from a warm debian (snapshotted while its first boot
+    // may still be making sshd's key) serves a host key of its own: the
+    // one banger pinned for it.
+    host.ok(&["image", "warm", "debian"]);
+    let out = host.run(&["vm", "create", "--name", "w3", "--verbose"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("restoring the warm snapshot of image debian"),
+        "{stderr}"
+    );
+    host.assert_ssh_works("w3");
+    host.ok(&["vm", "delete", "w3"]);
+    host.ok(&["image", "warm", "debian", "--remove"]);
     assert_eq!(
         host.ok(&["vm", "ssh", "w2", "--", "echo", "two words"]),
         "two words\n",
