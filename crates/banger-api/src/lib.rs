@@ -51,7 +51,9 @@ pub mod text;
 
 pub use error::ErrorCode;
 pub use modes::{EngineKind, NetworkMode, Preset, SessionState, UnknownWord, WorkspaceMode};
-pub use snapshot::{RestoreSnapshot, Snapshot, TakeSnapshot, validate_snapshot_name};
+pub use snapshot::{
+    ForkVm, MAX_FORKS, RestoreSnapshot, Snapshot, TakeSnapshot, validate_snapshot_name,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -236,6 +238,9 @@ pub enum OperationKind {
     Restore,
     /// `image warm`: its target is the image.
     ImageWarm,
+    /// `vm fork`: its target is the VM forked; each fork is a create of
+    /// its own.
+    Fork,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -14,6 +14,20 @@ pub struct TakeSnapshot {
     pub stop: bool,
 }
 
+/// `POST /v1/vms/{name}/fork`: `count` new running VMs, each a copy of
+/// the VM as it is now, named `PREFIX-1` … (`PREFIX` defaults to
+/// `NAME-fork`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ForkVm {
+    pub count: u32,
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+/// The most forks one request makes.
+pub const MAX_FORKS: u32 = 32;
+
 /// One snapshot of a VM.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Snapshot {

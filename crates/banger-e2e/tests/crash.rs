@@ -1,7 +1,7 @@
 //! The fault-point loop: the daemon is killed (SIGKILL, through
 //! `BANGER_FAULT_AT`, see `banger_core::fault`) at the beginning and at the
 //! end of every stage of create, start, stop, delete, snapshot, restore and
-//! image build, and in `image warm`; the next daemon must then leave
+//! image build, and in `vm fork` and `image warm`; the next daemon must then leave
 //! nothing behind: no engine process without a running VM, no VM directory
 //! or socket directory without a row, no image or warm staging directory,
 //! no VM stuck in `creating` or `deleting`, no VM `image warm` made, every
@@ -73,6 +73,14 @@ const POINTS: &[&str] = &[
     "image_build:rootfs/done",
     "image_build:work_seed/done",
     "image_build:finish",
+    // `vm fork` of two: mid-snapshot, snapshot saved, before and after
+    // the forks' creates, removing its snapshot.
+    "fork:layers",
+    "fork:memory/done",
+    "fork:save/done",
+    "fork:forks",
+    "fork:forks/done",
+    "fork:forget",
     // `image warm`: its vm running, mid-snapshot, the snapshot saved, the
     // warm snapshot about to be swapped in and just swapped in, its vm
     // being removed.
@@ -304,6 +312,30 @@ fn run_point(env: &Env, point: &str) {
             }
             crash_at(env, point, &["vm", "restore", VM, "base"]);
         }
+        "fork" => {
+            arrange(env, "running");
+            crash_at(env, point, &["vm", "fork", VM, "--count", "2"]);
+            check(env, point);
+            let snaps = env.json(&["vm", "snapshot", "list", VM, "--json"]);
+            assert!(
+                snaps
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|s| !s["name"].as_str().unwrap().starts_with("fork.")),
+                "{point}: the fork's snapshot is left: {snaps}"
+            );
+            // A fork that was made works; then it goes.
+            for vm in vms(env) {
+                let name = vm["name"].as_str().unwrap().to_string();
+                if name.starts_with("crashy-fork-") {
+                    if vm["state"] == "running" {
+                        env.ok(&["vm", "exec", &name, "--", "true"]);
+                    }
+                    env.ok(&["vm", "delete", &name]);
+                }
+            }
+        }
         "image_warm" => {
             arrange(env, "absent");
             crash_at(env, point, &["image", "warm", "minimal"]);
@@ -376,6 +408,7 @@ fn killing_the_daemon_at_any_stage_leaves_nothing_behind() {
         .filter(|p| {
             !p.starts_with("image_build:")
                 && !p.starts_with("image_warm:")
+                && !p.starts_with("fork:")
                 && !p.starts_with("restart:")
         })
         .collect();

@@ -98,6 +98,7 @@ pub fn summary(op: &Operation) -> String {
         OperationKind::Snapshot => format!("snapshot of vm {} taken", op.target),
         OperationKind::Restore => format!("vm {} restored", op.target),
         OperationKind::ImageWarm => format!("image {} warm", op.target),
+        OperationKind::Fork => format!("vm {} forked", op.target),
     };
     match op.duration_ms {
         Some(ms) => format!("{what} ({})", format_duration_ms(ms)),
@@ -119,6 +120,7 @@ fn kind_noun(kind: OperationKind) -> &'static str {
         OperationKind::Snapshot => "taking snapshot",
         OperationKind::Restore => "restoring vm",
         OperationKind::ImageWarm => "warming image",
+        OperationKind::Fork => "forking vm",
     }
 }
 

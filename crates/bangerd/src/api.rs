@@ -74,6 +74,7 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(delete_snapshot),
         )
         .route("/v1/vms/{name}/restore", post(restore_vm))
+        .route("/v1/vms/{name}/fork", post(fork_vm))
         .route("/v1/vms/{name}/logs", get(crate::streams::vm_logs))
         .route("/v1/vms/{name}/exec", post(crate::exec::exec))
         .route("/v1/vms/{name}/connect", post(crate::exec::connect))
@@ -226,6 +227,15 @@ async fn take_snapshot(
 ) -> ApiResult<Response> {
     let req = body("snapshot", req)?;
     Ok(accepted(s.vms.snapshot(&name, req)?))
+}
+
+async fn fork_vm(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    req: Result<Json<banger_api::ForkVm>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Response> {
+    let req = body("fork", req)?;
+    Ok(accepted(s.vms.fork(&name, req)?))
 }
 
 async fn delete_snapshot(

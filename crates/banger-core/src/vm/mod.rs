@@ -9,6 +9,7 @@ pub mod boot;
 pub mod clone;
 pub mod create;
 pub mod delete;
+pub mod fork;
 pub mod layers;
 pub mod leaks;
 pub mod lifecycle;
@@ -25,6 +26,8 @@ pub mod stop;
 pub mod undo;
 pub mod warm;
 
+#[cfg(test)]
+mod fork_tests;
 #[cfg(test)]
 mod identity_tests;
 #[cfg(test)]

@@ -16,7 +16,8 @@
 //! - `deleting`: finish the delete;
 //! - `stopped`/`failed`: make sure nothing transient is left;
 //! - a VM `image warm` was using, in any state: removed, with what an
-//!   interrupted warm left in the warm dir.
+//!   interrupted warm left in the warm dir;
+//! - the snapshots interrupted forks left (`fork.*`): removed.
 
 use super::Lifecycle;
 use super::runtime::{self, Running};
@@ -128,6 +129,7 @@ impl Lifecycle {
             }
         }
         self.sweep_warm();
+        self.sweep_fork_snapshots();
         Ok(())
     }
 }

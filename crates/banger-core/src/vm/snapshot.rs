@@ -246,12 +246,18 @@ impl Lifecycle {
     /// `vm snapshot delete`: the row, then the directory. The disk layers
     /// it froze stay while the VM's disks are built on them.
     pub async fn delete_snapshot(&self, name: &str, snap: &str) -> Result<(), Error> {
+        banger_api::validate_snapshot_name(snap).map_err(|p| Error::invalid("snapshot", p))?;
         let lock = self.lock(name);
         let _guard = lock.lock().await;
+        self.remove_snapshot(name, snap)
+    }
+
+    /// [`Lifecycle::delete_snapshot`]'s work, under the VM's lock, for any
+    /// name (a fork's own included).
+    pub(super) fn remove_snapshot(&self, name: &str, snap: &str) -> Result<(), Error> {
         let vm = self.record(name)?;
         let dir = self.dir(&vm);
         let path = layers::snapshot_dir(&dir, snap);
-        banger_api::validate_snapshot_name(snap).map_err(|p| Error::invalid("snapshot", p))?;
         let had_row = self.store.delete_snapshot(&vm.id, snap)?;
         if !had_row && !path.exists() {
             return Err(Error::SnapshotNotFound {

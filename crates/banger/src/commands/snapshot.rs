@@ -3,7 +3,7 @@
 //! operation with progress on stderr; the snapshot's name goes to stdout.
 
 use anyhow::Context as _;
-use banger_api::{CreateVm, OperationRef, RestoreSnapshot, Snapshot, TakeSnapshot};
+use banger_api::{ForkVm, OperationRef, RestoreSnapshot, Snapshot, TakeSnapshot};
 
 use super::Context;
 use crate::cli::{ForkArgs, SnapshotArgs, SnapshotCommand};
@@ -87,10 +87,9 @@ pub async fn restore(ctx: &Context, vm: &str, snapshot: &str) -> anyhow::Result<
     Ok(0)
 }
 
-/// `vm fork VM [--count N] [--prefix P]`: a snapshot of the running VM,
-/// then N VMs created from it at once (each restored, not booted, their
-/// RAM the snapshot's file mapped privately), then the snapshot's name
-/// removed (the forks hold what they need). Prints the new VMs' names.
+/// `vm fork VM [--count N] [--prefix P]`: the daemon's fork operation
+/// (a snapshot of the running VM, N VMs created from it at once, restored
+/// rather than booted, the snapshot removed). Prints the new VMs' names.
 pub async fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<i32> {
     let prefix = args.prefix.unwrap_or_else(|| format!("{}-fork", args.vm));
     let names: Vec<String> = (1..=args.count).map(|i| format!("{prefix}-{i}")).collect();
@@ -98,56 +97,13 @@ pub async fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<i32> {
         banger_api::validate_vm_name(n).map_err(anyhow::Error::msg)?;
     }
     let client = ctx.client().await?;
-    let snap = format!("fork-{}", unix_now());
-    let path = format!("/v1/vms/{}/snapshots", path_segment(&args.vm));
-    let body = TakeSnapshot {
-        name: Some(snap.clone()),
-        stop: false,
+    let path = format!("/v1/vms/{}/fork", path_segment(&args.vm));
+    let body = ForkVm {
+        count: args.count,
+        prefix: Some(prefix),
     };
     let op: OperationRef = client.post(&path, &body).await?;
     progress::follow(&client, &op, Style::for_stderr()).await?;
-    let from = format!("{}/{snap}", args.vm);
-    let mut ops = Vec::new();
-    for n in &names {
-        let req = CreateVm {
-            name: Some(n.clone()),
-            from_snapshot: Some(from.clone()),
-            ..Default::default()
-        };
-        ops.push(client.post::<_, OperationRef>("/v1/vms", &req).await);
-    }
-    let mut failed = Vec::new();
-    for (n, op) in names.iter().zip(ops) {
-        let done = match op {
-            Ok(op) => progress::follow(&client, &op, Style::for_stderr())
-                .await
-                .map(drop),
-            Err(e) => Err(e.into()),
-        };
-        match done {
-            Ok(()) => output::print_str(&format!("{n}\n")),
-            Err(e) => {
-                eprintln!(
-                    "error: {n}: {}",
-                    banger_api::text::escape_text(&format!("{e:#}"))
-                );
-                failed.push(n.as_str());
-            }
-        }
-    }
-    let delete = format!(
-        "/v1/vms/{}/snapshots/{}",
-        path_segment(&args.vm),
-        path_segment(&snap)
-    );
-    client.delete::<()>(&delete).await?;
-    if !failed.is_empty() {
-        anyhow::bail!(
-            "{} of {} forks failed: {}",
-            failed.len(),
-            names.len(),
-            failed.join(", ")
-        );
-    }
+    output::print_str(&names.iter().map(|n| format!("{n}\n")).collect::<String>());
     Ok(0)
 }
