@@ -88,15 +88,7 @@ impl Lifecycle {
             req.network.map(|n| n.as_str().to_string()),
             source.network.as_str().to_string(),
         )?;
-        let planned = CreateVm {
-            cpus: Some(source.cpus),
-            memory_mib: Some(source.memory_mib),
-            disk_size_mib: Some(source.disk_size_mib),
-            image: Some(source.image.clone()),
-            network: Some(source.network),
-            engine: Some(source.engine),
-            ..req
-        };
+        let planned = same_machine(&source, req);
         let vm = self.plan_vm(&planned)?;
         crate::space::ensure_room(&self.paths.state_dir, "creating a vm")?;
         self.store.insert_vm(&vm)?;
@@ -211,24 +203,17 @@ impl Lifecycle {
                             vm: src.clone(),
                             name: snap.clone(),
                         })?;
-                    let mut copies = Vec::new();
-                    for (serial, frozen) in &manifest.layers {
-                        let top = frozen.resolve(&sdir).ok_or_else(|| {
-                            Error::Engine(EngineError::BadSnapshot {
-                                dir: from.clone(),
-                                problem: format!("layer {:?} is outside its vm's dir", frozen.file),
-                            })
-                        })?;
-                        if serial == banger_proto::ROOT_DRIVE_SERIAL {
-                            let base = Layer {
-                                path: Path::new(&image.dir).join(banger_image::layout::ROOTFS),
-                                format: DriveFormat::Raw,
-                            };
-                            copies.push(Copy::Layer(top, Some(base), root.clone()));
-                        } else if serial == banger_proto::WORK_DRIVE_SERIAL {
-                            copies.push(Copy::Layer(top, None, work.clone()));
-                        }
-                    }
+                    let copies = layers::copies(
+                        &manifest,
+                        &sdir,
+                        &from,
+                        &image,
+                        root.clone(),
+                        work.clone(),
+                    )?
+                    .into_iter()
+                    .map(|(top, base, dest)| Copy::Layer(top, base, dest))
+                    .collect();
                     (from, copies)
                 }
                 // Its root layer is over the image's rootfs already, as the
@@ -296,6 +281,20 @@ impl Lifecycle {
             Ok::<_, Error>(files)
         })
         .await
+    }
+}
+
+/// `req` with `source`'s machine (CPUs, memory, disk size, image,
+/// network, engine): a snapshot's device state loads only into it.
+pub(super) fn same_machine(source: &VmRecord, req: CreateVm) -> CreateVm {
+    CreateVm {
+        cpus: Some(source.cpus),
+        memory_mib: Some(source.memory_mib),
+        disk_size_mib: Some(source.disk_size_mib),
+        image: Some(source.image.clone()),
+        network: Some(source.network),
+        engine: Some(source.engine),
+        ..req
     }
 }
 

@@ -19,10 +19,10 @@
 
 use super::Lifecycle;
 use super::clone::Source;
-use crate::error::{Action, Error};
+use crate::error::Error;
 use crate::ops::Op;
 use crate::store::VmRecord;
-use banger_api::{CreateVm, ForkVm, MAX_FORKS, OperationKind, VmState};
+use banger_api::{CreateVm, ForkVm, MAX_FORKS, OperationKind};
 use std::sync::Arc;
 
 /// What a fork's own snapshot's name starts with.
@@ -31,15 +31,7 @@ pub const FORK_SNAPSHOT: &str = "fork.";
 impl Lifecycle {
     /// `vm fork`: validates, records the forks and begins the operation.
     pub fn fork(self: &Arc<Self>, name: &str, req: ForkVm) -> Result<Arc<Op>, Error> {
-        let source = self.record(name)?;
-        let state = self.show(name)?.state;
-        if state != VmState::Running {
-            return Err(Error::WrongState {
-                name: name.into(),
-                state,
-                action: Action::Use,
-            });
-        }
+        let source = self.running_record(name)?;
         if !(1..=MAX_FORKS).contains(&req.count) {
             return Err(Error::invalid(
                 "--count",
@@ -49,16 +41,11 @@ impl Lifecycle {
         let prefix = req.prefix.unwrap_or_else(|| format!("{name}-fork"));
         let mut vms = Vec::new();
         for i in 1..=req.count {
-            vms.push(self.plan_vm(&CreateVm {
+            let req = CreateVm {
                 name: Some(format!("{prefix}-{i}")),
-                cpus: Some(source.cpus),
-                memory_mib: Some(source.memory_mib),
-                disk_size_mib: Some(source.disk_size_mib),
-                image: Some(source.image.clone()),
-                network: Some(source.network),
-                engine: Some(source.engine),
                 ..Default::default()
-            })?);
+            };
+            vms.push(self.plan_vm(&super::clone::same_machine(&source, req))?);
         }
         // The snapshot's RAM goes to the disk first.
         let need = crate::space::ROOM + (source.memory_mib << 20);

@@ -181,6 +181,38 @@ pub struct Manifest {
     pub paused_ms: u64,
 }
 
+/// A snapshot's frozen disks (its `manifest`, in `snap`, of the VM in
+/// `dir`) as copies to make: the root flattened onto `image`'s rootfs
+/// into `root`, the work disk whole into `work`; `(top, base, dest)`.
+pub fn copies(
+    manifest: &Manifest,
+    dir: &VmDir,
+    snap: &Path,
+    image: &crate::store::ImageRecord,
+    root: Layer,
+    work: Layer,
+) -> Result<Vec<(Layer, Option<Layer>, Layer)>, crate::error::Error> {
+    let mut copies = Vec::new();
+    for (serial, frozen) in &manifest.layers {
+        let top = frozen
+            .resolve(dir)
+            .ok_or_else(|| crate::engine::EngineError::BadSnapshot {
+                dir: snap.to_owned(),
+                problem: format!("layer {:?} is outside its vm's dir", frozen.file),
+            })?;
+        if serial == banger_proto::ROOT_DRIVE_SERIAL {
+            let base = Layer {
+                path: Path::new(&image.dir).join(banger_image::layout::ROOTFS),
+                format: crate::engine::DriveFormat::Raw,
+            };
+            copies.push((top, Some(base), root.clone()));
+        } else if serial == banger_proto::WORK_DRIVE_SERIAL {
+            copies.push((top, None, work.clone()));
+        }
+    }
+    Ok(copies)
+}
+
 pub fn snapshots_dir(dir: &VmDir) -> PathBuf {
     dir.file(SNAPSHOTS_DIR)
 }

@@ -37,15 +37,7 @@ impl Lifecycle {
     /// `vm snapshot`: begins the operation and returns it at once. Its
     /// target is `VM/SNAPSHOT`.
     pub fn snapshot(self: &Arc<Self>, name: &str, req: TakeSnapshot) -> Result<Arc<Op>, Error> {
-        let vm = self.record(name)?;
-        let state = self.show(name)?.state;
-        if state != VmState::Running {
-            return Err(Error::WrongState {
-                name: name.into(),
-                state,
-                action: Action::Use,
-            });
-        }
+        let vm = self.running_record(name)?;
         let existing = self.store.snapshots(&vm.id)?;
         let snap = match req.name {
             Some(s) => {
@@ -250,6 +242,20 @@ impl Lifecycle {
         let lock = self.lock(name);
         let _guard = lock.lock().await;
         self.remove_snapshot(name, snap)
+    }
+
+    /// The record of `name`, which must be running (snapshot, fork).
+    pub(super) fn running_record(&self, name: &str) -> Result<VmRecord, Error> {
+        let vm = self.record(name)?;
+        let state = self.show(name)?.state;
+        if state != VmState::Running {
+            return Err(Error::WrongState {
+                name: name.into(),
+                state,
+                action: Action::Use,
+            });
+        }
+        Ok(vm)
     }
 
     /// [`Lifecycle::delete_snapshot`]'s work, under the VM's lock, for any

@@ -29,7 +29,7 @@
 
 use super::Lifecycle;
 use super::layers;
-use crate::engine::{DriveFormat, Engine, EngineError, Layer};
+use crate::engine::{DriveFormat, Engine, Layer};
 use crate::error::Error;
 use crate::ops::Op;
 use crate::store::{ImageRecord, VmRecord};
@@ -415,33 +415,15 @@ impl Lifecycle {
             "cannot read the snapshot in {}",
             snap.display()
         )))?;
-        let root_format = engine.root_drive(&vdir).format;
-        let mut copies = Vec::new();
-        for (serial, frozen) in &manifest.layers {
-            let top = frozen.resolve(&vdir).ok_or_else(|| {
-                Error::Engine(EngineError::BadSnapshot {
-                    dir: snap.to_owned(),
-                    problem: format!("layer {:?} is outside its vm's dir", frozen.file),
-                })
-            })?;
-            if serial == banger_proto::ROOT_DRIVE_SERIAL {
-                let base = Layer {
-                    path: Path::new(&image.dir).join(banger_image::layout::ROOTFS),
-                    format: DriveFormat::Raw,
-                };
-                let dest = Layer {
-                    path: to.join(ROOT),
-                    format: root_format,
-                };
-                copies.push((top, Some(base), dest));
-            } else if serial == banger_proto::WORK_DRIVE_SERIAL {
-                let dest = Layer {
-                    path: to.join(WORK),
-                    format: DriveFormat::Raw,
-                };
-                copies.push((top, None, dest));
-            }
-        }
+        let root = Layer {
+            path: to.join(ROOT),
+            format: engine.root_drive(&vdir).format,
+        };
+        let work = Layer {
+            path: to.join(WORK),
+            format: DriveFormat::Raw,
+        };
+        let copies = layers::copies(&manifest, &vdir, snap, image, root, work)?;
         let engine = self.engine(vm)?;
         tokio::task::spawn_blocking(move || {
             copies
