@@ -75,6 +75,11 @@ fn main() {
         };
         log(format_args!("serving on {}", path.display()));
         log(format_args!("ready"));
+        // How long the guest took from the kernel's start: the host's
+        // wait for the agent less this is QEMU and the kernel's loading.
+        if let Some(up) = uptime_ms() {
+            log(format_args!("uptime at ready ({})", Millis(up)));
+        }
         let agent = Agent::new(Arc::new(GuestPower));
         *agent.network.lock().expect("not yet shared") = booted.config.network.clone();
         let agent = Arc::new(agent);
@@ -83,4 +88,11 @@ fn main() {
         tokio::spawn(async move { Sshd::guest().run(reaper).await });
         port::serve_forever(port, agent).await
     })
+}
+
+/// Milliseconds since the kernel started (`/proc/uptime`).
+fn uptime_ms() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(secs * 1000.0)
 }

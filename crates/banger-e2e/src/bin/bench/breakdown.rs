@@ -2,12 +2,15 @@
 //! `vm run --rm -- true` is create, exec and delete; each is run here on
 //! its own, `runs` times, and split by what reports times:
 //!
-//! - the operation's stages, as the CLI prints them (`wait for agent ...
-//!   ok (2.3 s)`), for create and delete;
+//! - the operation's stages and its total, as the daemon logs them
+//!   (`bangerd.log`: `stage done target=VM stage=... ms=N`, `operation
+//!   finished ... ms=N`); what the operation spent after its stages is the
+//!   capabilities' `ready` hooks, and the wall time around it the CLI's;
 //! - the guest's side: the agent's timed boot steps from the console log
-//!   (`banger-agent: <step> (12 ms)`), and the guest kernel's uptime when
-//!   the first exec ran (`/proc/uptime`: how long since the kernel started,
-//!   so the rest of the agent wait is QEMU start-up and kernel loading);
+//!   (`banger-agent: <step> (12 ms)`), among them the kernel's uptime when
+//!   the agent began serving (`uptime at ready`: the rest of the host's wait
+//!   for the agent is QEMU starting and loading the kernel, and the
+//!   handshake);
 //! - `vm exec -- true` and the whole `vm run --rm -- true`.
 //!
 //! Done for the minimal image without network in the bench's instance, and
@@ -28,6 +31,33 @@ impl Samples {
             None => self.0.push((label.to_string(), vec![ms])),
         }
     }
+
+    /// Operation `kind` on `vm`, which took `wall` ms at the CLI, split by
+    /// what the daemon logged of it.
+    fn split(&mut self, env: &Env, vm: &str, kind: &str, wall: f64) {
+        let log = std::fs::read_to_string(env.state_dir().join("bangerd.log")).unwrap_or_default();
+        let entries = logged(&log, vm);
+        let Some(total) = entries.iter().rev().find(|(k, _)| k == kind).map(|e| e.1) else {
+            eprintln!("bench: no {kind} of {vm} in the daemon's log");
+            return;
+        };
+        let mut staged = 0.0;
+        let prefix = format!("{kind}:");
+        for (point, ms) in &entries {
+            if let Some(stage) = point.strip_prefix(&prefix) {
+                staged += ms;
+                self.push(&format!("  {kind}: {stage}"), *ms);
+            }
+        }
+        self.push(
+            &format!("  {kind}: after its stages (ready hooks)"),
+            total - staged,
+        );
+        self.push(
+            &format!("  {kind}: CLI and daemon around the op"),
+            wall - total,
+        );
+    }
 }
 
 /// `runs` cold runs of `env`'s default image, split (see the module doc).
@@ -40,24 +70,11 @@ pub fn cold(env: &Env, runs: usize) -> Samples {
         });
         s.push("vm run --rm -- true", total);
         let name = format!("bd-{r}");
-        let mut out = None;
-        let create = timed(|| out = Some(env.run(&["vm", "create", "--name", &name])));
-        let out = out.unwrap();
-        assert!(out.status.success(), "vm create {name}");
+        let create = timed(|| {
+            env.ok(&["vm", "create", "--name", &name]);
+        });
         s.push("vm create", create);
-        let mut staged = 0.0;
-        for (stage, ms) in stages(&String::from_utf8_lossy(&out.stderr)) {
-            staged += ms;
-            s.push(&format!("  create: {stage}"), ms);
-        }
-        s.push("  create: outside stages (CLI, daemon)", create - staged);
-        let uptime = env.ok(&["vm", "exec", &name, "--", "cat", "/proc/uptime"]);
-        let up: f64 = uptime
-            .split_whitespace()
-            .next()
-            .and_then(|u| u.parse().ok())
-            .expect("/proc/uptime");
-        s.push("  guest uptime at the first exec", up * 1000.0);
+        s.split(env, &name, "create", create);
         let logs = env.ok(&["vm", "logs", &name]);
         if r == 0 {
             eprintln!("bench: the console of {name}:\n{}", logs.trim_end());
@@ -71,25 +88,35 @@ pub fn cold(env: &Env, runs: usize) -> Samples {
                 env.ok(&["vm", "exec", &name, "--", "true"]);
             }),
         );
-        let mut out = None;
-        let delete = timed(|| out = Some(env.run(&["vm", "delete", &name])));
-        let out = out.unwrap();
-        assert!(out.status.success(), "vm delete {name}");
+        let delete = timed(|| {
+            env.ok(&["vm", "delete", &name]);
+        });
         s.push("vm delete", delete);
-        for (stage, ms) in stages(&String::from_utf8_lossy(&out.stderr)) {
-            s.push(&format!("  delete: {stage}"), ms);
-        }
+        s.split(env, &name, "delete", delete);
     }
     s
 }
 
-/// The timed stages the CLI prints: `  <stage> ... ok (<n> ms|s)`.
-fn stages(stderr: &str) -> Vec<(String, f64)> {
-    stderr
-        .lines()
+/// The stages (`create:agent`, ms) and operation totals (`create`, ms)
+/// the daemon logged for operations on `vm`.
+fn logged(log: &str, vm: &str) -> Vec<(String, f64)> {
+    let target = format!(" target={vm} ");
+    let field = |line: &str, key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .map(|v| v.trim_matches('"').to_string())
+    };
+    log.lines()
+        .filter(|l| l.contains(&target))
         .filter_map(|l| {
-            let (stage, rest) = l.trim().split_once(" ... ok (")?;
-            Some((stage.to_string(), duration_ms(rest.split(')').next()?)?))
+            let ms: f64 = field(l, "ms=")?.parse().ok()?;
+            if l.contains(" stage done ") {
+                Some((field(l, "point=")?, ms))
+            } else if l.contains(" operation finished ") {
+                Some((field(l, "kind=")?.to_lowercase(), ms))
+            } else {
+                None
+            }
         })
         .collect()
 }
@@ -132,13 +159,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stage_lines_are_read_with_their_unit() {
-        let err = "  prepare disks ... ok (28 ms)\n  wait for agent ... ok (2.3 s)\nvm x running (2.5 s)\n";
+    fn the_daemons_stage_and_operation_lines_are_read_for_one_vm() {
+        let log = "\
+2026-12-02T10:59:15.778589Z  INFO banger_core::ops: stage done target=t1 stage=\"disks\" point=create:disks ms=28
+2026-12-02T10:59:15.778589Z  INFO banger_core::ops: stage done target=t10 stage=\"disks\" point=create:disks ms=99
+2026-12-02T10:59:17.962062Z  INFO banger_core::ops: stage done target=t1 stage=\"agent\" point=create:agent ms=2145
+2026-12-02T10:59:18.044287Z  INFO banger_core::ops: operation finished op=op-a5 kind=Create target=t1 state=Succeeded ms=2294
+";
         assert_eq!(
-            stages(err),
+            logged(log, "t1"),
             [
-                ("prepare disks".to_string(), 28.0),
-                ("wait for agent".to_string(), 2300.0)
+                ("create:disks".to_string(), 28.0),
+                ("create:agent".to_string(), 2145.0),
+                ("create".to_string(), 2294.0)
             ]
         );
     }
