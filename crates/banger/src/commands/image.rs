@@ -241,11 +241,43 @@ mod tests {
         registered.name = "mine".into();
         registered.source = "registered".into();
         registered.kernel_version = None;
+        let mut warm = image();
+        warm.name = "warm".into();
+        warm.warm = Some(warm_image(None));
+        let mut stale = image();
+        stale.name = "stale".into();
+        stale.warm = Some(warm_image(Some("the image was rebuilt since")));
         assert_eq!(
-            image_table(&[image(), registered], 180).render(),
-            "NAME     SOURCE      KERNEL                SIZE  AGE\n\
-             minimal  minimal     6.1.0-31-cloud-amd64  48M   3m\n\
-             mine     registered  -                     48M   3m\n"
+            image_table(&[image(), registered, warm, stale], 180).render(),
+            "NAME     SOURCE      KERNEL                SIZE  AGE  WARM\n\
+             minimal  minimal     6.1.0-31-cloud-amd64  48M   3m   -\n\
+             mine     registered  -                     48M   3m   -\n\
+             warm     minimal     6.1.0-31-cloud-amd64  48M   3m   1 cpu, 256 MiB\n\
+             stale    minimal     6.1.0-31-cloud-amd64  48M   3m   stale\n"
+        );
+    }
+
+    fn warm_image(stale: Option<&str>) -> banger_api::WarmImage {
+        banger_api::WarmImage {
+            cpus: 1,
+            memory_mib: 256,
+            disk_size_mib: 512,
+            network: banger_api::NetworkMode::None,
+            engine: banger_api::EngineKind::Qemu,
+            created_at: 60,
+            size_bytes: 40 << 20,
+            stale: stale.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn image_show_says_what_the_warm_snapshot_fits_and_why_it_is_stale() {
+        let mut img = image();
+        img.warm = Some(warm_image(Some("the image was rebuilt since")));
+        let text = image_fields(&img, 180);
+        assert!(
+            text.contains("warm:     1 cpu, 256 MiB memory, 512 MiB disk, network none, qemu; 40M, made 2m ago; stale: the image was rebuilt since"),
+            "{text}"
         );
     }
 
