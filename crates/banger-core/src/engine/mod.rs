@@ -218,6 +218,12 @@ pub trait Engine: Send + Sync {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<(), EngineError>>;
 
+    /// Ends the engine at once, without asking (its VM is being deleted:
+    /// nothing it would flush is kept), and waits until it is gone.
+    fn kill<'a>(&'a self, handles: &'a Handles) -> BoxFuture<'a, Result<(), EngineError>> {
+        self.stop(handles, Duration::ZERO)
+    }
+
     /// Whether the process in `handles` is alive and really this VM's
     /// engine (handles may come from a scratch file: a process that is not
     /// must never be signalled).

@@ -8,7 +8,6 @@ use crate::error::{Action, Error};
 use crate::ops::Op;
 use banger_api::{OperationKind, VmState};
 use std::sync::Arc;
-use std::time::Duration;
 
 impl Lifecycle {
     pub fn delete(self: &Arc<Self>, name: &str) -> Result<Arc<Op>, Error> {
@@ -49,7 +48,7 @@ impl Lifecycle {
             && engine.alive(&r.handles)
         {
             op.stage("stop", "stop engine", async {
-                Ok::<_, Error>(engine.stop(&r.handles, Duration::from_secs(2)).await?)
+                Ok::<_, Error>(engine.kill(&r.handles).await?)
             })
             .await?;
         }
