@@ -4,8 +4,10 @@
 //! `image warm NAME` (an operation, target the image) boots the image once
 //! as a VM with the default resources (named `warm-<image>-<hex>`, marked
 //! in its options so reconcile removes it if the daemon dies mid-way),
-//! snapshots it with `--stop` the moment its agent answers, and keeps that
-//! snapshot as the image's warm snapshot in `<state>/warm/<image>/`:
+//! snapshots it with `--stop` the moment its agent answers (in an image
+//! with sshd, once sshd has first started: its first-boot host key is made
+//! by then), and keeps that snapshot as the image's warm snapshot in
+//! `<state>/warm/<image>/`:
 //!
 //! - `root.qcow2`: what the boot changed on the root disk, over the
 //!   image's rootfs; `work.img`: the work disk (sparse);
@@ -38,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where warm snapshots live, under the state dir.
 pub const WARM_DIR: &str = "warm";
@@ -141,6 +144,14 @@ pub fn read_ready(dir: &Path) -> std::collections::BTreeMap<String, String> {
 pub fn read_manifest(dir: &Path) -> std::io::Result<WarmManifest> {
     serde_json::from_slice(&std::fs::read(dir.join(MANIFEST))?)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Whether the image's guests run sshd, as its manifest's installed
+/// packages say (a registered image lists none: no).
+fn has_sshd(image: &ImageRecord) -> bool {
+    serde_json::from_str::<serde_json::Value>(&image.manifest)
+        .ok()
+        .is_some_and(|m| m["installed"].get("openssh-server").is_some())
 }
 
 /// The image's identity: its build time and its files' digests (the
@@ -346,6 +357,19 @@ impl Lifecycle {
             let lock = self.lock(&vm.name);
             let _guard = lock.lock().await;
             self.run_create(op, vm).await?;
+        }
+        // A guest with sshd makes its host key and starts sshd in the
+        // background of its first boot: done before the snapshot, so no
+        // restored guest pays for it again (its own key is then one
+        // install and a SIGHUP).
+        if has_sshd(&self.images.record(&vm.image)?) {
+            op.stage("settle", "wait for sshd's first start", async {
+                if let Err(e) = self.wait_for_sshd(&vm.name, Duration::from_secs(60)).await {
+                    tracing::warn!(vm = %vm.name, error = %crate::error::chain(&e), "sshd did not start in the warming vm; snapshotting it as it is");
+                }
+                Ok::<_, Error>(())
+            })
+            .await?;
         }
         self.run_snapshot(op, &vm.name, SNAPSHOT, true).await?;
         let made = self.record(&vm.name)?;
@@ -569,6 +593,25 @@ mod tests {
         let back = read_manifest(dir.path()).unwrap();
         assert_eq!(back.fingerprint, print());
         assert_eq!(back.misfit(&vm()), None);
+    }
+
+    #[test]
+    fn an_image_has_sshd_when_its_manifest_lists_openssh_server() {
+        let image = |manifest: &str| ImageRecord {
+            name: "i".into(),
+            source: "debian".into(),
+            kernel_version: None,
+            dir: "/i".into(),
+            created_at: 1,
+            manifest: manifest.into(),
+        };
+        assert!(has_sshd(&image(
+            r#"{"installed": {"bash": "5.2", "openssh-server": "1:9.2p1-2"}}"#
+        )));
+        assert!(!has_sshd(&image(
+            r#"{"installed": {"busybox-static": "1:1.35"}}"#
+        )));
+        assert!(!has_sshd(&image("{}")));
     }
 
     #[test]
