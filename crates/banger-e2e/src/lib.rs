@@ -438,6 +438,26 @@ impl Env {
         self
     }
 
+    /// Registers `from`'s image `name` here under the same name (its
+    /// kernel and rootfs, the kernel's modules from the shared cache): a
+    /// namespace has no way out to a mirror to build it.
+    pub fn register_from(&self, from: &Env, name: &str) {
+        let dir = from.state_dir().join("images").join(name);
+        let modules = kernel_modules_dir();
+        self.ok(&[
+            "image",
+            "register",
+            "--name",
+            name,
+            "--kernel",
+            &dir.join("vmlinux").to_string_lossy(),
+            "--rootfs",
+            &dir.join("rootfs.ext4").to_string_lossy(),
+            "--modules",
+            &modules.to_string_lossy(),
+        ]);
+    }
+
     /// Asserts `vm ssh VM` runs commands and returns their exit codes.
     pub fn assert_ssh_works(&self, vm: &str) {
         let out = self.run(&["vm", "ssh", vm, "--", "git", "--version"]);

@@ -69,20 +69,7 @@ fn forks_are_machines_of_their_own_on_the_bridge() {
     // The namespace has no way out to a mirror: the image is built outside.
     let host = Env::new("network = \"none\"\n").with_image();
     let env = Env::in_netns("default_memory_mib = 256\ndefault_disk_size_mib = 512\n");
-    let dir = host.state_dir().join("images").join("minimal");
-    let modules = banger_e2e::kernel_modules_dir();
-    env.ok(&[
-        "image",
-        "register",
-        "--name",
-        "minimal",
-        "--kernel",
-        &dir.join("vmlinux").to_string_lossy(),
-        "--rootfs",
-        &dir.join("rootfs.ext4").to_string_lossy(),
-        "--modules",
-        &modules.to_string_lossy(),
-    ]);
+    env.register_from(&host, "minimal");
     let _permit = boot_permit();
     env.ok(&["vm", "create", "--name", SRC, "--image", "minimal"]);
     let src_mac = sh(&env, SRC, "cat /sys/class/net/eth0/address");

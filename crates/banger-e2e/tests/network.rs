@@ -184,22 +184,8 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
     let env = Env::in_netns("default_memory_mib = 512\nallow_ip_forward = true\n");
     // The namespace has no way out to a mirror: bring both images in from part 1.
     host.ok(&["image", "build", "--preset", "minimal"]);
-    let modules = banger_e2e::kernel_modules_dir();
     for image in ["minimal", "debian"] {
-        let dir = host.state_dir().join("images").join(image);
-        let (kernel, rootfs) = (dir.join("vmlinux"), dir.join("rootfs.ext4"));
-        env.ok(&[
-            "image",
-            "register",
-            "--name",
-            image,
-            "--kernel",
-            &kernel.to_string_lossy(),
-            "--rootfs",
-            &rootfs.to_string_lossy(),
-            "--modules",
-            &modules.to_string_lossy(),
-        ]);
+        env.register_from(&host, image);
     }
 
     // Two bridge guests, leased distinct addresses, reach each other by name.

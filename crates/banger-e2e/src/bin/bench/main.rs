@@ -279,20 +279,7 @@ fn debian_on_bridge(host: &Env, runs: usize) -> Result<breakdown::Samples, Strin
         return Err("needs root (the bridge network)".into());
     }
     let env = Env::in_netns("default_image = \"debian\"\nnetwork = \"bridge\"\n");
-    let dir = host.state_dir().join("images/debian");
-    let modules = banger_e2e::kernel_modules_dir();
-    env.ok(&[
-        "image",
-        "register",
-        "--name",
-        "debian",
-        "--kernel",
-        &dir.join("vmlinux").to_string_lossy(),
-        "--rootfs",
-        &dir.join("rootfs.ext4").to_string_lossy(),
-        "--modules",
-        &modules.to_string_lossy(),
-    ]);
+    env.register_from(host, "debian");
     Ok(breakdown::cold(&env, runs))
 }
 
