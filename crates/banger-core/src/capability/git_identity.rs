@@ -50,8 +50,36 @@ impl GitIdentity {
 
 /// Sets each given key in the guest's global git config; exits 0 without
 /// git. Values arrive as arguments, never through the shell's parser.
+/// `$1` is the whole file ([`gitconfig`]), written as it is when the guest
+/// has none yet (a first boot: one shell builtin instead of a `git config`
+/// per key, ~75 ms each under TCG); otherwise git edits the file it has.
 const SET_SCRIPT: &str = r#"command -v git >/dev/null 2>&1 || exit 0
+if [ ! -e /root/.gitconfig ]; then printf '%s' "$1" > /root/.gitconfig; exit; fi
+shift
 while [ "$#" -ge 2 ]; do git config --global "$1" "$2" || exit 1; shift 2; done"#;
+
+/// A git config file setting `args` (`user.name VALUE …`), each value
+/// quoted and escaped as git reads it back.
+pub fn gitconfig(args: &[String]) -> String {
+    let mut text = String::from("[user]\n");
+    for pair in args.chunks(2) {
+        let [key, value] = pair else { continue };
+        let name = key.strip_prefix("user.").unwrap_or(key);
+        let mut quoted = String::new();
+        for c in value.chars() {
+            match c {
+                '\\' => quoted.push_str("\\\\"),
+                '"' => quoted.push_str("\\\""),
+                '\n' => quoted.push_str("\\n"),
+                '\t' => quoted.push_str("\\t"),
+                c if c.is_control() => {}
+                c => quoted.push(c),
+            }
+        }
+        text.push_str(&format!("\t{name} = \"{quoted}\"\n"));
+    }
+    text
+}
 
 impl Capability for GitIdentity {
     fn name(&self) -> &'static str {
@@ -73,7 +101,8 @@ impl Capability for GitIdentity {
                 tracing::debug!(vm = %ctx.vm.name, "no global git identity on the host");
                 return Ok(());
             }
-            let mut argv = vec!["sh", "-c", SET_SCRIPT, "sh"];
+            let file = gitconfig(&args);
+            let mut argv = vec!["sh", "-c", SET_SCRIPT, "sh", file.as_str()];
             argv.extend(args.iter().map(String::as_str));
             let out = agent.run(&argv, Some("/root"), &[], 64 << 10).await?;
             if out.code != 0 {
@@ -84,5 +113,38 @@ impl Capability for GitIdentity {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_reads_back_exactly_the_values_the_file_was_written_with() {
+        if banger_sys::command::which("git").is_none() {
+            banger_sys::skip_test("the gitconfig round trip needs git");
+            return;
+        }
+        let home = tempfile::tempdir().unwrap();
+        let name = r#"Ann "the \ tester" O'Neil; # not a comment"#;
+        let email = "  ann@example.com\t";
+        let args = ["user.name", name, "user.email", email].map(String::from);
+        std::fs::write(home.path().join(".gitconfig"), gitconfig(&args)).unwrap();
+        for (key, want) in [("user.name", name), ("user.email", email)] {
+            let out = std::process::Command::new("git")
+                .args(["config", "--global", "--get", key])
+                .env("HOME", home.path())
+                .env_remove("XDG_CONFIG_HOME")
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{want}\n"));
+        }
     }
 }
