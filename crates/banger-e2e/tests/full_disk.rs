@@ -72,7 +72,9 @@ fn a_full_disk_pauses_the_writer_refuses_new_work_clearly_and_everything_recover
     // Declared after `env`: unmounted before the env's files go.
     let size = format!("{}m", 300 + 80 * soak.min(CYCLES_PER_VM));
     let _fs = SmallFs::mount(env.root.path().join("state"), &size);
-    let env = env.with_image();
+    // Not `with_image`, which would move `env` into a binding dropped
+    // before `_fs`: its files would go while the mount is still there.
+    env.ok(&["image", "build", "--preset", "minimal"]);
     let state = env.state_dir();
     {
         let _permit = boot_permit();
