@@ -211,6 +211,35 @@ fn resolv_conf_replaces_a_dangling_symlink() {
 }
 
 #[test]
+fn resolv_conf_that_says_so_already_is_not_rewritten_but_a_symlink_to_it_is() {
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    let path = etc.join("resolv.conf");
+    write_resolv_conf(root.path(), &network()).unwrap();
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(&path).unwrap());
+    let first = inode();
+    write_resolv_conf(root.path(), &network()).unwrap();
+    assert_eq!(inode(), first, "the same text is left in place");
+    let mut other = network();
+    other.dns = vec!["10.0.0.1".into()];
+    write_resolv_conf(root.path(), &other).unwrap();
+    assert_ne!(inode(), first, "new text is a new file");
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("nameserver 10.0.0.1\n")
+    );
+
+    // A symlink to a file with the same text still becomes a file of its own.
+    std::fs::write(etc.join("elsewhere"), resolv_conf(&other)).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("elsewhere", &path).unwrap();
+    write_resolv_conf(root.path(), &other).unwrap();
+    assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+}
+
+#[test]
 fn the_link_is_chosen_by_mac_in_any_case() {
     let sys = sys_with(&[
         ("lo", "00:00:00:00:00:00", 1),

@@ -310,3 +310,19 @@ fn an_installed_host_key_replaces_the_old_one_privately() {
         .collect();
     assert_eq!(left.len(), 2, "nothing but the key pair: {left:?}");
 }
+
+#[test]
+fn only_an_sshd_with_sshd_session_needs_a_restart_for_a_new_key() {
+    let root = tempfile::tempdir().unwrap();
+    assert!(
+        !keys_read_once(root.path()),
+        "OpenSSH before 9.8 reads keys per connection"
+    );
+    for at in SSHD_SESSION {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join(at);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "").unwrap();
+        assert!(keys_read_once(root.path()), "{at}");
+    }
+}

@@ -60,6 +60,9 @@ pub struct Config {
     pub nft_table: String,
     /// Taps kept ready for bridge-mode VMs.
     pub tap_pool_size: usize,
+    /// Seconds the bridge's shared host side (bridge, DNS server, NAT
+    /// table) stays up after the last bridge VM goes; 0: it goes at once.
+    pub bridge_idle_secs: u64,
     /// May banger turn on IPv4 forwarding (needed for NAT out of the bridge)?
     pub allow_ip_forward: bool,
     /// May guests reach the outside world (user mode's `restrict=off`, bridge NAT)?
@@ -90,6 +93,7 @@ impl Default for Config {
             dns_suffix: "banger".into(),
             nft_table: String::new(),
             tap_pool_size: 2,
+            bridge_idle_secs: 30,
             allow_ip_forward: false,
             egress: true,
             ssh_key: None,
@@ -105,6 +109,7 @@ pub const MIN_MEMORY_MIB: u64 = 64;
 pub const MAX_MEMORY_MIB: u64 = 1024 * 1024;
 pub const MIN_DISK_MIB: u64 = 64;
 pub const MAX_DISK_MIB: u64 = 16 * 1024 * 1024;
+pub const MAX_BRIDGE_IDLE_SECS: u64 = 24 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -224,6 +229,12 @@ impl Config {
         }
         if self.tap_pool_size > 64 {
             return Err(("tap_pool_size", "must be at most 64".into()));
+        }
+        if self.bridge_idle_secs > MAX_BRIDGE_IDLE_SECS {
+            return Err((
+                "bridge_idle_secs",
+                format!("must be at most {MAX_BRIDGE_IDLE_SECS} (a day)"),
+            ));
         }
         Ok(())
     }

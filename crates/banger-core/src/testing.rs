@@ -120,6 +120,7 @@ impl Default for Setup {
                 stop_timeout_secs: 1,
                 default_image: "img".into(),
                 tap_pool_size: 1,
+                bridge_idle_secs: 0,
                 default_disk_size_mib: 64,
                 ..Config::default()
             },

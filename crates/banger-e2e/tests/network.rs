@@ -181,7 +181,8 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
     );
 
     // Part 2, in a private namespace: bridge mode (root and no --network: the default).
-    let env = Env::in_netns("default_memory_mib = 512\nallow_ip_forward = true\n");
+    let env =
+        Env::in_netns("default_memory_mib = 512\nallow_ip_forward = true\nbridge_idle_secs = 2\n");
     // The namespace has no way out to a mirror: bring both images in from part 1.
     host.ok(&["image", "build", "--preset", "minimal"]);
     for image in ["minimal", "debian"] {
@@ -321,8 +322,24 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Deleting every VM leaves no tap, NAT table, DNS entry or lease.
+    // Deleting every VM takes their names out of DNS at once; the shared
+    // side (bridge, DNS server, NAT table, idle taps) waits for another VM
+    // for `bridge_idle_secs`, then leaves no tap, NAT table, DNS entry or
+    // lease.
     env.ok(&["vm", "delete", "a", "c", "api"]);
+    let bridge_up = || {
+        env.host_cmd("ip")
+            .args(["link", "show", "banger0"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(bridge_up(), "the bridge waits for the next vm");
+    assert!(
+        wait_until(Duration::from_secs(15), || !bridge_up()),
+        "the bridge outlived its idle spell"
+    );
     assert!(
         wait_until(Duration::from_secs(5), || host_taps(&env).is_empty()),
         "taps left: {:?}",
@@ -344,18 +361,6 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .count();
     assert_eq!(hosts, 0, "dns entries left behind");
-    // With no bridge VM left, the shared host side goes too: no dnsmasq,
-    // no bridge.
-    let bridge = env
-        .host_cmd("ip")
-        .args(["link", "show", "banger0"])
-        .output()
-        .unwrap();
-    assert!(
-        !bridge.status.success(),
-        "the bridge is gone: {}",
-        String::from_utf8_lossy(&bridge.stdout)
-    );
     let dnsmasq = env
         .host_cmd("pgrep")
         .args(["-x", "dnsmasq"])

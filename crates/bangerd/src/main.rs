@@ -126,6 +126,10 @@ async fn run() -> anyhow::Result<()> {
         _ = drain => tracing::info!("open requests did not finish in time; exiting anyway"),
     }
     let _ = std::fs::remove_file(&socket);
+    // Running VMs keep their network; an idle bridge kept for the next VM
+    // would outlive its owner: it goes now.
+    services.network.end_idle(None);
+    services.network.settle();
     Ok(())
 }
 

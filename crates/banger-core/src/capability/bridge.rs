@@ -156,6 +156,7 @@ impl Capability for BridgeNet {
 mod tests {
     use super::*;
     use crate::testing::{Harness, empty_plan, recorded_vm};
+    use banger_sys::net::link::Links;
 
     #[tokio::test]
     async fn a_lease_and_a_tap_are_made_and_given_back() {
@@ -194,6 +195,79 @@ mod tests {
             "the row stays, the lease goes"
         );
         assert!(h.store.vm("web").unwrap().is_some());
+    }
+
+    /// `vm` made and booted on the bridge; returns its runtime state.
+    async fn boot(h: &Harness, cap: &BridgeNet, vm: &str) -> (VmRecord, Option<serde_json::Value>) {
+        let (vm, image, dir) = recorded_vm(h, vm, NetworkMode::Bridge);
+        let ctx = |vm| Ctx {
+            vm,
+            image: &image,
+            dir: &dir,
+        };
+        cap.create(&ctx(&vm)).await.unwrap();
+        let vm = h.store.vm(&vm.name).unwrap().unwrap();
+        let mut plan = empty_plan(&vm);
+        cap.prepare(&ctx(&vm), &mut plan).await.unwrap();
+        (vm, plan.runtime.get(cap.name()).cloned())
+    }
+
+    #[tokio::test]
+    async fn the_shared_side_outlives_the_last_vm_for_an_idle_spell() {
+        let mut setup = crate::testing::Setup::default();
+        setup.config.bridge_idle_secs = 1;
+        let h = Harness::with(setup);
+        let cap = BridgeNet::new(h.services.network.clone());
+        let network = &h.services.network;
+        let bridge = || h.links.exists("banger0").unwrap();
+        let up = || (bridge(), h.runner.nat());
+
+        let (a, ra) = boot(&h, &cap, "a").await;
+        cap.release(&a, ra.as_ref());
+        assert_eq!(up(), (true, true), "kept for the next vm");
+        assert!(h.taps_on_bridge().is_empty() && h.dns_names().is_empty());
+        assert!(network.idle_until().is_some());
+        assert!(
+            network.leaks(false).is_empty(),
+            "an idle spell is no leak: {:?}",
+            network.leaks(false)
+        );
+
+        // A VM arriving ends the spell; its timer then changes nothing.
+        let (b, rb) = boot(&h, &cap, "b").await;
+        assert!(network.idle_until().is_none());
+        network.end_idle(Some(1));
+        assert_eq!(up(), (true, true), "b is on it");
+        cap.release(&b, rb.as_ref());
+        network.end_idle(Some(1));
+        assert_eq!(
+            up(),
+            (true, true),
+            "the first spell's end is not the second's"
+        );
+
+        // The second spell ends by its timer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while bridge() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(up(), (false, false), "gone when the spell ended");
+        assert!(h.taps().is_empty(), "the idle pool went too");
+        assert!(network.idle_until().is_none());
+    }
+
+    #[tokio::test]
+    async fn daemon_shutdown_ends_an_idle_spell() {
+        let mut setup = crate::testing::Setup::default();
+        setup.config.bridge_idle_secs = 3600;
+        let h = Harness::with(setup);
+        let cap = BridgeNet::new(h.services.network.clone());
+        let (a, ra) = boot(&h, &cap, "a").await;
+        cap.release(&a, ra.as_ref());
+        assert!(h.links.exists("banger0").unwrap());
+        h.services.network.end_idle(None);
+        assert!(!h.links.exists("banger0").unwrap() && !h.runner.nat());
+        assert!(h.taps().is_empty());
     }
 
     #[tokio::test]

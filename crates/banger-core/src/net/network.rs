@@ -4,10 +4,14 @@
 //! bridge with its address, banger's own nftables NAT table, dnsmasq) and
 //! each VM gets a tap (from a warm pool, refilled after each boot) on the
 //! bridge and a name in DNS. [`Network::detach`] gives the tap back and
-//! takes the name away; when the last attached VM goes, the NAT table and
-//! the idle pool go too, so an idle host carries nothing of ours but the
-//! bridge. Leases are the `ip` column of VM rows (unique), made at create
-//! and released at delete.
+//! takes the name away. When the last attached VM goes, the shared side
+//! (bridge, DNS server, NAT table, idle pool) stays up for
+//! `bridge_idle_secs` (an idle spell), so back-to-back `vm run --rm`s do
+//! not pay for taking it down (~90 ms) and making it again; a bridge VM
+//! arriving ends the spell, and at its end, or at daemon shutdown
+//! ([`Network::end_idle`]), the shared side goes: an idle host carries
+//! nothing of ours. Leases are the `ip` column of VM rows (unique), made at
+//! create and released at delete.
 //!
 //! Which VMs are attached is this service's own state, rebuilt at daemon
 //! start by [`Network::sweep`] from the VMs it adopted, which also removes
@@ -76,6 +80,17 @@ struct BridgeState {
     pool: TapPool,
     /// VM name → what it has on the bridge.
     attached: BTreeMap<String, Attached>,
+    /// The idle spell under way, if any: no VM attached, the shared side
+    /// kept up until its end.
+    idle: Option<IdleSpell>,
+    /// Idle spells begun so far: a spell's timer acts only on its own.
+    spells: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IdleSpell {
+    number: u64,
+    ends: std::time::Instant,
 }
 
 /// A VM on the bridge.
@@ -276,6 +291,7 @@ impl Network {
             });
         }
         let mut st = self.state();
+        st.idle = None;
         let result = self
             .ensure_host()
             .and_then(|()| self.join_bridge(&mut st, vm, ip));
@@ -342,9 +358,9 @@ impl Network {
     }
 
     /// Takes `vm` off the bridge: its name leaves DNS and its tap goes back
-    /// to the pool (or away). The last attached VM takes the NAT table and
-    /// the idle pool with it. Idempotent.
-    pub fn detach(&self, vm: &str, tap: Option<&str>) {
+    /// to the pool (or away). The last attached VM begins an idle spell.
+    /// Idempotent.
+    pub fn detach(self: &Arc<Self>, vm: &str, tap: Option<&str>) {
         let mut st = self.state();
         if let Err(e) = dnsmasq::remove_host_entry(&self.hosts_dir(), vm) {
             tracing::warn!(vm, error = %crate::error::chain(&e), "cannot remove the dns name");
@@ -353,12 +369,7 @@ impl Network {
             // A tap this service attached goes back to the pool (or away).
             Some(tap) => {
                 let _ = self.deps.links.detach(&tap);
-                let size = if st.attached.is_empty() {
-                    0
-                } else {
-                    self.deps.config.tap_pool_size
-                };
-                if let Some(extra) = st.pool.offer(tap, size) {
+                if let Some(extra) = st.pool.offer(tap, self.deps.config.tap_pool_size) {
                     self.delete_later(vec![extra]);
                 }
             }
@@ -372,15 +383,57 @@ impl Network {
                 }
             }
         }
-        if st.attached.is_empty() {
-            self.teardown_idle(&mut st);
-        } else if let Err(e) = self.apply_rules(&st) {
+        if st.attached.is_empty() && st.idle.is_none() {
+            self.begin_idle(&mut st);
+        }
+        if (!st.attached.is_empty() || st.idle.is_some())
+            && let Err(e) = self.apply_rules(&st)
+        {
             tracing::warn!(error = %crate::error::chain(&e), "cannot update the bridge's firewall");
         }
     }
 
-    /// No VM on the bridge: drop the idle pool and the NAT table.
+    /// The last VM left: keep the shared side for `bridge_idle_secs`, or
+    /// take it down now when that is 0 (or there is none to keep).
+    fn begin_idle(self: &Arc<Self>, st: &mut BridgeState) {
+        let keep = std::time::Duration::from_secs(self.deps.config.bridge_idle_secs);
+        if keep.is_zero() || !self.deps.privileged {
+            self.teardown_idle(st);
+            return;
+        }
+        st.spells += 1;
+        let spell = IdleSpell {
+            number: st.spells,
+            ends: std::time::Instant::now() + keep,
+        };
+        st.idle = Some(spell);
+        let network = Arc::downgrade(self);
+        std::thread::spawn(move || {
+            std::thread::sleep(keep);
+            if let Some(network) = network.upgrade() {
+                network.end_idle(Some(spell.number));
+            }
+        });
+    }
+
+    /// Ends idle spell `spell` (any spell: `None`, at daemon shutdown),
+    /// taking the shared side down if no VM came back meanwhile.
+    pub fn end_idle(&self, spell: Option<u64>) {
+        let mut st = self.state();
+        let ours = st.idle.is_some_and(|i| spell.is_none_or(|n| n == i.number));
+        if ours && st.attached.is_empty() {
+            self.teardown_idle(&mut st);
+        }
+    }
+
+    /// When the idle spell under way ends, if one is.
+    pub fn idle_until(&self) -> Option<std::time::Instant> {
+        self.state().idle.map(|i| i.ends)
+    }
+
+    /// No VM on the bridge: drop the idle pool and the shared side.
     fn teardown_idle(&self, st: &mut BridgeState) {
+        st.idle = None;
         self.delete_later(st.pool.drain());
         self.remove_shared();
     }
@@ -402,12 +455,13 @@ impl Network {
         }
     }
 
-    /// Taps held by an attached VM or the pool, and whether no VM is attached.
+    /// Taps held by an attached VM or the pool, and whether the shared
+    /// side should be down (no VM attached, no idle spell).
     pub(crate) fn held_taps(&self) -> (Vec<String>, bool) {
         let st = self.state();
         let mut held: Vec<String> = st.attached.values().map(|a| a.tap.clone()).collect();
         held.extend(st.pool.taps());
-        (held, st.attached.is_empty())
+        (held, st.attached.is_empty() && st.idle.is_none())
     }
 
     /// The prefix of this instance's taps.

@@ -36,6 +36,7 @@ pub const TARGET: Target = Target {
         b"dns_suffix",
         b"nft_table",
         b"tap_pool_size",
+        b"bridge_idle_secs",
         b"accel",
         b"network",
         b"~/",
@@ -69,6 +70,7 @@ const KEYS: &[&str] = &[
     "dns_suffix",
     "nft_table",
     "tap_pool_size",
+    "bridge_idle_secs",
     "allow_ip_forward",
     "egress",
     "ssh_key",
@@ -189,6 +191,7 @@ fn check_config(cfg: &Config) {
     assert!(banger_api::validate_vm_name(&cfg.dns_suffix).is_ok());
     assert!(banger_api::validate_image_name(&cfg.default_image).is_ok());
     assert!(cfg.tap_pool_size <= 64);
+    assert!(cfg.bridge_idle_secs <= banger_core::config::MAX_BRIDGE_IDLE_SECS);
     for e in &cfg.file_sync {
         let guest = file_sync::guest_path(&e.guest);
         assert!(
