@@ -47,6 +47,14 @@ impl FakeRunner {
         self.firewall.lock().unwrap().clone()
     }
 
+    /// How many times `program` was run.
+    pub fn runs_of(&self, program: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|l| l.split_whitespace().next() == Some(program))
+            .count()
+    }
+
     /// Whether banger's NAT table exists now.
     pub fn nat(&self) -> bool {
         *self.nat.lock().unwrap()

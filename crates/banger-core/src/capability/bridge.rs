@@ -257,6 +257,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn nft_runs_only_when_the_rules_change() {
+        let h = Harness::new();
+        let cap = BridgeNet::new(h.services.network.clone());
+        let (a, ra) = boot(&h, &cap, "a").await;
+        let after_a = h.runner.runs_of("nft");
+        assert!(after_a >= 1 && h.runner.nat());
+        let (b, rb) = boot(&h, &cap, "b").await;
+        cap.release(&b, rb.as_ref());
+        assert_eq!(
+            h.runner.runs_of("nft"),
+            after_a,
+            "b, with the config's policy, changed no rule"
+        );
+        h.services.network.forget_installed_rules();
+        let (c, rc) = boot(&h, &cap, "c").await;
+        assert_eq!(h.runner.runs_of("nft"), after_a + 1, "lost rules come back");
+        cap.release(&c, rc.as_ref());
+        cap.release(&a, ra.as_ref());
+        assert!(!h.runner.nat(), "the last vm takes the table");
+    }
+
+    #[tokio::test]
     async fn daemon_shutdown_ends_an_idle_spell() {
         let mut setup = crate::testing::Setup::default();
         setup.config.bridge_idle_secs = 3600;

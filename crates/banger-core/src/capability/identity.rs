@@ -9,7 +9,8 @@
 //! host's RNG and the host's time; the agent applies it (`banger-agent`'s
 //! `identity.rs` says how) or the restore fails. sshd's new host key is
 //! made here with `ssh-keygen` (milliseconds, against half a second for
-//! the guest under TCG) and sent along; the VM's pinned host key
+//! the guest under TCG; one is kept made ahead, so a restore does not wait
+//! the ~10 ms for it) and sent along; the VM's pinned host key
 //! (`vm/ssh.rs`) is forgotten first, and the new one pinned once the agent
 //! says sshd has it (a guest without sshd pins nothing).
 //!
@@ -19,7 +20,6 @@
 use super::{Capability, Ctx};
 use crate::agent::{AgentConn, AgentError};
 use crate::error::Error;
-use crate::layout::VmDir;
 use crate::vm::ssh::{KNOWN_HOSTS, host_key_alias};
 use banger_proto::{GuestConfig, IdentityRequest, SshHostKey, WallTime};
 use banger_sys::command::{Cmd, Runner};
@@ -36,6 +36,9 @@ pub struct Identity {
     /// Images (name and build time) whose guests said they have no sshd:
     /// no host key is made for them (~7 ms of a restore).
     no_sshd: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// A host key made ahead for the next restore (daemon memory only),
+    /// made again after each use.
+    spare: Arc<std::sync::Mutex<Option<SshHostKey>>>,
 }
 
 impl Identity {
@@ -43,6 +46,7 @@ impl Identity {
         Identity {
             runner,
             no_sshd: Default::default(),
+            spare: Default::default(),
         }
     }
 
@@ -50,33 +54,50 @@ impl Identity {
         self.no_sshd.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new Ed25519 key pair, made in `dir` and read back; `None` (logged)
-    /// when `ssh-keygen` fails: the guest then keeps the key it has.
-    fn host_key(&self, vm: &str, dir: &VmDir) -> Option<SshHostKey> {
-        let tmp = dir.file(&format!(".host_key.{:08x}", rand::random::<u32>()));
-        let public = std::path::PathBuf::from(format!("{}.pub", tmp.display()));
-        let made = self
-            .runner
-            .run(
-                &Cmd::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
-                    .arg(&tmp),
-            )
-            .map_err(|e| e.to_string())
-            .and_then(|_| {
-                Ok(SshHostKey {
-                    private: std::fs::read_to_string(&tmp).map_err(|e| e.to_string())?,
-                    public: std::fs::read_to_string(&public)
-                        .map_err(|e| e.to_string())?
-                        .trim()
-                        .to_string(),
-                })
-            });
-        let _ = std::fs::remove_file(&tmp);
-        let _ = std::fs::remove_file(&public);
-        made.map_err(|e| tracing::warn!(vm, error = %e, "cannot make an sshd host key: the guest keeps the snapshot's"))
+    /// A new host key: the spare, or one made now when there is none; a
+    /// spare is then made in the background. `None` (logged) when
+    /// `ssh-keygen` fails: the guest then keeps the key it has.
+    fn host_key(&self, vm: &str) -> Option<SshHostKey> {
+        let spare = lock(&self.spare).take();
+        let key = spare.map_or_else(|| make_host_key(&*self.runner), Ok);
+        let (runner, spare) = (self.runner.clone(), self.spare.clone());
+        std::thread::spawn(move || {
+            if lock(&spare).is_none()
+                && let Ok(key) = make_host_key(&*runner)
+            {
+                lock(&spare).get_or_insert(key);
+            }
+        });
+        key.map_err(|e| tracing::warn!(vm, error = %e, "cannot make an sshd host key: the guest keeps the snapshot's"))
             .ok()
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A new Ed25519 key pair, made by `ssh-keygen` in a private temporary
+/// directory and read back.
+fn make_host_key(runner: &dyn Runner) -> Result<SshHostKey, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("banger-host-key.")
+        .tempdir()
+        .map_err(|e| format!("cannot make a private directory: {e}"))?;
+    let private = dir.path().join("key");
+    let public = dir.path().join("key.pub");
+    runner
+        .run(
+            &Cmd::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
+                .arg(&private),
+        )
+        .map_err(|e| e.to_string())?;
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).map_err(|e| e.to_string());
+    Ok(SshHostKey {
+        private: read(&private)?,
+        public: read(&public)?.trim().to_string(),
+    })
 }
 
 /// The known-hosts line `vm ssh` checks the guest's host key against.
@@ -135,7 +156,7 @@ impl Capability for Identity {
             let key = if self.no_sshd().contains(&image) {
                 None
             } else {
-                self.host_key(&ctx.vm.name, ctx.dir)
+                self.host_key(&ctx.vm.name)
             };
             let public = key.as_ref().map(|k| k.public.clone());
             match agent
@@ -221,29 +242,30 @@ mod tests {
     }
 
     #[test]
-    fn a_host_key_is_made_with_ssh_keygen() {
+    fn host_keys_are_made_with_ssh_keygen_one_ahead_and_never_twice() {
         if banger_sys::command::which("ssh-keygen").is_none() {
             eprintln!("skipped: needs ssh-keygen (openssh-client)");
             return;
         }
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = VmDir {
-            state: tmp.path().to_path_buf(),
-            run: tmp.path().to_path_buf(),
-        };
         let identity = Identity::new(Arc::new(banger_sys::command::SystemRunner));
-        let key = identity.host_key("web", &dir).unwrap();
+        let key = identity.host_key("web").unwrap();
         assert!(key.public.starts_with("ssh-ed25519 "), "{key:?}");
         assert!(
             key.private
                 .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n")
         );
-        let other = identity.host_key("web", &dir).unwrap();
+        // The spare is made in the background after each key handed out.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lock(&identity.spare).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let spare = lock(&identity.spare).clone().expect("a spare was made");
+        let other = identity.host_key("web").unwrap();
+        assert_eq!(other, spare, "the next restore takes the spare");
         assert_ne!(key.public, other.public);
-        assert_eq!(
-            std::fs::read_dir(tmp.path()).unwrap().count(),
-            0,
-            "the key files are not left in the vm's dir"
+        assert!(
+            lock(&identity.spare).as_ref() != Some(&other),
+            "and it is not handed out twice"
         );
     }
 

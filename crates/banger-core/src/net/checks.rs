@@ -96,12 +96,17 @@ impl Network {
                 ),
                 None,
             ),
-            Ok(_) => check(
-                "nat",
-                CheckStatus::Pass,
-                format!("no table ip {} (added while bridge vms run)", cfg.nft_table),
-                None,
-            ),
+            Ok(_) => {
+                // Gone behind our back (`nft flush ruleset`): the next
+                // attach or detach installs it again.
+                self.forget_installed_rules();
+                check(
+                    "nat",
+                    CheckStatus::Pass,
+                    format!("no table ip {} (added while bridge vms run)", cfg.nft_table),
+                    None,
+                )
+            }
             Err(e) => check(
                 "nat",
                 CheckStatus::Warn,

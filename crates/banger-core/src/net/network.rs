@@ -73,6 +73,10 @@ pub struct Network {
     state: Mutex<BridgeState>,
     /// Tap deletions in flight (each takes ~20 ms, so off the caller's path).
     deleting: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The firewall script last installed, while the table is up: a VM
+    /// with the config's policy changes nothing in it, and running `nft`
+    /// again costs each attach and detach ~8 ms.
+    installed_rules: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -136,6 +140,7 @@ impl Network {
             subnet,
             state: Mutex::new(BridgeState::default()),
             deleting: Mutex::new(Vec::new()),
+            installed_rules: Mutex::new(None),
         })
     }
 
@@ -239,9 +244,27 @@ impl Network {
                 rules.host_access.push(a.ip);
             }
         }
+        let script = banger_sys::net::nft::rules_script(&rules).map_err(net_err)?;
+        let mut installed = self.installed_rules();
+        if installed.as_deref() == Some(script.as_str()) {
+            return Ok(());
+        }
+        *installed = None;
         Nft::new(&*self.deps.runner)
             .ensure_rules(&rules)
-            .map_err(net_err)
+            .map_err(net_err)?;
+        *installed = Some(script);
+        Ok(())
+    }
+
+    pub(crate) fn forget_installed_rules(&self) {
+        *self.installed_rules() = None;
+    }
+
+    fn installed_rules(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.installed_rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Bridge, address, forwarding and DNS server, made idempotently.
@@ -442,6 +465,7 @@ impl Network {
     /// instance runs: with none, the NAT table, the DNS server and the
     /// bridge go (each best-effort and idempotent).
     pub(crate) fn remove_shared(&self) {
+        *self.installed_rules() = None;
         if let Err(e) = Nft::new(&*self.deps.runner).remove_nat(&self.deps.config.nft_table) {
             tracing::warn!(error = %crate::error::chain(&e), "cannot remove the nat table");
         }

@@ -22,7 +22,8 @@
 //!
 //! `--breakdown`: (c) split into stages, the agent's boot steps and the
 //! guest's uptime, for the minimal image without network and, as root, for
-//! the debian image on the bridge (`breakdown.rs`).
+//! the debian image on the bridge, cold and then warm (`image warm
+//! debian`), whose `vm run --rm -- true` is (i2) (`breakdown.rs`).
 //!
 //! `--ssh`: (e) create of a Debian guest (user network) until `vm ssh`
 //! answers, (f) `vm ssh NAME -- true` cold and (g) with the ControlMaster
@@ -49,6 +50,9 @@ use banger_e2e::Env;
 use stats::{Report, median, timed};
 use std::path::Path;
 use std::process::Command;
+
+/// The breakdown's label for the whole `vm run --rm -- true`.
+const RUN: &str = breakdown::RUN;
 
 /// What the command line asks for.
 struct Args {
@@ -141,7 +145,7 @@ fn main() {
         }
     }
     let snaps = args.snapshots.then(|| snapshots::measure(&env, runs));
-    let cold = args.breakdown.then(|| breakdown::cold(&env, runs));
+    let cold = args.breakdown.then(|| breakdown::cold(&env, runs, "bd"));
     if args.ssh || args.workspace || args.breakdown {
         eprintln!("bench: building the debian image…");
         env.ok(&["image", "build", "--preset", "debian"]);
@@ -195,9 +199,17 @@ fn main() {
         }
     }
     match debian_cold {
-        Some(Ok(s)) => {
+        Some(Ok((cold, warm))) => {
             r.heading("breakdown: debian image, bridge network");
-            for (label, v) in s.0 {
+            for (label, v) in cold.0 {
+                r.ms(label, v);
+            }
+            r.heading("breakdown: debian image, bridge network, warm image");
+            for (label, v) in warm.0 {
+                let label = match label.as_str() {
+                    RUN => format!("(i2) {RUN}, warm debian on the bridge"),
+                    _ => label,
+                };
                 r.ms(label, v);
             }
         }
@@ -274,13 +286,20 @@ fn snapshots_rows(r: &mut Report, f: snapshots::Figures) {
 /// `--breakdown` for the debian image on the bridge, in an instance inside
 /// a network namespace of its own (needs root), with `host`'s debian image
 /// registered there (the namespace has no way out to a mirror).
-fn debian_on_bridge(host: &Env, runs: usize) -> Result<breakdown::Samples, String> {
+/// Then the same from the warm image (`image warm debian`): (i2).
+fn debian_on_bridge(
+    host: &Env,
+    runs: usize,
+) -> Result<(breakdown::Samples, breakdown::Samples), String> {
     if banger_sys::process::euid() != 0 {
         return Err("needs root (the bridge network)".into());
     }
     let env = Env::in_netns("default_image = \"debian\"\nnetwork = \"bridge\"\n");
     env.register_from(host, "debian");
-    Ok(breakdown::cold(&env, runs))
+    let cold = breakdown::cold(&env, runs, "bd");
+    eprintln!("bench: warming the debian image…");
+    env.ok(&["image", "warm", "debian"]);
+    Ok((cold, breakdown::cold(&env, runs, "bw")))
 }
 
 /// (e), (f), (g): see the module's doc. `env` has the debian image.
