@@ -355,6 +355,7 @@ mod tests {
             hostname: "web-1".into(),
             authorized_keys: vec![],
             network: None,
+            git_identity: vec!["user.name".into(), "Ann".into()],
         };
         std::fs::write(&path, cfg.to_drive().unwrap()).unwrap();
         assert_eq!(read_config(&path).unwrap(), cfg);

@@ -18,7 +18,9 @@
 //!    [`crate::net::reconfigure`]), remembered for the next restore;
 //! 6. the host's new sshd host key installed when the image has sshd
 //!    (`sshd.rs`); failing that is a warning, not an error: the guest is
-//!    usable without it.
+//!    usable without it;
+//! 7. the host user's git identity now (`git.rs`): a warm snapshot was
+//!    made with the identity of its day; failing is a warning too.
 //!
 //! Only the guest's init applies anything: the same agent serves tests on
 //! a host, whose clock, RNG and hostname are not its to change.
@@ -141,18 +143,46 @@ pub async fn apply(agent: &Agent, req: IdentityRequest) -> Result<IdentityReport
         .map_err(IdentityError::Network)?;
         *current = Some(new.clone());
     }
-    let Some(key) = &req.ssh_host_key else {
-        return Ok(report);
-    };
-    match step("identity: sshd host key", || {
-        crate::sshd::Sshd::guest().install_host_key(key)
-    }) {
-        Ok(installed) => report.ssh_host_key = installed,
-        Err(e) => report
+    if let Some(key) = &req.ssh_host_key {
+        match step("identity: sshd host key", || {
+            crate::sshd::Sshd::guest().install_host_key(key)
+        }) {
+            Ok(installed) => report.ssh_host_key = installed,
+            Err(e) => report
+                .warnings
+                .push(format!("sshd host key not replaced: {}", chain(&e))),
+        }
+    }
+    if let Err(e) = git_identity(&req.git_identity).await {
+        report
             .warnings
-            .push(format!("sshd host key not replaced: {}", chain(&e))),
+            .push(format!("git identity not set: {}", chain(&e)));
     }
     Ok(report)
+}
+
+/// Step 7, off the runtime's thread (a `git config` run blocks).
+async fn git_identity(identity: &[String]) -> std::io::Result<()> {
+    if identity.is_empty() {
+        return Ok(());
+    }
+    let identity = identity.to_vec();
+    let start = std::time::Instant::now();
+    let did = tokio::task::spawn_blocking(move || {
+        crate::git::apply(
+            Path::new("/"),
+            Path::new("/root"),
+            &identity,
+            crate::git::run_blocking,
+        )
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    crate::console::log(format_args!(
+        "identity: git identity {did} ({})",
+        crate::console::Millis(start.elapsed().as_secs_f64() * 1000.0)
+    ));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -177,6 +207,7 @@ mod tests {
                         .into(),
                 public: "ssh-ed25519 AAAAC3Nz".into(),
             }),
+            git_identity: vec![],
         }
     }
 

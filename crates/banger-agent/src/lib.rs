@@ -29,6 +29,7 @@ pub mod entropy;
 pub mod exec;
 pub mod fdio;
 pub mod files;
+pub mod git;
 pub mod identity;
 pub mod modinfo;
 pub mod net;

@@ -1,7 +1,8 @@
 //! System set-up after the switch of root (boot step 7): the runtime
 //! filesystems a Linux system expects, the hostname, the host's ssh keys,
-//! then the network (`net.rs`). Owns what the guest looks like to programs
-//! run in it; every failure is logged and skipped. File edits take the root
+//! the host user's git identity (`git.rs`), then the network (`net.rs`).
+//! Owns what the guest looks like to programs run in it; every failure is
+//! logged and skipped. File edits take the root
 //! directory as a parameter, so tests run them in temp dirs.
 
 use std::io;
@@ -27,6 +28,13 @@ pub fn run(config: &GuestConfig) {
     if !config.authorized_keys.is_empty() {
         let _ = step("installed ssh keys", || {
             install_authorized_keys(Path::new("/root"), &config.authorized_keys, Owner::ROOT)
+        });
+    }
+    if !config.git_identity.is_empty() {
+        let _ = step("git identity", || {
+            let (root, home) = (Path::new("/"), Path::new("/root"));
+            crate::git::apply(root, home, &config.git_identity, crate::git::run_blocking)
+                .map(|did| crate::console::log(format_args!("git identity: {did}")))
         });
     }
     crate::net::run(config.network.as_ref());

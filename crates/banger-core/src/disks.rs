@@ -260,6 +260,7 @@ mod tests {
             hostname: "web".into(),
             authorized_keys: vec![],
             network: None,
+            git_identity: vec![],
         };
         write_config_drive(&cfg, &p).unwrap();
         assert_eq!(

@@ -334,6 +334,7 @@ pub fn empty_plan(vm: &crate::store::VmRecord) -> capability::BootPlan {
             hostname: vm.name.clone(),
             authorized_keys: vec![],
             network: None,
+            git_identity: vec![],
         },
         runtime: Default::default(),
     }

@@ -201,6 +201,35 @@ fn a_workspace_is_a_real_checkout_and_its_commits_come_back() {
         ),
         "Repo Person\nglobal@example.com\n"
     );
+    // A restore brings the host's identity of now, not the snapshot's,
+    // into a config the user made their own (edited by git, the rest kept).
+    b.sh("work", "git config --global alias.co checkout");
+    b.ok(
+        b.env.root.path(),
+        &["vm", "snapshot", "work", "--name", "named"],
+    );
+    git(
+        &home,
+        &home,
+        &["config", "--global", "user.name", "Renamed Person"],
+    );
+    b.ok(b.env.root.path(), &["vm", "restore", "work", "named"]);
+    b.ok(
+        b.env.root.path(),
+        &["vm", "snapshot", "delete", "work", "named"],
+    );
+    assert_eq!(
+        b.sh(
+            "work",
+            "git config --global user.name; git config --global alias.co"
+        ),
+        "Renamed Person\ncheckout\n"
+    );
+    git(
+        &home,
+        &home,
+        &["config", "--global", "user.name", "Global Person"],
+    );
 
     // A commit in the guest comes back as a host branch, author and all;
     // the host's work tree and branch are untouched.

@@ -277,6 +277,9 @@ pub struct IdentityRequest {
     /// knows the key to pin; installed only if the image has sshd.
     #[serde(default)]
     pub ssh_host_key: Option<SshHostKey>,
+    /// The host user's git identity now, as at boot ([`GuestConfig::git_identity`]).
+    #[serde(default)]
+    pub git_identity: Vec<String>,
 }
 
 /// Most bytes of either half of an [`SshHostKey`].
@@ -407,6 +410,35 @@ pub struct GuestConfig {
     /// means no network device (agent channel only).
     #[serde(default)]
     pub network: Option<GuestNetwork>,
+    /// The host user's global git identity, `user.name VALUE user.email
+    /// VALUE` (the keys the host sets), for root's git config in a guest
+    /// that has git.
+    #[serde(default)]
+    pub git_identity: Vec<String>,
+}
+
+/// The git config file setting `args` (`user.name VALUE …`, as in
+/// [`GuestConfig::git_identity`]), each value quoted and escaped as git
+/// reads it back.
+pub fn gitconfig(args: &[String]) -> String {
+    let mut text = String::from("[user]\n");
+    for pair in args.chunks(2) {
+        let [key, value] = pair else { continue };
+        let name = key.strip_prefix("user.").unwrap_or(key);
+        let mut quoted = String::new();
+        for c in value.chars() {
+            match c {
+                '\\' => quoted.push_str("\\\\"),
+                '"' => quoted.push_str("\\\""),
+                '\n' => quoted.push_str("\\n"),
+                '\t' => quoted.push_str("\\t"),
+                c if c.is_control() => {}
+                c => quoted.push(c),
+            }
+        }
+        text.push_str(&format!("\t{name} = \"{quoted}\"\n"));
+    }
+    text
 }
 
 /// Static network configuration for the guest's one NIC (the agent
@@ -536,6 +568,7 @@ mod tests {
                 dns: vec!["172.30.0.1".into()],
                 search: Some("banger".into()),
             }),
+            git_identity: vec!["user.name".into(), "Ann \"A\"\nB".into()],
         };
         let drive = cfg.to_drive().unwrap();
         assert_eq!(drive.len(), CONFIG_DRIVE_SIZE);

@@ -1,13 +1,15 @@
 //! Git identity: the host user's global `user.name` and `user.email` (as
 //! `git config --global` reports them for the daemon's user) go into the
 //! guest's `/root/.gitconfig` at every boot, so commits made in a plain VM
-//! shell carry the user's name. A repo-level identity is not touched here:
-//! it travels inside the checkout's own `.git/config` with `workspace
-//! prepare`, so repo overrides keep working in the guest as on the host.
-//! Guests without git (the minimal image) are left alone.
+//! shell carry the user's name. The values travel in the guest config
+//! (`prepare`); the agent writes them at boot, and after a restore from the
+//! identity request the `identity` capability builds from that config
+//! (`banger-agent`'s `git.rs` says how; a guest without git is left
+//! alone). A repo-level identity is not touched here: it travels inside
+//! the checkout's own `.git/config` with `workspace prepare`, so repo
+//! overrides keep working in the guest as on the host.
 
-use super::{Capability, Ctx};
-use crate::agent::AgentConn;
+use super::{BootPlan, Capability, Ctx};
 use crate::error::Error;
 use banger_sys::command::{Cmd, Runner};
 use futures::future::BoxFuture;
@@ -44,9 +46,14 @@ impl GitIdentity {
     }
 }
 
+/// Longest value passed on: the guest config has room for far more, but
+/// no name or address is this long.
+pub const MAX_VALUE: usize = 1024;
+
 /// `git config -z --get-regexp` output (`key\nvalue\0` per entry) as
 /// `user.name VALUE user.email VALUE`: the last value of each key wins, as
-/// with `git config --get`; empty values count as unset.
+/// with `git config --get`; empty values, and longer than [`MAX_VALUE`],
+/// count as unset.
 pub fn parse_identity(z: &str) -> Vec<String> {
     let keys = ["user.name", "user.email"];
     let mut last: [Option<&str>; 2] = [None, None];
@@ -56,7 +63,7 @@ pub fn parse_identity(z: &str) -> Vec<String> {
         };
         if let Some(i) = keys.iter().position(|k| *k == key) {
             let value = value.trim();
-            last[i] = (!value.is_empty()).then_some(value);
+            last[i] = (!value.is_empty() && value.len() <= MAX_VALUE).then_some(value);
         }
     }
     keys.iter()
@@ -66,69 +73,18 @@ pub fn parse_identity(z: &str) -> Vec<String> {
         .collect()
 }
 
-/// Sets each given key in the guest's global git config; exits 0 without
-/// git. Values arrive as arguments, never through the shell's parser.
-/// `$1` is the whole file ([`gitconfig`]), written as it is when the guest
-/// has none yet (a first boot: one shell builtin instead of a `git config`
-/// per key, ~75 ms each under TCG); otherwise git edits the file it has.
-const SET_SCRIPT: &str = r#"command -v git >/dev/null 2>&1 || exit 0
-if [ ! -e /root/.gitconfig ]; then printf '%s' "$1" > /root/.gitconfig; exit; fi
-shift
-while [ "$#" -ge 2 ]; do git config --global "$1" "$2" || exit 1; shift 2; done"#;
-
-/// A git config file setting `args` (`user.name VALUE …`), each value
-/// quoted and escaped as git reads it back.
-pub fn gitconfig(args: &[String]) -> String {
-    let mut text = String::from("[user]\n");
-    for pair in args.chunks(2) {
-        let [key, value] = pair else { continue };
-        let name = key.strip_prefix("user.").unwrap_or(key);
-        let mut quoted = String::new();
-        for c in value.chars() {
-            match c {
-                '\\' => quoted.push_str("\\\\"),
-                '"' => quoted.push_str("\\\""),
-                '\n' => quoted.push_str("\\n"),
-                '\t' => quoted.push_str("\\t"),
-                c if c.is_control() => {}
-                c => quoted.push(c),
-            }
-        }
-        text.push_str(&format!("\t{name} = \"{quoted}\"\n"));
-    }
-    text
-}
-
 impl Capability for GitIdentity {
     fn name(&self) -> &'static str {
         "git-identity"
     }
 
-    fn ready_key(&self, _ctx: &Ctx<'_>) -> Option<String> {
-        Some(self.identity().join("\n"))
-    }
-
-    fn ready<'a>(
+    fn prepare<'a>(
         &'a self,
-        ctx: &'a Ctx<'a>,
-        agent: &'a AgentConn,
+        _ctx: &'a Ctx<'a>,
+        plan: &'a mut BootPlan,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let args = self.identity();
-            if args.is_empty() {
-                tracing::debug!(vm = %ctx.vm.name, "no global git identity on the host");
-                return Ok(());
-            }
-            let file = gitconfig(&args);
-            let mut argv = vec!["sh", "-c", SET_SCRIPT, "sh", file.as_str()];
-            argv.extend(args.iter().map(String::as_str));
-            let out = agent.run(&argv, Some("/root"), &[], 64 << 10).await?;
-            if out.code != 0 {
-                return Err(Error::Guest(format!(
-                    "cannot set the git identity in the guest: {}",
-                    out.stderr_tail()
-                )));
-            }
+            plan.guest.git_identity = self.identity();
             Ok(())
         })
     }
@@ -168,33 +124,7 @@ mod tests {
             ["user.email", "x@y"]
         );
         assert!(parse_identity("").is_empty());
-    }
-
-    #[test]
-    fn git_reads_back_exactly_the_values_the_file_was_written_with() {
-        if banger_sys::command::which("git").is_none() {
-            banger_sys::skip_test("the gitconfig round trip needs git");
-            return;
-        }
-        let home = tempfile::tempdir().unwrap();
-        let name = r#"Ann "the \ tester" O'Neil; # not a comment"#;
-        let email = "  ann@example.com\t";
-        let args = ["user.name", name, "user.email", email].map(String::from);
-        std::fs::write(home.path().join(".gitconfig"), gitconfig(&args)).unwrap();
-        for (key, want) in [("user.name", name), ("user.email", email)] {
-            let out = std::process::Command::new("git")
-                .args(["config", "--global", "--get", key])
-                .env("HOME", home.path())
-                .env_remove("XDG_CONFIG_HOME")
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{want}\n"));
-        }
+        let long = format!("user.name\n{}\0", "x".repeat(MAX_VALUE + 1));
+        assert!(parse_identity(&long).is_empty(), "too long to be a name");
     }
 }

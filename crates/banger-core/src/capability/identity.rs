@@ -128,6 +128,7 @@ pub fn request(
             nanos: since.subsec_nanos(),
         },
         ssh_host_key,
+        git_identity: guest.git_identity.clone(),
     }
 }
 
@@ -218,11 +219,13 @@ mod tests {
                 address: "172.30.0.12/24".into(),
                 ..Default::default()
             }),
+            git_identity: vec!["user.name".into(), "Ann".into()],
         };
         let now = UNIX_EPOCH + Duration::new(1_800_000_000, 250);
         let req = request(&guest, vec![9; ENTROPY_BYTES], now, None);
         assert_eq!(req.hostname, "try-2");
         assert_eq!(req.network, guest.network);
+        assert_eq!(req.git_identity, guest.git_identity);
         assert_eq!(
             req.time,
             WallTime {

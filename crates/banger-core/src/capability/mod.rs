@@ -127,14 +127,6 @@ pub trait Capability: Send + Sync {
         ok()
     }
 
-    /// What `ready` would apply to this VM's guest, when it can say so
-    /// cheaply: a guest restored from a warm snapshot whose `ready` ran
-    /// with the same key already has it, and is spared `ready` (a guest
-    /// command costs ~100 ms under TCG). `None`: always run `ready`.
-    fn ready_key(&self, _ctx: &Ctx<'_>) -> Option<String> {
-        None
-    }
-
     /// Acts once the guest agent answers.
     fn ready<'a>(
         &'a self,

@@ -9,8 +9,7 @@
 //! 5. the runtime remembered (memory and `handles.json`); undo: forget it;
 //! 6. the guest agent answering its health check, then (restores only,
 //!    stage `identity`) every capability's `restored`, then every
-//!    capability's `ready` (but, restoring a warm snapshot, not those whose
-//!    `ready_key` says the guest has it already).
+//!    capability's `ready`.
 //!
 //! A failure anywhere leaves the undo stack to the caller, which unwinds it.
 //!
@@ -71,6 +70,7 @@ impl Lifecycle {
                 hostname: vm.name.clone(),
                 authorized_keys: Vec::new(),
                 network: None,
+                git_identity: Vec::new(),
             },
             runtime: Default::default(),
         };
@@ -188,17 +188,7 @@ impl Lifecycle {
             })
             .await?;
         }
-        // What the snapshot's guest already had applied (a warm one says).
-        let applied = from
-            .map(|(dir, _)| super::warm::read_ready(dir))
-            .unwrap_or_default();
         for cap in self.capabilities.for_vm(vm) {
-            if let Some(key) = applied.get(cap.name())
-                && cap.ready_key(&ctx).as_ref() == Some(key)
-            {
-                tracing::debug!(vm = %vm.name, capability = cap.name(), "the restored guest has what ready would apply");
-                continue;
-            }
             cap.ready(&ctx, &conn).await?;
         }
         Ok(())

@@ -319,7 +319,7 @@ enum Copy {
 pub(super) fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().mode(0o700).create(to)?;
-    for name in [STATE_FILE, RAM_FILE, super::warm::READY] {
+    for name in [STATE_FILE, RAM_FILE] {
         let src = from.join(name);
         if !src.exists() {
             continue;

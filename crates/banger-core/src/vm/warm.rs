@@ -49,8 +49,6 @@ pub const WARMING: &str = "warming";
 pub const MANIFEST: &str = "warm.json";
 pub const ROOT: &str = "root.qcow2";
 pub const WORK: &str = "work.img";
-/// Each capability's `ready_key` when the warming VM's `ready` ran.
-pub const READY: &str = "ready.json";
 /// The snapshot the warming VM takes.
 const SNAPSHOT: &str = "warm";
 
@@ -130,15 +128,6 @@ impl WarmManifest {
         }
         (!differ.is_empty()).then(|| format!("this vm asks for {}", differ.join(", ")))
     }
-}
-
-/// What `ready` applied to a warm snapshot's guest, by capability (empty
-/// when unknown: every `ready` runs).
-pub fn read_ready(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    std::fs::read(dir.join(READY))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
 }
 
 pub fn read_manifest(dir: &Path) -> std::io::Result<WarmManifest> {
@@ -338,21 +327,6 @@ impl Lifecycle {
     }
 
     async fn run_warm(&self, op: &Op, vm: &VmRecord) -> Result<(), Error> {
-        // What its `ready` will apply, known before it runs: a host
-        // identity changed meanwhile makes VMs run `ready` again.
-        let ready = {
-            let image = self.images.record(&vm.image)?;
-            let dir = self.dir(vm);
-            let ctx = crate::capability::Ctx {
-                vm,
-                image: &image,
-                dir: &dir,
-            };
-            self.capabilities
-                .for_vm(vm)
-                .filter_map(|c| c.ready_key(&ctx).map(|k| (c.name().to_string(), k)))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        };
         {
             let lock = self.lock(&vm.name);
             let _guard = lock.lock().await;
@@ -405,9 +379,7 @@ impl Lifecycle {
                         fingerprint,
                     };
                     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
-                    let ready = serde_json::to_vec_pretty(&ready).expect("keys serialize");
                     std::fs::write(staging.join(MANIFEST), json)
-                        .and_then(|()| std::fs::write(staging.join(READY), ready))
                         .and_then(|()| swap_in(&staging, &dir))
                         .map_err(Error::io(format!("cannot keep {}", dir.display())))
                 });

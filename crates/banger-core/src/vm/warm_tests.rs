@@ -3,7 +3,7 @@
 //! identity stage, its RAM mapped privately), one asking for another boots
 //! and says why; a failed warm leaves nothing.
 
-use super::warm::{MANIFEST, READY};
+use super::warm::MANIFEST;
 use crate::engine::RamMapping;
 use crate::engine::fake::FakeFault;
 use crate::testing::{Harness, finish, succeeded};
@@ -34,7 +34,7 @@ async fn a_warm_image_is_restored_by_a_create_of_its_machine_and_booted_otherwis
     assert!(h.store.vms().unwrap().is_empty(), "the warming vm is gone");
     assert_eq!(h.engine.running(), 0);
     let warm = h.paths.state_dir.join("warm/img");
-    assert!(warm.join(MANIFEST).exists() && warm.join(READY).exists());
+    assert!(warm.join(MANIFEST).exists());
 
     let op = create(
         &h,
@@ -118,77 +118,4 @@ async fn a_failed_warm_leaves_no_vm_and_no_snapshot() {
         .map(|e| e.file_name())
         .collect();
     assert!(vms.is_empty(), "{vms:?}");
-}
-
-/// A capability whose `ready` is counted, and whose key the test sets.
-struct Counted {
-    key: std::sync::Mutex<String>,
-    readies: std::sync::atomic::AtomicUsize,
-}
-
-impl crate::capability::Capability for Counted {
-    fn name(&self) -> &'static str {
-        "counted"
-    }
-
-    fn ready_key(&self, _ctx: &crate::capability::Ctx<'_>) -> Option<String> {
-        Some(self.key.lock().unwrap().clone())
-    }
-
-    fn ready<'a>(
-        &'a self,
-        _ctx: &'a crate::capability::Ctx<'a>,
-        _agent: &'a crate::agent::AgentConn,
-    ) -> futures::future::BoxFuture<'a, Result<(), crate::error::Error>> {
-        self.readies
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async { Ok(()) })
-    }
-}
-
-#[tokio::test]
-async fn a_restored_guest_is_spared_a_ready_it_already_had_and_only_that() {
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering;
-    let counted = Arc::new(Counted {
-        key: std::sync::Mutex::new("name=a".into()),
-        readies: Default::default(),
-    });
-    let cap = counted.clone();
-    let h = Harness::with(crate::testing::Setup {
-        capabilities: Some(Box::new(move |deps| {
-            let mut caps = vec![Arc::new(crate::capability::identity::Identity::new(
-                deps.runner.clone(),
-            )) as Arc<dyn crate::capability::Capability>];
-            caps.push(cap);
-            crate::capability::Pipeline::new(caps)
-        })),
-        ..Default::default()
-    });
-    assert!(succeeded(
-        &finish(h.services.vms.warm_image("img").unwrap()).await
-    ));
-    assert_eq!(
-        counted.readies.load(Ordering::SeqCst),
-        1,
-        "the warming vm's"
-    );
-    let named = |n: &str| CreateVm {
-        name: Some(n.into()),
-        ..Default::default()
-    };
-    let op = create(&h, named("same")).await;
-    assert!(succeeded(&op), "{op:?}");
-    assert_eq!(
-        counted.readies.load(Ordering::SeqCst),
-        1,
-        "restored with what ready would apply: not run again"
-    );
-    *counted.key.lock().unwrap() = "name=b".into();
-    assert!(succeeded(&create(&h, named("changed")).await));
-    assert_eq!(
-        counted.readies.load(Ordering::SeqCst),
-        2,
-        "the host's side changed since the warm snapshot: run"
-    );
 }

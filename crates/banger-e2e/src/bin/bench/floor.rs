@@ -130,6 +130,7 @@ impl Bare {
             hostname: "bare".into(),
             authorized_keys: vec![],
             network: None,
+            git_identity: vec![],
         };
         std::fs::write(&config, cfg.to_drive().unwrap()).unwrap();
         let drive = |path, format, serial, read_only| Drive {
