@@ -161,23 +161,36 @@ pub async fn apply(agent: &Agent, req: IdentityRequest) -> Result<IdentityReport
     Ok(report)
 }
 
-/// Step 7, off the runtime's thread (a `git config` run blocks).
+/// Step 7: the file read and written here (a new thread would cost a
+/// just-restored TCG guest ~20 ms); a `git config` run, which blocks, off
+/// the runtime's thread.
 async fn git_identity(identity: &[String]) -> std::io::Result<()> {
     if identity.is_empty() {
         return Ok(());
     }
-    let identity = identity.to_vec();
     let start = std::time::Instant::now();
-    let did = tokio::task::spawn_blocking(move || {
-        crate::git::apply(
-            Path::new("/"),
-            Path::new("/root"),
-            &identity,
-            crate::git::run_blocking,
-        )
-    })
-    .await
-    .map_err(std::io::Error::other)??;
+    let mut edits = Vec::new();
+    let did = crate::git::apply(Path::new("/"), Path::new("/root"), identity, |cmd| {
+        edits.push(cmd);
+        Ok(0)
+    })?;
+    if !edits.is_empty() {
+        tokio::task::spawn_blocking(move || {
+            for cmd in edits {
+                match crate::git::run_blocking(cmd)? {
+                    0 => {}
+                    code => {
+                        return Err(std::io::Error::other(format!(
+                            "git config exited with {code}"
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+    }
     crate::console::log(format_args!(
         "identity: git identity {did} ({})",
         crate::console::Millis(start.elapsed().as_secs_f64() * 1000.0)
