@@ -332,19 +332,23 @@ pub trait Engine: Send + Sync {
     fn checks<'a>(&'a self, kernel: Option<&'a Path>) -> BoxFuture<'a, Vec<Check>>;
 }
 
-/// Polls `holds` every `every` until it is false (true) or `timeout`
-/// passes with it still true (false).
+/// Polls `holds` until it is false (true) or `timeout` passes with it
+/// still true (false): after 1 ms, then twice as long each time up to
+/// `every` (a killed QEMU is gone in a few milliseconds: a first look
+/// after a full `every` made each delete wait it out).
 pub async fn wait_while(
     timeout: Duration,
     every: Duration,
     mut holds: impl FnMut() -> bool,
 ) -> bool {
     let deadline = Instant::now() + timeout;
+    let mut wait = Duration::from_millis(1).min(every);
     while holds() {
         if Instant::now() > deadline {
             return false;
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(every);
     }
     true
 }
