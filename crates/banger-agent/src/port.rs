@@ -35,7 +35,11 @@ pub fn open(path: &Path) -> io::Result<OwnedFd> {
 
 /// Serves host connections on `port` forever. Each attempt gets its own
 /// registration with the reactor (a duplicate of `port`), because a
-/// registration that saw a hang-up stays hung up (see `fdio.rs`).
+/// registration that saw a hang-up stays hung up (see `fdio.rs`). Between
+/// attempts it waits [`RETRY`] (a port with no host reads as hung up at
+/// once), but not when the last connection left bytes to look for a sync
+/// line in: a host that reconnected without a hang-up the agent saw (every
+/// restore: the snapshot's connection is gone) is answered at once.
 pub async fn serve_forever(port: OwnedFd, agent: Arc<Agent>) -> ! {
     let mut channel = Channel::default();
     loop {
@@ -47,6 +51,8 @@ pub async fn serve_forever(port: OwnedFd, agent: Arc<Agent>) -> ! {
             }
             Err(e) => log(format_args!("cannot watch the agent port: {e}")),
         }
-        tokio::time::sleep(RETRY).await;
+        if channel.tail.is_empty() {
+            tokio::time::sleep(RETRY).await;
+        }
     }
 }
