@@ -25,6 +25,7 @@ use banger_proto::{GuestConfig, IdentityRequest, SshHostKey, WallTime};
 use banger_sys::command::{Cmd, Runner};
 use futures::future::BoxFuture;
 use rand::RngCore;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,6 +34,10 @@ pub const ENTROPY_BYTES: usize = 64;
 
 pub struct Identity {
     runner: Arc<dyn Runner>,
+    /// Where `ssh-keygen` writes (in the daemon's owner-only runtime dir;
+    /// emptied at daemon start: a daemon killed while a key was being
+    /// made leaves its directory).
+    key_dir: PathBuf,
     /// Images (name and build time) whose guests said they have no sshd:
     /// no host key is made for them (~7 ms of a restore).
     no_sshd: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -42,9 +47,10 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn new(runner: Arc<dyn Runner>) -> Identity {
+    pub fn new(runner: Arc<dyn Runner>, key_dir: PathBuf) -> Identity {
         Identity {
             runner,
+            key_dir,
             no_sshd: Default::default(),
             spare: Default::default(),
         }
@@ -59,11 +65,15 @@ impl Identity {
     /// `ssh-keygen` fails: the guest then keeps the key it has.
     fn host_key(&self, vm: &str) -> Option<SshHostKey> {
         let spare = lock(&self.spare).take();
-        let key = spare.map_or_else(|| make_host_key(&*self.runner), Ok);
-        let (runner, spare) = (self.runner.clone(), self.spare.clone());
+        let key = spare.map_or_else(|| make_host_key(&*self.runner, &self.key_dir), Ok);
+        let (runner, spare, dir) = (
+            self.runner.clone(),
+            self.spare.clone(),
+            self.key_dir.clone(),
+        );
         std::thread::spawn(move || {
             if lock(&spare).is_none()
-                && let Ok(key) = make_host_key(&*runner)
+                && let Ok(key) = make_host_key(&*runner, &dir)
             {
                 lock(&spare).get_or_insert(key);
             }
@@ -77,13 +87,20 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A new Ed25519 key pair, made by `ssh-keygen` in a private temporary
-/// directory and read back.
-fn make_host_key(runner: &dyn Runner) -> Result<SshHostKey, String> {
+/// A new Ed25519 key pair, made by `ssh-keygen` in a directory of its own
+/// under `dir` and read back.
+fn make_host_key(runner: &dyn Runner, dir: &Path) -> Result<SshHostKey, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
     let dir = tempfile::Builder::new()
-        .prefix("banger-host-key.")
-        .tempdir()
-        .map_err(|e| format!("cannot make a private directory: {e}"))?;
+        .prefix("key.")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(dir)
+        .map_err(|e| format!("cannot make a private directory in {}: {e}", dir.display()))?;
     let private = dir.path().join("key");
     let public = dir.path().join("key.pub");
     runner
@@ -135,6 +152,15 @@ pub fn request(
 impl Capability for Identity {
     fn name(&self) -> &'static str {
         "identity"
+    }
+
+    fn sweep(&self, _live: &[super::Live<'_>]) {
+        match std::fs::remove_dir_all(&self.key_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(dir = %self.key_dir.display(), error = %e, "cannot empty the host key directory");
+            }
+            _ => {}
+        }
     }
 
     fn restored<'a>(
@@ -250,7 +276,9 @@ mod tests {
             eprintln!("skipped: needs ssh-keygen (openssh-client)");
             return;
         }
-        let identity = Identity::new(Arc::new(banger_sys::command::SystemRunner));
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("host-keys");
+        let identity = Identity::new(Arc::new(banger_sys::command::SystemRunner), keys.clone());
         let key = identity.host_key("web").unwrap();
         assert!(key.public.starts_with("ssh-ed25519 "), "{key:?}");
         assert!(
@@ -270,6 +298,20 @@ mod tests {
             lock(&identity.spare).as_ref() != Some(&other),
             "and it is not handed out twice"
         );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&keys).unwrap().permissions(),
+        );
+        assert_eq!(
+            mode & 0o777,
+            0o700,
+            "keys are made where only the daemon's user looks"
+        );
+        // Daemon start, before any restore: no key is being made then.
+        while lock(&identity.spare).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        identity.sweep(&[]);
+        assert!(!keys.exists(), "daemon start empties it");
     }
 
     #[test]

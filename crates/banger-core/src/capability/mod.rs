@@ -204,7 +204,10 @@ pub struct Deps {
 pub fn standard(deps: &Deps) -> Pipeline {
     Pipeline::new(vec![
         Arc::new(egress::EgressPolicy),
-        Arc::new(identity::Identity::new(deps.runner.clone())),
+        Arc::new(identity::Identity::new(
+            deps.runner.clone(),
+            deps.paths.runtime_dir.join("host-keys"),
+        )),
         Arc::new(work_disk::WorkDisk::new(deps.runner.clone())),
         Arc::new(ssh_keys::SshKeys::new(
             deps.runner.clone(),
