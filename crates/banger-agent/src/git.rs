@@ -85,20 +85,44 @@ pub fn run_blocking(mut cmd: Command) -> io::Result<i32> {
         .map_err(|_| io::Error::other("the child's exit was lost"))
 }
 
+/// What [`apply`] did, or left to do.
+#[derive(Debug)]
+pub enum Applied {
+    /// Done: what was done.
+    Done(&'static str),
+    /// The user's own config: a `git config` to run per key ([`Applied::finish`]).
+    Edits(Vec<(String, Command)>),
+}
+
+impl Applied {
+    /// Runs what is left, blocking (the caller chooses the thread); says
+    /// what was done.
+    pub fn finish(self) -> io::Result<&'static str> {
+        let edits = match self {
+            Applied::Done(did) => return Ok(did),
+            Applied::Edits(edits) => edits,
+        };
+        for (key, cmd) in edits {
+            let code = run_blocking(cmd)?;
+            if code != 0 {
+                return Err(io::Error::other(format!(
+                    "git config --global {key} exited with {code}"
+                )));
+            }
+        }
+        Ok("set in the user's own config")
+    }
+}
+
 /// Applies `identity` to `home/.gitconfig` when the guest under `root`
-/// has git; `run` runs one `git config` and returns its exit code
-/// ([`run_blocking`]). Says what it did.
-pub fn apply(
-    root: &Path,
-    home: &Path,
-    identity: &[String],
-    mut run: impl FnMut(Command) -> io::Result<i32>,
-) -> io::Result<&'static str> {
+/// has git: reads it and writes it when that is all it takes (the common
+/// case, done here), otherwise returns the `git config` runs to make.
+pub fn apply(root: &Path, home: &Path, identity: &[String]) -> io::Result<Applied> {
     if identity.is_empty() {
-        return Ok("none on the host");
+        return Ok(Applied::Done("none on the host"));
     }
     let Some(git) = git_binary(root) else {
-        return Ok("no git in this guest");
+        return Ok(Applied::Done("no git in this guest"));
     };
     let path = home.join(".gitconfig");
     let existing = match std::fs::read_to_string(&path) {
@@ -107,25 +131,22 @@ pub fn apply(
         Err(e) => return Err(e),
     };
     match plan(existing.as_deref(), identity) {
-        Plan::Nothing => Ok("already set"),
+        Plan::Nothing => Ok(Applied::Done("already set")),
         Plan::Write(text) => {
             let tmp = home.join(".gitconfig.banger");
             std::fs::write(&tmp, text)?;
             std::fs::rename(&tmp, &path)?;
-            Ok("written")
+            Ok(Applied::Done("written"))
         }
-        Plan::Edit => {
-            for pair in identity.chunks(2) {
-                let [key, value] = pair else { continue };
-                let code = run(edit_command(&git, home, key, value))?;
-                if code != 0 {
-                    return Err(io::Error::other(format!(
-                        "git config --global {key} exited with {code}"
-                    )));
-                }
-            }
-            Ok("set in the user's own config")
-        }
+        Plan::Edit => Ok(Applied::Edits(
+            identity
+                .chunks(2)
+                .filter_map(|pair| match pair {
+                    [key, value] => Some((key.clone(), edit_command(&git, home, key, value))),
+                    _ => None,
+                })
+                .collect(),
+        )),
     }
 }
 

@@ -19,6 +19,14 @@ fn root_with_git() -> (tempfile::TempDir, PathBuf) {
     (root, home)
 }
 
+/// What an apply that needed no `git config` run did.
+fn done(applied: Applied) -> &'static str {
+    match applied {
+        Applied::Done(did) => did,
+        Applied::Edits(_) => panic!("runs nothing"),
+    }
+}
+
 #[test]
 fn the_plan_writes_only_what_is_missing_or_ours() {
     let id = ids(&["user.name", "Ann", "user.email", "ann@x"]);
@@ -42,7 +50,7 @@ fn a_guest_without_git_is_left_alone() {
     let home = root.path().join("root");
     std::fs::create_dir_all(&home).unwrap();
     let id = ids(&["user.name", "Ann"]);
-    let did = apply(root.path(), &home, &id, |_| panic!("runs nothing")).unwrap();
+    let did = done(apply(root.path(), &home, &id).unwrap());
     assert_eq!(did, "no git in this guest");
     assert!(!home.join(".gitconfig").exists());
 }
@@ -51,13 +59,13 @@ fn a_guest_without_git_is_left_alone() {
 fn a_missing_config_is_written_and_an_unchanged_one_left_alone() {
     let (root, home) = root_with_git();
     let id = ids(&["user.name", "Ann \"A\" O'Neil", "user.email", "ann@x"]);
-    let did = apply(root.path(), &home, &id, |_| panic!("runs nothing")).unwrap();
+    let did = done(apply(root.path(), &home, &id).unwrap());
     assert_eq!(did, "written");
     let path = home.join(".gitconfig");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), gitconfig(&id));
     let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
     let first = inode();
-    let did = apply(root.path(), &home, &id, |_| panic!("runs nothing")).unwrap();
+    let did = done(apply(root.path(), &home, &id).unwrap());
     assert_eq!((did, inode()), ("already set", first));
 }
 
@@ -71,7 +79,7 @@ fn the_users_own_config_is_edited_by_git_keeping_the_rest() {
     let path = home.join(".gitconfig");
     std::fs::write(&path, "[alias]\n\tco = checkout\n[user]\n\tname = Old\n").unwrap();
     let id = ids(&["user.name", "Ann", "user.email", "ann@x"]);
-    let did = apply(root.path(), &home, &id, run_blocking).unwrap();
+    let did = apply(root.path(), &home, &id).unwrap().finish().unwrap();
     assert_eq!(did, "set in the user's own config");
     let get = |key: &str| git_get(&home, key).trim().to_string();
 

@@ -169,28 +169,12 @@ async fn git_identity(identity: &[String]) -> std::io::Result<()> {
         return Ok(());
     }
     let start = std::time::Instant::now();
-    let mut edits = Vec::new();
-    let did = crate::git::apply(Path::new("/"), Path::new("/root"), identity, |cmd| {
-        edits.push(cmd);
-        Ok(0)
-    })?;
-    if !edits.is_empty() {
-        tokio::task::spawn_blocking(move || {
-            for cmd in edits {
-                match crate::git::run_blocking(cmd)? {
-                    0 => {}
-                    code => {
-                        return Err(std::io::Error::other(format!(
-                            "git config exited with {code}"
-                        )));
-                    }
-                }
-            }
-            Ok(())
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-    }
+    let did = match crate::git::apply(Path::new("/"), Path::new("/root"), identity)? {
+        crate::git::Applied::Done(did) => did,
+        edits => tokio::task::spawn_blocking(move || edits.finish())
+            .await
+            .map_err(std::io::Error::other)??,
+    };
     crate::console::log(format_args!(
         "identity: git identity {did} ({})",
         crate::console::Millis(start.elapsed().as_secs_f64() * 1000.0)

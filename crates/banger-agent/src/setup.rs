@@ -33,7 +33,8 @@ pub fn run(config: &GuestConfig) {
     if !config.git_identity.is_empty() {
         let _ = step("git identity", || {
             let (root, home) = (Path::new("/"), Path::new("/root"));
-            crate::git::apply(root, home, &config.git_identity, crate::git::run_blocking)
+            crate::git::apply(root, home, &config.git_identity)
+                .and_then(crate::git::Applied::finish)
                 .map(|did| crate::console::log(format_args!("git identity: {did}")))
         });
     }

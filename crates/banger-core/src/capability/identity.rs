@@ -44,6 +44,9 @@ pub struct Identity {
     /// A host key made ahead for the next restore (daemon memory only),
     /// made again after each use.
     spare: Arc<std::sync::Mutex<Option<SshHostKey>>>,
+    /// A spare is being made: one at a time (a fork of 32 takes 32 keys,
+    /// and needs one spare after, not 32).
+    making_spare: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Identity {
@@ -53,6 +56,7 @@ impl Identity {
             key_dir,
             no_sshd: Default::default(),
             spare: Default::default(),
+            making_spare: Default::default(),
         }
     }
 
@@ -66,18 +70,23 @@ impl Identity {
     fn host_key(&self, vm: &str) -> Option<SshHostKey> {
         let spare = lock(&self.spare).take();
         let key = spare.map_or_else(|| make_host_key(&*self.runner, &self.key_dir), Ok);
-        let (runner, spare, dir) = (
-            self.runner.clone(),
-            self.spare.clone(),
-            self.key_dir.clone(),
-        );
-        std::thread::spawn(move || {
-            if lock(&spare).is_none()
-                && let Ok(key) = make_host_key(&*runner, &dir)
-            {
-                lock(&spare).get_or_insert(key);
-            }
-        });
+        let making = self.making_spare.clone();
+        if !making.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let (runner, spare, dir) = (
+                self.runner.clone(),
+                self.spare.clone(),
+                self.key_dir.clone(),
+            );
+            std::thread::spawn(move || {
+                let wanted = lock(&spare).is_none();
+                let made = wanted.then(|| make_host_key(&*runner, &dir).ok()).flatten();
+                // Done before the spare shows: whoever takes it may start the next.
+                making.store(false, std::sync::atomic::Ordering::Release);
+                if let Some(key) = made {
+                    lock(&spare).get_or_insert(key);
+                }
+            });
+        }
         key.map_err(|e| tracing::warn!(vm, error = %e, "cannot make an sshd host key: the guest keeps the snapshot's"))
             .ok()
     }

@@ -84,17 +84,11 @@ struct BridgeState {
     pool: TapPool,
     /// VM name → what it has on the bridge.
     attached: BTreeMap<String, Attached>,
-    /// The idle spell under way, if any: no VM attached, the shared side
-    /// kept up until its end.
-    idle: Option<IdleSpell>,
+    /// The number of the idle spell under way, if any: no VM attached,
+    /// the shared side kept up until its timer ends it.
+    idle: Option<u64>,
     /// Idle spells begun so far: a spell's timer acts only on its own.
     spells: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct IdleSpell {
-    number: u64,
-    ends: std::time::Instant,
 }
 
 /// A VM on the bridge.
@@ -425,16 +419,13 @@ impl Network {
             return;
         }
         st.spells += 1;
-        let spell = IdleSpell {
-            number: st.spells,
-            ends: std::time::Instant::now() + keep,
-        };
+        let spell = st.spells;
         st.idle = Some(spell);
         let network = Arc::downgrade(self);
         std::thread::spawn(move || {
             std::thread::sleep(keep);
             if let Some(network) = network.upgrade() {
-                network.end_idle(Some(spell.number));
+                network.end_idle(Some(spell));
             }
         });
     }
@@ -443,15 +434,15 @@ impl Network {
     /// taking the shared side down if no VM came back meanwhile.
     pub fn end_idle(&self, spell: Option<u64>) {
         let mut st = self.state();
-        let ours = st.idle.is_some_and(|i| spell.is_none_or(|n| n == i.number));
+        let ours = st.idle.is_some_and(|i| spell.is_none_or(|n| n == i));
         if ours && st.attached.is_empty() {
             self.teardown_idle(&mut st);
         }
     }
 
-    /// When the idle spell under way ends, if one is.
-    pub fn idle_until(&self) -> Option<std::time::Instant> {
-        self.state().idle.map(|i| i.ends)
+    /// Whether an idle spell is under way.
+    pub fn idling(&self) -> bool {
+        self.state().idle.is_some()
     }
 
     /// No VM on the bridge: drop the idle pool and the shared side.
