@@ -241,6 +241,9 @@ pub enum OperationKind {
     /// `vm fork`: its target is the VM forked; each fork is a create of
     /// its own.
     Fork,
+    /// A standby made ahead for a warm image's next VM: its target is the
+    /// image.
+    Standby,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -360,6 +363,10 @@ pub struct WarmImage {
     /// changed since), if so; `image warm` makes a new one.
     #[serde(default)]
     pub stale: Option<String>,
+    /// The image's standby (its next VM made ahead and paused), when there
+    /// is one: `ready` or `making`.
+    #[serde(default)]
+    pub standby: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

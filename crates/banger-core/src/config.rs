@@ -63,6 +63,9 @@ pub struct Config {
     /// Seconds the bridge's shared host side (bridge, DNS server, NAT
     /// table) stays up after the last bridge VM goes; 0: it goes at once.
     pub bridge_idle_secs: u64,
+    /// Keep the next VM of a warm image made ahead and paused (a standby,
+    /// `vm/standby.rs`), so a warm create only resumes it?
+    pub warm_standby: bool,
     /// May banger turn on IPv4 forwarding (needed for NAT out of the bridge)?
     pub allow_ip_forward: bool,
     /// May guests reach the outside world (user mode's `restrict=off`, bridge NAT)?
@@ -94,6 +97,7 @@ impl Default for Config {
             nft_table: String::new(),
             tap_pool_size: 2,
             bridge_idle_secs: 30,
+            warm_standby: true,
             allow_ip_forward: false,
             egress: true,
             ssh_key: None,

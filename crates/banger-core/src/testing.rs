@@ -129,6 +129,7 @@ impl Default for Setup {
                 default_image: "img".into(),
                 tap_pool_size: 1,
                 bridge_idle_secs: 0,
+                warm_standby: false,
                 default_disk_size_mib: 64,
                 ..Config::default()
             },

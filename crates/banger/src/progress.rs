@@ -99,6 +99,7 @@ pub fn summary(op: &Operation) -> String {
         OperationKind::Restore => format!("vm {} restored", op.target),
         OperationKind::ImageWarm => format!("image {} warm", op.target),
         OperationKind::Fork => format!("vm {} forked", op.target),
+        OperationKind::Standby => format!("standby of image {} ready", op.target),
     };
     match op.duration_ms {
         Some(ms) => format!("{what} ({})", format_duration_ms(ms)),
@@ -121,6 +122,7 @@ fn kind_noun(kind: OperationKind) -> &'static str {
         OperationKind::Restore => "restoring vm",
         OperationKind::ImageWarm => "warming image",
         OperationKind::Fork => "forking vm",
+        OperationKind::Standby => "making a standby",
     }
 }
 

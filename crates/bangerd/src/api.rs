@@ -319,6 +319,8 @@ async fn delete_image(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
+    // A standby of the image would hold it.
+    s.vms.discard_standbys(Some(&name)).await;
     s.images.delete(&name)?;
     s.vms.unwarm(&name).await?;
     Ok(StatusCode::NO_CONTENT)

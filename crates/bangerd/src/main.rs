@@ -128,6 +128,8 @@ async fn run() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     // Running VMs keep their network; an idle bridge kept for the next VM
     // would outlive its owner: it goes now.
+    // Standbys are the daemon's own, not the user's: they go with it.
+    services.vms.discard_standbys(None).await;
     services.network.end_idle(None);
     services.network.settle();
     Ok(())

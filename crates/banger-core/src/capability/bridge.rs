@@ -125,6 +125,23 @@ impl Capability for BridgeNet {
         self.network.detach(&vm.name, tap.as_deref());
     }
 
+    fn rename<'a>(
+        &'a self,
+        ctx: &'a Ctx<'a>,
+        old: &'a str,
+        _guest: &'a mut banger_proto::GuestConfig,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let (network, old, new) = (self.network.clone(), old.to_string(), ctx.vm.name.clone());
+            tokio::task::spawn_blocking(move || network.rename(&old, &new))
+                .await
+                .map_err(|source| Error::Task {
+                    task: "bridge rename",
+                    source,
+                })?
+        })
+    }
+
     fn sweep(&self, live: &[Live<'_>]) {
         let on_bridge: Vec<(String, Attached)> = live
             .iter()

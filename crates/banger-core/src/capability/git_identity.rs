@@ -88,6 +88,18 @@ impl Capability for GitIdentity {
             Ok(())
         })
     }
+
+    fn rename<'a>(
+        &'a self,
+        _ctx: &'a Ctx<'a>,
+        _old: &'a str,
+        guest: &'a mut banger_proto::GuestConfig,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            guest.git_identity = self.identity();
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,11 @@
 //!    answers (before every `ready`), with this boot's guest config: the
 //!    guest still has the snapshot's state, not this boot's;
 //! 5. `ready`: act once the guest agent answers;
-//! 6. `sweep`: at daemon start, remove its leftovers that no live VM owns.
+//! 6. `sweep`: at daemon start, remove its leftovers that no live VM owns;
+//! 7. `rename`: a running VM takes another name (a standby taken by a
+//!    create, `vm/standby.rs`): move what `prepare` keyed by the old name,
+//!    and bring its part of the guest config up to date for the identity
+//!    the guest gets next (`restored`).
 //!
 //! The lifecycle runs each step with an undo stack ([`crate::vm::undo`]):
 //! every hook that succeeded pushes its undo, and a failure anywhere runs
@@ -138,6 +142,17 @@ pub trait Capability: Send + Sync {
 
     /// At daemon start: removes leftovers no live VM owns.
     fn sweep(&self, _live: &[Live<'_>]) {}
+
+    /// The running VM `old` is now `ctx.vm`: moves what `prepare` keyed by
+    /// the old name and refreshes its part of `guest`.
+    fn rename<'a>(
+        &'a self,
+        _ctx: &'a Ctx<'a>,
+        _old: &'a str,
+        _guest: &'a mut GuestConfig,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        ok()
+    }
 }
 
 /// The capabilities of this daemon, in the order they run (and the reverse

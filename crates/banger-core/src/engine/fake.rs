@@ -42,7 +42,7 @@ struct State {
     alive: HashSet<u32>,
     faults: HashSet<FakeFault>,
     specs: Vec<MachineSpec>,
-    /// Engines left paused by a snapshot that did not resume them.
+    /// Engines paused, or left paused by a snapshot that did not resume them.
     paused: HashSet<u32>,
     /// The snapshot directory each restore started from, in order.
     restored: Vec<(std::path::PathBuf, RamMapping)>,
@@ -101,7 +101,7 @@ impl FakeEngine {
         self.state.lock().unwrap().alive.remove(&pid);
     }
 
-    /// Whether a snapshot left the engine of `pid` paused.
+    /// Whether the engine of `pid` is paused (or a snapshot left it so).
     pub fn paused(&self, pid: u32) -> bool {
         self.state.lock().unwrap().paused.contains(&pid)
     }
@@ -232,6 +232,20 @@ impl Engine for FakeEngine {
                 self.state.lock().unwrap().paused.insert(handles.pid);
             }
             Ok(SnapshotReport { paused_ms: 1 })
+        })
+    }
+
+    fn pause<'a>(&'a self, handles: &'a Handles) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move {
+            self.state.lock().unwrap().paused.insert(handles.pid);
+            Ok(())
+        })
+    }
+
+    fn resume<'a>(&'a self, handles: &'a Handles) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move {
+            self.state.lock().unwrap().paused.remove(&handles.pid);
+            Ok(())
         })
     }
 

@@ -256,7 +256,14 @@ pub trait Engine: Send + Sync {
         Box::pin(async {})
     }
 
-    /// Lets a guest paused by a disk error run again.
+    /// Stops the guest's vCPUs (the process, its devices and its
+    /// connections stay); [`Engine::resume`] lets it run on. A standby
+    /// waits so (`vm/standby.rs`), costing no CPU.
+    fn pause<'a>(&'a self, _handles: &'a Handles) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async { Err(self.unsupported("pause guests")) })
+    }
+
+    /// Lets a guest paused by a disk error (or [`Engine::pause`]) run again.
     fn resume<'a>(&'a self, _handles: &'a Handles) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async { Ok(()) })
     }

@@ -627,6 +627,10 @@ impl Engine for QemuEngine {
         })
     }
 
+    fn pause<'a>(&'a self, handles: &'a Handles) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move { qmp_command(&handles.control_socket, "stop").await.map(drop) })
+    }
+
     fn resume<'a>(&'a self, handles: &'a Handles) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move { qmp_command(&handles.control_socket, "cont").await.map(drop) })
     }

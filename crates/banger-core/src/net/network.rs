@@ -374,6 +374,25 @@ impl Network {
         Ok(tap)
     }
 
+    /// The VM attached as `from` is now `to`: its DNS name follows (the
+    /// tap, address and firewall stay). On error nothing changed.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
+        let mut st = self.state();
+        let Some(ip) = st.attached.get(from).map(|a| a.ip) else {
+            return Err(Error::Network(NetError::NoLease { vm: from.into() }));
+        };
+        dnsmasq::write_host_entry(&self.hosts_dir(), to, ip).map_err(net_err)?;
+        if let Err(e) = dnsmasq::remove_host_entry(&self.hosts_dir(), from) {
+            tracing::warn!(vm = from, error = %crate::error::chain(&e), "cannot remove the dns name");
+        }
+        let attached = st.attached.remove(from).expect("looked up above");
+        st.attached.insert(to.to_string(), attached);
+        if let Err(e) = self.apply_rules(&st) {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot update the bridge's firewall");
+        }
+        Ok(())
+    }
+
     /// Takes `vm` off the bridge: its name leaves DNS and its tap goes back
     /// to the pool (or away). The last attached VM begins an idle spell.
     /// Idempotent.

@@ -214,6 +214,39 @@ impl Store {
         })
     }
 
+    /// In one transaction: the row reserving `name` goes, VM `from` takes
+    /// that name (keeping its id, directories, MAC and address) with
+    /// `created_at`, and loses its option `drop_option`. False, changing
+    /// nothing, when `from` is not there.
+    pub fn take_over_vm(
+        &self,
+        name: &str,
+        from: &str,
+        drop_option: &str,
+        created_at: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let Some(id) = tx
+                .query_row("SELECT id FROM vms WHERE name = ?1", [from], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()?
+            else {
+                return Ok(false);
+            };
+            tx.execute("DELETE FROM vms WHERE name = ?1", [name])?;
+            tx.execute(
+                "UPDATE vms SET name = ?2, created_at = ?3 WHERE id = ?1",
+                params![id, name, created_at],
+            )?;
+            tx.execute(
+                "DELETE FROM vm_options WHERE vm_id = ?1 AND capability = ?2",
+                params![id, drop_option],
+            )?;
+            Ok(true)
+        })
+    }
+
     pub fn delete_vm(&self, name: &str) -> Result<bool, StoreError> {
         self.write(|tx| Ok(tx.execute("DELETE FROM vms WHERE name = ?1", [name])? > 0))
     }
@@ -296,6 +329,35 @@ mod tests {
         );
         assert!(s.delete_vm("web").unwrap());
         assert_eq!(s.vm("web").unwrap(), None);
+    }
+
+    #[test]
+    fn a_taken_over_vm_keeps_its_id_and_lease_under_the_reserved_name() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_image(&sample("minimal")).unwrap();
+        let mut standby = vm("standby-1");
+        standby
+            .options
+            .insert("standby".into(), serde_json::json!("minimal"));
+        standby
+            .options
+            .insert("egress".into(), serde_json::json!({}));
+        s.insert_vm(&standby).unwrap();
+        s.set_vm_ip("standby-1", Some("172.30.0.9")).unwrap();
+        s.insert_vm(&vm("web")).unwrap();
+        assert!(s.take_over_vm("web", "standby-1", "standby", 42).unwrap());
+        let got = s.vm("web").unwrap().unwrap();
+        assert_eq!(
+            (got.id.as_str(), got.ip.as_deref(), got.created_at),
+            ("id-standby-1", Some("172.30.0.9"), 42)
+        );
+        assert_eq!(got.options.keys().collect::<Vec<_>>(), ["egress"]);
+        assert_eq!(s.vm("standby-1").unwrap(), None);
+        assert_eq!(s.vms().unwrap().len(), 1, "the reserving row is gone");
+        assert!(
+            !s.take_over_vm("api", "standby-1", "standby", 43).unwrap(),
+            "a standby is taken once"
+        );
     }
 
     #[test]

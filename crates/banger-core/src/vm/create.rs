@@ -33,6 +33,7 @@ impl Lifecycle {
         let this = self.clone();
         let name = vm.name.clone();
         let cold = req.cold;
+        let req = CreateVm { name: None, ..req };
         Ok(self
             .ops
             .spawn(OperationKind::Create, &name, |op| async move {
@@ -42,14 +43,29 @@ impl Lifecycle {
                 }
                 let lock = this.lock(&vm.name);
                 let _guard = lock.lock().await;
-                let warm = this.choose_warm(&op, &vm, cold).await;
+                let warm = this.choose_warm(&op, &req, &vm, cold).await;
                 match warm {
-                    Some(dir) => {
-                        let source = super::clone::Source::Warm {
-                            dir,
-                            image: vm.image.clone(),
+                    Some((dir, standby)) => {
+                        let adopted = match standby {
+                            Some(standby) => this.adopt(&op, &vm, &standby).await.map_err(|e| {
+                                tracing::warn!(vm = %vm.name, error = %crate::error::chain(&e), "restoring the warm snapshot instead");
+                            }),
+                            None => Err(()),
                         };
-                        this.run_create_from(&op, &vm, source).await
+                        let made = match adopted {
+                            Ok(()) => Ok(()),
+                            Err(()) => {
+                                let source = super::clone::Source::Warm {
+                                    dir: dir.clone(),
+                                    image: vm.image.clone(),
+                                };
+                                this.run_create_from(&op, &vm, source).await
+                            }
+                        };
+                        if made.is_ok() {
+                            this.refill_standby(&req, &dir);
+                        }
+                        made
                     }
                     None => this.run_create(&op, &vm).await,
                 }
@@ -57,23 +73,39 @@ impl Lifecycle {
             }))
     }
 
-    /// The warm snapshot to restore `vm` from, if one fits; stage `warm`
-    /// says which, or why the VM boots instead.
-    async fn choose_warm(&self, op: &Op, vm: &VmRecord, cold: bool) -> Option<std::path::PathBuf> {
+    /// The warm snapshot to restore `vm` from, if one fits, and the
+    /// standby made from it that fits (`standby.rs`), if there is one;
+    /// stage `warm` says which, or why the VM boots instead.
+    async fn choose_warm(
+        &self,
+        op: &Op,
+        req: &CreateVm,
+        vm: &VmRecord,
+        cold: bool,
+    ) -> Option<(std::path::PathBuf, Option<String>)> {
         let t0 = op.begin_stage("warm", "look for a warm snapshot");
-        let (dir, detail) = if cold {
+        let (chosen, detail) = if cold {
             (None, "booting: --cold".to_string())
         } else {
             match self.warm_for(vm).await {
-                Ok(dir) => (
-                    Some(dir),
-                    format!("restoring the warm snapshot of image {}", vm.image),
-                ),
+                Ok(dir) => match self.take_standby(req, vm, &dir).await {
+                    Some(standby) => (
+                        Some((dir, Some(standby.clone()))),
+                        format!(
+                            "taking {standby}, made ahead from the warm snapshot of image {}",
+                            vm.image
+                        ),
+                    ),
+                    None => (
+                        Some((dir, None)),
+                        format!("restoring the warm snapshot of image {}", vm.image),
+                    ),
+                },
                 Err(why) => (None, format!("booting: {why}")),
             }
         };
         op.end_stage("warm", t0, None, Some(detail));
-        dir
+        chosen
     }
 
     /// Turns a request into the VM's durable record, or says what is wrong.
@@ -96,19 +128,7 @@ impl Lifecycle {
             .disk_size_mib
             .unwrap_or(self.config.default_disk_size_mib);
         config::check_disk(disk_size_mib).map_err(|p| Error::invalid("--disk-size", p))?;
-        // A VM's MAC derives from its id: draw again on the (rare) clash.
-        let macs: Vec<String> = self
-            .store
-            .vms()?
-            .into_iter()
-            .filter_map(|v| v.mac)
-            .collect();
-        let id = loop {
-            let id = format!("{:016x}", rand::random::<u64>());
-            if !macs.contains(&crate::net::mac_for(&id)) {
-                break id;
-            }
-        };
+        let id = self.new_vm_id()?;
         let mut vm = VmRecord {
             network: req.network.unwrap_or_else(|| self.network.default_mode()),
             engine: req.engine.unwrap_or(self.engines.default_kind()),
@@ -139,6 +159,23 @@ impl Lifecycle {
         self.engine(&vm)?;
         self.capabilities.plan(req, &mut vm)?;
         Ok(vm)
+    }
+
+    /// A new VM id. A VM's MAC derives from its id: draw again on the
+    /// (rare) clash.
+    pub(super) fn new_vm_id(&self) -> Result<String, Error> {
+        let macs: Vec<String> = self
+            .store
+            .vms()?
+            .into_iter()
+            .filter_map(|v| v.mac)
+            .collect();
+        Ok(loop {
+            let id = format!("{:016x}", rand::random::<u64>());
+            if !macs.contains(&crate::net::mac_for(&id)) {
+                break id;
+            }
+        })
     }
 
     /// Makes and boots the recorded `vm`; on failure, undoes all of it,

@@ -30,6 +30,11 @@ impl Lifecycle {
     pub(super) async fn run_delete(&self, op: &Op, name: &str) -> Result<(), Error> {
         let lock = self.lock(name);
         let _guard = lock.lock().await;
+        self.delete_locked(op, name).await
+    }
+
+    /// [`Lifecycle::run_delete`] for a caller holding the VM's lock.
+    pub(super) async fn delete_locked(&self, op: &Op, name: &str) -> Result<(), Error> {
         // Two deletes of one name both pass the check in `delete`; the
         // second finds the row gone once it gets the lock.
         let vm = self.store.vm(name)?.ok_or_else(|| Error::Refused {

@@ -54,6 +54,7 @@ pub struct Lifecycle {
     pub(super) runner: Arc<dyn Runner>,
     pub(super) runtime: RuntimeCache,
     pub(super) held: Arc<super::pause::Held>,
+    pub(super) standbys: super::standby::Standbys,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(super) exits: mpsc::UnboundedSender<Exited>,
 }
@@ -74,6 +75,7 @@ impl Lifecycle {
             runner: deps.runner,
             runtime: RuntimeCache::default(),
             held: Arc::default(),
+            standbys: Default::default(),
             locks: Mutex::new(HashMap::new()),
             exits,
         });
@@ -119,11 +121,13 @@ impl Lifecycle {
         self.runtime.len()
     }
 
+    /// The VMs users made (standbys are the daemon's own).
     pub fn list(&self) -> Result<Vec<Vm>, Error> {
         Ok(self
             .store
             .vms()?
             .into_iter()
+            .filter(|v| !Lifecycle::is_standby(v))
             .map(|v| self.view(v))
             .collect())
     }
@@ -145,23 +149,33 @@ impl Lifecycle {
                 .is_ok_and(|e| e.alive(&r.handles))
         });
         if alive {
-            let held = running.is_some_and(|r| self.held.get(&vm.name, r.handles.pid).is_some());
+            let held = running.is_some_and(|r| self.held.get(&vm.id, r.handles.pid).is_some());
             return if held {
                 VmState::Paused
             } else {
                 VmState::Running
             };
         }
-        self.report_exit(&vm.name, running.map(|r| r.handles.pid));
+        self.report_exit(&vm.id, running.map(|r| r.handles.pid));
         VmState::Stopped
     }
 
-    /// Tells the monitor that the engine of `name` (pid, when known) is gone.
-    pub(super) fn report_exit(&self, name: &str, pid: Option<u32>) {
+    /// Tells the monitor that the engine of VM `id` (pid, when known) is gone.
+    pub(super) fn report_exit(&self, id: &str, pid: Option<u32>) {
         let _ = self.exits.send(Exited {
-            name: name.to_string(),
+            id: id.to_string(),
             pid,
         });
+    }
+
+    /// The name VM `id` has now.
+    pub(super) fn name_of(&self, id: &str) -> Option<String> {
+        self.store
+            .vms()
+            .ok()?
+            .into_iter()
+            .find(|v| v.id == id)
+            .map(|v| v.name)
     }
 
     fn view(&self, vm: VmRecord) -> Vm {
@@ -171,7 +185,7 @@ impl Lifecycle {
         let running = running.filter(|_| matches!(state, VmState::Running | VmState::Paused));
         let paused = running
             .as_ref()
-            .and_then(|r| self.held.get(&vm.name, r.handles.pid))
+            .and_then(|r| self.held.get(&vm.id, r.handles.pid))
             .map(|why| why.describe().to_string());
         Vm {
             paused,
@@ -261,7 +275,7 @@ impl Lifecycle {
         };
         self.follow_pause(vm, engine.clone(), running.handles.clone());
         let (handles, exits) = (running.handles.clone(), self.exits.clone());
-        let name = vm.name.clone();
+        let id = vm.id.clone();
         let console = engine.console_log(&self.dir(vm));
         tokio::spawn(async move {
             tokio::select! {
@@ -269,7 +283,7 @@ impl Lifecycle {
                 () = crate::console::keep_capped(console) => {}
             }
             let _ = exits.send(Exited {
-                name,
+                id,
                 pid: Some(handles.pid),
             });
         });

@@ -21,6 +21,7 @@ pub mod restore;
 pub mod runtime;
 pub mod snapshot;
 pub mod ssh;
+pub mod standby;
 pub mod start;
 pub mod stop;
 pub mod undo;
@@ -34,6 +35,8 @@ mod identity_tests;
 mod race_tests;
 #[cfg(test)]
 mod snapshot_tests;
+#[cfg(test)]
+mod standby_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -61,11 +61,12 @@ fn kernel_uptime(line: &str) -> Option<f64> {
     stamp.trim().parse().ok()
 }
 
-/// An engine that is gone: the VM's name and, when known, the pid it had
-/// (a report about an older boot of a VM that runs again is ignored).
+/// An engine that is gone: the VM's id (its name can change: a standby
+/// taken by a create, `standby.rs`) and, when known, the pid it had (a
+/// report about an older boot of a VM that runs again is ignored).
 #[derive(Debug)]
 pub struct Exited {
-    pub name: String,
+    pub id: String,
     pub pid: Option<u32>,
 }
 
@@ -82,12 +83,15 @@ pub(super) fn start(lifecycle: Weak<Lifecycle>, mut rx: mpsc::UnboundedReceiver<
 
 impl Lifecycle {
     async fn record_exit(&self, exit: Exited) {
-        let lock = self.lock(&exit.name);
-        let _guard = lock.lock().await;
-        let Ok(vm) = self.record(&exit.name) else {
+        let Some(name) = self.name_of(&exit.id) else {
             return;
         };
-        if vm.state != VmState::Running {
+        let lock = self.lock(&name);
+        let _guard = lock.lock().await;
+        let Ok(vm) = self.record(&name) else {
+            return;
+        };
+        if vm.id != exit.id || vm.state != VmState::Running {
             return;
         }
         let running = self.runtime.get(&vm.name);

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Held guests by VM name, with their engine's pid (a report about an
+/// Held guests by VM id, with their engine's pid (a report about an
 /// earlier boot never sticks to a later one).
 #[derive(Default)]
 pub struct Held {
@@ -32,23 +32,23 @@ impl Held {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Why the engine `pid` of `name` holds its guest, if it does.
-    pub fn get(&self, name: &str, pid: u32) -> Option<Pause> {
+    /// Why the engine `pid` of VM `id` holds its guest, if it does.
+    pub fn get(&self, id: &str, pid: u32) -> Option<Pause> {
         self.lock()
-            .get(name)
+            .get(id)
             .filter(|(p, _)| *p == pid)
             .map(|(_, why)| *why)
     }
 
-    fn set(&self, name: &str, pid: u32, pause: Option<Pause>) {
+    fn set(&self, id: &str, pid: u32, pause: Option<Pause>) {
         let mut map = self.lock();
         match pause {
             Some(why) => {
-                map.insert(name.to_string(), (pid, why));
+                map.insert(id.to_string(), (pid, why));
             }
             None => {
-                if map.get(name).is_some_and(|(p, _)| *p == pid) {
-                    map.remove(name);
+                if map.get(id).is_some_and(|(p, _)| *p == pid) {
+                    map.remove(id);
                 }
             }
         }
@@ -72,12 +72,13 @@ impl Lifecycle {
         let (follower, follower_handles) = (engine.clone(), handles.clone());
         tokio::spawn(async move { follower.follow_pause(&follower_handles, tx).await });
         let held = self.held.clone();
-        let (name, state_dir) = (vm.name.clone(), self.dir(vm).state);
+        // Held by id: a standby taken by a create changes its name.
+        let (id, name, state_dir) = (vm.id.clone(), vm.name.clone(), self.dir(vm).state);
         tokio::spawn(async move {
             let mut was = None;
             loop {
                 let pause = *rx.borrow_and_update();
-                held.set(&name, handles.pid, pause);
+                held.set(&id, handles.pid, pause);
                 if pause != was {
                     match pause {
                         Some(why) => {
@@ -99,14 +100,14 @@ impl Lifecycle {
                     () = tokio::time::sleep(CHECK_EVERY), if full => {}
                 }
             }
-            held.set(&name, handles.pid, None);
+            held.set(&id, handles.pid, None);
         });
     }
 
     /// Why the engine holds `vm`'s guest paused, if it does.
     pub(super) fn held(&self, vm: &VmRecord) -> Option<Pause> {
         let r = self.runtime.get(&vm.name)?;
-        self.held.get(&vm.name, r.handles.pid)
+        self.held.get(&vm.id, r.handles.pid)
     }
 
     /// Resolves once the engine holds `vm`'s guest.

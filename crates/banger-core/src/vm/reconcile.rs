@@ -62,8 +62,10 @@ impl Lifecycle {
                     .get(r.engine)
                     .is_ok_and(|e| e.alive(&r.handles))
             });
-            // A VM `image warm` made is never kept past its operation.
-            let warming = vm.options.contains_key(super::warm::WARMING);
+            // A VM `image warm` made is never kept past its operation, nor
+            // a standby past its daemon.
+            let warming =
+                vm.options.contains_key(super::warm::WARMING) || Lifecycle::is_standby(&vm);
             match (vm.state, scratch) {
                 (VmState::Running, Some(r)) if alive && !warming => adopted.push((vm, r)),
                 (_, r) => dead.push((vm, r, alive)),
@@ -107,11 +109,12 @@ impl Lifecycle {
                 let _ = engine.stop(&r.handles, Duration::from_millis(500)).await;
             }
             self.release_runtime(&vm);
-            let state = if vm.options.contains_key(super::warm::WARMING) {
-                VmState::Deleting
-            } else {
-                vm.state
-            };
+            let state =
+                if vm.options.contains_key(super::warm::WARMING) || Lifecycle::is_standby(&vm) {
+                    VmState::Deleting
+                } else {
+                    vm.state
+                };
             match state {
                 VmState::Creating | VmState::Deleting => {
                     tracing::info!(vm = %vm.name, state = %vm.state, "removing a vm whose create, delete or image warm was interrupted");

@@ -132,6 +132,18 @@ impl RuntimeCache {
         self.lock().remove(name)
     }
 
+    /// The VM `from` runs on as `to` (a standby taken by a create).
+    pub fn rename(&self, from: &str, to: &str) -> bool {
+        let mut map = self.lock();
+        match map.remove(from) {
+            Some(r) => {
+                map.insert(to.to_string(), r);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }

@@ -254,6 +254,7 @@ impl Lifecycle {
             created_at: m.created_at,
             size_bytes: layers::allocated(&dir),
             stale,
+            standby: self.standby_state(&image.name).map(Into::into),
         })
     }
 
@@ -268,6 +269,7 @@ impl Lifecycle {
     /// Removes `image`'s warm snapshot; whether it had one.
     pub async fn unwarm(&self, image: &str) -> Result<bool, Error> {
         banger_api::validate_image_name(image).map_err(|p| Error::invalid("image", p))?;
+        self.discard_standbys(Some(image)).await;
         let lock = self.warm_lock(image);
         let _guard = lock.lock().await;
         let dir = self.warm_dir(image);
@@ -321,6 +323,15 @@ impl Lifecycle {
                     && let Err(e) = this.run_delete(&op, &vm.name).await
                 {
                     tracing::warn!(vm = %vm.name, error = %crate::error::chain(&e), "cannot delete the warming vm");
+                }
+                if result.is_ok() {
+                    // Standbys of the old snapshot give way to one of the new.
+                    this.discard_standbys(Some(&vm.image)).await;
+                    let default = CreateVm {
+                        image: Some(vm.image.clone()),
+                        ..Default::default()
+                    };
+                    this.refill_standby(&default, &this.warm_dir(&vm.image));
                 }
                 result.map_err(|e| crate::space::explain(e, &this.paths.state_dir, "warming an image"))
             }))

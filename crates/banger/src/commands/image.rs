@@ -115,9 +115,10 @@ fn warm_field(w: &banger_api::WarmImage, now: i64) -> String {
         format_bytes(w.size_bytes),
         format_age(now, w.created_at)
     );
-    match &w.stale {
-        Some(why) => format!("{machine}; stale: {why}"),
-        None => machine,
+    match (&w.stale, &w.standby) {
+        (Some(why), _) => format!("{machine}; stale: {why}"),
+        (None, Some(standby)) => format!("{machine}; standby {standby}"),
+        (None, None) => machine,
     }
 }
 
@@ -267,6 +268,7 @@ mod tests {
             created_at: 60,
             size_bytes: 40 << 20,
             stale: stale.map(Into::into),
+            standby: None,
         }
     }
 
