@@ -276,6 +276,22 @@ impl Env {
         }
     }
 
+    /// Replaces config.toml; a daemon started after (`daemon stop` the
+    /// running one first) reads it.
+    pub fn reconfigure(&self, config: &str) {
+        std::fs::write(self.root.path().join("config/banger/config.toml"), config).unwrap();
+    }
+
+    /// Waits for `image`'s standby to be ready, as `image show` reports it;
+    /// false when it was not within two minutes.
+    pub fn standby_ready(&self, image: &str) -> bool {
+        wait_until(Duration::from_secs(120), || {
+            let out = self.run(&["image", "show", image, "--json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|v| v["warm"]["standby"] == "ready")
+        })
+    }
+
     /// Like [`Env::new`], with every command run as `user` (needs root):
     /// the instance's files, its own copies of the binaries (the build tree
     /// may sit where the user cannot read), its cache and its home all

@@ -1,7 +1,8 @@
 //! The fault-point loop: the daemon is killed (SIGKILL, through
 //! `BANGER_FAULT_AT`, see `banger_core::fault`) at the beginning and at the
 //! end of every stage of create, start, stop, delete, snapshot, restore and
-//! image build, and in `vm fork` and `image warm`; the next daemon must then leave
+//! image build, and in `vm fork`, `image warm`, the making of a standby and
+//! a create taking one; the next daemon must then leave
 //! nothing behind: no engine process without a running VM, no VM directory
 //! or socket directory without a row, no image or warm staging directory,
 //! no VM stuck in `creating` or `deleting`, no VM `image warm` made, every
@@ -36,6 +37,9 @@ const POINTS: &[&str] = &[
     "create:agent/done",
     "create:identity",
     "create:identity/done",
+    // A create taking a standby: mid-takeover, taken.
+    "create:standby",
+    "create:standby/done",
     "start:prepare",
     "start:prepare/done",
     "start:config",
@@ -90,6 +94,12 @@ const POINTS: &[&str] = &[
     "image_warm:keep",
     "image_warm:keep/done",
     "image_warm:files",
+    // A standby being made (after `image warm`): restored, given its
+    // identity, run once, paused.
+    "standby:engine/done",
+    "standby:identity/done",
+    "standby:settle",
+    "standby:pause/done",
 ];
 
 /// Stages that run only on failure paths or in other presets; not killed at.
@@ -129,6 +139,33 @@ fn crash_at(env: &Env, point: &str, args: &[&str]) {
             daemon_stop(env);
         }
     }
+}
+
+/// `image warm` in a daemon set to die at `point` later (the warm itself
+/// does not reach it).
+fn warm_in_faulty_daemon(env: &Env, point: &str) {
+    daemon_stop(env);
+    let out = env
+        .cmd(&["image", "warm", "minimal"])
+        .env(banger_core::fault::ENV, point)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{point}: image warm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits for the daemon `pid` to die at `point`; fails the test when it
+/// does not (the point was not reached).
+fn died_at(env: &Env, pid: Option<u32>, point: &str) {
+    let pid = pid.unwrap_or_else(|| panic!("{point}: no daemon"));
+    let died = wait_until(Duration::from_secs(120), || !process_alive(pid));
+    if !died {
+        daemon_stop(env);
+    }
+    assert!(died, "{point}: the daemon never reached the point");
 }
 
 fn vms(env: &Env) -> Vec<serde_json::Value> {
@@ -268,12 +305,40 @@ fn arrange(env: &Env, want: &str) {
 fn run_point(env: &Env, point: &str) {
     let (kind, _) = point.split_once(':').unwrap();
     match kind {
+        "create" if point.starts_with("create:standby") => {
+            arrange(env, "absent");
+            // The daemon set to die is the one that made the standby.
+            warm_in_faulty_daemon(env, point);
+            assert!(env.standby_ready("minimal"), "{point}: no standby");
+            let pid = env.daemon_pid();
+            let _ = env.run(&["vm", "create", "--name", VM]);
+            died_at(env, pid, point);
+            check(env, point);
+            recover(env, point);
+            env.ok(&["image", "warm", "minimal", "--remove"]);
+            return;
+        }
+        "standby" => {
+            arrange(env, "absent");
+            // The standby is made after `image warm` returns.
+            warm_in_faulty_daemon(env, point);
+            died_at(env, env.daemon_pid(), point);
+            check(env, point);
+            // The warm snapshot serves, and a standby is made again.
+            let out = env.ok(&["vm", "run", "--rm", "--no-checkout", "--", "echo", "alive"]);
+            assert_eq!(out, "alive\n", "{point}: a vm from the warm snapshot works");
+            assert!(env.standby_ready("minimal"), "{point}: no new standby");
+            env.ok(&["image", "warm", "minimal", "--remove"]);
+            return;
+        }
         "create" => {
             arrange(env, "absent");
-            // Only a create restored from a warm snapshot has this stage.
-            let warm = point.starts_with("create:identity");
+            // Only a create restored from a warm snapshot (or taking its
+            // standby) has these stages.
+            let warm = point.starts_with("create:identity") || point.starts_with("create:standby");
             if warm {
                 env.ok(&["image", "warm", "minimal"]);
+                assert!(env.standby_ready("minimal"), "{point}: no standby");
             }
             crash_at(env, point, &["vm", "create", "--name", VM]);
             if warm {
@@ -410,6 +475,7 @@ fn killing_the_daemon_at_any_stage_leaves_nothing_behind() {
                 && !p.starts_with("image_warm:")
                 && !p.starts_with("fork:")
                 && !p.starts_with("restart:")
+                && !p.starts_with("standby:")
         })
         .collect();
     assert!(

@@ -1,8 +1,10 @@
 //! End-to-end: warm images. `image warm` boots the image once and keeps a
-//! snapshot at agent-ready; a `vm run` asking for the default machine is
-//! then restored from it, not booted, and answers exactly as a booted one
-//! does: the command's stdout, stderr and exit status, in a guest that is
-//! its own machine (its hostname is its VM's). A VM asking for another
+//! snapshot at agent-ready, and makes a standby from it (hidden from `vm
+//! list`); a `vm run` asking for the default machine then takes the
+//! standby (with `warm_standby = false`: is restored from the snapshot),
+//! not a boot, and answers exactly as a booted one does: the command's
+//! stdout, stderr and exit status, in a guest that is its own machine (its
+//! hostname is its VM's). A VM asking for another
 //! machine boots, and `--verbose` says why; `--cold` boots on request; a
 //! rebuilt image makes the snapshot stale (shown, and VMs boot); `image
 //! warm --remove` forgets the snapshot. Nothing is left: no VM
@@ -90,7 +92,8 @@ fn a_warm_vm_run_answers_exactly_as_a_booted_one() {
     assert_eq!(warm["disk_size_mib"], 512, "{image}");
     assert!(warm["stale"].is_null(), "{image}");
     assert!(warm["size_bytes"].as_u64().unwrap() > 0, "{image}");
-    assert_eq!(vms(&env), 0, "the warming vm is gone");
+    assert!(env.standby_ready("minimal"), "image warm makes a standby");
+    assert_eq!(vms(&env), 0, "the warming vm is gone, the standby hidden");
     let listed = env.ok(&["image", "list"]);
     assert!(listed.contains("1 cpu, 256 MiB"), "{listed}");
 
@@ -103,9 +106,11 @@ fn a_warm_vm_run_answers_exactly_as_a_booted_one() {
     );
     assert!(
         warm.stderr
-            .contains("restoring the warm snapshot of image minimal")
-            && warm.stderr.contains("restore engine"),
-        "the vm was restored, not booted: {}",
+            .contains("made ahead from the warm snapshot of image minimal")
+            && warm.stderr.contains("take the standby")
+            && !warm.stderr.contains("restore engine")
+            && !warm.stderr.contains("start engine"),
+        "the vm took the standby, neither restored nor booted: {}",
         warm.stderr
     );
     assert_eq!(cold.code, Some(7));
@@ -118,14 +123,33 @@ fn a_warm_vm_run_answers_exactly_as_a_booted_one() {
     for o in [&cold, &warm] {
         assert!(o.stderr.contains("err-1\n"), "{}", o.stderr);
     }
+    // The next one is made ahead again.
+    assert!(env.standby_ready("minimal"), "a taken standby is replaced");
     // Without --verbose the choice is not shown.
     let quiet = run(&env, &["vm", "run", "--rm", "--no-checkout", "--", "true"]);
     assert_eq!(quiet.code, Some(0), "{}", quiet.stderr);
     assert!(
-        !quiet.stderr.contains("warm snapshot") && quiet.stderr.contains("restore engine"),
+        !quiet.stderr.contains("warm snapshot") && quiet.stderr.contains("take the standby"),
         "{}",
         quiet.stderr
     );
+
+    // Without standbys, a warm create restores the snapshot.
+    env.ok(&["daemon", "stop"]);
+    env.reconfigure(&format!("{CONFIG}warm_standby = false\n"));
+    let restored = vm_run(&env, "restored-one", &[]);
+    assert_eq!(restored.code, Some(7), "{}", restored.stderr);
+    assert_eq!(restored.stdout, "out-42\nrestored-one\n");
+    assert!(
+        restored
+            .stderr
+            .contains("restoring the warm snapshot of image minimal")
+            && restored.stderr.contains("restore engine"),
+        "the vm was restored, not booted: {}",
+        restored.stderr
+    );
+    let image = env.json(&["image", "show", "minimal", "--json"]);
+    assert!(image["warm"]["standby"].is_null(), "{image}");
 
     // Two VMs at once from the warm snapshot, each its own machine.
     env.ok(&["vm", "create", "--name", "w-a"]);

@@ -216,8 +216,9 @@ impl Store {
 
     /// In one transaction: the row reserving `name` goes, VM `from` takes
     /// that name (keeping its id, directories, MAC and address) with
-    /// `created_at`, and loses its option `drop_option`. False, changing
-    /// nothing, when `from` is not there.
+    /// `created_at`, state `creating` (until the create ends) and loses its
+    /// option `drop_option`. False, changing nothing, when `from` is not
+    /// there.
     pub fn take_over_vm(
         &self,
         name: &str,
@@ -236,8 +237,8 @@ impl Store {
             };
             tx.execute("DELETE FROM vms WHERE name = ?1", [name])?;
             tx.execute(
-                "UPDATE vms SET name = ?2, created_at = ?3 WHERE id = ?1",
-                params![id, name, created_at],
+                "UPDATE vms SET name = ?2, created_at = ?3, state = ?4 WHERE id = ?1",
+                params![id, name, created_at, VmState::Creating.as_str()],
             )?;
             tx.execute(
                 "DELETE FROM vm_options WHERE vm_id = ?1 AND capability = ?2",
@@ -348,8 +349,13 @@ mod tests {
         assert!(s.take_over_vm("web", "standby-1", "standby", 42).unwrap());
         let got = s.vm("web").unwrap().unwrap();
         assert_eq!(
-            (got.id.as_str(), got.ip.as_deref(), got.created_at),
-            ("id-standby-1", Some("172.30.0.9"), 42)
+            (
+                got.id.as_str(),
+                got.ip.as_deref(),
+                got.created_at,
+                got.state
+            ),
+            ("id-standby-1", Some("172.30.0.9"), 42, VmState::Creating)
         );
         assert_eq!(got.options.keys().collect::<Vec<_>>(), ["egress"]);
         assert_eq!(s.vm("standby-1").unwrap(), None);

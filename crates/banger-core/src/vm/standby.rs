@@ -15,7 +15,9 @@
 //! mode, options, and the same warm snapshot) takes it instead of
 //! restoring: in one store transaction the standby's row takes the
 //! create's name (keeping its id, so its directories, MAC and address
-//! lease); every capability's `rename` moves what it keyed by the old name
+//! lease) and is `creating` again until the create ends (a daemon killed
+//! meanwhile leaves a VM reconcile removes, as any interrupted create);
+//! every capability's `rename` moves what it keyed by the old name
 //! (the DNS name) and refreshes its part of the guest config; the engine
 //! resumes the guest; and the create's `identity` stage gives it its name,
 //! hostname, address, clock, RNG reseed, sshd host key and git identity,
@@ -33,7 +35,7 @@ use crate::capability::Ctx;
 use crate::error::Error;
 use crate::ops::Op;
 use crate::store::VmRecord;
-use banger_api::{CreateVm, NetworkMode, OperationKind};
+use banger_api::{CreateVm, NetworkMode, OperationKind, VmState};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -403,7 +405,11 @@ impl Lifecycle {
         }
         let engine = self.engine(&made)?;
         engine.resume(&running.handles).await?;
-        let agent = self.agent(&made.name).await?;
+        let agent = running
+            .agent
+            .clone()
+            .filter(|a| !a.is_closed())
+            .ok_or_else(|| Error::Guest(format!("standby {standby} lost its agent session")))?;
         op.stage("identity", "give the guest its identity", async {
             for cap in self.capabilities.for_vm(&made) {
                 cap.restored(&ctx, &guest, &agent).await?;
@@ -414,6 +420,8 @@ impl Lifecycle {
         for cap in self.capabilities.for_vm(&made) {
             cap.ready(&ctx, &agent).await?;
         }
-        Ok(())
+        Ok(self
+            .store
+            .set_vm_state(&made.name, VmState::Running, None)?)
     }
 }

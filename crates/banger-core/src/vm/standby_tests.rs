@@ -71,7 +71,7 @@ async fn a_create_takes_the_paused_standby_and_a_new_one_is_made() {
         h.services.vms.list().unwrap().is_empty(),
         "hidden from vm list"
     );
-    assert_eq!(h.dns_names(), [standby.clone()]);
+    assert_eq!(h.dns_names(), std::slice::from_ref(&standby));
     let restores = h.engine.restored().len();
 
     let op = create(&h, "w").await;

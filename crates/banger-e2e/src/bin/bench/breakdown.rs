@@ -25,7 +25,7 @@ use banger_e2e::Env;
 pub struct Samples(pub Vec<(String, Vec<f64>)>);
 
 impl Samples {
-    fn push(&mut self, label: &str, ms: f64) {
+    pub fn push(&mut self, label: &str, ms: f64) {
         match self.0.iter_mut().find(|(l, _)| l == label) {
             Some((_, v)) => v.push(ms),
             None => self.0.push((label.to_string(), vec![ms])),
@@ -63,18 +63,32 @@ impl Samples {
 /// The label of the whole `vm run --rm -- true`.
 pub const RUN: &str = "vm run --rm -- true";
 
+/// The label of `vm run --rm -- true` timed back to back.
+pub const BACK_TO_BACK: &str = "vm run --rm -- true, back to back";
+
 /// `runs` runs of `env`'s default image, split (see the module doc): cold
-/// boots, or restores once the image is warm. VMs are named `prefix-N`,
-/// so the daemon's log lines of an earlier call are not counted again.
-pub fn cold(env: &Env, runs: usize, prefix: &str) -> Samples {
+/// boots, or once the image is warm (`standby`: its name) takes of its
+/// standby, each timed once the standby is ready. VMs are named
+/// `prefix-N`, so the daemon's log lines of an earlier call are not
+/// counted again.
+pub fn cold(env: &Env, runs: usize, prefix: &str, standby: Option<&str>) -> Samples {
     let mut s = Samples::default();
+    let ready = || {
+        if let Some(image) = standby
+            && !env.standby_ready(image)
+        {
+            eprintln!("bench: no standby of {image} got ready");
+        }
+    };
     for r in 0..runs {
         eprintln!("bench: breakdown run {}/{runs}", r + 1);
+        ready();
         let total = timed(|| {
             env.ok(&["vm", "run", "--rm", "--", "true"]);
         });
         s.push(RUN, total);
         let name = format!("{prefix}-{r}");
+        ready();
         let create = timed(|| {
             env.ok(&["vm", "create", "--name", &name]);
         });

@@ -1,7 +1,10 @@
 //! `--snapshots` (on unless other sections were asked for alone):
 //!
 //! - (i) `vm run --rm -- true` from a warm image (`image warm minimal`, in
-//!   an instance of its own, so no other figure restores from it);
+//!   an instance of its own, so no other figure restores from it), each
+//!   run once the image's standby is ready (as after any pause between two
+//!   commands), and (i') the same runs back to back, each one waiting for
+//!   the standby the one before began;
 //! - (j) `vm restore` of a 512 MiB VM to agent-ready, and (j2) `vm create
 //!   --from-snapshot` of it;
 //! - (k) `vm fork` of a freshly booted 512 MiB VM, one fork and four at
@@ -24,10 +27,13 @@ use std::time::{Duration, Instant};
 /// The resources (i) to (l) use: banger's default memory.
 const MEMORY: &str = "512";
 
+/// (i): each run with the standby ready; (i'): back to back.
+pub type Warm = (Vec<f64>, Vec<f64>);
+
 #[derive(Default)]
 pub struct Figures {
-    /// (i), or why it could not be taken.
-    pub warm: Option<Result<Vec<f64>, String>>,
+    /// (i) and (i'), or why they could not be taken.
+    pub warm: Option<Result<Warm, String>>,
     pub restore: Vec<f64>,
     pub from_snapshot: Vec<f64>,
     pub fork1: Vec<f64>,
@@ -53,8 +59,9 @@ pub fn measure(env: &Env, runs: usize) -> Figures {
     f
 }
 
-/// (i): a fresh instance, the minimal image warmed, then `vm run` in it.
-fn warm(runs: usize) -> Result<Vec<f64>, String> {
+/// (i) and (i'): a fresh instance, the minimal image warmed, then `vm run`
+/// in it.
+fn warm(runs: usize) -> Result<Warm, String> {
     let env = Env::new("default_image = \"minimal\"\nnetwork = \"none\"\n");
     env.ok(&["image", "build", "--preset", "minimal"]);
     let out = env.run(&["image", "warm", "minimal"]);
@@ -65,13 +72,20 @@ fn warm(runs: usize) -> Result<Vec<f64>, String> {
             why.lines().next().unwrap_or("").trim()
         ));
     }
-    Ok((0..runs)
-        .map(|_| {
-            timed(|| {
-                env.ok(&["vm", "run", "--rm", "--", "true"]);
-            })
+    let run = || {
+        timed(|| {
+            env.ok(&["vm", "run", "--rm", "--", "true"]);
         })
-        .collect())
+    };
+    let ready = (0..runs)
+        .map(|_| {
+            if !env.standby_ready("minimal") {
+                eprintln!("bench: no standby of minimal got ready");
+            }
+            run()
+        })
+        .collect();
+    Ok((ready, (0..runs).map(|_| run()).collect()))
 }
 
 /// (j): one VM, one snapshot, restored `runs` times and created from
