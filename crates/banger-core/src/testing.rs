@@ -243,6 +243,12 @@ impl Harness {
         finish(op).await
     }
 
+    /// The names `vm list` shows.
+    pub fn listed(&self) -> Vec<String> {
+        let vms = self.services.vms.list().unwrap();
+        vms.into_iter().map(|v| v.name).collect()
+    }
+
     /// Taps that exist.
     pub fn taps(&self) -> Vec<String> {
         self.services.network.settle();
@@ -345,6 +351,15 @@ pub async fn finish(op: Arc<Op>) -> Operation {
     tokio::time::timeout(std::time::Duration::from_secs(10), op.wait())
         .await
         .expect("the operation ends")
+}
+
+/// What stage `stage` of `op` said it did ("" when it said nothing).
+pub fn stage_detail<'a>(op: &'a Operation, stage: &str) -> &'a str {
+    op.stages
+        .iter()
+        .find(|s| s.name == stage)
+        .and_then(|s| s.detail.as_deref())
+        .unwrap_or_default()
 }
 
 pub fn succeeded(op: &Operation) -> bool {

@@ -7,7 +7,7 @@
 
 use super::standby::STANDBY;
 use crate::config::NetworkChoice;
-use crate::testing::{Harness, Setup, finish, succeeded};
+use crate::testing::{Harness, Setup, finish, stage_detail as detail, succeeded};
 use banger_api::{CreateVm, Operation};
 use std::time::Duration;
 
@@ -44,14 +44,6 @@ async fn create(h: &Harness, name: &str) -> Operation {
         ..Default::default()
     });
     finish(op.unwrap()).await
-}
-
-fn detail<'a>(op: &'a Operation, stage: &str) -> &'a str {
-    op.stages
-        .iter()
-        .find(|s| s.name == stage)
-        .and_then(|s| s.detail.as_deref())
-        .unwrap_or_default()
 }
 
 fn pid_of(h: &Harness, name: &str) -> u32 {
@@ -91,15 +83,7 @@ async fn a_create_takes_the_paused_standby_and_a_new_one_is_made() {
         restores,
         "no restore for the create"
     );
-    let names: Vec<String> = h
-        .services
-        .vms
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
-    assert_eq!(names, ["w"]);
+    assert_eq!(h.listed(), ["w"]);
     // The agent of the guest answers as w's.
     let agent = h.services.vms.agent("w").await.unwrap();
     assert!(agent.health().await.is_ok());

@@ -472,15 +472,7 @@ async fn after_deleting_kept(h: &Harness) -> Leftovers {
 #[tokio::test]
 async fn an_interrupted_delete_is_finished_at_start_up() {
     let h = interrupted(VmState::Deleting).await;
-    let names: Vec<String> = h
-        .services
-        .vms
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
-    assert_eq!(names, ["kept"], "the deleted vm is gone");
+    assert_eq!(h.listed(), ["kept"], "the deleted vm is gone");
     assert_eq!(
         h.engine.running(),
         1,

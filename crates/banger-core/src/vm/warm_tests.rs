@@ -6,19 +6,11 @@
 use super::warm::MANIFEST;
 use crate::engine::RamMapping;
 use crate::engine::fake::FakeFault;
-use crate::testing::{Harness, finish, succeeded};
+use crate::testing::{Harness, finish, stage_detail as detail, succeeded};
 use banger_api::{CreateVm, Operation};
 
 fn stage_names(op: &Operation) -> Vec<&str> {
     op.stages.iter().map(|s| s.name.as_str()).collect()
-}
-
-fn detail<'a>(op: &'a Operation, stage: &str) -> &'a str {
-    op.stages
-        .iter()
-        .find(|s| s.name == stage)
-        .and_then(|s| s.detail.as_deref())
-        .unwrap_or_default()
 }
 
 async fn create(h: &Harness, req: CreateVm) -> Operation {
