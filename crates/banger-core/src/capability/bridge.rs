@@ -310,6 +310,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_bridge_another_instances_vms_are_on_outlives_this_ones_last_vm() {
+        use banger_sys::net::tap::Taps;
+        let h = Harness::new();
+        let cap = BridgeNet::new(h.services.network.clone());
+        let (a, ra) = boot(&h, &cap, "a").await;
+        // Another instance (another mark) put a VM's tap on the same bridge.
+        let theirs = "bgtap9999aaaaaa";
+        h.links.create_tap(theirs, &Default::default()).unwrap();
+        h.links.attach(theirs, "banger0").unwrap();
+        cap.release(&a, ra.as_ref());
+        assert!(h.links.exists("banger0").unwrap(), "their vm keeps it");
+        assert!(!h.runner.nat(), "this instance's own NAT table goes");
+        let leaks = h.services.network.leaks(false);
+        assert!(
+            leaks.iter().all(|c| !c.detail.contains("bridge banger0")),
+            "not this instance's leak: {leaks:?}"
+        );
+        h.links.detach(theirs).unwrap();
+        h.services.network.sweep(&[]);
+        assert!(!h.links.exists("banger0").unwrap(), "unused, it goes");
+    }
+
+    #[tokio::test]
     async fn a_full_subnet_is_busy_not_broken() {
         let mut setup = crate::testing::Setup::default();
         setup.config.bridge_subnet = "10.9.0.0/30".into();

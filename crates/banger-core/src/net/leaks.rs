@@ -33,7 +33,7 @@ impl Network {
         }
         let cfg = self.config();
         let mut shared = Vec::new();
-        if links.exists(&cfg.bridge_name).unwrap_or(false) {
+        if links.exists(&cfg.bridge_name).unwrap_or(false) && !self.bridge_used_elsewhere() {
             shared.push(format!("bridge {}", cfg.bridge_name));
         }
         if let Some(pid) = self.dns_server().running(&self.dnsmasq_config()) {

@@ -482,11 +482,25 @@ impl Network {
         if let Err(e) = self.deps.dns.stop(&self.dnsmasq_config()) {
             tracing::warn!(error = %crate::error::chain(&e), "cannot stop dnsmasq");
         }
-        if self.deps.privileged
-            && let Err(e) = self.deps.links.delete(&self.deps.config.bridge_name)
+        let bridge = &self.deps.config.bridge_name;
+        if self.bridge_used_elsewhere() {
+            tracing::info!(bridge = %bridge, "another instance's vms are on the bridge; leaving it");
+        } else if self.deps.privileged
+            && let Err(e) = self.deps.links.delete(bridge)
         {
             tracing::warn!(error = %crate::error::chain(&e), "cannot delete the bridge");
         }
+    }
+
+    /// Whether links of another instance (taps of another mark) are on a
+    /// bridge of this one's name: then it is that instance's to remove.
+    pub(crate) fn bridge_used_elsewhere(&self) -> bool {
+        let bridge = self.deps.config.bridge_name.as_str();
+        self.deps.links.list("").is_ok_and(|links| {
+            links.iter().any(|l| {
+                l.master.as_deref() == Some(bridge) && !l.name.starts_with(&self.tap_prefix)
+            })
+        })
     }
 
     /// Taps held by an attached VM or the pool, and whether the shared
