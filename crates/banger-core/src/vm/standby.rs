@@ -199,7 +199,7 @@ impl Lifecycle {
         let warm = warm.to_path_buf();
         self.ops
             .spawn(OperationKind::Standby, &standby.image.clone(), |op| async move {
-                let made = this.make_standby(&op, &standby, &warm).await;
+                let made = this.make_standby(&op, &standby, &warm, &tx).await;
                 let kept = {
                     let mut slots = this.standbys.lock();
                     // Still wanted: no discard or other shape took the slot meanwhile.
@@ -238,12 +238,15 @@ impl Lifecycle {
     }
 
     /// Restores `standby` from the warm snapshot, runs `true` in it once
-    /// and pauses it; on failure nothing of it is left.
+    /// and pauses it; on failure nothing of it is left. A create waiting
+    /// for it (`done`'s receivers beyond the slot's own) takes it as soon
+    /// as it has its identity: the rest is for a standby that waits.
     async fn make_standby(
         &self,
         op: &Op,
         standby: &VmRecord,
         warm: &std::path::Path,
+        done: &watch::Sender<bool>,
     ) -> Result<(), Error> {
         self.store.insert_vm(standby)?;
         {
@@ -254,6 +257,9 @@ impl Lifecycle {
                 image: standby.image.clone(),
             };
             self.run_create_from(op, standby, source).await?;
+        }
+        if done.receiver_count() > 1 {
+            return Ok(());
         }
         let settled = async {
             let agent = self.agent(&standby.name).await?;

@@ -153,3 +153,23 @@ async fn a_create_asking_for_another_machine_or_ports_leaves_the_standby() {
     assert!(detail(&op, "warm").starts_with("booting"), "{op:?}");
     assert_eq!(standby_ready(&h).await, standby, "still there");
 }
+
+#[tokio::test]
+async fn a_create_while_the_standby_is_being_made_waits_for_it_and_takes_it() {
+    let h = harness();
+    finish(h.services.vms.warm_image("img").unwrap()).await;
+    // The standby is being made as `image warm` ends.
+    let op = create(&h, "w").await;
+    assert!(succeeded(&op), "{op:?}");
+    assert!(detail(&op, "warm").starts_with("taking standby-"), "{op:?}");
+    let stages: Vec<&str> = op.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        stages,
+        ["warm", "standby", "identity"],
+        "no restore of its own"
+    );
+    let pid = pid_of(&h, "w");
+    assert!(!h.engine.paused(pid), "w runs");
+    let agent = h.services.vms.agent("w").await.unwrap();
+    assert!(agent.health().await.is_ok());
+}
