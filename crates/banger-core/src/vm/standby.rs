@@ -27,8 +27,9 @@
 //! delete it and restore the warm snapshot as if there had been none.
 //!
 //! One per image at most; `warm_standby = false` turns them off. A new
-//! warm snapshot, the image's deletion and the daemon's shutdown delete
-//! the image's standbys; reconcile deletes any a killed daemon left.
+//! warm snapshot, its removal, the image's deletion, a create finding the
+//! warm snapshot stale and the daemon's shutdown delete the image's
+//! standbys; reconcile deletes any a killed daemon left.
 
 use super::Lifecycle;
 use crate::capability::Ctx;

@@ -173,3 +173,26 @@ async fn a_create_while_the_standby_is_being_made_waits_for_it_and_takes_it() {
     let agent = h.services.vms.agent("w").await.unwrap();
     assert!(agent.health().await.is_ok());
 }
+
+#[tokio::test]
+async fn a_stale_warm_snapshots_standby_goes_at_the_next_create() {
+    let h = harness();
+    finish(h.services.vms.warm_image("img").unwrap()).await;
+    standby_ready(&h).await;
+    // The image changed since the snapshot (as after `image build --force`).
+    let manifest = h
+        .paths
+        .state_dir
+        .join("warm/img")
+        .join(super::warm::MANIFEST);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["fingerprint"]["image"] = "another build".into();
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    let op = create(&h, "w").await;
+    assert!(succeeded(&op), "{op:?}");
+    assert!(detail(&op, "warm").contains("stale"), "{op:?}");
+    assert_eq!(h.services.vms.standby_state("img"), None);
+    assert_eq!(h.store.vms().unwrap().len(), 1, "only w is left");
+    assert_eq!(h.engine.running(), 1);
+}

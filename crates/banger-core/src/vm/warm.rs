@@ -226,6 +226,10 @@ impl Lifecycle {
             .await
             .ok_or("the accelerator is not decided yet (the first boot probes it)")?;
         if let Some(why) = manifest.fingerprint.stale(&now) {
+            // Its standby came from it: no VM will take it.
+            if self.standby_state(&vm.image).is_some() {
+                self.discard_standbys(Some(&vm.image)).await;
+            }
             return Err(format!(
                 "the warm snapshot is stale: {why} (`banger image warm {}` makes a new one)",
                 vm.image
