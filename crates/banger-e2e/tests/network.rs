@@ -104,15 +104,16 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         "the image build shows its stages"
     );
     host.assert_ssh_works("w2");
-    // A VM restored from a warm debian (snapshotted while its first boot
-    // may still be making sshd's key) serves a host key of its own: the
-    // one banger pinned for it.
+    // A VM from a warm debian (snapshotted while its first boot may still
+    // be making sshd's key), here the standby `image warm` made ahead,
+    // which had a host key of its own already, serves a new one: the one
+    // banger pinned for it.
     host.ok(&["image", "warm", "debian"]);
     let out = host.run(&["vm", "create", "--name", "w3", "--verbose"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("restoring the warm snapshot of image debian"),
+        stderr.contains("made ahead from the warm snapshot of image debian"),
         "{stderr}"
     );
     host.assert_ssh_works("w3");
