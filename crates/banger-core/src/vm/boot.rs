@@ -179,17 +179,32 @@ impl Lifecycle {
             .await?;
         let conn = Arc::new(conn);
         self.runtime.set_agent(&vm.name, conn.clone());
-        if from.is_some() {
+        self.guest_ready(op, &ctx, from.map(|_| &plan.guest), &conn)
+            .await
+    }
+
+    /// The end of every boot, restore and taken standby: with `restored`
+    /// (the config this boot gave a guest resumed from a snapshot), stage
+    /// `identity`, every capability's `restored` hook; then every
+    /// capability's `ready`.
+    pub(super) async fn guest_ready(
+        &self,
+        op: &Op,
+        ctx: &Ctx<'_>,
+        restored: Option<&GuestConfig>,
+        conn: &AgentConn,
+    ) -> Result<(), Error> {
+        if let Some(guest) = restored {
             op.stage("identity", "give the guest its identity", async {
-                for cap in self.capabilities.for_vm(vm) {
-                    cap.restored(&ctx, &plan.guest, &conn).await?;
+                for cap in self.capabilities.for_vm(ctx.vm) {
+                    cap.restored(ctx, guest, conn).await?;
                 }
                 Ok::<_, Error>(())
             })
             .await?;
         }
-        for cap in self.capabilities.for_vm(vm) {
-            cap.ready(&ctx, &conn).await?;
+        for cap in self.capabilities.for_vm(ctx.vm) {
+            cap.ready(ctx, conn).await?;
         }
         Ok(())
     }

@@ -292,14 +292,17 @@ impl Lifecycle {
 
     /// Deletes standby `name` in the background.
     fn discard(self: Arc<Self>, name: String) {
-        tokio::spawn(async move {
-            let op = self.ops.begin(OperationKind::Delete, &name);
-            let result = self.run_delete(&op, &name).await;
-            if let Err(e) = &result {
-                tracing::warn!(vm = %name, error = %crate::error::chain(e), "cannot delete a standby");
-            }
-            self.ops.finish(&op, result);
-        });
+        tokio::spawn(async move { self.delete_standby(&name).await });
+    }
+
+    /// Deletes standby `name`, as a delete operation of its own.
+    async fn delete_standby(&self, name: &str) {
+        let op = self.ops.begin(OperationKind::Delete, name);
+        let result = self.run_delete(&op, name).await;
+        if let Err(e) = &result {
+            tracing::warn!(vm = %name, error = %crate::error::chain(e), "cannot delete a standby");
+        }
+        self.ops.finish(&op, result);
     }
 
     /// Deletes the standbys of `image` (of every image: `None`), ready or
@@ -337,12 +340,7 @@ impl Lifecycle {
             .map(|v| v.name)
             .collect();
         for name in names {
-            let op = self.ops.begin(OperationKind::Delete, &name);
-            let result = self.run_delete(&op, &name).await;
-            if let Err(e) = &result {
-                tracing::warn!(vm = %name, error = %crate::error::chain(e), "cannot delete a standby");
-            }
-            self.ops.finish(&op, result);
+            self.delete_standby(&name).await;
         }
     }
 
@@ -417,16 +415,7 @@ impl Lifecycle {
             .clone()
             .filter(|a| !a.is_closed())
             .ok_or_else(|| Error::Guest(format!("standby {standby} lost its agent session")))?;
-        op.stage("identity", "give the guest its identity", async {
-            for cap in self.capabilities.for_vm(&made) {
-                cap.restored(&ctx, &guest, &agent).await?;
-            }
-            Ok::<_, Error>(())
-        })
-        .await?;
-        for cap in self.capabilities.for_vm(&made) {
-            cap.ready(&ctx, &agent).await?;
-        }
+        self.guest_ready(op, &ctx, Some(&guest), &agent).await?;
         Ok(self
             .store
             .set_vm_state(&made.name, VmState::Running, None)?)
