@@ -52,6 +52,13 @@ impl fmt::Display for Millis {
     }
 }
 
+/// Milliseconds since the kernel started (`/proc/uptime`).
+pub fn uptime_ms() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(secs * 1000.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// How often to look again while waiting for devices to appear.
-pub const POLL: Duration = Duration::from_millis(10);
+/// How often to look again while waiting for devices to appear. Short: a
+/// disk's `/dev` node comes from the kernel's devtmpfs thread a moment
+/// after its driver loads, and every millisecond here is boot time.
+pub const POLL: Duration = Duration::from_millis(1);
 
 /// Maps the serial number of every `vd*` disk under `sys_block`
 /// (`/sys/block`) to its device name (`vda`).

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use banger_agent::console::{Millis, chain, log};
+use banger_agent::console::{Millis, chain, log, uptime_ms};
 use banger_agent::sshd::Sshd;
 use banger_agent::{Agent, GuestPower, boot, devices, port, setup, shutdown};
 
@@ -36,6 +36,7 @@ fn main() {
     setup::run(&booted.config);
 
     let ports = Path::new("/sys/class/virtio-ports");
+    let started = std::time::Instant::now();
     let name = loop {
         match devices::wait_for_port(
             ports,
@@ -51,6 +52,10 @@ fn main() {
         }
     };
     let path = Path::new("/dev").join(&name);
+    log(format_args!(
+        "found the agent port ({})",
+        Millis(started.elapsed().as_secs_f64() * 1000.0)
+    ));
     match crng.join() {
         Ok(took) => log(format_args!(
             "random numbers ready ({})",
@@ -59,6 +64,7 @@ fn main() {
         Err(_) => log(format_args!("waiting for random numbers failed")),
     }
 
+    let started = std::time::Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -73,7 +79,11 @@ fn main() {
                 }
             }
         };
-        log(format_args!("serving on {}", path.display()));
+        log(format_args!(
+            "serving on {} ({})",
+            path.display(),
+            Millis(started.elapsed().as_secs_f64() * 1000.0)
+        ));
         log(format_args!("ready"));
         // How long the guest took from the kernel's start: the host's
         // wait for the agent less this is QEMU and the kernel's loading.
@@ -88,11 +98,4 @@ fn main() {
         tokio::spawn(async move { Sshd::guest().run(reaper).await });
         port::serve_forever(port, agent).await
     })
-}
-
-/// Milliseconds since the kernel started (`/proc/uptime`).
-fn uptime_ms() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/uptime").ok()?;
-    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
-    Some(secs * 1000.0)
 }

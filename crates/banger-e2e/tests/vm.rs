@@ -165,6 +165,21 @@ fn stop_and_start_keep_the_work_disk() {
         (400..=512).contains(&size),
         "work disk is grown to the default 512 MiB: {df}"
     );
+    // Both disks, after a restart too, leave the guest's CPU to its
+    // commands: no access-time writes, no background inode-table zeroing.
+    let mounts = env.ok(&["vm", "exec", "keep", "--", "cat", "/proc/mounts"]);
+    for dir in ["/", "/root"] {
+        let line = mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(dir))
+            .unwrap_or_else(|| panic!("{dir} is not mounted: {mounts}"));
+        assert!(
+            line.contains("noatime") && line.contains("noinit_itable"),
+            "{line}"
+        );
+    }
+    let threads = env.ok(&["vm", "exec", "keep", "--", "ps"]);
+    assert!(!threads.contains("ext4lazyinit"), "{threads}");
 }
 
 #[test]

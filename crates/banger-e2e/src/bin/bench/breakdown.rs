@@ -17,6 +17,7 @@
 //! (as root) for the debian image on the bridge, in an instance inside a
 //! network namespace of its own.
 
+use super::floor::Bare;
 use super::stats::timed;
 use banger_e2e::Env;
 
@@ -63,15 +64,26 @@ impl Samples {
 /// The label of the whole `vm run --rm -- true`.
 pub const RUN: &str = "vm run --rm -- true";
 
+/// The label of the floor (a0) booted right before each cold run.
+pub const FLOOR_ALONGSIDE: &str = "(a0) the floor, booted before each run";
+
 /// The label of `vm run --rm -- true` timed back to back.
 pub const BACK_TO_BACK: &str = "vm run --rm -- true, back to back";
 
 /// `runs` runs of `env`'s default image, split (see the module doc): cold
 /// boots, or once the image is warm (`standby`: its name) takes of its
-/// standby, each timed once the standby is ready. VMs are named
-/// `prefix-N`, so the daemon's log lines of an earlier call are not
-/// counted again.
-pub fn cold(env: &Env, runs: usize, prefix: &str, standby: Option<&str>) -> Samples {
+/// standby, each timed once the standby is ready. With `floor`, the floor
+/// (a0) boots right before each `vm run` ([`FLOOR_ALONGSIDE`]): this
+/// host's speed drifts over a bench run, and a ratio to a floor measured
+/// minutes before drifts with it. VMs are named `prefix-N`, so the
+/// daemon's log lines of an earlier call are not counted again.
+pub fn cold(
+    env: &Env,
+    runs: usize,
+    prefix: &str,
+    standby: Option<&str>,
+    floor: Option<&Bare>,
+) -> Samples {
     let mut s = Samples::default();
     let ready = || {
         if let Some(image) = standby
@@ -83,6 +95,9 @@ pub fn cold(env: &Env, runs: usize, prefix: &str, standby: Option<&str>) -> Samp
     for r in 0..runs {
         eprintln!("bench: breakdown run {}/{runs}", r + 1);
         ready();
+        if let Some(bare) = floor {
+            s.push(FLOOR_ALONGSIDE, bare.floor());
+        }
         let total = timed(|| {
             env.ok(&["vm", "run", "--rm", "--", "true"]);
         });

@@ -23,7 +23,9 @@
 //! `--breakdown`: (c) split into stages, the agent's boot steps and the
 //! guest's uptime, for the minimal image without network and, as root, for
 //! the debian image on the bridge, cold and then warm (`image warm
-//! debian`), whose `vm run --rm -- true` is (i2) (`breakdown.rs`).
+//! debian`), whose `vm run --rm -- true` is (i2) (`breakdown.rs`). Each
+//! cold `vm run` there follows a floor boot, and its ratio to those floors
+//! is printed too.
 //!
 //! `--ssh`: (e) create of a Debian guest (user network) until `vm ssh`
 //! answers, (f) `vm ssh NAME -- true` cold and (g) with the ControlMaster
@@ -149,12 +151,12 @@ fn main() {
     let snaps = args.snapshots.then(|| snapshots::measure(&env, runs));
     let cold = args
         .breakdown
-        .then(|| breakdown::cold(&env, runs, "bd", None));
+        .then(|| breakdown::cold(&env, runs, "bd", None, Some(&bare)));
     if args.ssh || args.workspace || args.breakdown {
         eprintln!("bench: building the debian image…");
         env.ok(&["image", "build", "--preset", "debian"]);
     }
-    let debian_cold = args.breakdown.then(|| debian_on_bridge(&env, runs));
+    let debian_cold = args.breakdown.then(|| debian_on_bridge(&env, runs, &bare));
     let ssh = args.ssh.then(|| ssh_figures(&env, runs));
     let reconciled = args
         .reconcile
@@ -198,16 +200,12 @@ fn main() {
     }
     if let Some(s) = cold {
         r.heading("breakdown: minimal image, no network");
-        for (label, v) in s.0 {
-            r.ms(label, v);
-        }
+        cold_rows(&mut r, s);
     }
     match debian_cold {
         Some(Ok((cold, warm))) => {
             r.heading("breakdown: debian image, bridge network");
-            for (label, v) in cold.0 {
-                r.ms(label, v);
-            }
+            cold_rows(&mut r, cold);
             r.heading("breakdown: debian image, bridge network, warm image");
             for (label, v) in warm.0 {
                 let label = match label.as_str() {
@@ -247,6 +245,23 @@ fn main() {
         r.ratio("(r1)/(r2)", m1 / m2);
     }
     r.print();
+}
+
+/// A cold breakdown's rows, and its `vm run` against the floor booted
+/// alongside it.
+fn cold_rows(r: &mut Report, s: breakdown::Samples) {
+    let (mut run, mut floor) = (None, None);
+    for (label, v) in s.0 {
+        let m = r.ms(label.as_str(), v);
+        match label.as_str() {
+            RUN => run = Some(m),
+            breakdown::FLOOR_ALONGSIDE => floor = Some(m),
+            _ => {}
+        }
+    }
+    if let (Some(run), Some(floor)) = (run, floor) {
+        r.ratio(format!("{RUN} / (a0) booted alongside"), run / floor);
+    }
 }
 
 fn snapshots_rows(r: &mut Report, f: snapshots::Figures) {
@@ -296,16 +311,17 @@ fn snapshots_rows(r: &mut Report, f: snapshots::Figures) {
 fn debian_on_bridge(
     host: &Env,
     runs: usize,
+    bare: &floor::Bare,
 ) -> Result<(breakdown::Samples, breakdown::Samples), String> {
     if banger_sys::process::euid() != 0 {
         return Err("needs root (the bridge network)".into());
     }
     let env = Env::in_netns("default_image = \"debian\"\nnetwork = \"bridge\"\n");
     env.register_from(host, "debian");
-    let cold = breakdown::cold(&env, runs, "bd", None);
+    let cold = breakdown::cold(&env, runs, "bd", None, Some(bare));
     eprintln!("bench: warming the debian image…");
     env.ok(&["image", "warm", "debian"]);
-    let mut warm = breakdown::cold(&env, runs, "bw", Some("debian"));
+    let mut warm = breakdown::cold(&env, runs, "bw", Some("debian"), None);
     for _ in 0..runs {
         let t = timed(|| {
             env.ok(&["vm", "run", "--rm", "--", "true"]);
