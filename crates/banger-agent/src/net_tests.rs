@@ -211,7 +211,7 @@ fn resolv_conf_replaces_a_dangling_symlink() {
 }
 
 #[test]
-fn resolv_conf_that_says_so_already_is_not_rewritten_but_a_symlink_to_it_is() {
+fn resolv_conf_that_says_so_already_is_not_rewritten_but_a_symlink_to_it_is_replaced() {
     let root = tempfile::tempdir().unwrap();
     let etc = root.path().join("etc");
     std::fs::create_dir_all(&etc).unwrap();
@@ -224,11 +224,14 @@ fn resolv_conf_that_says_so_already_is_not_rewritten_but_a_symlink_to_it_is() {
     let mut other = network();
     other.dns = vec!["10.0.0.1".into()];
     write_resolv_conf(root.path(), &other).unwrap();
-    assert_ne!(inode(), first, "new text is a new file");
-    assert!(
-        std::fs::read_to_string(&path)
-            .unwrap()
-            .contains("nameserver 10.0.0.1\n")
+    assert_eq!(inode(), first, "new text is written over the old");
+    // Shorter than the first: nothing of that is left.
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), resolv_conf(&other));
+    write_resolv_conf(root.path(), &network()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        resolv_conf(&network()),
+        "and back"
     );
 
     // A symlink to a file with the same text still becomes a file of its own.

@@ -101,7 +101,7 @@ pub fn write_hostname_files(root: &Path, name: &str) -> io::Result<()> {
 /// place: a truncate first (what `fs::write` does) is ext4's block-freeing
 /// and orphan-list path, ~10 ms of a fresh TCG guest's boot; cut only what
 /// is left over past the new end.
-fn overwrite(path: &Path, text: &str, old_len: usize) -> io::Result<()> {
+pub(crate) fn overwrite(path: &Path, text: &str, old_len: usize) -> io::Result<()> {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
     file.write_all(text.as_bytes())?;

@@ -163,6 +163,12 @@ pub enum EngineError {
         #[source]
         source: banger_sys::command::CommandError,
     },
+    #[error("cannot create the disk layer {path}")]
+    Overlay {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the {engine} engine cannot {what}")]
     Unsupported {
         engine: &'static str,

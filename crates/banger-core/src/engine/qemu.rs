@@ -1,7 +1,8 @@
 //! The QEMU engine: `qemu-system-x86_64 -M microvm` from the distro.
 //!
-//! 1. Root disk: a qcow2 overlay over the image's raw, read-only base
-//!    (`qemu-img create`, ~10 ms, O(1) in the image's size).
+//! 1. Root disk: a qcow2 overlay over the image's raw, read-only base,
+//!    written by [`qcow2`] (no `qemu-img` process: ~0.1 ms, not ~10; O(1)
+//!    in the image's size).
 //! 2. Accelerator: KVM when `/dev/kvm` boots a stock kernel, else TCG
 //!    ([`super::accel`]), decided once per engine.
 //! 3. [`argv`] turns a [`MachineSpec`] into QEMU's command line: virtio-mmio
@@ -452,14 +453,9 @@ impl Engine for QemuEngine {
 
     fn create_root_disk(&self, base: &Path, dir: &VmDir) -> Result<(), EngineError> {
         let overlay = dir.file(ROOT_DISK);
-        let cmd = Cmd::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(base)
-            .arg(&overlay);
-        self.runner
-            .run(&cmd)
-            .map(drop)
-            .map_err(|source| EngineError::RootDisk {
+        qcow2::virtual_size(base, DriveFormat::Raw)
+            .and_then(|size| qcow2::write_overlay(&overlay, base, DriveFormat::Raw, size))
+            .map_err(|source| EngineError::Overlay {
                 path: overlay,
                 source,
             })
@@ -577,7 +573,7 @@ impl Engine for QemuEngine {
     }
 
     fn create_layer(&self, base: &Layer, overlay: &Path) -> Result<(), EngineError> {
-        snapshot::create_layer(&*self.runner, base, overlay)
+        snapshot::create_layer(base, overlay)
     }
 
     fn copy_layer(
@@ -637,6 +633,7 @@ impl Engine for QemuEngine {
 }
 
 pub mod pause;
+pub mod qcow2;
 mod qmp;
 pub mod snapshot;
 #[cfg(test)]

@@ -152,43 +152,16 @@ fn bad(dir: &Path, problem: impl Into<String>) -> EngineError {
     }
 }
 
-/// `overlay`: an empty qcow2 over `base`. `base` may be open in a running
-/// QEMU, so it is read with `-U` (its size only) and not opened again.
-pub fn create_layer(runner: &dyn Runner, base: &Layer, overlay: &Path) -> Result<(), EngineError> {
-    let err = |source| EngineError::RootDisk {
-        path: overlay.to_owned(),
-        source,
-    };
-    let info = runner
-        .run(
-            &Cmd::new("qemu-img")
-                .args(["info", "-U", "--output=json", "-f", base.format.as_str()])
-                .arg(&base.path),
-        )
-        .map_err(err)?;
-    let size = serde_json::from_slice::<Value>(&info.stdout)
-        .ok()
-        .and_then(|v| v.get("virtual-size").and_then(Value::as_u64))
-        .ok_or_else(|| control("qemu-img info", "no virtual-size"))?;
-    runner
-        .run(
-            &Cmd::new("qemu-img")
-                .args([
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-u",
-                    "-F",
-                    base.format.as_str(),
-                    "-b",
-                ])
-                .arg(&base.path)
-                .arg(overlay)
-                .arg(size.to_string()),
-        )
-        .map(drop)
-        .map_err(err)
+/// `overlay`: an empty qcow2 over `base`, written here ([`super::qcow2`]):
+/// a snapshot makes one per drive while its guest is paused. `base` may be
+/// open in a running QEMU: only its size is read, without a lock.
+pub fn create_layer(base: &Layer, overlay: &Path) -> Result<(), EngineError> {
+    super::qcow2::virtual_size(&base.path, base.format)
+        .and_then(|size| super::qcow2::write_overlay(overlay, &base.path, base.format, size))
+        .map_err(|source| EngineError::Overlay {
+            path: overlay.to_owned(),
+            source,
+        })
 }
 
 /// `dest`: what `top` shows, over `base` (only the differences) or alone;
