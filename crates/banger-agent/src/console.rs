@@ -19,7 +19,7 @@ pub fn log(msg: fmt::Arguments<'_>) {
 pub fn step<T, E: Error>(what: &str, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     let start = Instant::now();
     let result = f();
-    let took = Millis(start.elapsed().as_secs_f64() * 1000.0);
+    let took = Millis::since(start);
     match &result {
         Ok(_) => log(format_args!("{what} ({took})")),
         Err(e) => log(format_args!("{what} failed: {} ({took})", chain(e))),
@@ -41,6 +41,13 @@ pub fn chain(e: &dyn Error) -> String {
 
 /// A duration in milliseconds, printed with one decimal below 10 ms.
 pub struct Millis(pub f64);
+
+impl Millis {
+    /// The time since `start`.
+    pub fn since(start: Instant) -> Millis {
+        Millis(start.elapsed().as_secs_f64() * 1000.0)
+    }
+}
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -177,7 +177,7 @@ async fn git_identity(identity: &[String]) -> std::io::Result<()> {
     };
     crate::console::log(format_args!(
         "identity: git identity {did} ({})",
-        crate::console::Millis(start.elapsed().as_secs_f64() * 1000.0)
+        crate::console::Millis::since(start)
     ));
     Ok(())
 }

@@ -54,7 +54,7 @@ fn main() {
     let path = Path::new("/dev").join(&name);
     log(format_args!(
         "found the agent port ({})",
-        Millis(started.elapsed().as_secs_f64() * 1000.0)
+        Millis::since(started)
     ));
     match crng.join() {
         Ok(took) => log(format_args!(
@@ -82,7 +82,7 @@ fn main() {
         log(format_args!(
             "serving on {} ({})",
             path.display(),
-            Millis(started.elapsed().as_secs_f64() * 1000.0)
+            Millis::since(started)
         ));
         log(format_args!("ready"));
         // How long the guest took from the kernel's start: the host's

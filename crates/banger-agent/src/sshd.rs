@@ -289,7 +289,7 @@ impl Sshd {
             match self.generate_host_keys(reaper).await {
                 Ok(()) => log(format_args!(
                     "sshd: generated host keys ({})",
-                    Millis(start.elapsed().as_secs_f64() * 1000.0)
+                    Millis::since(start)
                 )),
                 Err(e) => log(format_args!(
                     "sshd: generating host keys failed: {}",
