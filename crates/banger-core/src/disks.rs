@@ -85,6 +85,11 @@ pub fn grown_seed(runner: &dyn Runner, seed: &Path, size_mib: u64) -> Result<Pat
             runner
                 .run(&Cmd::new("resize2fs").args(["-f"]).arg(&tmp))
                 .map_err(|source| DiskError::Grow { size_mib, source })?;
+            // resize2fs leaves no overhead figure: record the kernel's, or
+            // each VM's first mount writes it into every superblock copy.
+            if let Err(e) = banger_image::overhead::record(runner, &tmp) {
+                tracing::warn!(error = %crate::error::chain(&e), "the grown work seed's first mount will count its overhead");
+            }
         }
         std::fs::rename(&tmp, &grown).map_err(io_err(&grown))
     })();
@@ -191,6 +196,12 @@ mod tests {
             blocks * bsize,
             256 * 1024 * 1024,
             "the filesystem itself was grown"
+        );
+        let sb = banger_image::overhead::read_superblock(&disk).unwrap();
+        assert_eq!(
+            Some(banger_image::overhead::recorded(&sb)),
+            banger_image::overhead::overhead_clusters(&sb),
+            "the grown disk records its metadata overhead for the guest's first mount"
         );
     }
 

@@ -14,7 +14,9 @@
 //!    mode. When the build runs unprivileged its files are owned by the build
 //!    user, so a `debugfs` script (on stdin) gives every such inode the owner
 //!    it should have ([`Owners`]: root, or what a tarball recorded) and the
-//!    root directory its mode.
+//!    root directory its mode, and records the metadata overhead the kernel
+//!    would otherwise count and write back at the first mount
+//!    ([`crate::overhead`]).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -110,12 +112,21 @@ pub fn make(runner: &dyn Runner, spec: &Ext4Spec<'_>) -> Result<(), Ext4Error> {
         source,
     })?;
 
-    let script = fixup_script(spec.tree, spec.root_mode, spec.owners).map_err(|source| {
+    let mut script = fixup_script(spec.tree, spec.root_mode, spec.owners).map_err(|source| {
         Ext4Error::ReadTree {
             path: spec.tree.to_path_buf(),
             source,
         }
     })?;
+    // The kernel's own count of metadata blocks, so that the first mount
+    // does not write it into every superblock (`overhead.rs`).
+    if let Some(clusters) = crate::overhead::read_superblock(image)
+        .ok()
+        .and_then(|sb| crate::overhead::overhead_clusters(&sb))
+    {
+        script.push_str(&crate::overhead::debugfs_command(clusters));
+        script.push('\n');
+    }
     if script.is_empty() {
         return Ok(());
     }

@@ -41,6 +41,7 @@ mod kernel;
 pub mod layout;
 mod manifest;
 mod modules;
+pub mod overhead;
 mod packages;
 mod register;
 mod rootfs;
