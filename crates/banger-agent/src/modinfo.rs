@@ -98,6 +98,32 @@ pub fn virtio_devices(bus: &Path) -> BTreeSet<u32> {
         .collect()
 }
 
+/// What Linux's `sign-file` appends last to a module it signs.
+const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
+/// Bytes of `struct module_signature`, between the signature and the marker.
+const SIGNATURE_INFO: usize = 12;
+
+/// `module` without the signature `sign-file` appended to it: the
+/// signature, its `struct module_signature` (signer and key id lengths in
+/// bytes 3 and 4, the signature's length big-endian in the last four) and
+/// the marker. A module with no signature, or one that does not add up, is
+/// returned whole.
+pub fn without_signature(module: &[u8]) -> &[u8] {
+    let Some(body) = module.strip_suffix(SIGNATURE_MARKER) else {
+        return module;
+    };
+    let Some(info_at) = body.len().checked_sub(SIGNATURE_INFO) else {
+        return module;
+    };
+    let info = &body[info_at..];
+    let sig_len = u32::from_be_bytes([info[8], info[9], info[10], info[11]]) as usize;
+    let appended = sig_len + usize::from(info[3]) + usize::from(info[4]);
+    match info_at.checked_sub(appended) {
+        Some(end) => &module[..end],
+        None => module,
+    }
+}
+
 /// The bytes of the `.modinfo` section of a little-endian ELF64 file.
 fn modinfo_section(elf: &[u8]) -> Option<&[u8]> {
     if elf.get(..6)? != b"\x7fELF\x02\x01" {

@@ -217,4 +217,54 @@ fn the_debian_cloud_kernels_modules_read_as_expected() {
         info.depends.contains(&"net_failover".to_string()),
         "{info:?}"
     );
+    // Debian signs its modules: the unsigned one is the ELF file alone.
+    let unsigned = without_signature(&bytes);
+    assert!(unsigned.len() + 500 < bytes.len(), "a signature is removed");
+    assert_eq!(without_signature(unsigned), unsigned);
+    assert_eq!(ModInfo::parse("virtio_net.ko", unsigned), info);
+    let shoff = u64::from_le_bytes(unsigned[0x28..0x30].try_into().unwrap()) as usize;
+    let (shentsize, shnum) = (
+        u16::from_le_bytes([unsigned[0x3a], unsigned[0x3b]]) as usize,
+        u16::from_le_bytes([unsigned[0x3c], unsigned[0x3d]]) as usize,
+    );
+    assert_eq!(
+        shoff + shentsize * shnum,
+        unsigned.len(),
+        "it ends with the section headers, as the linker left it"
+    );
+}
+
+/// A module signed as `sign-file` does: signature, 12 bytes of
+/// `struct module_signature`, marker.
+fn signed(body: &[u8], sig: &[u8], signer: u8, key_id: u8) -> Vec<u8> {
+    let mut out = body.to_vec();
+    out.extend(std::iter::repeat_n(b'k', usize::from(signer + key_id)));
+    out.extend_from_slice(sig);
+    out.extend_from_slice(&[0, 0, 2, signer, key_id, 0, 0, 0]);
+    out.extend_from_slice(&(sig.len() as u32).to_be_bytes());
+    out.extend_from_slice(b"~Module signature appended~\n");
+    out
+}
+
+#[test]
+fn a_signature_is_cut_off_and_anything_else_left_whole() {
+    let body = elf_with_modinfo(b"alias=virtio:d00000003v*\0");
+    assert_eq!(
+        without_signature(&signed(&body, &[7; 300], 0, 0)),
+        &body[..]
+    );
+    assert_eq!(without_signature(&signed(&body, &[7; 40], 3, 5)), &body[..]);
+    assert_eq!(without_signature(&body), &body[..], "unsigned");
+    let mut lying = signed(&body, &[7; 40], 0, 0);
+    let n = lying.len();
+    lying[n - 32..n - 28].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(
+        without_signature(&lying),
+        &lying[..],
+        "a length past the start is not trusted"
+    );
+    assert_eq!(
+        without_signature(b"~Module signature appended~\n"),
+        b"~Module signature appended~\n"
+    );
 }

@@ -4,8 +4,9 @@
 //!
 //! - (a0) the floor: the image's kernel with a busybox initramfs made here
 //!   whose `/init` loads only the virtio-blk modules (copied out of the
-//!   image's own initramfs, in its load order), waits for the root disk
-//!   (`/dev/vda`) and powers off; timed from spawn to QEMU's exit.
+//!   image's own initramfs, in its load order, without their signatures as
+//!   the agent loads them), waits for the root disk (`/dev/vda`) and powers
+//!   off; timed from spawn to QEMU's exit.
 //! - (a) the image's own kernel, initramfs and rootfs until the agent
 //!   answers the channel handshake.
 
@@ -265,6 +266,9 @@ fn floor_initramfs(image: &Path, busybox: &Path, out: &Path) -> Vec<String> {
             .iter()
             .find(|(n, _)| n == &format!("lib/modules/banger/{m}"))
             .unwrap_or_else(|| panic!("the image's initramfs lists {m} but lacks it"));
+        // Unsigned, as the agent loads them: the floor pays no signature
+        // checks the agent does not.
+        let data = banger_agent::modinfo::without_signature(data);
         w.file(&format!("lib/modules/{m}"), 0o644, data).unwrap();
     }
     w.file("etc/modules", 0o644, (wanted.join("\n") + "\n").as_bytes())
