@@ -27,6 +27,24 @@ pub fn comm(pid: u32) -> Option<String> {
     Some(name.trim_end().to_string())
 }
 
+/// Opens the memfds (`memfd_create` files, such as a VM's guest RAM) that
+/// `pid` has open. While these stay open, the memory in them outlives the
+/// process: its exit only unmaps them, and whoever closes the last one frees
+/// the pages. Files that cannot be opened are skipped.
+pub fn open_memfds(pid: u32) -> Vec<std::fs::File> {
+    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:"))
+        })
+        .filter_map(|e| std::fs::File::open(e.path()).ok())
+        .collect()
+}
+
 /// The `/proc` directories of `pid`'s threads that have not exited: under
 /// `/proc/<pid>/task`, or `/proc/<pid>` itself where that is unreadable.
 fn live_tasks(pid: u32) -> Vec<PathBuf> {
@@ -183,6 +201,20 @@ pub fn default_signals_on_exec(cmd: &mut std::process::Command) {
     }
 }
 
+/// Moves the calling thread to `SCHED_IDLE`: it runs only when no other
+/// thread wants the CPU, for work nothing waits on.
+pub fn run_only_when_idle() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0
+    // is the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// The calling process's effective uid.
 pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
@@ -265,6 +297,38 @@ mod tests {
             "without the reset the child ignores SIGQUIT"
         );
         assert_eq!(reset & quit, 0, "with it the child does not");
+    }
+
+    #[test]
+    fn memfds_are_found_and_opened_to_the_same_memory() {
+        use std::io::{Read, Seek, Write};
+        let fd = rustix::fs::memfd_create("banger-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let mut mine = std::fs::File::from(fd);
+        mine.write_all(b"guest ram").unwrap();
+        let held = open_memfds(own_pid());
+        let mut found = false;
+        for mut f in held {
+            let mut text = String::new();
+            f.seek(std::io::SeekFrom::Start(0)).unwrap();
+            let _ = f.read_to_string(&mut text);
+            found |= text == "guest ram";
+        }
+        assert!(found, "the memfd this process made is among them");
+        assert!(open_memfds(u32::MAX).is_empty(), "no such process");
+    }
+
+    #[test]
+    fn an_idle_thread_says_so_in_its_policy() {
+        let policy = std::thread::spawn(|| {
+            run_only_when_idle().unwrap();
+            // SAFETY: no arguments; reads the calling thread's policy.
+            unsafe { libc::sched_getscheduler(0) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policy, libc::SCHED_IDLE);
+        // SAFETY: as above, for this thread, which the call left alone.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
     }
 
     #[test]
