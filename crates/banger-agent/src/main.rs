@@ -34,6 +34,9 @@ fn main() {
         }
     };
     setup::run(&booted.config);
+    if let Some(initramfs) = booted.initramfs {
+        boot::free_initramfs_when_idle(initramfs);
+    }
 
     let ports = Path::new("/sys/class/virtio-ports");
     let started = std::time::Instant::now();

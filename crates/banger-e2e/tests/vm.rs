@@ -87,9 +87,18 @@ fn run_streams_output_and_passes_exit_codes_and_stdin() {
     assert_eq!(out.lines().count(), 20000);
     assert_eq!(out.lines().last(), Some("20000"));
 
-    // The console log shows the agent coming up.
+    // The console log shows the agent coming up, and the initramfs freed
+    // once the guest had a moment with nothing else to do.
     let logs = env.ok(&["vm", "logs", "codes"]);
     assert!(logs.contains("banger-agent"), "console: {logs}");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            env.ok(&["vm", "logs", "codes"])
+                .contains("banger-agent: freed the initramfs")
+        }),
+        "console: {}",
+        env.ok(&["vm", "logs", "codes"])
+    );
     let os = env.ok(&["vm", "exec", "codes", "--", "cat", "/etc/os-release"]);
     assert!(os.contains("banger"), "{os}");
     env.ok(&["vm", "delete", "codes"]);
