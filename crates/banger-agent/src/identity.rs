@@ -12,7 +12,9 @@
 //! 3. mix the host's random bytes into the kernel's pool and reseed the
 //!    CRNG from it, so forks of one snapshot stop producing the same
 //!    random numbers (QEMU 7.2's `vmgenid` is not visible on `-M microvm`,
-//!    see ARCHITECTURE.md, so this is the only reseed);
+//!    see ARCHITECTURE.md, so this is the only reseed); then a new boot id
+//!    ([`new_boot_id`]), since programs (journald, for one) take the same
+//!    boot id for the same boot;
 //! 4. the hostname (`sethostname`, `/etc/hostname`, `/etc/hosts`);
 //! 5. the network: the NIC moved to the new MAC and address (`net.rs`,
 //!    [`crate::net::reconfigure`]), remembered for the next restore;
@@ -32,6 +34,11 @@ use banger_proto::{IdentityReport, IdentityRequest, MAX_HOST_KEY, MAX_IDENTITY_E
 
 use crate::Agent;
 use crate::console::{chain, step};
+
+/// Where the kernel shows its boot id.
+pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+/// The file a restored guest's new boot id is in, mounted over [`BOOT_ID`].
+pub const BOOT_ID_FILE: &str = "/run/banger/boot_id";
 
 /// Fewest entropy bytes a request must carry (a 128-bit reseed).
 pub const MIN_ENTROPY: usize = 16;
@@ -124,6 +131,15 @@ pub async fn apply(agent: &Agent, req: IdentityRequest) -> Result<IdentityReport
     step("identity: reseeded the RNG", || {
         banger_sys::guest::add_entropy_and_reseed(&req.entropy).map_err(IdentityError::Entropy)
     })?;
+    if let Err(e) = step("identity: boot id", || {
+        let mut random = [0u8; 16];
+        rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
+        new_boot_id(Path::new(BOOT_ID_FILE), Path::new(BOOT_ID), random)
+    }) {
+        report
+            .warnings
+            .push(format!("boot id not replaced: {}", chain(&e)));
+    }
     step(&format!("identity: hostname {}", req.hostname), || {
         rustix::system::sethostname(req.hostname.as_bytes())
             .map_err(std::io::Error::from)
@@ -159,6 +175,47 @@ pub async fn apply(agent: &Agent, req: IdentityRequest) -> Result<IdentityReport
             .push(format!("git identity not set: {}", chain(&e)));
     }
     Ok(report)
+}
+
+/// Step 3, the boot id. The kernel makes one per boot and offers no way to
+/// change it, so `random` becomes a version 4 UUID in `file` (in `/run`,
+/// RAM: a restart's boot gets the kernel's own again), bind-mounted over
+/// `shown`. A guest restored again finds the mount in place and the file
+/// rewritten is what readers see.
+pub fn new_boot_id(file: &Path, shown: &Path, random: [u8; 16]) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(file, uuid_v4(random))?;
+    if !is_mount_point(shown) {
+        rustix::mount::mount_bind(file, shown)?;
+    }
+    Ok(())
+}
+
+/// `random` as a version 4 UUID, as the kernel prints one, with a newline.
+pub fn uuid_v4(mut random: [u8; 16]) -> String {
+    random[6] = (random[6] & 0x0f) | 0x40;
+    random[8] = (random[8] & 0x3f) | 0x80;
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}\n",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// Whether something is mounted on `path` (per `/proc/self/mountinfo`).
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let path = path.to_string_lossy();
+    info.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(path.as_ref()))
 }
 
 /// Step 7: the file read and written here (a new thread would cost a
@@ -230,6 +287,17 @@ mod tests {
                 "{public:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_boot_id_is_a_version_4_uuid_like_the_kernels() {
+        let id = uuid_v4([0xff; 16]);
+        assert_eq!(id, "ffffffff-ffff-4fff-bfff-ffffffffffff\n");
+        let id = uuid_v4([0; 16]);
+        assert_eq!(id, "00000000-0000-4000-8000-000000000000\n");
+        let kernel = std::fs::read_to_string(BOOT_ID).unwrap_or(id.clone());
+        assert_eq!(kernel.len(), id.len(), "{kernel:?}");
+        assert_eq!(kernel.matches('-').count(), 4);
     }
 
     #[test]

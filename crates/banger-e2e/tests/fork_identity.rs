@@ -1,12 +1,12 @@
 //! End-to-end: a restored or forked VM is a machine of its own. On a
 //! bridge inside a network namespace the test makes (needs root), two
-//! forks of one running VM read different random bytes, have their own
-//! hostnames, MACs and addresses (the ones the host leased them, not the
-//! snapshot's), reach each other and the source by name; a VM restored
-//! from a snapshot taken seconds earlier has the host's time, not the
-//! snapshot's. Prints what a restore and a fork took. And a Debian guest
-//! (sshd) serves a new host key after a restore and in each fork, which
-//! `vm ssh` pins again and checks strictly.
+//! forks of one running VM read different random bytes, have boot ids,
+//! hostnames, MACs and addresses of their own (the ones the host leased
+//! them, not the snapshot's), reach each other and the source by name; a
+//! restore is a new boot too; a VM restored from a snapshot taken seconds
+//! earlier has the host's time, not the snapshot's. Prints what a restore
+//! and a fork took. And a Debian guest (sshd) serves a new host key after a
+//! restore and in each fork, which `vm ssh` pins again and checks strictly.
 
 use banger_e2e::{Env, boot_permit, skip_unless_root_with};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -73,6 +73,8 @@ fn forks_are_machines_of_their_own_on_the_bridge() {
     let _permit = boot_permit();
     env.ok(&["vm", "create", "--name", SRC, "--image", "minimal"]);
     let src_mac = sh(&env, SRC, "cat /sys/class/net/eth0/address");
+    let boot_id = |vm: &str| sh(&env, vm, "cat /proc/sys/kernel/random/boot_id");
+    let first_boot = boot_id(SRC);
 
     // Restore: the guest's clock stood still for the snapshot's age.
     env.ok(&["vm", "snapshot", SRC, "--name", "old"]);
@@ -88,6 +90,9 @@ fn forks_are_machines_of_their_own_on_the_bridge() {
     );
     assert_eq!(sh(&env, SRC, "hostname").trim(), SRC);
     assert_eq!(guest_addresses(&env, SRC), [ip_of(&env, SRC)]);
+    let restored_boot = boot_id(SRC);
+    assert_ne!(restored_boot, first_boot, "a restore is a new boot");
+    assert_eq!(restored_boot.trim().len(), 36, "{restored_boot:?}");
 
     // Two forks.
     let t0 = Instant::now();
@@ -97,6 +102,11 @@ fn forks_are_machines_of_their_own_on_the_bridge() {
     let random = |vm: &str| sh(&env, vm, "head -c 16 /dev/urandom | od -x");
     let (r1, r2) = (random("twin-1"), random("twin-2"));
     assert_ne!(r1, r2, "two forks read the same random bytes");
+    let boots = [boot_id("twin-1"), boot_id("twin-2"), boot_id(SRC)];
+    assert!(
+        boots[0] != boots[1] && boots[0] != boots[2] && boots[1] != boots[2],
+        "forks and their source share a boot id: {boots:?}"
+    );
     for f in ["twin-1", "twin-2"] {
         assert_eq!(sh(&env, f, "hostname").trim(), f, "{f}'s hostname");
         let leased = ip_of(&env, f);
