@@ -241,47 +241,32 @@ fn early_mounts() {
 
 /// Step 2.
 fn load_modules() {
+    let start = std::time::Instant::now();
     let list = match std::fs::read_to_string(MODULE_LIST) {
-        Ok(list) => list,
+        Ok(list) => banger_proto::modules::parse_module_list(&list),
         Err(e) => {
             log(format_args!("no module list {MODULE_LIST}: {e}"));
             return;
         }
     };
-    let names: Vec<&str> = module_names(&list).collect();
-    let start = std::time::Instant::now();
-    let files: Vec<(PathBuf, io::Result<Vec<u8>>)> = names
-        .iter()
-        .map(|name| {
-            let path = Path::new(MODULE_DIR).join(name);
-            let bytes = std::fs::read(&path);
-            (path, bytes)
-        })
-        .collect();
-    let infos: Vec<ModInfo> = names
-        .iter()
-        .zip(&files)
-        .map(|(name, (_, bytes))| ModInfo::parse(name, bytes.as_deref().unwrap_or_default()))
-        .collect();
+    let infos: Vec<ModInfo> = list.iter().map(ModInfo::from_listed).collect();
     log(format_args!(
         "read the modules' info ({})",
         crate::console::Millis::since(start)
     ));
     let mut devices = || modinfo::virtio_devices(Path::new(VIRTIO_BUS));
-    for (i, (name, (path, bytes))) in names.iter().zip(files).enumerate() {
+    for (i, listed) in list.iter().enumerate() {
+        let name = &listed.file_name;
         if !modinfo::needed(&infos, i, &mut devices) {
             log(format_args!("skipped {name}: no virtio device needs it"));
             continue;
         }
-        let _ = step(&format!("loaded {name}"), || load_module(&path, bytes));
+        let path = Path::new(MODULE_DIR).join(name);
+        let _ = step(&format!("loaded {name}"), || {
+            let bytes = std::fs::read(&path);
+            load_module(&path, bytes)
+        });
     }
-}
-
-/// The module file names of a module list: one a line, `#` comments.
-fn module_names(list: &str) -> impl Iterator<Item = &str> {
-    list.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 /// Loads the module `bytes` read from `path`, first without its signature:
@@ -475,15 +460,6 @@ fn mount_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn module_list_keeps_order_and_skips_comments() {
-        let list = "virtio_ring.ko\n\n# block\nvirtio.ko\n  virtio_blk.ko  \n";
-        assert_eq!(
-            module_names(list).collect::<Vec<_>>(),
-            ["virtio_ring.ko", "virtio.ko", "virtio_blk.ko"]
-        );
-    }
 
     #[test]
     fn read_ahead_follows_links_and_skips_what_the_image_lacks() {

@@ -59,12 +59,13 @@ fn main() {
         "found the agent port ({})",
         Millis::since(started)
     ));
-    match crng.join() {
-        Ok(took) => log(format_args!(
+    match crng.map(|waiter| waiter.join()) {
+        None => log(format_args!("random numbers ready at boot")),
+        Some(Ok(took)) => log(format_args!(
             "random numbers ready ({})",
             Millis(took.as_secs_f64() * 1000.0)
         )),
-        Err(_) => log(format_args!("waiting for random numbers failed")),
+        Some(Err(_)) => log(format_args!("waiting for random numbers failed")),
     }
 
     let started = std::time::Instant::now();

@@ -5,7 +5,9 @@
 //! under TCG each module costs 6-30 ms of boot.
 //!
 //! A module is a *driver* of the virtio device ids its `.modinfo` section
-//! names (`alias=virtio:d00000001v*`). The decision, made as each module's
+//! names (`alias=virtio:d00000001v*`), which the image build wrote into the
+//! module list with its dependencies ([`banger_proto::modules`]), so no
+//! module is read unless it is loaded. The decision, made as each module's
 //! turn comes (the list is in load order, so the transport, virtio_mmio,
 //! is loaded before the first driver and its devices are on the bus):
 //!
@@ -13,14 +15,16 @@
 //!    bus lists no device at all (nothing is known yet: load it);
 //! 2. a module others in the list depend on (`depends=`) is needed when one
 //!    of them is;
-//! 3. any other module (the transport, one whose `.modinfo` cannot be read,
-//!    a compressed one) is needed.
+//! 3. any other module (the transport, one the list says nothing about) is
+//!    needed.
 //!
 //! So only a driver whose device is provably absent is skipped, with the
 //! helpers nothing else needs.
 
 use std::collections::BTreeSet;
 use std::path::Path;
+
+use banger_proto::modules::ListedModule;
 
 /// What a module's `.modinfo` says about its place in the decision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,36 +39,16 @@ pub struct ModInfo {
 }
 
 impl ModInfo {
-    /// Reads `file_name`'s `.modinfo` from the ELF `bytes`; a file that is
-    /// no readable ELF gives a module with no ids and no dependencies
-    /// (needed by rule 3).
-    pub fn parse(file_name: &str, bytes: &[u8]) -> ModInfo {
-        let name = file_name
-            .split('.')
-            .next()
-            .unwrap_or(file_name)
-            .replace('-', "_");
-        let mut info = ModInfo {
-            name,
-            ..ModInfo::default()
-        };
-        let Some(section) = modinfo_section(bytes) else {
-            return info;
-        };
-        for entry in section.split(|b| *b == 0) {
-            let entry = String::from_utf8_lossy(entry);
-            if let Some(alias) = entry.strip_prefix("alias=virtio:d") {
-                let id = alias.get(..8).and_then(|h| u32::from_str_radix(h, 16).ok());
-                info.virtio_ids.push(id);
-            } else if let Some(deps) = entry.strip_prefix("depends=") {
-                info.depends = deps
-                    .split(',')
-                    .filter(|d| !d.is_empty())
-                    .map(|d| d.replace('-', "_"))
-                    .collect();
-            }
+    /// The decision's input for a line of the list; a line that says
+    /// nothing gives a module with no ids and no dependencies (needed by
+    /// rule 3).
+    pub fn from_listed(listed: &ListedModule) -> ModInfo {
+        let info = listed.info.clone().unwrap_or_default();
+        ModInfo {
+            name: listed.name(),
+            virtio_ids: info.virtio_ids,
+            depends: info.depends,
         }
-        info
     }
 }
 
@@ -122,30 +106,6 @@ pub fn without_signature(module: &[u8]) -> &[u8] {
         Some(end) => &module[..end],
         None => module,
     }
-}
-
-/// The bytes of the `.modinfo` section of a little-endian ELF64 file.
-fn modinfo_section(elf: &[u8]) -> Option<&[u8]> {
-    if elf.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let u16_at = |at: usize| Some(u16::from_le_bytes(elf.get(at..at + 2)?.try_into().ok()?));
-    let u32_at = |at: usize| Some(u32::from_le_bytes(elf.get(at..at + 4)?.try_into().ok()?));
-    let u64_at =
-        |at: usize| Some(u64::from_le_bytes(elf.get(at..at + 8)?.try_into().ok()?) as usize);
-    let (shoff, shentsize) = (u64_at(0x28)?, u16_at(0x3a)? as usize);
-    let (shnum, shstrndx) = (u16_at(0x3c)? as usize, u16_at(0x3e)? as usize);
-    let section = |i: usize| {
-        let h = shoff.checked_add(i.checked_mul(shentsize)?)?;
-        let (name, offset, size) = (u32_at(h)? as usize, u64_at(h + 0x18)?, u64_at(h + 0x20)?);
-        Some((name, elf.get(offset..offset.checked_add(size)?)?))
-    };
-    let (_, names) = section(shstrndx)?;
-    (0..shnum).find_map(|i| {
-        let (name, data) = section(i)?;
-        let name = names.get(name..)?.split(|b| *b == 0).next()?;
-        (name == b".modinfo").then_some(data)
-    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //! | `/init` | the agent binary, 0755 |
 //! | `/dev/console` | char device 5:1: the kernel opens it for `/init`'s stdio before anything mounts devtmpfs |
 //! | `/lib/modules/banger/*.ko` | the modules, see [`crate::modules`] |
-//! | `/etc/banger/modules` | their file names in load order, one per line |
+//! | `/etc/banger/modules` | their file names in load order, one per line, with the virtio devices each drives and its dependencies ([`banger_proto::modules`]) |
 //! | `/dev /proc /sys /tmp /newroot` | mount points |
 
 use std::fs;
@@ -151,7 +151,7 @@ pub fn agent_archive(agent: &Agent, modules: &[Module]) -> Result<Vec<u8>, Initr
                 0o644,
                 bytes,
             )?;
-            list.push_str(&m.file_name);
+            list.push_str(&banger_proto::modules::module_line(&m.file_name, &m.info));
             list.push('\n');
         }
         w.file(layout::INITRD_MODULE_LIST, 0o644, list.as_bytes())?;
@@ -202,6 +202,18 @@ mod tests {
                     name: f.trim_end_matches(".ko").into(),
                     file_name: f.to_string(),
                     path,
+                    info: banger_proto::modules::ModuleInfo {
+                        virtio_ids: if f == &"virtio.ko" {
+                            vec![Some(2)]
+                        } else {
+                            vec![]
+                        },
+                        depends: if f == &"virtio.ko" {
+                            vec!["virtio_ring".into()]
+                        } else {
+                            vec![]
+                        },
+                    },
                 }
             })
             .collect()
@@ -228,8 +240,8 @@ mod tests {
             (0o020600, (5, 1))
         );
         assert_eq!(
-            find("etc/banger/modules").data,
-            b"virtio_ring.ko\nvirtio.ko\n"
+            String::from_utf8_lossy(&find("etc/banger/modules").data),
+            "virtio_ring.ko virtio= depends=\nvirtio.ko virtio=00000002 depends=virtio_ring\n"
         );
         assert!(
             find("lib/modules/banger/virtio.ko")

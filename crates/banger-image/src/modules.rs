@@ -23,6 +23,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use banger_proto::modules::ModuleInfo;
+
 use crate::elf::Elf;
 
 /// Modules without which the guest cannot boot on `-M microvm`: the
@@ -84,6 +86,8 @@ pub struct Module {
     /// File name as in the tree (`virtio_ring.ko`).
     pub file_name: String,
     pub path: PathBuf,
+    /// What decides whether a guest needs it, for the initramfs's list.
+    pub info: ModuleInfo,
 }
 
 /// What a module's `.modinfo` says about where it fits.
@@ -92,6 +96,8 @@ pub struct ModInfo {
     pub depends: Vec<String>,
     /// The kernel release it was built for (first word of `vermagic=`).
     pub kernel_release: Option<String>,
+    /// The virtio device ids it drives (`alias=virtio:d…`); `None` is any.
+    pub virtio_ids: Vec<Option<u32>>,
 }
 
 /// `-` and `_` are interchangeable in module names; `_` is canonical.
@@ -115,6 +121,11 @@ pub fn parse_modinfo(section: &[u8]) -> ModInfo {
             );
         } else if let Some(vermagic) = entry.strip_prefix("vermagic=") {
             info.kernel_release = vermagic.split_whitespace().next().map(str::to_string);
+        } else if let Some(id) = entry
+            .strip_prefix("alias=")
+            .and_then(banger_proto::modules::virtio_alias)
+        {
+            info.virtio_ids.push(id);
         }
     }
     info
@@ -292,6 +303,10 @@ impl Walk<'_> {
             name: name.to_string(),
             file_name,
             path: path.clone(),
+            info: ModuleInfo {
+                virtio_ids: info.virtio_ids,
+                depends: info.depends,
+            },
         });
         Ok(())
     }
@@ -377,6 +392,51 @@ pub(crate) mod tests {
         assert_eq!(info.depends, ["virtio", "virtio_ring"]);
         assert_eq!(info.kernel_release.as_deref(), Some("6.1.0-56-cloud-amd64"));
         assert_eq!(parse_modinfo(b"depends=\0").depends, Vec::<String>::new());
+        let aliases =
+            parse_modinfo(b"alias=virtio:d00000001v*\0alias=pci:v1AF4d*\0alias=virtio:d*v*\0");
+        assert_eq!(aliases.virtio_ids, [Some(1), None]);
+    }
+
+    /// The modules of the kernel banger's images boot, when an image build
+    /// has unpacked them into the e2e cache: the ids and dependencies the
+    /// agent decides by.
+    #[test]
+    fn the_debian_cloud_kernels_guest_modules_say_what_they_drive() {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+        let extract = target.join("e2e-cache/banger/extract");
+        let release = fs::read_dir(&extract)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("linux-image-"))
+            .find_map(|e| {
+                fs::read_dir(e.path().join("lib/modules"))
+                    .ok()?
+                    .flatten()
+                    .next()
+            });
+        let Some(release) = release else {
+            eprintln!("skipped: no unpacked kernel under {}", extract.display());
+            return;
+        };
+        let tree = ModuleTree::scan(&release.path()).unwrap();
+        let modules = tree.resolve_guest_modules(None).unwrap();
+        let info = |name: &str| {
+            modules
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("no {name}"))
+                .info
+                .clone()
+        };
+        assert_eq!(info("virtio_blk").virtio_ids, [Some(2)]);
+        assert_eq!(info("virtio_console").virtio_ids, [Some(3)]);
+        let net = info("virtio_net");
+        assert_eq!(net.virtio_ids, [Some(1)]);
+        assert!(net.depends.contains(&"net_failover".to_string()), "{net:?}");
+        assert!(info("virtio_ring").virtio_ids.is_empty());
     }
 
     #[test]

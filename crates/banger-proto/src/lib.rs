@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod archive;
 pub mod chunks;
+pub mod modules;
 pub mod session;
 pub use archive::ArchiveStats;
 pub use session::{SessionInfo, SessionRequest, SessionState};

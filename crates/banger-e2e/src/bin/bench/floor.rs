@@ -235,13 +235,10 @@ fn floor_initramfs(image: &Path, busybox: &Path, out: &Path) -> Vec<String> {
         .find(|(n, _)| n == "etc/banger/modules")
         .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
         .expect("the image's initramfs lists its modules in etc/banger/modules");
-    let wanted: Vec<String> = order
-        .lines()
-        .filter(|f| {
-            let stem = f.trim_end_matches(".ko").replace('-', "_");
-            BLOCK_MODULES.contains(&stem.as_str())
-        })
-        .map(str::to_string)
+    let wanted: Vec<String> = banger_proto::modules::parse_module_list(&order)
+        .into_iter()
+        .filter(|m| BLOCK_MODULES.contains(&m.name().as_str()))
+        .map(|m| m.file_name)
         .collect();
     assert!(
         wanted.iter().any(|m| m.starts_with("virtio_blk")),
