@@ -187,7 +187,7 @@ pub fn new_boot_id(file: &Path, shown: &Path, random: [u8; 16]) -> std::io::Resu
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(file, uuid_v4(random))?;
-    if !is_mount_point(shown) {
+    if !same_file(file, shown) {
         rustix::mount::mount_bind(file, shown)?;
     }
     Ok(())
@@ -208,14 +208,15 @@ pub fn uuid_v4(mut random: [u8; 16]) -> String {
     )
 }
 
-/// Whether something is mounted on `path` (per `/proc/self/mountinfo`).
-fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let path = path.to_string_lossy();
-    info.lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(path.as_ref()))
+/// Whether `a` and `b` are one file (`b` is `a` bind-mounted, say): two
+/// `stat`s, where reading `/proc/self/mountinfo` cost a just-restored TCG
+/// guest ~10 ms.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Step 7: the file read and written here (a new thread would cost a
@@ -298,6 +299,19 @@ mod tests {
         let kernel = std::fs::read_to_string(BOOT_ID).unwrap_or(id.clone());
         assert_eq!(kernel.len(), id.len(), "{kernel:?}");
         assert_eq!(kernel.matches('-').count(), 4);
+    }
+
+    #[test]
+    fn one_file_is_told_from_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "x").unwrap();
+        std::fs::write(&b, "x").unwrap();
+        assert!(same_file(&a, &a));
+        assert!(!same_file(&a, &b));
+        assert!(!same_file(&a, &dir.path().join("missing")));
+        std::fs::hard_link(&a, dir.path().join("c")).unwrap();
+        assert!(same_file(&a, &dir.path().join("c")));
     }
 
     #[test]

@@ -13,9 +13,13 @@
 //!    strings have their commas doubled ([`option_value`]), QEMU's escape.
 //! 4. [`QemuEngine::spawn`] starts it in its own process group (so it
 //!    outlives a killed daemon), waits until both sockets exist, and reaps
-//!    it in the background when it exits.
+//!    it in the background when it exits; that reaping is what a stop of
+//!    an engine this daemon spawned waits for (one it adopted is polled).
 //! 5. Stop: QMP `quit` (the daemon first asks the agent for a clean
-//!    power-off), then SIGKILL after the timeout.
+//!    power-off), then SIGKILL after the timeout; kill: SIGKILL. Both hold
+//!    the guest RAM's memfd open across the exit ([`GuestRam`]), so the
+//!    exit only unmaps it and the pages are freed after the caller has
+//!    seen the engine gone.
 //! 6. Disk errors: writable drives pause the guest on a failed write
 //!    (`werror=stop`); [`pause`] follows that on a second QMP socket, and
 //!    `cont` lets the guest run on.
