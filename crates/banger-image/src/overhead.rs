@@ -181,7 +181,7 @@ mod tests {
     use std::process::Command;
 
     fn have(tool: &str) -> bool {
-        Command::new(tool).arg("-V").output().is_ok()
+        banger_sys::command::which(tool).is_some()
     }
 
     /// Makes a filesystem the way image builds do (the 32 MiB work seed,
