@@ -7,8 +7,10 @@
 //! 2. Host keys: images ship without them so every VM has its own, so when
 //!    the Ed25519 host key is missing, make it with `ssh-keygen`. It writes to
 //!    the VM's own root overlay, so this happens on a VM's first boot only,
-//!    at the lowest priority ([`KEYGEN_NICE`]): under TCG it takes ~0.6 s of
-//!    the guest's one CPU, which the host's first commands need more.
+//!    at `SCHED_IDLE`, started from a thread of that policy
+//!    ([`start_when_idle`]) so the start itself waits too: under TCG
+//!    `ssh-keygen` takes ~0.6 s of the guest's one CPU, and its first exec
+//!    ~20 ms, which the handshake and the host's first commands need more.
 //! 3. `/run/sshd`, the privilege-separation directory, mode 0755 (`/run`
 //!    is a fresh tmpfs every boot).
 //! 4. Root logs in with keys: unless the global section of
@@ -270,7 +272,7 @@ impl Sshd {
 
     /// Steps 1-5: returns at once when there is no sshd, otherwise only
     /// once shutdown has begun.
-    pub async fn run(&self, reaper: &Reaper) {
+    pub async fn run(&self, reaper: &'static Reaper) {
         if !self.program.is_file() {
             log(format_args!(
                 "sshd: no {} in this image",
@@ -283,7 +285,7 @@ impl Sshd {
     }
 
     /// Steps 2-4, logging what fails; returns sshd's extra arguments.
-    pub async fn prepare(&self, reaper: &Reaper) -> Vec<String> {
+    pub async fn prepare(&self, reaper: &'static Reaper) -> Vec<String> {
         if missing_host_keys(&self.root) {
             let start = Instant::now();
             match self.generate_host_keys(reaper).await {
@@ -313,7 +315,7 @@ impl Sshd {
     /// making it (a warm image's) and restored has been given a key of its
     /// own by the host meanwhile ([`Sshd::install_host_key`]), which must
     /// stay, as the host pinned it.
-    pub async fn generate_host_keys(&self, reaper: &Reaper) -> Result<(), SshdError> {
+    pub async fn generate_host_keys(&self, reaper: &'static Reaper) -> Result<(), SshdError> {
         let at = |p: &str| self.root.join(p.trim_start_matches('/'));
         let pub_of = |p: &Path| PathBuf::from(format!("{}.pub", p.display()));
         let (made, dest) = (at(FIRST_HOST_KEY), at(HOST_KEY));
@@ -381,7 +383,7 @@ impl Sshd {
     }
 
     /// Runs `ssh-keygen` for an Ed25519 key at `path` (guest path).
-    async fn keygen_at(&self, reaper: &Reaper, path: &str) -> Result<(), SshdError> {
+    async fn keygen_at(&self, reaper: &'static Reaper, path: &str) -> Result<(), SshdError> {
         let etc_ssh = self.root.join("etc/ssh");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -396,17 +398,16 @@ impl Sshd {
         cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
             .arg(&key)
             .stdout(Stdio::null());
-        let (pid, exited) = start(reaper, &mut cmd).map_err(|source| SshdError::Spawn {
-            path: self.keygen.clone(),
-            source,
-        })?;
         // A first boot's key is made while the host runs its first commands
         // (the user's, the git identity's) on the guest's only CPU: it waits
-        // for them. Set from here, as the agent forbids a pre_exec hook; the
-        // child's first instants at nice 0 cost nothing.
-        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-            let _ = rustix::process::setpriority_process(Some(pid), KEYGEN_NICE);
-        }
+        // for them.
+        let (_, exited) =
+            start_when_idle(reaper, cmd)
+                .await
+                .map_err(|source| SshdError::Spawn {
+                    path: self.keygen.clone(),
+                    source,
+                })?;
         match exited.await.map(|s| s.code) {
             Ok(0) => Ok(()),
             Ok(code) => Err(SshdError::Failed {
@@ -455,9 +456,6 @@ impl Sshd {
     }
 }
 
-/// The niceness `ssh-keygen` runs at: the lowest priority.
-pub const KEYGEN_NICE: i32 = 19;
-
 /// A child with a clean environment, in its own process group, its output
 /// on the agent's (the console).
 fn command(program: &Path) -> Command {
@@ -471,6 +469,26 @@ fn command(program: &Path) -> Command {
 }
 
 /// Spawns `cmd` through the reaper; returns its pid and its exit.
+/// [`start`] on a new thread at `SCHED_IDLE`, which the child inherits: the
+/// spawn (a fork and an exec, ~20 ms the first time under TCG) and the
+/// whole run wait for the guest's CPU to have nothing else to do.
+async fn start_when_idle(
+    reaper: &'static Reaper,
+    mut cmd: Command,
+) -> io::Result<(u32, oneshot::Receiver<ExitStatus>)> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("idle-spawn".into())
+        .spawn(move || {
+            if let Err(e) = banger_sys::process::run_only_when_idle() {
+                log(format_args!("spawning at normal priority: {e}"));
+            }
+            let _ = tx.send(start(reaper, &mut cmd));
+        })?;
+    rx.await
+        .unwrap_or_else(|_| Err(io::Error::other("the spawning thread died")))
+}
+
 fn start(reaper: &Reaper, cmd: &mut Command) -> io::Result<(u32, oneshot::Receiver<ExitStatus>)> {
     let (_, pid, exited) = reaper.spawn(|| {
         let child = cmd.spawn()?;

@@ -206,22 +206,30 @@ async fn a_key_the_host_gave_while_the_first_key_was_made_stays() {
 }
 
 #[tokio::test]
-async fn host_keys_are_made_at_the_lowest_priority() {
+async fn host_keys_are_made_at_idle_priority() {
     let root = tempfile::tempdir().unwrap();
     let mut sshd = sshd_in(root.path());
     sshd.keygen = root.path().join("keygen");
-    let seen = root.path().join("nice");
-    // Reads its niceness (field 19 of stat) once the agent has set it.
+    let seen = root.path().join("policy");
+    // Field 41 of stat is the scheduling policy: 5 is SCHED_IDLE.
     script(
         &sshd.keygen,
         &format!(
-            "sleep 0.3; cut -d' ' -f19 /proc/$$/stat > {}; {MAKE_KEY}",
+            "cut -d' ' -f41 /proc/$$/stat > {}; {MAKE_KEY}",
             seen.display()
         ),
     );
     sshd.generate_host_keys(Reaper::global()).await.unwrap();
-    let nice = std::fs::read_to_string(&seen).unwrap();
-    assert_eq!(nice.trim(), KEYGEN_NICE.to_string());
+    let policy = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(policy.trim(), "5", "SCHED_IDLE");
+    // The spawning thread was its own: this one runs as before.
+    let mine = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after_comm = mine.rsplit(')').next().unwrap();
+    assert_eq!(
+        after_comm.split_whitespace().nth(38),
+        Some("0"),
+        "SCHED_OTHER"
+    );
 }
 
 #[tokio::test]
