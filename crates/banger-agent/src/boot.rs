@@ -262,25 +262,22 @@ fn load_modules() {
             continue;
         }
         let path = Path::new(MODULE_DIR).join(name);
-        let _ = step(&format!("loaded {name}"), || {
-            let bytes = std::fs::read(&path);
-            load_module(&path, bytes)
-        });
+        let _ = step(&format!("loaded {name}"), || load_module(&path));
     }
 }
 
-/// Loads the module `bytes` read from `path`, first without its signature:
+/// Loads the module at `path`, first without its signature:
 /// checking one (a SHA-256 of the module and an RSA verification) costs a
 /// TCG guest 3-7 ms a module, and a kernel that does not enforce signatures
 /// loads an unsigned module all the same (noting taint `E` in its log). One
 /// that enforces them (`module.sig_enforce`, lockdown) refuses it, and gets
 /// the signed module.
-fn load_module(path: &Path, bytes: io::Result<Vec<u8>>) -> Result<(), BootError> {
+fn load_module(path: &Path) -> Result<(), BootError> {
     let err = |source: io::Error| BootError::Module {
         path: path.to_path_buf(),
         source,
     };
-    let bytes = bytes.map_err(err)?;
+    let bytes = std::fs::read(path).map_err(err)?;
     let load = |image: &[u8]| match rustix::system::init_module(image, c"") {
         Ok(()) | Err(Errno::EXIST) => Ok(()),
         Err(e) => Err(e),

@@ -63,8 +63,9 @@ pub struct QemuEngine {
     resolved: OnceLock<PathBuf>,
     /// `--version`'s first line (once asked).
     version: OnceLock<String>,
-    /// The engines this daemon spawned, by pid: `true` once reaped.
-    exits: std::sync::Mutex<std::collections::HashMap<u32, watch::Receiver<bool>>>,
+    /// The running engines this daemon spawned, by pid: `true` once reaped
+    /// (the reaping task then drops its entry).
+    exits: Arc<std::sync::Mutex<Exits>>,
 }
 
 impl QemuEngine {
@@ -88,10 +89,8 @@ impl QemuEngine {
         }
     }
 
-    fn exits_lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, watch::Receiver<bool>>> {
-        self.exits.lock().unwrap_or_else(|e| e.into_inner())
+    fn exits_lock(&self) -> std::sync::MutexGuard<'_, Exits> {
+        lock_exits(&self.exits)
     }
 
     /// The configured binary's real path, or `None` while it cannot be found.
@@ -103,6 +102,12 @@ impl QemuEngine {
         let real = std::fs::canonicalize(found).ok()?;
         Some(self.resolved.get_or_init(|| real))
     }
+}
+
+type Exits = std::collections::HashMap<u32, watch::Receiver<bool>>;
+
+fn lock_exits(exits: &std::sync::Mutex<Exits>) -> std::sync::MutexGuard<'_, Exits> {
+    exits.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// An engine's guest RAM (its memfds), held open across its exit: the exit
@@ -338,10 +343,16 @@ impl QemuEngine {
         let name = spec.name.clone();
         let (exited, exit) = watch::channel(false);
         self.exits_lock().insert(pid, exit);
+        let exits = self.exits.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             tracing::info!(vm = %name, pid, ?status, "engine exited");
             let _ = exited.send(true);
+            // Its pid may be a new engine's already.
+            let mut exits = lock_exits(&exits);
+            if exits.get(&pid).is_some_and(|e| *e.borrow()) {
+                exits.remove(&pid);
+            }
         });
         Ok(Handles {
             pid,
@@ -605,9 +616,6 @@ impl Engine for QemuEngine {
             let exit = self.exits_lock().get(&handles.pid).cloned();
             if let Some(mut exit) = exit {
                 let reaped = tokio::time::timeout(timeout, exit.wait_for(|gone| *gone)).await;
-                if reaped.is_ok() {
-                    self.exits_lock().remove(&handles.pid);
-                }
                 return reaped.is_ok();
             }
             if !super::wait_while(timeout, Duration::from_millis(20), || self.alive(handles)).await
