@@ -167,12 +167,14 @@ fn is_power_of(mut n: u64, base: u64) -> bool {
     n == 1
 }
 
+/// A little-endian field of the superblock; every offset read here lies
+/// within its [`SUPERBLOCK_LEN`] bytes.
 fn u16_at(sb: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([sb[at], sb[at + 1]])
+    crate::elf::u16_at(sb, at).unwrap_or_default()
 }
 
 fn u32_at(sb: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]])
+    crate::elf::u32_at(sb, at).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -577,11 +577,9 @@ impl Engine for QemuEngine {
     /// SIGKILL, no QMP `quit` (a round trip and QEMU's orderly exit, ~35 ms).
     fn kill<'a>(&'a self, handles: &'a Handles) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
-            if self.alive(handles) {
-                let _ram = GuestRam::hold(handles.pid);
+            let ram = self.alive(handles).then(|| GuestRam::hold(handles.pid));
+            if ram.is_some() {
                 banger_sys::process::signal(handles.pid, banger_sys::process::Signal::Kill)?;
-                self.wait_gone(handles, Duration::from_secs(5)).await;
-                return Ok(());
             }
             self.wait_gone(handles, Duration::from_secs(5)).await;
             Ok(())
