@@ -2,13 +2,15 @@
 //! working directory, process group, and its stdio as pipes or a
 //! pseudo-terminal. Owns turning an [`ExecRequest`] into a running child
 //! registered with the [`Reaper`]; does not own the stream protocol around
-//! it (`exec.rs`).
+//! it (`exec.rs`). A command with pipes starts by `posix_spawn`
+//! (`banger_sys::vfork`), one with a tty by `Command` (a fork: it must take
+//! its controlling terminal before exec).
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use banger_proto::{ExecRequest, ExitStatus};
 use rustix::fs::Access;
@@ -122,19 +124,19 @@ pub fn spawn(
         .unwrap_or(&defaults.path);
     let path = resolve(program, search_path, &cwd)?;
 
-    let mut cmd = Command::new(&path);
-    cmd.arg0(program)
-        .args(&req.argv[1..])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&cwd);
-    banger_sys::process::default_signals_on_exec(&mut cmd);
     let spawn_error = |source| SpawnError::Spawn {
         path: path.clone(),
         source,
     };
 
     if req.tty {
+        let mut cmd = Command::new(&path);
+        cmd.arg0(program)
+            .args(&req.argv[1..])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&cwd);
+        banger_sys::process::default_signals_on_exec(&mut cmd);
         let size = req.size.map(|s| (s.rows, s.cols));
         let pty = banger_sys::pty::open(size).map_err(|source| SpawnError::Pty { source })?;
         banger_sys::pty::attach_as_controlling_terminal(&mut cmd, &pty.slave)
@@ -158,35 +160,31 @@ pub fn spawn(
         });
     }
 
-    cmd.process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let (mut child, pid, exited) = reaper
+    // Without a tty, posix_spawn (a vfork) instead of Command's fork: see
+    // banger_sys::vfork.
+    let pipes = || -> io::Result<_> { Ok((io::pipe()?, io::pipe()?, io::pipe()?)) };
+    let ((stdin_r, stdin_w), (stdout_r, stdout_w), (stderr_r, stderr_w)) =
+        pipes().map_err(spawn_error)?;
+    let (_, pid, exited) = reaper
         .spawn(|| {
-            let child = cmd.spawn()?;
-            let pid = child.id();
-            Ok((child, pid))
+            let pid = banger_sys::vfork::spawn(&banger_sys::vfork::Spawn {
+                program: &path,
+                argv: &req.argv,
+                env: &env,
+                cwd: &cwd,
+                stdio: [stdin_r.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()],
+                process_group: true,
+            })?;
+            Ok(((), pid))
         })
         .map_err(spawn_error)?;
-    // The reaper owns waiting; `child` is only a bag of pipe ends here.
+    // The child's ends are the child's alone: its exit must end our reads.
+    drop((stdin_r, stdout_w, stderr_w));
     let pipes = (|| -> io::Result<ChildIo> {
-        let stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| io::Error::other("no stdin pipe"))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| io::Error::other("no stdout pipe"))?;
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| io::Error::other("no stderr pipe"))?;
         Ok(ChildIo::Pipes {
-            stdin: pipe::Sender::from_owned_fd(OwnedFd::from(stdin))?,
-            stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))?,
-            stderr: pipe::Receiver::from_owned_fd(OwnedFd::from(stderr))?,
+            stdin: pipe::Sender::from_owned_fd(OwnedFd::from(stdin_w))?,
+            stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout_r))?,
+            stderr: pipe::Receiver::from_owned_fd(OwnedFd::from(stderr_r))?,
         })
     })();
     match pipes {

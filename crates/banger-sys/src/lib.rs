@@ -16,6 +16,7 @@ pub mod private_dir;
 pub mod process;
 pub mod pty;
 pub mod spawn;
+pub mod vfork;
 
 /// For a test that needs something this host may lack: prints
 /// `SKIPPED: why` so the run shows it, or panics where the suite must run

@@ -23,6 +23,9 @@ pub fn find(runner: &dyn Runner) -> Option<Checkout> {
 }
 
 fn find_from(runner: &dyn Runner, cwd: &Path) -> Option<Checkout> {
+    if !may_be_in_checkout(cwd) {
+        return None;
+    }
     let out = runner
         .run(
             &Cmd::new("git")
@@ -38,6 +41,22 @@ fn find_from(runner: &dyn Runner, cwd: &Path) -> Option<Checkout> {
         .ok()?
         .to_path_buf();
     Some(Checkout { top, subdir })
+}
+
+/// Whether git could find a checkout from `cwd`: a directory from `cwd` up
+/// has a `.git` (a directory, or a file as worktrees and submodules have),
+/// or the environment names one. A few stats, where asking git outside a
+/// checkout cost ~4 ms of every `vm run`; git's own limits
+/// (`GIT_CEILING_DIRECTORIES`, file system boundaries) only narrow this.
+fn may_be_in_checkout(cwd: &Path) -> bool {
+    if ["GIT_DIR", "GIT_WORK_TREE"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+    {
+        return true;
+    }
+    cwd.ancestors()
+        .any(|dir| dir.join(".git").symlink_metadata().is_ok())
 }
 
 /// The guest working directory for a caller at `subdir` of the checkout.
@@ -81,9 +100,38 @@ mod tests {
     fn a_checkout_is_found_from_a_subdirectory() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
         let found = find_from(&FakeGit(Some(dir.path().into())), &dir.path().join("src")).unwrap();
         assert_eq!(found.top, dir.path());
         assert_eq!(found.subdir, PathBuf::from("src"));
+    }
+
+    /// Fails the test if git is run at all.
+    struct NoGit;
+
+    impl Runner for NoGit {
+        fn run(&self, cmd: &Cmd) -> Result<Output, CommandError> {
+            panic!("ran {cmd:?} with no .git above the directory");
+        }
+    }
+
+    #[test]
+    fn git_is_not_asked_where_no_directory_above_has_a_dot_git() {
+        if std::env::var_os("GIT_DIR").is_some() || std::env::var_os("GIT_WORK_TREE").is_some() {
+            eprintln!("skipped: GIT_DIR or GIT_WORK_TREE is set, so git must be asked");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        if dir.path().ancestors().any(|d| d.join(".git").exists()) {
+            eprintln!("skipped: the temporary directory is inside a git checkout");
+            return;
+        }
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        assert_eq!(find_from(&NoGit, &dir.path().join("src")), None);
+        // A worktree's or submodule's `.git` is a file.
+        std::fs::write(dir.path().join(".git"), "gitdir: /elsewhere\n").unwrap();
+        let found = find_from(&FakeGit(Some(dir.path().into())), &dir.path().join("src"));
+        assert_eq!(found.map(|c| c.subdir), Some(PathBuf::from("src")));
     }
 
     #[test]
