@@ -76,6 +76,10 @@ pub struct Config {
     pub file_sync: Vec<crate::capability::file_sync::FileSyncEntry>,
     /// A root daemon: the group whose members may use its API besides root.
     pub api_group: Option<String>,
+    /// Keep address-space randomisation on in guests under TCG (it costs
+    /// every dynamically linked exec ~20 ms there; KVM guests always
+    /// have it).
+    pub tcg_aslr: bool,
 }
 
 impl Default for Config {
@@ -103,6 +107,7 @@ impl Default for Config {
             ssh_key: None,
             file_sync: Vec::new(),
             api_group: None,
+            tcg_aslr: false,
         }
     }
 }

@@ -116,6 +116,9 @@ pub struct MachineSpec {
     pub accel: Accel,
     /// Host TSC rate for `tsc_early_khz` under TCG.
     pub tsc_khz: Option<u64>,
+    /// Address-space randomisation for the guest's processes under TCG
+    /// (always on under KVM): see [`qemu::kernel_cmdline`].
+    pub tcg_aslr: bool,
 }
 
 /// What is currently true about a running VM's engine; kept in memory and

@@ -173,6 +173,14 @@ pub fn kernel_cmdline(spec: &MachineSpec) -> String {
         // Without it the guest's clock calibration under TCG hangs at random.
         args.push(format!("tsc_early_khz={khz}"));
     }
+    if spec.accel == Accel::Tcg && !spec.tcg_aslr {
+        // QEMU 7.2's TCG keys translated code by virtual address: with
+        // ASLR, libc and the loader sit elsewhere in every process and are
+        // translated again, ~20 ms of every dynamically linked exec (a
+        // debian `true` took 32 ms, 13 without). A guest can turn it back
+        // on (sysctl kernel.randomize_va_space=2); config `tcg_aslr`.
+        args.push("norandmaps".into());
+    }
     if !spec.cmdline_extra.trim().is_empty() {
         args.push(spec.cmdline_extra.trim().to_string());
     }

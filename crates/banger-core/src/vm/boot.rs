@@ -136,6 +136,7 @@ impl Lifecycle {
             state_dir: dir.state.clone(),
             accel,
             tsc_khz: banger_sys::process::tsc_khz(),
+            tcg_aslr: self.config.tcg_aslr,
         };
         let handles = match from {
             None => {

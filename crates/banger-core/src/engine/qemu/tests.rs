@@ -25,6 +25,7 @@ fn spec(accel: Accel) -> MachineSpec {
         state_dir: "/vm".into(),
         accel,
         tsc_khz: Some(2_300_000),
+        tcg_aslr: false,
     }
 }
 
@@ -40,6 +41,14 @@ fn tcg_gets_software_cpu_and_tsc_rate() {
     let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
     assert!(append.contains("tsc_early_khz=2300000"), "{append}");
     assert!(append.contains("random.trust_cpu=on"), "{append}");
+    assert!(append.contains("norandmaps"), "{append}");
+}
+
+#[test]
+fn tcg_keeps_aslr_when_the_config_says_so() {
+    let mut s = spec(Accel::Tcg);
+    s.tcg_aslr = true;
+    assert!(!kernel_cmdline(&s).contains("norandmaps"));
 }
 
 #[test]
@@ -47,6 +56,8 @@ fn kvm_gets_host_cpu_and_no_tsc_override() {
     let a = argv(&spec(Accel::Kvm));
     assert!(has_pair(&a, "-accel", "kvm") && has_pair(&a, "-cpu", "host"));
     assert!(!a.iter().any(|x| x.contains("tsc_early_khz")));
+    // ASLR costs a KVM guest nothing.
+    assert!(!a.iter().any(|x| x.contains("norandmaps")));
 }
 
 #[test]

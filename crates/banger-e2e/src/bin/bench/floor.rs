@@ -175,6 +175,7 @@ impl Bare {
             state_dir: scratch.to_owned(),
             accel: self.accel,
             tsc_khz: banger_sys::process::tsc_khz(),
+            tcg_aslr: false,
         }
     }
 }
