@@ -158,7 +158,6 @@ impl Op {
                     inner.record.error = Some(e);
                 }
             }
-            inner.done = true;
             inner.record.clone()
         };
         if let Err(e) = store.save_operation(&record) {
@@ -166,9 +165,18 @@ impl Op {
         }
         tracing::info!(op = %record.id, kind = ?record.kind, target = %record.target, state = ?record.state,
             ms = record.duration_ms, "operation finished");
-        self.push(OperationEvent::Done {
-            operation: record.clone(),
-        });
+        // Done and its event at once: a follower that saw `done` before
+        // the event was there ended its stream without it (and its client
+        // asked for the record again).
+        let n = {
+            let mut inner = self.lock();
+            inner.events.push(OperationEvent::Done {
+                operation: record.clone(),
+            });
+            inner.done = true;
+            inner.events.len()
+        };
+        self.changed.send_replace(n);
         record
     }
 
@@ -366,6 +374,33 @@ mod tests {
         );
         assert_eq!(op.wait().await.state, OperationState::Failed);
         assert_eq!(rec.error.unwrap().code, banger_api::ErrorCode::Engine);
+    }
+
+    #[test]
+    fn a_follower_that_sees_done_has_the_done_event() {
+        let reg = Arc::new(Operations::new(Arc::new(Store::open_in_memory().unwrap())));
+        for _ in 0..50 {
+            let op = reg.begin(OperationKind::Delete, "web");
+            let watching = Arc::new(std::sync::Barrier::new(2));
+            let watcher = {
+                let (op, watching) = (op.clone(), watching.clone());
+                std::thread::spawn(move || {
+                    watching.wait();
+                    loop {
+                        let (events, done) = op.events_from(0);
+                        if done {
+                            return matches!(events.last(), Some(OperationEvent::Done { .. }));
+                        }
+                    }
+                })
+            };
+            watching.wait();
+            reg.finish(&op, Ok(()));
+            assert!(
+                watcher.join().unwrap(),
+                "done was seen before the done event"
+            );
+        }
     }
 
     #[tokio::test]
