@@ -110,16 +110,8 @@ fn remove_leftovers(dir: &Path, size_mib: u64) {
     }
 }
 
-/// A copy that keeps holes: in this process
-/// (`banger_sys::fs::copy_sparse`), else by `cp` (which also shares
-/// extents where the filesystem can).
+/// A copy that keeps holes (and shares extents where the filesystem can).
 pub fn sparse_copy(runner: &dyn Runner, from: &Path, to: &Path) -> Result<(), CommandError> {
-    match banger_sys::fs::copy_sparse(from, to) {
-        Ok(()) => return Ok(()),
-        Err(e) => {
-            tracing::debug!(from = %from.display(), error = %e, "in-process sparse copy failed; using cp")
-        }
-    }
     runner
         .run(
             &Cmd::new("cp")
