@@ -44,9 +44,18 @@ impl Op {
     }
 
     fn push(&self, event: OperationEvent) {
+        self.append(event, false);
+    }
+
+    /// Appends `event`, marking the operation done in the same step when
+    /// `done`: a follower that saw `done` before its event was there
+    /// ended its stream without it (and its client asked for the record
+    /// again).
+    fn append(&self, event: OperationEvent, done: bool) {
         let n = {
             let mut inner = self.lock();
             inner.events.push(event);
+            inner.done |= done;
             inner.events.len()
         };
         self.changed.send_replace(n);
@@ -165,18 +174,12 @@ impl Op {
         }
         tracing::info!(op = %record.id, kind = ?record.kind, target = %record.target, state = ?record.state,
             ms = record.duration_ms, "operation finished");
-        // Done and its event at once: a follower that saw `done` before
-        // the event was there ended its stream without it (and its client
-        // asked for the record again).
-        let n = {
-            let mut inner = self.lock();
-            inner.events.push(OperationEvent::Done {
+        self.append(
+            OperationEvent::Done {
                 operation: record.clone(),
-            });
-            inner.done = true;
-            inner.events.len()
-        };
-        self.changed.send_replace(n);
+            },
+            true,
+        );
         record
     }
 
