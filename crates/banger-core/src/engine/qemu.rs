@@ -157,6 +157,13 @@ fn qmp_arg(control: &Path) -> String {
 
 /// The kernel command line for a spec.
 pub fn kernel_cmdline(spec: &MachineSpec) -> String {
+    cmdline(spec.accel, spec.tsc_khz, spec.tcg_aslr, &spec.cmdline_extra)
+}
+
+/// The kernel command line a guest boots with under `accel`: banger's
+/// arguments, then the image's `extra`. A warm snapshot records it (a
+/// restored guest keeps the one it booted with).
+pub fn cmdline(accel: Accel, tsc_khz: Option<u64>, tcg_aslr: bool, extra: &str) -> String {
     // random.trust_cpu: seed the kernel's RNG from RDRAND at boot. Without a
     // seeded RNG, getrandom(2) blocks for a long time in a fresh TCG guest,
     // and the agent (yamux picks random ids) hangs before serving.
@@ -167,13 +174,13 @@ pub fn kernel_cmdline(spec: &MachineSpec) -> String {
         "quiet".into(),
         "random.trust_cpu=on".into(),
     ];
-    if spec.accel == Accel::Tcg
-        && let Some(khz) = spec.tsc_khz
+    if accel == Accel::Tcg
+        && let Some(khz) = tsc_khz
     {
         // Without it the guest's clock calibration under TCG hangs at random.
         args.push(format!("tsc_early_khz={khz}"));
     }
-    if spec.accel == Accel::Tcg && !spec.tcg_aslr {
+    if accel == Accel::Tcg && !tcg_aslr {
         // QEMU 7.2's TCG keys translated code by virtual address: with
         // ASLR, libc and the loader sit elsewhere in every process and are
         // translated again, ~20 ms of every dynamically linked exec (a
@@ -181,8 +188,8 @@ pub fn kernel_cmdline(spec: &MachineSpec) -> String {
         // on (sysctl kernel.randomize_va_space=2); config `tcg_aslr`.
         args.push("norandmaps".into());
     }
-    if !spec.cmdline_extra.trim().is_empty() {
-        args.push(spec.cmdline_extra.trim().to_string());
+    if !extra.trim().is_empty() {
+        args.push(extra.trim().to_string());
     }
     args.join(" ")
 }

@@ -114,7 +114,6 @@ impl Lifecycle {
                 dir.file(super::layers::TOPS).display()
             )))?
             .apply(&dir, &mut drives);
-        let manifest: serde_json::Value = serde_json::from_str(&image.manifest).unwrap_or_default();
         let spec = MachineSpec {
             vm_id: vm.id.clone(),
             name: vm.name.clone(),
@@ -123,11 +122,7 @@ impl Lifecycle {
             kernel,
             initrd: Some(std::path::Path::new(&image.dir).join(banger_image::layout::INITRD))
                 .filter(|p| p.exists()),
-            cmdline_extra: manifest
-                .get("kernel_cmdline")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string(),
+            cmdline_extra: image_cmdline(image),
             drives,
             nics: plan.nics.clone(),
             console_log: engine.console_log(&dir),
@@ -269,4 +264,13 @@ impl Lifecycle {
             }
         }
     }
+}
+
+/// The kernel arguments `image` adds to banger's (its manifest's
+/// `kernel_cmdline`).
+pub(super) fn image_cmdline(image: &ImageRecord) -> String {
+    serde_json::from_str::<serde_json::Value>(&image.manifest)
+        .ok()
+        .and_then(|m| m.get("kernel_cmdline")?.as_str().map(str::to_string))
+        .unwrap_or_default()
 }

@@ -15,8 +15,10 @@
 //! - `warm.json`: the machine it was made for (CPUs, memory, disk size,
 //!   network mode, engine) and its fingerprints: the image (its files'
 //!   digests and build time), the engine program and version, the
-//!   accelerator, and banger itself (its version and daemon binary, which
-//!   carries the agent and the machine layout).
+//!   accelerator, banger itself (its version and daemon binary, which
+//!   carries the agent and the machine layout), and the kernel command
+//!   line its guest booted with (config `tcg_aslr` changes it; a restored
+//!   guest keeps the one it booted with).
 //!
 //! It is staged beside the old one and swapped in by rename, under the
 //! lock `warm:<image>`, which creates also take while they copy from it.
@@ -59,6 +61,11 @@ pub struct Fingerprint {
     pub engine: String,
     pub accel: String,
     pub banger: String,
+    /// The kernel command line its guest booted with (config `tcg_aslr`
+    /// and the image's arguments reach it); a restored guest keeps it.
+    /// Manifests from before it was recorded read as "" and are stale.
+    #[serde(default)]
+    pub cmdline: String,
 }
 
 impl Fingerprint {
@@ -77,6 +84,11 @@ impl Fingerprint {
             Some(format!(
                 "it was made under {}, and VMs now run under {}",
                 self.accel, now.accel
+            ))
+        } else if self.cmdline != now.cmdline {
+            Some(format!(
+                "its guest booted with the kernel command line `{}`, and VMs now boot with `{}`",
+                self.cmdline, now.cmdline
             ))
         } else {
             None
@@ -196,6 +208,12 @@ impl Lifecycle {
             engine: engine_version,
             accel: accel.as_str().into(),
             banger: banger_fingerprint(),
+            cmdline: crate::engine::qemu::cmdline(
+                accel,
+                banger_sys::process::tsc_khz(),
+                self.config.tcg_aslr,
+                &super::boot::image_cmdline(image),
+            ),
         })
     }
 
@@ -489,6 +507,7 @@ mod tests {
             engine: "qemu-system-x86_64 (QEMU emulator version 7.2.19)".into(),
             accel: "tcg".into(),
             banger: "0.1.0 123 456.7".into(),
+            cmdline: "console=ttyS0 norandmaps".into(),
         }
     }
 
@@ -548,6 +567,20 @@ mod tests {
             print().stale(&now).as_deref(),
             Some("it was made under tcg, and VMs now run under kvm")
         );
+        let mut now = print();
+        now.cmdline = "console=ttyS0".into();
+        assert!(print().stale(&now).unwrap().contains("norandmaps"));
+    }
+
+    #[test]
+    fn a_manifest_from_before_the_command_line_was_recorded_is_stale() {
+        let mut old = serde_json::to_value(manifest()).unwrap();
+        old["fingerprint"]
+            .as_object_mut()
+            .unwrap()
+            .remove("cmdline");
+        let old: WarmManifest = serde_json::from_value(old).unwrap();
+        assert!(old.fingerprint.stale(&print()).is_some());
     }
 
     #[test]

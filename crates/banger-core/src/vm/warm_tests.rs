@@ -111,3 +111,29 @@ async fn a_failed_warm_leaves_no_vm_and_no_snapshot() {
         .collect();
     assert!(vms.is_empty(), "{vms:?}");
 }
+
+#[tokio::test]
+async fn a_warm_snapshot_booted_with_another_kernel_command_line_is_not_used() {
+    let mut h = Harness::new();
+    let op = finish(h.services.vms.warm_image("img").unwrap()).await;
+    assert!(succeeded(&op), "{op:?}");
+    // The warm guest booted without ASLR (TCG's default); VMs are now to
+    // keep it, which only a boot gives them.
+    h.config.tcg_aslr = true;
+    h.restart_daemon();
+    let op = create(
+        &h,
+        CreateVm {
+            name: Some("w".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(succeeded(&op), "{op:?}");
+    assert!(h.engine.restored().is_empty(), "{op:?}");
+    let why = detail(&op, "warm");
+    assert!(
+        why.contains("stale") && why.contains("norandmaps") && why.contains("image warm img"),
+        "{why}"
+    );
+}
