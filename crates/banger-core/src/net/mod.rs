@@ -34,6 +34,10 @@ pub enum NetError {
     Passt(#[from] passt::PasstError),
     #[error("vm {vm:?} has no address lease")]
     NoLease { vm: String },
+    #[error(
+        "bridge {bridge} is in use by another banger instance ({holder}; it lets the bridge go bridge_idle_secs after its last bridge vm): give this one a bridge of its own with bridge_name and bridge_subnet in its config.toml"
+    )]
+    BridgeInUse { bridge: String, holder: String },
     #[error("cannot create {path}")]
     Dir {
         path: std::path::PathBuf,

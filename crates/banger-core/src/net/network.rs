@@ -13,6 +13,13 @@
 //! nothing of ours. Leases are the `ip` column of VM rows (unique), made at
 //! create and released at delete.
 //!
+//! A bridge is one instance's at a time: two root daemons (state dirs) with
+//! the same `bridge_name` would hand out the same addresses on it and race
+//! for its DNS port. The instance that makes the shared side holds an
+//! `flock` on `bridge-<name>-<netns>.lock` beside the public hosts dirs
+//! (`/run/banger-dns`, root's) until it takes the shared side down, or
+//! dies; another instance's bridge VM is refused, naming the holder.
+//!
 //! Which VMs are attached is this service's own state, rebuilt at daemon
 //! start by [`Network::sweep`] from the VMs it adopted, which also removes
 //! taps, names and NAT that no live VM owns.
@@ -77,6 +84,8 @@ pub struct Network {
     /// with the config's policy changes nothing in it, and running `nft`
     /// again costs each attach and detach ~8 ms.
     installed_rules: Mutex<Option<String>>,
+    /// The bridge's lock while this instance has the shared side up.
+    claim: Mutex<Option<std::fs::File>>,
 }
 
 #[derive(Default)]
@@ -135,6 +144,7 @@ impl Network {
             state: Mutex::new(BridgeState::default()),
             deleting: Mutex::new(Vec::new()),
             installed_rules: Mutex::new(None),
+            claim: Mutex::new(None),
         })
     }
 
@@ -261,8 +271,70 @@ impl Network {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The lock file that makes the bridge this instance's: one per bridge
+    /// name and network namespace, whatever the state dir.
+    pub(crate) fn claim_path(&self) -> PathBuf {
+        use std::os::unix::fs::MetadataExt;
+        let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+        let dir = self
+            .deps
+            .dns_hosts_dir
+            .parent()
+            .unwrap_or(&self.deps.dns_hosts_dir);
+        dir.join(format!(
+            "bridge-{}-{netns}.lock",
+            self.deps.config.bridge_name
+        ))
+    }
+
+    /// Makes the bridge this instance's (idempotent), or says whose it is.
+    fn claim_bridge(&self) -> Result<(), Error> {
+        use std::io::{Read, Seek, Write};
+        let mut claim = self.claim.lock().unwrap_or_else(|p| p.into_inner());
+        if claim.is_some() {
+            return Ok(());
+        }
+        let path = self.claim_path();
+        let dir_err = |source| {
+            let path = path.clone();
+            net_err(NetError::Dir { path, source })
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(dir_err)?;
+        }
+        match banger_sys::fs::lock_exclusive(&path) {
+            Ok(mut f) => {
+                let holder = format!(
+                    "pid {}, state dir {}",
+                    std::process::id(),
+                    self.deps.state_dir.display()
+                );
+                f.set_len(0).map_err(dir_err)?;
+                f.rewind()
+                    .and_then(|()| f.write_all(holder.as_bytes()))
+                    .map_err(dir_err)?;
+                *claim = Some(f);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut holder = String::new();
+                let _ = std::fs::File::open(&path)
+                    .and_then(|f| f.take(512).read_to_string(&mut holder));
+                Err(net_err(NetError::BridgeInUse {
+                    bridge: self.deps.config.bridge_name.clone(),
+                    holder: match holder.trim() {
+                        "" => "unknown".into(),
+                        h => h.to_string(),
+                    },
+                }))
+            }
+            Err(e) => Err(dir_err(e)),
+        }
+    }
+
     /// Bridge, address, forwarding and DNS server, made idempotently.
     fn ensure_host(&self) -> Result<(), Error> {
+        self.claim_bridge()?;
         let cfg = &self.deps.config;
         let links = &self.deps.links;
         let bridge = &cfg.bridge_name;
@@ -490,6 +562,7 @@ impl Network {
         {
             tracing::warn!(error = %crate::error::chain(&e), "cannot delete the bridge");
         }
+        *self.claim.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Whether links of another instance (taps of another mark) are on a
@@ -595,7 +668,12 @@ impl Network {
         }
         if live.is_empty() {
             self.remove_shared();
-        } else if let Err(e) = self.apply_rules(&st) {
+            return;
+        }
+        if let Err(e) = self.claim_bridge() {
+            tracing::warn!(error = %crate::error::chain(&e), "the bridge of this instance's vms");
+        }
+        if let Err(e) = self.apply_rules(&st) {
             tracing::warn!(error = %crate::error::chain(&e), "cannot restore the bridge's firewall");
         }
     }

@@ -738,3 +738,41 @@ async fn capabilities_run_in_order_and_undo_in_reverse() {
     );
     assert_eq!(leftovers(&h), nothing());
 }
+
+#[tokio::test]
+async fn a_bridge_another_instance_holds_is_refused_and_named_and_ours_is_let_go() {
+    let h = Harness::new();
+    let claim = h.services.network.claim_path();
+    std::fs::create_dir_all(claim.parent().unwrap()).unwrap();
+    let other = banger_sys::fs::lock_exclusive(&claim).unwrap();
+    std::fs::write(&claim, "pid 4242, state dir /elsewhere").unwrap();
+    let op = h.create("web", NetworkMode::Bridge).await;
+    let err = op
+        .error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    assert!(
+        err.contains("bridge banger0 is in use") && err.contains("pid 4242, state dir /elsewhere"),
+        "{op:?}"
+    );
+    assert_eq!(leftovers(&h), nothing());
+    use banger_sys::net::link::Links;
+    assert!(
+        !h.links.exists("banger0").unwrap(),
+        "the other's bridge untouched"
+    );
+    drop(other);
+    assert!(succeeded(&h.create("web", NetworkMode::Bridge).await));
+    assert!(
+        banger_sys::fs::lock_exclusive(&claim).is_err(),
+        "ours while web runs"
+    );
+    assert!(succeeded(
+        &finish(h.services.vms.delete("web").unwrap()).await
+    ));
+    assert!(
+        banger_sys::fs::lock_exclusive(&claim).is_ok(),
+        "let go with the bridge"
+    );
+}
