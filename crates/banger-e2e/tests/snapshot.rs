@@ -37,6 +37,24 @@ fn timed(env: &Env, what: &str, args: &[&str]) -> (String, Duration) {
     (out, took)
 }
 
+/// Bytes on disk of the files under `dir` no other directory links.
+fn only_in(dir: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(p: &std::path::Path, sum: &mut u64) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                walk(&e.path(), sum);
+            } else if m.nlink() == 1 {
+                *sum += m.blocks() * 512;
+            }
+        }
+    }
+    let mut sum = 0;
+    walk(std::path::Path::new(dir), &mut sum);
+    sum
+}
+
 fn snapshots(env: &Env) -> Vec<serde_json::Value> {
     env.json(&["vm", "snapshot", "list", VM, "--json"])
         .as_array()
@@ -52,6 +70,18 @@ fn a_restored_vm_is_back_at_its_snapshot_with_its_processes_running() {
     let env = Env::new(CONFIG).with_image();
     let _permit = boot_permit();
     env.ok(&["vm", "create", "--name", VM]);
+    // 32 MB on the work disk before any snapshot: the VMs made from its
+    // snapshots link the disk under them, not copy it.
+    env.ok(&[
+        "vm",
+        "exec",
+        VM,
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/urandom of=/root/blob bs=1M count=32 2>/dev/null && sync",
+    ]);
+    let blob = env.ok(&["vm", "exec", VM, "--", "md5sum", "/root/blob"]);
     env.ok(&[
         "vm",
         "session",
@@ -230,8 +260,22 @@ fn a_restored_vm_is_back_at_its_snapshot_with_its_processes_running() {
         wait_until(Duration::from_secs(10), || count("copy") > first + 2),
         "the snapshot's counter does not run in the new vm"
     );
+    // The disks under the snapshot's layers are linked, not copied: the
+    // bytes only it holds on the host are what its source wrote after its
+    // first snapshot (a few MB here) and its own writes since.
+    let own = only_in(copy["dir"].as_str().unwrap());
+    eprintln!("FIGURE create --from-snapshot: {own} bytes of disk its own");
+    assert!(
+        own < 16 << 20,
+        "the new vm copied its disks: {own} bytes its own"
+    );
     env.ok(&["vm", "delete", VM]);
     env.ok(&["vm", "restart", "copy"]);
     env.ok(&["vm", "exec", "copy", "--", "ls", "/root/counter"]);
+    assert_eq!(
+        env.ok(&["vm", "exec", "copy", "--", "md5sum", "/root/blob"]),
+        blob,
+        "the work disk's file, read through the links after its source went"
+    );
     env.ok(&["vm", "delete", "copy"]);
 }

@@ -183,8 +183,14 @@ impl Engine for FakeEngine {
         Box::pin(async move { self.start(spec) })
     }
 
+    /// A layer's file holds the path of what it is over, as QEMU's names it.
     fn create_layer(&self, base: &Layer, overlay: &Path) -> Result<(), EngineError> {
         std::fs::write(overlay, base.path.to_string_lossy().as_bytes())?;
+        Ok(())
+    }
+
+    fn rebase_layer(&self, layer: &Layer, base: &Layer) -> Result<(), EngineError> {
+        std::fs::write(&layer.path, base.path.to_string_lossy().as_bytes())?;
         Ok(())
     }
 

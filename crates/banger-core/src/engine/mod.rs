@@ -284,6 +284,12 @@ pub trait Engine: Send + Sync {
         Err(self.unsupported("take snapshots"))
     }
 
+    /// Makes `layer`, a copy of another VM's layer no engine has open,
+    /// name `base` as what it is over (its contents unchanged).
+    fn rebase_layer(&self, _layer: &Layer, _base: &Layer) -> Result<(), EngineError> {
+        Err(self.unsupported("copy snapshot disks"))
+    }
+
     /// Writes `dest`: the disk that `top` (with its whole chain) shows, as
     /// one layer over `base` (only what differs from it), or standalone.
     /// For a new VM's disks from another VM's frozen layers.

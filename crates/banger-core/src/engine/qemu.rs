@@ -662,6 +662,10 @@ impl Engine for QemuEngine {
         snapshot::copy_layer(&*self.runner, top, base, dest)
     }
 
+    fn rebase_layer(&self, layer: &Layer, base: &Layer) -> Result<(), EngineError> {
+        snapshot::rebase_layer(&*self.runner, layer, base)
+    }
+
     fn resume_interrupted<'a>(
         &'a self,
         handles: &'a Handles,

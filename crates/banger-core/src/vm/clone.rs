@@ -6,10 +6,20 @@
 //! As an operation, under the new VM's lock:
 //!
 //! 1. `disks`, under the source VM's lock (its snapshot stays while it is
-//!    read): the new VM's directories; its root disk and work disk copied
-//!    out of the snapshot's frozen layers (root: only what differs from the
-//!    image; work: sparse), so the new VM depends on nothing of the source;
-//!    every other capability's `create` (an address lease); the snapshot's
+//!    read): the new VM's directories; the snapshot's frozen layers and
+//!    every layer under them put into the new VM's dir at the same paths,
+//!    with a new empty top over each (`layers::link_frozen`): each drive's
+//!    first layer (the work disk and the root's changes to the image as
+//!    they were at the source's first snapshot: the bulk) hard-linked, the
+//!    layers the source wrote between snapshots copied and made to name
+//!    their bases in the new dir. Frozen layers are never written and a
+//!    link outlives the source, so the new VM depends on no path of it.
+//!    (A layer's name for its base stays absolute: QEMU reports a layer
+//!    put over a base it opened by another name as a `json:` name that
+//!    grows with every snapshot.) Without a record of what a layer is
+//!    over, the disks are copied whole (root: only what differs from the
+//!    image; work: sparse). Then every other capability's `create` (an
+//!    address lease); the snapshot's
 //!    device state and RAM linked into the new VM's dir (they are never
 //!    written once saved);
 //! 2. the boot sequence restoring from those files (`boot.rs`), the RAM
@@ -203,18 +213,24 @@ impl Lifecycle {
                             vm: src.clone(),
                             name: snap.clone(),
                         })?;
-                    let copies = layers::copies(
-                        &manifest,
-                        &sdir,
-                        &from,
-                        &image,
-                        root.clone(),
-                        work.clone(),
-                    )?
-                    .into_iter()
-                    .map(|(top, base, dest)| Copy::Layer(top, base, dest))
-                    .collect();
-                    (from, copies)
+                    if layers::link_frozen(&*engine, &sdir, &manifest, &dir)? {
+                        // New empty tops over the linked layers.
+                        super::restore::layers_from(&*engine, &dir, &manifest)?;
+                        (from, Vec::new())
+                    } else {
+                        let copies = layers::copies(
+                            &manifest,
+                            &sdir,
+                            &from,
+                            &image,
+                            root.clone(),
+                            work.clone(),
+                        )?
+                        .into_iter()
+                        .map(|(top, base, dest)| Copy::Layer(top, base, dest))
+                        .collect();
+                        (from, copies)
+                    }
                 }
                 // Its root layer is over the image's rootfs already, as the
                 // VM's own would be: a plain copy of each file will do.

@@ -213,6 +213,98 @@ pub fn copies(
     Ok(copies)
 }
 
+/// Puts `m`'s frozen layers, and every layer under them, from the VM in
+/// `from` into `to` at the same paths, with what each is over: a drive's
+/// first layer (the work disk, the root over the image: the bulk of its
+/// bytes) hard-linked, since frozen layers are never written again and a
+/// link outlives the source; each layer in `layers/` (what the VM wrote
+/// between two snapshots) copied, and made to name its base in `to`.
+/// Returns `false`, making nothing, when a layer in `layers/` has no
+/// record of what it is over: those are copied whole instead.
+pub fn link_frozen(
+    engine: &dyn crate::engine::Engine,
+    from: &VmDir,
+    m: &Manifest,
+    to: &VmDir,
+) -> Result<bool, crate::error::Error> {
+    use crate::error::Error;
+    let below = Below::load(from).map_err(Error::io(format!(
+        "cannot read {}",
+        from.file(BELOW).display()
+    )))?;
+    // Each drive's chain, top down to its first layer, with the first
+    // layer's format (the root's is the engine's, the work disk raw).
+    let mut chains = Vec::new();
+    for (serial, frozen) in &m.layers {
+        let first_format = match serial.as_str() {
+            banger_proto::ROOT_DRIVE_SERIAL => engine.root_drive(from).format,
+            _ => DriveFormat::Raw,
+        };
+        let chain: Vec<String> =
+            std::iter::successors(Some(frozen.file.clone()), |f| below.0.get(f).cloned())
+                .take(1024)
+                .collect();
+        let last = chain.last().expect("one");
+        if last.starts_with(LAYERS_DIR) || below.0.contains_key(last) {
+            return Ok(false);
+        }
+        chains.push((chain, first_format));
+    }
+    let at = |dir: &VmDir, file: &str, format: DriveFormat| {
+        LayerRef {
+            file: file.to_string(),
+            format: format.as_str().into(),
+        }
+        .resolve(dir)
+        .ok_or_else(|| {
+            Error::Engine(crate::engine::EngineError::BadSnapshot {
+                dir: snapshot_dir(from, &m.name),
+                problem: format!("layer {file:?} is outside its vm's dir"),
+            })
+        })
+    };
+    for (chain, first_format) in &chains {
+        for (i, file) in chain.iter().enumerate() {
+            let over = chain.get(i + 1);
+            let format = match over {
+                Some(_) => DriveFormat::Qcow2,
+                None => *first_format,
+            };
+            let (src, dest) = (at(from, file, format)?, at(to, file, format)?);
+            if let Some(parent) = dest.path.parent() {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
+                    .map_err(Error::io(format!("cannot make {}", parent.display())))?;
+            }
+            let what = format!("{} to {}", src.path.display(), dest.path.display());
+            let Some(over) = over else {
+                std::fs::hard_link(&src.path, &dest.path)
+                    .map_err(Error::io(format!("cannot link {what}")))?;
+                continue;
+            };
+            std::fs::copy(&src.path, &dest.path)
+                .map_err(Error::io(format!("cannot copy {what}")))?;
+            let base_format = match chain.get(i + 2) {
+                Some(_) => DriveFormat::Qcow2,
+                None => *first_format,
+            };
+            engine.rebase_layer(&dest, &at(to, over, base_format)?)?;
+            let r = |file: &str| LayerRef {
+                file: file.to_string(),
+                format: "qcow2".into(),
+            };
+            record_below(to, &r(file), &r(over)).map_err(Error::io(format!(
+                "cannot write {}",
+                to.file(BELOW).display()
+            )))?;
+        }
+    }
+    Ok(true)
+}
+
 pub fn snapshots_dir(dir: &VmDir) -> PathBuf {
     dir.file(SNAPSHOTS_DIR)
 }

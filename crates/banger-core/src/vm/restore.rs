@@ -128,7 +128,7 @@ fn check_fits(vm: &crate::store::VmRecord, engine: &dyn Engine, m: &Manifest) ->
 }
 
 /// Step 2: new tops over the snapshot's frozen layers.
-fn layers_from(engine: &dyn Engine, dir: &VmDir, m: &Manifest) -> Result<(), Error> {
+pub(super) fn layers_from(engine: &dyn Engine, dir: &VmDir, m: &Manifest) -> Result<(), Error> {
     let mut tops = Tops::default();
     for (serial, frozen) in &m.layers {
         let base = frozen.resolve(dir).ok_or_else(|| {

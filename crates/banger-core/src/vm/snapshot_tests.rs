@@ -329,3 +329,84 @@ async fn a_guest_an_interrupted_snapshot_left_paused_runs_on_after_a_daemon_rest
     assert!(!h.engine.paused(pid), "adoption resumed it");
     assert_eq!(h.services.vms.show("web").unwrap().state, VmState::Running);
 }
+
+/// The files a drive's chain of layers reads, top down (a fake layer
+/// holds the path of what it is over).
+fn chain(dir: &crate::layout::VmDir, serial: &str) -> Vec<std::path::PathBuf> {
+    let top = Tops::load(dir).unwrap().0[serial].resolve(dir).unwrap();
+    let mut files = vec![top.path];
+    while files.len() < 16
+        && files
+            .last()
+            .unwrap()
+            .starts_with(dir.file(layers::LAYERS_DIR))
+    {
+        let name = std::fs::read_to_string(files.last().unwrap()).unwrap();
+        files.push(name.into());
+    }
+    files
+}
+
+#[tokio::test]
+async fn a_vm_from_a_snapshot_links_its_first_layers_and_outlives_its_source() {
+    use std::os::unix::fs::MetadataExt;
+    let h = running_vm().await;
+    // Two snapshots: the second's layers are over the first's.
+    for name in ["one", "two"] {
+        let op = finish(
+            h.services
+                .vms
+                .snapshot("web", take(Some(name), false))
+                .unwrap(),
+        )
+        .await;
+        assert!(succeeded(&op), "{op:?}");
+    }
+    let web = vm_dir(&h);
+    let req = banger_api::CreateVm {
+        name: Some("copy".into()),
+        from_snapshot: Some("web/two".into()),
+        ..Default::default()
+    };
+    assert!(succeeded(
+        &finish(h.services.vms.create(req).unwrap()).await
+    ));
+    let copy = h.store.vm("copy").unwrap().unwrap();
+    let copy = crate::layout::VmDir {
+        state: copy.dir.into(),
+        run: h.paths.runtime_dir.join("vms").join(&copy.id),
+    };
+    let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+    for serial in ["banger-root", "banger-work"] {
+        let files = chain(&copy, serial);
+        assert_eq!(
+            files.len(),
+            3,
+            "{serial}: a new top over the two layers: {files:?}"
+        );
+        assert!(
+            files.iter().all(|f| f.starts_with(&copy.state)),
+            "{files:?}"
+        );
+        let first = files.last().unwrap();
+        let theirs = web.state.join(first.strip_prefix(&copy.state).unwrap());
+        assert_eq!(ino(first), ino(&theirs), "{serial}: the first layer linked");
+        let between = web.state.join(files[1].strip_prefix(&copy.state).unwrap());
+        assert_ne!(ino(&files[1]), ino(&between), "{serial}: a layer copied");
+    }
+    // The source and its snapshots go; the copy's disks stay whole.
+    assert!(succeeded(
+        &finish(h.services.vms.delete("web").unwrap()).await
+    ));
+    assert!(!web.state.exists());
+    for serial in ["banger-root", "banger-work"] {
+        let files = chain(&copy, serial);
+        assert!(files.iter().all(|f| f.exists()), "{serial}: {files:?}");
+    }
+    assert!(succeeded(
+        &finish(h.services.vms.stop("copy").unwrap()).await
+    ));
+    assert!(succeeded(
+        &finish(h.services.vms.restart("copy").unwrap()).await
+    ));
+}

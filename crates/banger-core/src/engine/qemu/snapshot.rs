@@ -166,6 +166,31 @@ pub fn create_layer(base: &Layer, overlay: &Path) -> Result<(), EngineError> {
 
 /// `dest`: what `top` shows, over `base` (only the differences) or alone;
 /// sparse. The source may be a running VM's backing file (read with `-U`).
+/// Makes `layer` (a qcow2 no VM has open) name `base` as what it is over;
+/// its contents are unchanged (`qemu-img rebase -u`).
+pub fn rebase_layer(runner: &dyn Runner, layer: &Layer, base: &Layer) -> Result<(), EngineError> {
+    let cmd = Cmd::new("qemu-img")
+        .args([
+            "rebase",
+            "-q",
+            "-u",
+            "-f",
+            layer.format.as_str(),
+            "-F",
+            base.format.as_str(),
+            "-b",
+        ])
+        .arg(&base.path)
+        .arg(&layer.path);
+    runner
+        .run(&cmd)
+        .map(drop)
+        .map_err(|source| EngineError::RootDisk {
+            path: layer.path.clone(),
+            source,
+        })
+}
+
 pub fn copy_layer(
     runner: &dyn Runner,
     top: &Layer,
@@ -205,7 +230,45 @@ fn backing_of(runner: &dyn Runner, layer: &Path) -> Option<PathBuf> {
     v.get("full-backing-filename")
         .or_else(|| v.get("backing-filename"))
         .and_then(Value::as_str)
-        .map(PathBuf::from)
+        .map(|name| lexical(Path::new(name)))
+}
+
+/// `path` with its `.` and `..` components resolved by name (a relative
+/// backing name resolves to `dir/layers/../work.ext4`; QEMU names the
+/// drives by their plain paths).
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A drive's top layer's file, from the name `query-block` gives it: a
+/// path, or, for a layer whose recorded base name differs from the name
+/// QEMU opened that base by (a layer naming its base relatively, put by
+/// `blockdev-snapshot` over a node QEMU opened by absolute path: banger
+/// names bases absolutely, so that no such name grows with the chain),
+/// `json:{…}` with the layer's own file under `file.filename`.
+fn top_file(name: &str) -> Option<PathBuf> {
+    match name.strip_prefix("json:") {
+        None => Some(lexical(Path::new(name))),
+        Some(json) => {
+            let v: Value = serde_json::from_str(json).ok()?;
+            let file = v.get("file")?;
+            let name = file
+                .get("filename")
+                .or_else(|| file.get("file")?.get("filename"))?;
+            Some(lexical(Path::new(name.as_str()?)))
+        }
+    }
 }
 
 /// The drives' top layers: file → node name.
@@ -218,7 +281,7 @@ async fn top_layers(q: &mut Qmp) -> Result<Vec<(PathBuf, String)>, EngineError> 
         .filter_map(|b| {
             let ins = b.get("inserted")?;
             Some((
-                PathBuf::from(ins.get("file")?.as_str()?),
+                top_file(ins.get("file")?.as_str()?)?,
                 ins.get("node-name")?.as_str()?.to_string(),
             ))
         })
@@ -420,5 +483,28 @@ pub(super) async fn restore(
                 control("restore", format!("{e}; engine said: {log}"))
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_top_layer_is_found_by_its_path_or_in_qemus_json_name() {
+        assert_eq!(
+            top_file("/s/vms/a/layers/x.qcow2"),
+            Some(PathBuf::from("/s/vms/a/layers/x.qcow2"))
+        );
+        let json = r#"json:{"backing": {"driver": "qcow2", "file": {"driver": "file", "filename": "/s/vms/a/root.qcow2"}}, "driver": "qcow2", "file": {"driver": "file", "filename": "/s/vms/a/layers/x.qcow2"}}"#;
+        assert_eq!(
+            top_file(json),
+            Some(PathBuf::from("/s/vms/a/layers/x.qcow2"))
+        );
+        assert_eq!(
+            lexical(Path::new("/s/vms/a/layers/../work.ext4")),
+            PathBuf::from("/s/vms/a/work.ext4")
+        );
+        assert_eq!(top_file("json:{not json"), None);
     }
 }
