@@ -15,8 +15,37 @@ pub fn lock_exclusive(path: &Path) -> std::io::Result<File> {
     Ok(f)
 }
 
+/// Whether some process holds an `flock` on `path`, as `/proc/locks`
+/// says; asks without taking it.
+pub fn flock_held(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        rustix::fs::major(meta.dev()),
+        rustix::fs::minor(meta.dev()),
+        meta.ino()
+    );
+    Ok(std::fs::read_to_string("/proc/locks")?.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&"FLOCK") && f.contains(&id.as_str())
+    }))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_held_lock_is_seen_without_taking_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        std::fs::write(&p, "").unwrap();
+        assert!(!super::flock_held(&p).unwrap());
+        let held = super::lock_exclusive(&p).unwrap();
+        assert!(super::flock_held(&p).unwrap());
+        drop(held);
+        assert!(!super::flock_held(&p).unwrap());
+    }
+
     #[test]
     fn second_lock_is_refused_while_the_first_is_held() {
         let dir = tempfile::tempdir().unwrap();

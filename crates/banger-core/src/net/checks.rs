@@ -55,6 +55,17 @@ impl Network {
             return out;
         }
         let bridge = &cfg.bridge_name;
+        if let Some(holder) = self.bridge_holder() {
+            out.push(check(
+                "bridge",
+                CheckStatus::Warn,
+                format!(
+                    "{bridge} is another banger instance's ({holder}): this one's bridge vms are refused until it lets go"
+                ),
+                Some("give this instance its own bridge_name and bridge_subnet in config.toml"),
+            ));
+            return out;
+        }
         let links = self.links();
         match links
             .exists(bridge)

@@ -332,6 +332,28 @@ impl Network {
         }
     }
 
+    /// Who holds the bridge, when another instance does (read from
+    /// `/proc/locks`, without taking the lock: a probe could refuse the
+    /// holder's next VM).
+    pub(crate) fn bridge_holder(&self) -> Option<String> {
+        if self
+            .claim
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return None;
+        }
+        let path = self.claim_path();
+        banger_sys::fs::flock_held(&path).unwrap_or(false).then(|| {
+            std::fs::read_to_string(&path)
+                .ok()
+                .map(|h| h.trim().chars().take(512).collect::<String>())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "unknown".into())
+        })
+    }
+
     /// Bridge, address, forwarding and DNS server, made idempotently.
     fn ensure_host(&self) -> Result<(), Error> {
         self.claim_bridge()?;

@@ -762,7 +762,13 @@ async fn a_bridge_another_instance_holds_is_refused_and_named_and_ours_is_let_go
         !h.links.exists("banger0").unwrap(),
         "the other's bridge untouched"
     );
+    let doctor = h.services.network.checks();
+    let bridge = doctor.iter().find(|c| c.name == "bridge").unwrap();
+    assert!(bridge.detail.contains("pid 4242"), "{bridge:?}");
     drop(other);
+    let doctor = h.services.network.checks();
+    let bridge = doctor.iter().find(|c| c.name == "bridge").unwrap();
+    assert!(!bridge.detail.contains("pid 4242"), "{bridge:?}");
     assert!(succeeded(&h.create("web", NetworkMode::Bridge).await));
     assert!(
         banger_sys::fs::lock_exclusive(&claim).is_err(),
