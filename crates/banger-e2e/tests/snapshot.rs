@@ -37,6 +37,11 @@ fn timed(env: &Env, what: &str, args: &[&str]) -> (String, Duration) {
     (out, took)
 }
 
+/// Runs `script` in the guest of `VM`.
+fn sh(env: &Env, script: &str) -> String {
+    env.ok(&["vm", "exec", VM, "--", "sh", "-c", script])
+}
+
 /// Bytes on disk of the files under `dir` no other directory links.
 fn only_in(dir: &str) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -72,15 +77,10 @@ fn a_restored_vm_is_back_at_its_snapshot_with_its_processes_running() {
     env.ok(&["vm", "create", "--name", VM]);
     // 32 MB on the work disk before any snapshot: the VMs made from its
     // snapshots link the disk under them, not copy it.
-    env.ok(&[
-        "vm",
-        "exec",
-        VM,
-        "--",
-        "sh",
-        "-c",
+    sh(
+        &env,
         "dd if=/dev/urandom of=/root/blob bs=1M count=32 2>/dev/null && sync",
-    ]);
+    );
     let blob = env.ok(&["vm", "exec", VM, "--", "md5sum", "/root/blob"]);
     env.ok(&[
         "vm",
@@ -124,15 +124,7 @@ fn a_restored_vm_is_back_at_its_snapshot_with_its_processes_running() {
 
     // Time passes, a file is written; the restore undoes both.
     std::thread::sleep(Duration::from_secs(3));
-    env.ok(&[
-        "vm",
-        "exec",
-        VM,
-        "--",
-        "sh",
-        "-c",
-        "echo later > /root/after",
-    ]);
+    sh(&env, "echo later > /root/after");
     let before_restore = counter(&env);
     assert!(
         before_restore > at_snapshot + 5,

@@ -25,6 +25,20 @@ async fn running_vm() -> Harness {
     h
 }
 
+/// Takes snapshots `names` of the running `web`, one after the other.
+async fn snapshots_of_web(h: &Harness, names: &[&str]) {
+    for name in names {
+        let op = finish(
+            h.services
+                .vms
+                .snapshot("web", take(Some(name), false))
+                .unwrap(),
+        )
+        .await;
+        assert!(succeeded(&op), "{op:?}");
+    }
+}
+
 fn vm_dir(h: &Harness) -> crate::layout::VmDir {
     let vm = h.store.vm("web").unwrap().unwrap();
     crate::layout::VmDir {
@@ -265,16 +279,7 @@ async fn layers_no_snapshot_or_top_needs_are_removed() {
     let dir = vm_dir(&h);
     let root =
         |h: &Harness| Tops::load(&vm_dir(h)).unwrap().0[banger_proto::ROOT_DRIVE_SERIAL].clone();
-    for name in ["a", "b"] {
-        let op = finish(
-            h.services
-                .vms
-                .snapshot("web", take(Some(name), false))
-                .unwrap(),
-        )
-        .await;
-        assert!(succeeded(&op), "{op:?}");
-    }
+    snapshots_of_web(&h, &["a", "b"]).await;
     // b froze the layer a made; the top now is over it.
     let frozen_by_b = layers::read_manifest(&layers::snapshot_dir(&dir, "b"))
         .unwrap()
@@ -352,16 +357,7 @@ async fn a_vm_from_a_snapshot_links_its_first_layers_and_outlives_its_source() {
     use std::os::unix::fs::MetadataExt;
     let h = running_vm().await;
     // Two snapshots: the second's layers are over the first's.
-    for name in ["one", "two"] {
-        let op = finish(
-            h.services
-                .vms
-                .snapshot("web", take(Some(name), false))
-                .unwrap(),
-        )
-        .await;
-        assert!(succeeded(&op), "{op:?}");
-    }
+    snapshots_of_web(&h, &["one", "two"]).await;
     let web = vm_dir(&h);
     let req = banger_api::CreateVm {
         name: Some("copy".into()),

@@ -13,6 +13,13 @@ fn stage_names(op: &Operation) -> Vec<&str> {
     op.stages.iter().map(|s| s.name.as_str()).collect()
 }
 
+fn named(name: &str) -> CreateVm {
+    CreateVm {
+        name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
 async fn create(h: &Harness, req: CreateVm) -> Operation {
     finish(h.services.vms.create(req).unwrap()).await
 }
@@ -28,14 +35,7 @@ async fn a_warm_image_is_restored_by_a_create_of_its_machine_and_booted_otherwis
     let warm = h.paths.state_dir.join("warm/img");
     assert!(warm.join(MANIFEST).exists());
 
-    let op = create(
-        &h,
-        CreateVm {
-            name: Some("w".into()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let op = create(&h, named("w")).await;
     assert!(succeeded(&op), "{op:?}");
     assert_eq!(
         stage_names(&op),
@@ -121,14 +121,7 @@ async fn a_warm_snapshot_booted_with_another_kernel_command_line_is_not_used() {
     // keep it, which only a boot gives them.
     h.config.tcg_aslr = true;
     h.restart_daemon();
-    let op = create(
-        &h,
-        CreateVm {
-            name: Some("w".into()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let op = create(&h, named("w")).await;
     assert!(succeeded(&op), "{op:?}");
     assert!(h.engine.restored().is_empty(), "{op:?}");
     let why = detail(&op, "warm");

@@ -164,33 +164,32 @@ pub fn create_layer(base: &Layer, overlay: &Path) -> Result<(), EngineError> {
         })
 }
 
-/// `dest`: what `top` shows, over `base` (only the differences) or alone;
-/// sparse. The source may be a running VM's backing file (read with `-U`).
 /// Makes `layer` (a qcow2 no VM has open) name `base` as what it is over;
 /// its contents are unchanged (`qemu-img rebase -u`).
 pub fn rebase_layer(runner: &dyn Runner, layer: &Layer, base: &Layer) -> Result<(), EngineError> {
+    let formats = ["-f", layer.format.as_str(), "-F", base.format.as_str()];
     let cmd = Cmd::new("qemu-img")
-        .args([
-            "rebase",
-            "-q",
-            "-u",
-            "-f",
-            layer.format.as_str(),
-            "-F",
-            base.format.as_str(),
-            "-b",
-        ])
+        .args(["rebase", "-q", "-u"])
+        .args(formats)
+        .arg("-b")
         .arg(&base.path)
         .arg(&layer.path);
+    qemu_img(runner, &cmd, &layer.path)
+}
+
+/// Runs `cmd` (a `qemu-img` writing the disk `path`) to its end.
+fn qemu_img(runner: &dyn Runner, cmd: &Cmd, path: &Path) -> Result<(), EngineError> {
     runner
-        .run(&cmd)
+        .run(cmd)
         .map(drop)
         .map_err(|source| EngineError::RootDisk {
-            path: layer.path.clone(),
+            path: path.to_owned(),
             source,
         })
 }
 
+/// `dest`: what `top` shows, over `base` (only the differences) or alone;
+/// sparse. The source may be a running VM's backing file (read with `-U`).
 pub fn copy_layer(
     runner: &dyn Runner,
     top: &Layer,
@@ -208,13 +207,7 @@ pub fn copy_layer(
     if let Some(b) = base {
         cmd = cmd.arg("-B").arg(&b.path).args(["-F", b.format.as_str()]);
     }
-    runner
-        .run(&cmd.arg(&top.path).arg(&dest.path))
-        .map(drop)
-        .map_err(|source| EngineError::RootDisk {
-            path: dest.path.clone(),
-            source,
-        })
+    qemu_img(runner, &cmd.arg(&top.path).arg(&dest.path), &dest.path)
 }
 
 /// The file a qcow2 layer is over, as its header names it.
