@@ -4,7 +4,8 @@
 //! under TCG most of a restore is the guest's code being translated again
 //! the first time it runs: the identity the agent applies, the first exec.
 //! A standby pays all of that before anyone asks. After a create that used
-//! an image's warm snapshot (and after `image warm`), the daemon makes one
+//! an image's warm snapshot (and in `image warm`, which returns once it is
+//! ready, so `image warm && vm run` takes it), the daemon makes one
 //! more VM from that snapshot with the same request (`standby-<hex>`,
 //! marked [`STANDBY`] in its options and hidden from `vm list`): restored,
 //! given an identity of its own, made to run `true` once, then paused by
@@ -161,16 +162,21 @@ impl Lifecycle {
 
     /// Begins making a standby for the next create like `req` (restored
     /// from the warm snapshot in `warm`) unless standbys are off, `req`
-    /// publishes ports, or the image has one that fits already.
-    pub(super) fn refill_standby(self: &Arc<Self>, req: &CreateVm, warm: &std::path::Path) {
+    /// publishes ports, or the image has one that fits already; returns
+    /// the operation making it.
+    pub(super) fn refill_standby(
+        self: &Arc<Self>,
+        req: &CreateVm,
+        warm: &std::path::Path,
+    ) -> Option<Arc<Op>> {
         if !self.config.warm_standby || !req.publish.is_empty() {
-            return;
+            return None;
         }
         let standby = match self.plan_standby(req) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(image = ?req.image, error = %crate::error::chain(&e), "cannot plan a standby");
-                return;
+                return None;
             }
         };
         let fit = Fit::of(&standby, warm_made(warm));
@@ -181,7 +187,7 @@ impl Lifecycle {
                 Some(Slot::Making { fit: f, .. }) | Some(Slot::Ready { fit: f, .. })
                     if *f == fit =>
                 {
-                    return;
+                    return None;
                 }
                 // A standby of another shape gives way to the latest request.
                 _ => slots.insert(
@@ -198,7 +204,8 @@ impl Lifecycle {
         }
         let this = self.clone();
         let warm = warm.to_path_buf();
-        self.ops
+        let op = self
+            .ops
             .spawn(OperationKind::Standby, &standby.image.clone(), |op| async move {
                 let made = this.make_standby(&op, &standby, &warm, &tx).await;
                 let kept = {
@@ -222,6 +229,7 @@ impl Lifecycle {
                 let _ = tx.send(true);
                 made
             });
+        Some(op)
     }
 
     /// A standby's record: planned from `req` under a name of its own.

@@ -53,9 +53,12 @@ fn pid_of(h: &Harness, name: &str) -> u32 {
 #[tokio::test]
 async fn a_create_takes_the_paused_standby_and_a_new_one_is_made() {
     let h = harness();
-    assert!(succeeded(
-        &finish(h.services.vms.warm_image("img").unwrap()).await
-    ));
+    let warm = finish(h.services.vms.warm_image("img").unwrap()).await;
+    assert!(succeeded(&warm));
+    // `image warm` returns with the standby ready: the `vm run` after it
+    // resumes one instead of waiting for it.
+    assert_eq!(h.services.vms.standby_state("img"), Some("ready"));
+    assert!(detail(&warm, "standby").starts_with("ready"), "{warm:?}");
     let standby = standby_ready(&h).await;
     let pid = pid_of(&h, &standby);
     assert!(h.engine.paused(pid), "a standby waits paused");

@@ -353,10 +353,31 @@ impl Lifecycle {
                         image: Some(vm.image.clone()),
                         ..Default::default()
                     };
-                    this.refill_standby(&default, &this.warm_dir(&vm.image));
+                    if let Some(standby) = this.refill_standby(&default, &this.warm_dir(&vm.image)) {
+                        this.await_standby(&op, &standby).await;
+                    }
                 }
                 result.map_err(|e| crate::space::explain(e, &this.paths.state_dir, "warming an image"))
             }))
+    }
+
+    /// Stage `standby`: waits for the image's first standby, so the `vm
+    /// run` that follows `image warm` finds it ready instead of waiting
+    /// for it. A standby that fails only says so: the warm snapshot holds.
+    async fn await_standby(&self, op: &Op, standby: &Op) {
+        let t0 = op.begin_stage("standby", "make the image's next vm ready");
+        let wait = Duration::from_secs(self.config.boot_timeout_secs);
+        let detail = match tokio::time::timeout(wait, standby.wait()).await {
+            Ok(done) => match done.error {
+                None => "ready: the next fitting vm create or vm run resumes it".to_string(),
+                Some(e) => format!(
+                    "not made ({}): creates restore the warm snapshot",
+                    e.message
+                ),
+            },
+            Err(_) => format!("not ready within {wait:?}: the next create waits for it"),
+        };
+        op.end_stage("standby", t0, None, Some(detail));
     }
 
     async fn run_warm(&self, op: &Op, vm: &VmRecord) -> Result<(), Error> {
