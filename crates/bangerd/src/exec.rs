@@ -32,24 +32,22 @@ pub async fn exec(
             "exec needs a command: banger vm exec NAME -- CMD...",
         ));
     }
-    let agent = s.vms.agent(&name).await?;
-    let stream = agent
-        .request(AgentRequest::Exec(exec))
-        .await
-        .map_err(banger_core::Error::from)?;
+    let (stream, first) = s.vms.agent_request(&name, AgentRequest::Exec(exec)).await?;
     Ok(splice_upgrade(
         &mut req,
-        stream,
+        (stream, Some(first)),
         name,
         banger_api::EXEC_UPGRADE,
     ))
 }
 
-/// Answers 101 and, once the client's side of the upgrade is ready, copies
-/// bytes both ways between it and the agent stream until either ends.
+/// Answers 101 and, once the client's side of the upgrade is ready, passes
+/// on the agent's first frame if the daemon read it already, then copies
+/// bytes both ways between the client and the agent stream until either
+/// ends.
 pub fn splice_upgrade(
     req: &mut Request,
-    mut stream: banger_core::agent::AgentStream,
+    (mut stream, first): (banger_core::agent::AgentStream, Option<banger_proto::Frame>),
     vm: String,
     protocol: &'static str,
 ) -> Response {
@@ -58,6 +56,12 @@ pub fn splice_upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut io = TokioIo::new(upgraded);
+                if let Some(frame) = first
+                    && let Err(e) = banger_proto::write_frame(&mut io, &frame).await
+                {
+                    tracing::debug!(%vm, error = %e, "upgraded stream ended");
+                    return;
+                }
                 if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut stream).await {
                     tracing::debug!(%vm, error = %e, "upgraded stream ended");
                 }
@@ -127,7 +131,7 @@ async fn files(
         .map_err(banger_core::Error::from)?;
     Ok(splice_upgrade(
         &mut req,
-        stream,
+        (stream, None),
         name,
         banger_api::FILES_UPGRADE,
     ))
@@ -146,15 +150,10 @@ pub async fn connect(
     axum::extract::Query(q): axum::extract::Query<PortQuery>,
     mut req: Request,
 ) -> Result<Response, HttpError> {
-    let agent = s.vms.agent(&name).await?;
-    let mut stream = agent
-        .request(AgentRequest::Connect { port: q.port })
-        .await
-        .map_err(banger_core::Error::from)?;
-    let first = banger_proto::read_frame(&mut stream)
-        .await
-        .map_err(|e| error(ErrorCode::Engine, format!("guest agent: {e}")))?
-        .ok_or_else(|| error(ErrorCode::Engine, "the guest agent closed the connection"))?;
+    let (stream, first) = s
+        .vms
+        .agent_request(&name, AgentRequest::Connect { port: q.port })
+        .await?;
     if first.kind == banger_proto::FrameKind::Error {
         let e: banger_proto::ErrorBody = first
             .parse()
@@ -163,7 +162,7 @@ pub async fn connect(
     }
     Ok(splice_upgrade(
         &mut req,
-        stream,
+        (stream, None),
         name,
         banger_api::CONNECT_UPGRADE,
     ))

@@ -44,7 +44,7 @@ pub async fn attach(
     let stream = s.sessions.attach(&name, &session).await?;
     Ok(splice_upgrade(
         &mut req,
-        stream,
+        (stream, None),
         name,
         banger_api::ATTACH_UPGRADE,
     ))

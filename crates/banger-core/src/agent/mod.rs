@@ -119,6 +119,11 @@ impl AgentConn {
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// Takes the session for dead: the next user connects afresh.
+    pub fn mark_closed(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
     /// Opens a new stream (one request).
     pub async fn open(&self) -> Result<AgentStream, AgentError> {
         let (tx, rx) = oneshot::channel();

@@ -34,6 +34,9 @@ pub enum FakeFault {
     Snapshot,
     /// A restored engine exits while loading the snapshot.
     Restore,
+    /// The next agent session answers the handshake, then nothing (as a
+    /// guest that took the host's reconnect for a disconnect); once.
+    DeafAgent,
 }
 
 #[derive(Default)]
@@ -306,6 +309,16 @@ impl Engine for FakeEngine {
                 tokio::spawn(answer_as_an_old_agent(guest));
                 return Ok(host);
             }
+            if self
+                .state
+                .lock()
+                .unwrap()
+                .faults
+                .remove(&FakeFault::DeafAgent)
+            {
+                tokio::spawn(answer_then_go_deaf(guest));
+                return Ok(host);
+            }
             let power = Arc::new(Power {
                 pid: handles.pid,
                 state: self.state.clone(),
@@ -345,6 +358,22 @@ impl Engine for FakeEngine {
 }
 
 /// Answers the sync line with a protocol version from the future.
+async fn answer_then_go_deaf(guest: UnixStream) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (r, mut w) = guest.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    if r.read_line(&mut line).await.is_ok()
+        && let Some(nonce) = banger_proto::parse_sync(line.trim_end())
+    {
+        let ready = banger_proto::ready_line(nonce, banger_proto::PROTOCOL_VERSION);
+        let _ = w.write_all(ready.as_bytes()).await;
+    }
+    let mut sink = Vec::new();
+    let _ = r.read_to_end(&mut sink).await;
+    drop(w);
+}
+
 async fn answer_as_an_old_agent(guest: UnixStream) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let (r, mut w) = guest.into_split();

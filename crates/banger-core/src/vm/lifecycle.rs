@@ -29,6 +29,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// How long an agent session may take to answer a request's first frame
+/// before it is taken for dead (a healthy one answers in milliseconds).
+pub const FIRST_ANSWER: Duration = Duration::from_secs(10);
+
 /// What the lifecycle is built from.
 pub struct LifecycleDeps {
     pub config: Arc<Config>,
@@ -252,6 +256,39 @@ impl Lifecycle {
         let conn = Arc::new(conn);
         self.runtime.set_agent(name, conn.clone());
         Ok(conn)
+    }
+
+    /// Sends `request` to `name`'s agent and reads its first answer (an
+    /// exec's `Started`, a session's `Response`: the agent sends it at
+    /// once). A session that says nothing for [`FIRST_ANSWER`] is dead to
+    /// us: a guest that saw the host go and come back in one moment can
+    /// be left waiting for a host it already has, and the request with it,
+    /// forever. It is dropped, and the request sent once more on a fresh
+    /// session (the agent never began it: it answers before anything else).
+    pub async fn agent_request(
+        &self,
+        name: &str,
+        request: banger_proto::Request,
+    ) -> Result<(crate::agent::AgentStream, banger_proto::Frame), Error> {
+        for _ in 0..2 {
+            let agent = self.agent(name).await?;
+            let mut s = agent.request(request.clone()).await?;
+            match tokio::time::timeout(FIRST_ANSWER, banger_proto::read_frame(&mut s)).await {
+                Ok(Ok(Some(frame))) => return Ok((s, frame)),
+                answer => {
+                    tracing::warn!(
+                        vm = name,
+                        ?answer,
+                        "the agent session did not answer; connecting afresh"
+                    );
+                    agent.mark_closed();
+                }
+            }
+        }
+        Err(Error::AgentUnreachable {
+            name: name.into(),
+            secs: FIRST_ANSWER.as_secs(),
+        })
     }
 
     /// Records `running` for `vm` (memory and scratch file) and watches its

@@ -28,6 +28,8 @@ pub mod undo;
 pub mod warm;
 
 #[cfg(test)]
+mod agent_tests;
+#[cfg(test)]
 mod fork_tests;
 #[cfg(test)]
 mod identity_tests;
