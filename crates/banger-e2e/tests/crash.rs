@@ -320,9 +320,24 @@ fn run_point(env: &Env, point: &str) {
         }
         "standby" => {
             arrange(env, "absent");
-            // The standby is made after `image warm` returns.
-            warm_in_faulty_daemon(env, point);
-            died_at(env, env.daemon_pid(), point);
+            // `image warm` waits for its first standby: the daemon dies
+            // under it, after the warm snapshot was kept.
+            daemon_stop(env);
+            let out = env
+                .cmd(&["image", "warm", "minimal"])
+                .env(banger_core::fault::ENV, point)
+                .output()
+                .unwrap();
+            assert!(
+                !out.status.success(),
+                "{point}: the daemon never reached the point"
+            );
+            let log = std::fs::read_to_string(env.state_dir().join("bangerd.log")).unwrap();
+            assert!(
+                log.contains(&format!("killing the daemon here point={point}")),
+                "{point}: image warm failed otherwise: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             check(env, point);
             // The warm snapshot serves, and a standby is made again.
             let out = env.ok(&["vm", "run", "--rm", "--no-checkout", "--", "echo", "alive"]);
