@@ -144,17 +144,21 @@ fn crash_at(env: &Env, point: &str, args: &[&str]) {
 /// `image warm` in a daemon set to die at `point` later (the warm itself
 /// does not reach it).
 fn warm_in_faulty_daemon(env: &Env, point: &str) {
-    daemon_stop(env);
-    let out = env
-        .cmd(&["image", "warm", "minimal"])
-        .env(banger_core::fault::ENV, point)
-        .output()
-        .unwrap();
+    let out = warm_with_fault(env, point);
     assert!(
         out.status.success(),
         "{point}: image warm: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `image warm` in a fresh daemon set to die at `point`.
+fn warm_with_fault(env: &Env, point: &str) -> std::process::Output {
+    daemon_stop(env);
+    env.cmd(&["image", "warm", "minimal"])
+        .env(banger_core::fault::ENV, point)
+        .output()
+        .unwrap()
 }
 
 /// Waits for the daemon `pid` to die at `point`; fails the test when it
@@ -322,12 +326,7 @@ fn run_point(env: &Env, point: &str) {
             arrange(env, "absent");
             // `image warm` waits for its first standby: the daemon dies
             // under it, after the warm snapshot was kept.
-            daemon_stop(env);
-            let out = env
-                .cmd(&["image", "warm", "minimal"])
-                .env(banger_core::fault::ENV, point)
-                .output()
-                .unwrap();
+            let out = warm_with_fault(env, point);
             assert!(
                 !out.status.success(),
                 "{point}: the daemon never reached the point"
