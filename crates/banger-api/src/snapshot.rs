@@ -33,9 +33,15 @@ pub const MAX_FORKS: u32 = 32;
 pub struct Snapshot {
     pub vm: String,
     pub name: String,
-    /// What it holds on disk: device state, RAM (sparse) and the disk
-    /// layers it froze (what the guest changed since the snapshot before).
+    /// What it alone holds on disk: device state, RAM (sparse) and the
+    /// disk layers it froze (what the guest changed since the snapshot
+    /// before).
     pub size_bytes: u64,
+    /// What VMs made from it hold as well (files linked into them, not
+    /// copied: its first disk layers, its RAM), freed with the last of
+    /// them, not by deleting the snapshot.
+    #[serde(default)]
+    pub shared_bytes: u64,
     /// Unix seconds.
     pub created_at: i64,
 }

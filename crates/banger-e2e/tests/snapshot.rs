@@ -205,7 +205,18 @@ fn a_restored_vm_is_back_at_its_snapshot_with_its_processes_running() {
             .all(|s| !s["name"].as_str().unwrap().starts_with("fork-")),
         "fork leaves no snapshot behind"
     );
+    // The first snapshot froze the work disk with the blob on it, and the
+    // forks hold that layer too (linked): its size counts it apart.
+    let first = |env: &Env| snapshots(env)[0].clone();
+    let shared = first(&env);
+    assert!(
+        shared["shared_bytes"].as_u64().unwrap() >= 32 << 20,
+        "{shared}"
+    );
     env.ok(&["vm", "delete", "try-1", "try-2"]);
+    let alone = first(&env);
+    assert_eq!(alone["shared_bytes"], 0, "{alone}");
+    assert!(alone["size_bytes"].as_u64().unwrap() >= 32 << 20, "{alone}");
 
     // List and delete.
     let names: Vec<String> = snapshots(&env)

@@ -363,20 +363,78 @@ pub fn publish(staging: &Path, dir: &VmDir, name: &str) -> std::io::Result<PathB
 
 /// Bytes a file or directory tree really holds on disk (holes excluded).
 pub fn allocated(path: &Path) -> u64 {
+    usage(path).total()
+}
+
+/// Bytes on disk (holes excluded), split by whether some other path holds
+/// them too: a file with more than one link (a frozen first layer linked
+/// into a VM made from a snapshot, a snapshot's RAM linked into a VM
+/// restored from it) is shared, and freed only with its last link.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub own: u64,
+    pub shared: u64,
+}
+
+impl Usage {
+    pub fn total(self) -> u64 {
+        self.own + self.shared
+    }
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, other: Usage) -> Usage {
+        Usage {
+            own: self.own + other.own,
+            shared: self.shared + other.shared,
+        }
+    }
+}
+
+impl std::iter::Sum for Usage {
+    fn sum<I: Iterator<Item = Usage>>(iter: I) -> Usage {
+        iter.fold(Usage::default(), std::ops::Add::add)
+    }
+}
+
+/// [`Usage`] of a file or directory tree.
+pub fn usage(path: &Path) -> Usage {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
+        return Usage::default();
     };
     if meta.is_dir() {
-        std::fs::read_dir(path)
+        return std::fs::read_dir(path)
             .into_iter()
             .flatten()
             .flatten()
-            .map(|e| allocated(&e.path()))
-            .sum()
-    } else {
-        meta.blocks() * 512
+            .map(|e| usage(&e.path()))
+            .sum();
     }
+    let bytes = meta.blocks() * 512;
+    match meta.nlink() {
+        0 | 1 => Usage {
+            own: bytes,
+            shared: 0,
+        },
+        _ => Usage {
+            own: 0,
+            shared: bytes,
+        },
+    }
+}
+
+/// What snapshot `snap` (a directory of the VM in `dir`) holds: its own
+/// files and the disk layers it froze, as its `manifest` names them.
+pub fn snapshot_usage(dir: &VmDir, snap: &Path, manifest: &Manifest) -> Usage {
+    let layers: Usage = manifest
+        .layers
+        .values()
+        .filter_map(|l| l.resolve(dir))
+        .map(|l| usage(&l.path))
+        .sum();
+    usage(snap) + layers
 }
 
 /// Removes what an interrupted snapshot left: staging directories.

@@ -176,16 +176,11 @@ impl Lifecycle {
         snap: &std::path::Path,
         manifest: &Manifest,
     ) -> Result<(), Error> {
-        let layers: u64 = manifest
-            .layers
-            .values()
-            .filter_map(|l| l.resolve(dir))
-            .map(|l| layers::allocated(&l.path))
-            .sum();
+        let usage = layers::snapshot_usage(dir, snap, manifest);
         self.store.insert_snapshot(&SnapshotRecord {
             vm_id: vm.id.clone(),
             name: manifest.name.clone(),
-            size_bytes: layers::allocated(snap) + layers,
+            size_bytes: usage.total(),
             created_at: manifest.created_at,
         })?;
         Ok(())
@@ -222,15 +217,29 @@ impl Lifecycle {
     /// `vm snapshot list`.
     pub fn snapshots(&self, name: &str) -> Result<Vec<Snapshot>, Error> {
         let vm = self.record(name)?;
+        let dir = self.dir(&vm);
         Ok(self
             .store
             .snapshots(&vm.id)?
             .into_iter()
-            .map(|s| Snapshot {
-                vm: name.into(),
-                name: s.name,
-                size_bytes: s.size_bytes,
-                created_at: s.created_at,
+            .map(|s| {
+                // Counted now: what is shared changes as VMs made from the
+                // snapshot come and go.
+                let snap = layers::snapshot_dir(&dir, &s.name);
+                let usage = match layers::read_manifest(&snap) {
+                    Ok(manifest) => layers::snapshot_usage(&dir, &snap, &manifest),
+                    Err(_) => layers::Usage {
+                        own: s.size_bytes,
+                        shared: 0,
+                    },
+                };
+                Snapshot {
+                    vm: name.into(),
+                    name: s.name,
+                    size_bytes: usage.own,
+                    shared_bytes: usage.shared,
+                    created_at: s.created_at,
+                }
             })
             .collect())
     }

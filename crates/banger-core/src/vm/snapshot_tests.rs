@@ -406,3 +406,49 @@ async fn a_vm_from_a_snapshot_links_its_first_layers_and_outlives_its_source() {
         &finish(h.services.vms.restart("copy").unwrap()).await
     ));
 }
+
+#[tokio::test]
+async fn a_snapshots_size_counts_what_vms_made_from_it_hold_apart() {
+    const MIB: u64 = 1 << 20;
+    let h = running_vm().await;
+    let web = vm_dir(&h);
+    // Data on the work disk, which the first snapshot freezes.
+    std::fs::write(web.work_disk(), vec![0xa5u8; 2 * MIB as usize]).unwrap();
+    snapshots_of_web(&h, &["one"]).await;
+    let one = || {
+        h.services
+            .vms
+            .snapshots("web")
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == "one")
+            .unwrap()
+    };
+    let alone = one();
+    assert!(alone.size_bytes >= 2 * MIB, "{alone:?}");
+    assert_eq!(alone.shared_bytes, 0, "{alone:?}");
+
+    let req = banger_api::CreateVm {
+        name: Some("copy".into()),
+        from_snapshot: Some("web/one".into()),
+        ..Default::default()
+    };
+    assert!(succeeded(
+        &finish(h.services.vms.create(req).unwrap()).await
+    ));
+    let linked = one();
+    assert!(linked.shared_bytes >= 2 * MIB, "{linked:?}");
+    assert!(
+        linked.size_bytes < MIB,
+        "the linked layer moved: {linked:?}"
+    );
+    assert_eq!(
+        linked.size_bytes + linked.shared_bytes,
+        alone.size_bytes + alone.shared_bytes
+    );
+
+    assert!(succeeded(
+        &finish(h.services.vms.delete("copy").unwrap()).await
+    ));
+    assert_eq!(one(), alone, "its own again once the copy is gone");
+}

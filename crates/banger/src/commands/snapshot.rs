@@ -51,11 +51,15 @@ async fn list(ctx: &Context, vm: &str, json: bool) -> anyhow::Result<i32> {
     let snaps: Vec<Snapshot> = serde_json::from_value(raw)
         .context("the daemon's snapshot list is not what this banger expects")?;
     let now = unix_now();
-    let mut table = Table::new(&["NAME", "SIZE", "AGE"]);
+    let mut table = Table::new(&["NAME", "SIZE", "SHARED", "AGE"]);
     for s in &snaps {
         table.row(vec![
             s.name.clone(),
             format_bytes(s.size_bytes),
+            match s.shared_bytes {
+                0 => "-".into(),
+                n => format_bytes(n),
+            },
             format_age(now, s.created_at),
         ]);
     }
