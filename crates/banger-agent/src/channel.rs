@@ -235,11 +235,22 @@ async fn handle_stream(stream: yamux::Stream, agent: Arc<Agent>) {
         Request::Health => {
             let _ = respond(&mut output, &health()).await;
         }
-        Request::Exec(req) => crate::exec::run(&agent, req, input, output).await,
-        Request::Connect { port } => crate::connect::run(port, input, output).await,
+        // A command (an ssh probe too) lets the guest's own work start
+        // once it ends; copying files in is what comes before one.
+        Request::Exec(req) => {
+            crate::exec::run(&agent, req, input, output).await;
+            agent.background.open();
+        }
+        Request::Connect { port } => {
+            crate::connect::run(port, input, output).await;
+            agent.background.open();
+        }
         Request::Unpack(req) => crate::files::unpack(req, input, output).await,
         Request::Pack(req) => crate::files::pack(req, output).await,
-        Request::Session(req) => crate::sessions::run(&agent, req, input, output).await,
+        Request::Session(req) => {
+            crate::sessions::run(&agent, req, input, output).await;
+            agent.background.open();
+        }
         Request::Identity(req) => match crate::identity::apply(&agent, req).await {
             Ok(report) => {
                 let _ = respond(&mut output, &report).await;

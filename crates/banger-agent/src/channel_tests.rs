@@ -237,6 +237,23 @@ async fn exec_streams_stdout_and_stderr_and_reports_the_exit_code() {
 }
 
 #[tokio::test]
+async fn a_command_ending_lets_the_guests_own_work_start_and_health_does_not() {
+    let agent = agent(Arc::default());
+    let client = connect_to(b"", agent.clone()).await;
+    let mut stream = request(&client, Request::Health).await;
+    assert_eq!(next(&mut stream).await.kind, FrameKind::Response);
+    assert!(!agent.background.is_open(), "a health check is no command");
+    let mut stream = request(&client, exec(&["true"])).await;
+    started(&mut stream).await;
+    collect(&mut stream).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !agent.background.is_open() {
+        assert!(std::time::Instant::now() < deadline, "the gate stayed shut");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
 async fn exec_gets_the_default_environment_and_the_requested_one() {
     let client = connect().await;
     let req = ExecRequest {

@@ -20,6 +20,7 @@
 
 use std::sync::Arc;
 
+pub mod background;
 pub mod boot;
 pub mod channel;
 pub mod connect;
@@ -58,6 +59,8 @@ pub struct Agent {
     /// The network the guest's NIC has now (boot's, then each restore's):
     /// where `identity` finds the link and the address to replace.
     pub network: std::sync::Mutex<Option<banger_proto::GuestNetwork>>,
+    /// Holds the guest's own work until the host's first command has run.
+    pub background: background::Gate,
 }
 
 impl Agent {
@@ -69,6 +72,7 @@ impl Agent {
             power,
             sessions: sessions::Sessions::default(),
             network: std::sync::Mutex::new(None),
+            background: background::Gate::default(),
         }
     }
 }

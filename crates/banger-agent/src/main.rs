@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use banger_agent::console::{Millis, chain, log, uptime_ms};
 use banger_agent::sshd::Sshd;
-use banger_agent::{Agent, GuestPower, boot, devices, port, setup, shutdown};
+use banger_agent::{Agent, GuestPower, background, boot, devices, port, setup, shutdown};
 
 fn main() {
     if std::env::args().any(|a| a == "--version" || a == "-V") {
@@ -34,9 +34,6 @@ fn main() {
         }
     };
     setup::run(&booted.config);
-    if let Some(initramfs) = booted.initramfs {
-        boot::free_initramfs_when_idle(initramfs);
-    }
 
     let ports = Path::new("/sys/class/virtio-ports");
     let started = std::time::Instant::now();
@@ -97,9 +94,20 @@ fn main() {
         let agent = Agent::new(Arc::new(GuestPower));
         *agent.network.lock().expect("not yet shared") = booted.config.network.clone();
         let agent = Arc::new(agent);
-        // Runs once serving yields: host keys may take seconds to generate.
-        let reaper = agent.reaper;
-        tokio::spawn(async move { Sshd::guest().run(reaper).await });
+        // The guest's own work, once the host's first command has run
+        // (`background.rs`): host keys may take seconds to generate.
+        let (reaper, waiting) = (agent.reaper, agent.clone());
+        let initramfs = booted.initramfs;
+        tokio::spawn(async move {
+            waiting
+                .background
+                .wait(background::GRACE, background::SETTLE)
+                .await;
+            if let Some(initramfs) = initramfs {
+                boot::free_initramfs_when_idle(initramfs);
+            }
+            Sshd::guest().run(reaper).await
+        });
         port::serve_forever(port, agent).await
     })
 }

@@ -26,9 +26,9 @@
 //!    starts over after a run of [`Backoff::stable`]; never once shutdown
 //!    has begun.
 //!
-//! It runs as a task beside the agent port, started once the port is being
-//! served: generating an RSA host key takes seconds under TCG and must not
-//! delay the host.
+//! It runs as a task beside the agent port, started once the host's first
+//! command has run (`background.rs`): generating a host key takes ~0.6 s
+//! under TCG and must not delay the host.
 //!
 //! A restored or forked guest would serve the snapshot's host key, shared
 //! with every other VM made from it: [`Sshd::install_host_key`] writes the
