@@ -352,6 +352,18 @@ fn chain(dir: &crate::layout::VmDir, serial: &str) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// Makes `copy` from snapshot `snap` (`VM/NAME`).
+async fn copy_of(h: &Harness, snap: &str) {
+    let req = banger_api::CreateVm {
+        name: Some("copy".into()),
+        from_snapshot: Some(snap.into()),
+        ..Default::default()
+    };
+    assert!(succeeded(
+        &finish(h.services.vms.create(req).unwrap()).await
+    ));
+}
+
 #[tokio::test]
 async fn a_vm_from_a_snapshot_links_its_first_layers_and_outlives_its_source() {
     use std::os::unix::fs::MetadataExt;
@@ -359,14 +371,7 @@ async fn a_vm_from_a_snapshot_links_its_first_layers_and_outlives_its_source() {
     // Two snapshots: the second's layers are over the first's.
     snapshots_of_web(&h, &["one", "two"]).await;
     let web = vm_dir(&h);
-    let req = banger_api::CreateVm {
-        name: Some("copy".into()),
-        from_snapshot: Some("web/two".into()),
-        ..Default::default()
-    };
-    assert!(succeeded(
-        &finish(h.services.vms.create(req).unwrap()).await
-    ));
+    copy_of(&h, "web/two").await;
     let copy = h.store.vm("copy").unwrap().unwrap();
     let copy = crate::layout::VmDir {
         state: copy.dir.into(),
@@ -428,14 +433,7 @@ async fn a_snapshots_size_counts_what_vms_made_from_it_hold_apart() {
     assert!(alone.size_bytes >= 2 * MIB, "{alone:?}");
     assert_eq!(alone.shared_bytes, 0, "{alone:?}");
 
-    let req = banger_api::CreateVm {
-        name: Some("copy".into()),
-        from_snapshot: Some("web/one".into()),
-        ..Default::default()
-    };
-    assert!(succeeded(
-        &finish(h.services.vms.create(req).unwrap()).await
-    ));
+    copy_of(&h, "web/one").await;
     let linked = one();
     assert!(linked.shared_bytes >= 2 * MIB, "{linked:?}");
     assert!(
