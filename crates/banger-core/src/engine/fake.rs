@@ -357,31 +357,35 @@ impl Engine for FakeEngine {
     }
 }
 
-/// Answers the sync line with a protocol version from the future.
-async fn answer_then_go_deaf(guest: UnixStream) {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let (r, mut w) = guest.into_split();
-    let mut r = BufReader::new(r);
+/// Reads the host's sync line from `r` and answers it on `w` as an agent
+/// speaking protocol `proto`.
+async fn answer_sync<R>(r: &mut R, w: &mut tokio::net::unix::OwnedWriteHalf, proto: u32)
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let mut line = String::new();
     if r.read_line(&mut line).await.is_ok()
         && let Some(nonce) = banger_proto::parse_sync(line.trim_end())
     {
-        let ready = banger_proto::ready_line(nonce, banger_proto::PROTOCOL_VERSION);
-        let _ = w.write_all(ready.as_bytes()).await;
+        let _ = w
+            .write_all(banger_proto::ready_line(nonce, proto).as_bytes())
+            .await;
     }
-    let mut sink = Vec::new();
-    let _ = r.read_to_end(&mut sink).await;
-    drop(w);
 }
 
-async fn answer_as_an_old_agent(guest: UnixStream) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+/// Answers the sync line, then reads and says nothing until the host hangs up.
+async fn answer_then_go_deaf(guest: UnixStream) {
+    use tokio::io::AsyncReadExt;
     let (r, mut w) = guest.into_split();
-    let mut line = String::new();
-    if BufReader::new(r).read_line(&mut line).await.is_ok()
-        && let Some(nonce) = banger_proto::parse_sync(line.trim_end())
-    {
-        let ready = banger_proto::ready_line(nonce, banger_proto::PROTOCOL_VERSION + 1);
-        let _ = w.write_all(ready.as_bytes()).await;
-    }
+    let mut r = tokio::io::BufReader::new(r);
+    answer_sync(&mut r, &mut w, banger_proto::PROTOCOL_VERSION).await;
+    let _ = r.read_to_end(&mut Vec::new()).await;
+}
+
+/// Answers the sync line with a protocol version from the future.
+async fn answer_as_an_old_agent(guest: UnixStream) {
+    let (r, mut w) = guest.into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    answer_sync(&mut r, &mut w, banger_proto::PROTOCOL_VERSION + 1).await;
 }
