@@ -228,9 +228,19 @@ pub trait Engine: Send + Sync {
     ) -> BoxFuture<'a, Result<(), EngineError>>;
 
     /// Ends the engine at once, without asking (its VM is being deleted:
-    /// nothing it would flush is kept), and waits until it is gone.
-    fn kill<'a>(&'a self, handles: &'a Handles) -> BoxFuture<'a, Result<(), EngineError>> {
-        self.stop(handles, Duration::ZERO)
+    /// nothing it would flush is kept). Resolves once the end is sent (the
+    /// engine can no longer touch its disks or devices) to a future that
+    /// resolves once the engine is gone: a delete removes the VM's files
+    /// in between, while the kernel tears the process down. Engines that
+    /// cannot split it end the engine here and return a finished future.
+    fn kill<'a>(
+        &'a self,
+        handles: &'a Handles,
+    ) -> BoxFuture<'a, Result<BoxFuture<'a, ()>, EngineError>> {
+        Box::pin(async move {
+            self.stop(handles, Duration::ZERO).await?;
+            Ok(Box::pin(async {}) as BoxFuture<'a, ()>)
+        })
     }
 
     /// Whether the process in `handles` is alive and really this VM's

@@ -48,20 +48,32 @@ impl Lifecycle {
             .runtime
             .get(name)
             .or_else(|| super::runtime::read(&dir, &self.engines));
-        if let Some(r) = running
-            && let Ok(engine) = self.engines.get(r.engine)
-            && engine.alive(&r.handles)
-        {
-            op.stage("stop", "stop engine", async {
-                Ok::<_, Error>(engine.kill(&r.handles).await?)
-            })
-            .await?;
+        let engine = running
+            .as_ref()
+            .and_then(|r| Some((self.engines.get(r.engine).ok()?, &r.handles)))
+            .filter(|(engine, handles)| engine.alive(handles));
+        let mut gone = None;
+        if let Some((engine, handles)) = &engine {
+            gone = Some(
+                op.stage("stop", "stop engine", async {
+                    Ok::<_, Error>(engine.kill(handles).await?)
+                })
+                .await?,
+            );
         }
+        // The files go while the kernel tears the engine down; the record
+        // goes only once it is gone, so a delete that returned left no
+        // process behind.
         op.stage("files", "remove disks and sockets", async {
             self.release_runtime(&vm);
             self.capabilities.destroy(&vm, &dir);
-            dir.remove()
-                .map_err(Error::io(format!("cannot remove {}", dir.state.display())))
+            let removed = dir
+                .remove()
+                .map_err(Error::io(format!("cannot remove {}", dir.state.display())));
+            if let Some(gone) = gone {
+                gone.await;
+            }
+            removed
         })
         .await?;
         self.store.delete_vm(name)?;
