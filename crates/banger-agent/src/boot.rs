@@ -123,7 +123,7 @@ pub struct Booted {
 /// Runs steps 1-6. An error means the guest cannot come up.
 pub fn boot() -> Result<Booted, BootError> {
     early_mounts();
-    if let Some(up) = crate::console::uptime_ms() {
+    if let Some(up) = crate::console::uptime() {
         log(format_args!(
             "uptime at init ({})",
             crate::console::Millis(up)
@@ -254,7 +254,7 @@ fn load_modules() {
         "read the modules' info ({})",
         crate::console::Millis::since(start)
     ));
-    let mut devices = || modinfo::virtio_devices(Path::new(VIRTIO_BUS));
+    let mut devices = modinfo::read_once_found(|| modinfo::virtio_devices(Path::new(VIRTIO_BUS)));
     for (i, listed) in list.iter().enumerate() {
         let name = &listed.file_name;
         if !modinfo::needed(&infos, i, &mut devices) {

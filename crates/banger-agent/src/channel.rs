@@ -311,19 +311,8 @@ fn health() -> HealthResponse {
             .nodename()
             .to_string_lossy()
             .into_owned(),
-        uptime_ms: uptime_ms(),
+        uptime_ms: crate::console::uptime().map_or(0, |up| up.as_millis() as u64),
     }
-}
-
-/// Milliseconds since the kernel booted, from `/proc/uptime`.
-fn uptime_ms() -> u64 {
-    let text = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
-    let secs: f64 = text
-        .split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
-    (secs * 1000.0) as u64
 }
 
 /// Writes one `Response` frame and closes the stream.

@@ -6,7 +6,7 @@
 use std::error::Error;
 use std::fmt;
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Writes one log line.
 pub fn log(msg: fmt::Arguments<'_>) {
@@ -40,30 +40,45 @@ pub fn chain(e: &dyn Error) -> String {
 }
 
 /// A duration in milliseconds, printed with one decimal below 10 ms.
-pub struct Millis(pub f64);
+/// Integers only, here and in [`uptime`]: under TCG the first float a
+/// guest formats or parses translates all of that code once, which cost
+/// the agent's boot milliseconds, and nothing else in it needs floats.
+pub struct Millis(pub Duration);
 
 impl Millis {
     /// The time since `start`.
     pub fn since(start: Instant) -> Millis {
-        Millis(start.elapsed().as_secs_f64() * 1000.0)
+        Millis(start.elapsed())
     }
 }
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 < 10.0 {
-            write!(f, "{:.1} ms", self.0)
+        let micros = self.0.as_micros();
+        let tenths = (micros + 50) / 100;
+        if tenths < 100 {
+            write!(f, "{}.{} ms", tenths / 10, tenths % 10)
         } else {
-            write!(f, "{:.0} ms", self.0)
+            write!(f, "{} ms", (micros + 500) / 1000)
         }
     }
 }
 
-/// Milliseconds since the kernel started (`/proc/uptime`).
-pub fn uptime_ms() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/uptime").ok()?;
-    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
-    Some(secs * 1000.0)
+/// The time since the kernel started (`/proc/uptime`).
+pub fn uptime() -> Option<Duration> {
+    parse_uptime(&std::fs::read_to_string("/proc/uptime").ok()?)
+}
+
+/// The first number of `/proc/uptime`'s text (`123.45 67.89`).
+pub fn parse_uptime(text: &str) -> Option<Duration> {
+    let first = text.split_whitespace().next()?;
+    let (secs, fraction) = first.split_once('.').unwrap_or((first, ""));
+    let mut nanos = 0u32;
+    for (i, digit) in fraction.bytes().take(9).enumerate() {
+        let digit = char::from(digit).to_digit(10)?;
+        nanos += digit * 10u32.pow(8 - i as u32);
+    }
+    Some(Duration::new(secs.parse().ok()?, nanos))
 }
 
 #[cfg(test)]
@@ -75,6 +90,32 @@ mod tests {
     struct Outer {
         #[source]
         source: std::io::Error,
+    }
+
+    #[test]
+    fn millis_print_a_decimal_below_ten() {
+        let ms = |micros| Millis(Duration::from_micros(micros)).to_string();
+        assert_eq!(ms(0), "0.0 ms");
+        assert_eq!(ms(2_449), "2.4 ms");
+        assert_eq!(ms(2_450), "2.5 ms");
+        assert_eq!(ms(9_949), "9.9 ms");
+        assert_eq!(ms(9_950), "10 ms");
+        assert_eq!(ms(26_499), "26 ms");
+        assert_eq!(ms(2_390_500), "2391 ms");
+    }
+
+    #[test]
+    fn uptime_is_read_to_the_nanosecond() {
+        let up = |text| parse_uptime(text);
+        assert_eq!(up("2.39 0.00\n"), Some(Duration::from_millis(2390)));
+        assert_eq!(
+            up("12345.678901234567 1.0"),
+            Some(Duration::new(12345, 678_901_234))
+        );
+        assert_eq!(up("7 1"), Some(Duration::from_secs(7)));
+        assert_eq!(up("x.5 1"), None);
+        assert_eq!(up("1.x5 1"), None);
+        assert_eq!(up(""), None);
     }
 
     #[test]

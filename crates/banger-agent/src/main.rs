@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use banger_agent::console::{Millis, chain, log, uptime_ms};
+use banger_agent::console::{Millis, chain, log, uptime};
 use banger_agent::sshd::Sshd;
 use banger_agent::{Agent, GuestPower, background, boot, devices, port, setup, shutdown};
 
@@ -58,10 +58,7 @@ fn main() {
     ));
     match crng.map(|waiter| waiter.join()) {
         None => log(format_args!("random numbers ready at boot")),
-        Some(Ok(took)) => log(format_args!(
-            "random numbers ready ({})",
-            Millis(took.as_secs_f64() * 1000.0)
-        )),
+        Some(Ok(took)) => log(format_args!("random numbers ready ({})", Millis(took))),
         Some(Err(_)) => log(format_args!("waiting for random numbers failed")),
     }
 
@@ -88,7 +85,7 @@ fn main() {
         log(format_args!("ready"));
         // How long the guest took from the kernel's start: the host's
         // wait for the agent less this is QEMU and the kernel's loading.
-        if let Some(up) = uptime_ms() {
+        if let Some(up) = uptime() {
             log(format_args!("uptime at ready ({})", Millis(up)));
         }
         let agent = Agent::new(Arc::new(GuestPower));

@@ -70,6 +70,25 @@ pub fn needed(modules: &[ModInfo], at: usize, devices: &mut dyn FnMut() -> BTree
     dependents.is_empty() || dependents.iter().any(|&i| needed(modules, i, devices))
 }
 
+/// `read` (the virtio device ids on the bus now) that reads no more once
+/// it has found some: the transport's module adds every device on the bus
+/// as it loads, before its init returns, and [`needed`] asks for each
+/// driver and helper in the list (each look at the bus's sysfs files cost a
+/// TCG guest a millisecond or two). Until then it reads every time.
+pub fn read_once_found(mut read: impl FnMut() -> BTreeSet<u32>) -> impl FnMut() -> BTreeSet<u32> {
+    let mut found: Option<BTreeSet<u32>> = None;
+    move || {
+        if let Some(found) = &found {
+            return found.clone();
+        }
+        let now = read();
+        if !now.is_empty() {
+            found = Some(now.clone());
+        }
+        now
+    }
+}
+
 /// The virtio device ids under `bus` (`/sys/bus/virtio/devices`): each
 /// device's `device` file, `0x0001`.
 pub fn virtio_devices(bus: &Path) -> BTreeSet<u32> {

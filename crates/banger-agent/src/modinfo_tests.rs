@@ -224,3 +224,25 @@ fn a_signature_is_cut_off_and_anything_else_left_whole() {
         b"~Module signature appended~\n"
     );
 }
+
+#[test]
+fn the_bus_is_read_until_devices_show_and_then_no_more() {
+    let reads = std::cell::Cell::new(0);
+    let bus = std::cell::RefCell::new(BTreeSet::new());
+    let mut devices = read_once_found(|| {
+        reads.set(reads.get() + 1);
+        bus.borrow().clone()
+    });
+    assert!(devices().is_empty());
+    assert!(devices().is_empty());
+    assert_eq!(reads.get(), 2, "an empty bus is read again");
+    bus.borrow_mut().extend([2, 3]);
+    assert_eq!(devices(), BTreeSet::from([2, 3]));
+    bus.borrow_mut().insert(1);
+    assert_eq!(devices(), BTreeSet::from([2, 3]));
+    assert_eq!(
+        reads.get(),
+        3,
+        "once devices showed, the bus is not read again"
+    );
+}

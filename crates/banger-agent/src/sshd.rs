@@ -449,7 +449,7 @@ impl Sshd {
             wait = Some(next);
             log(format_args!(
                 "sshd: {outcome} after {}; restarting in {next:?}",
-                Millis(ran.as_secs_f64() * 1000.0)
+                Millis(ran)
             ));
             tokio::time::sleep(next).await;
         }
