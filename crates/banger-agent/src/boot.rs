@@ -194,16 +194,35 @@ pub fn boot() -> Result<Booted, BootError> {
     })
 }
 
-/// Starts reading `files` (paths under `root`, symlinks followed) into the
-/// page cache; returns the ones that exist. Missing files are skipped: an
-/// image need not have them all.
-pub fn read_ahead(root: &Path, files: &[&str]) -> Vec<PathBuf> {
+/// Starts reading `files` (paths under `root`, symlinks followed with
+/// `root` as `/`: Debian's loader is `lib64/ld-linux-x86-64.so.2 ->
+/// /lib/x86_64-linux-gnu/…`, which before the switch of root would
+/// otherwise resolve in the initramfs) into the page cache; returns the
+/// ones that exist. Missing files are skipped: an image need not have them
+/// all.
+pub fn read_ahead<'a>(root: &Path, files: &[&'a str]) -> Vec<&'a str> {
+    use rustix::fs::{Mode, ResolveFlags};
+    let Ok(dir) = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
     files
         .iter()
-        .map(|f| root.join(f))
-        .filter(|path| match std::fs::File::open(path) {
-            Ok(file) => rustix::fs::fadvise(&file, 0, 0, rustix::fs::Advice::WillNeed).is_ok(),
-            Err(_) => false,
+        .copied()
+        .filter(|f| {
+            match rustix::fs::openat2(
+                &dir,
+                *f,
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT,
+            ) {
+                Ok(file) => rustix::fs::fadvise(&file, 0, 0, rustix::fs::Advice::WillNeed).is_ok(),
+                Err(_) => false,
+            }
         })
         .collect()
 }
@@ -459,14 +478,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn read_ahead_follows_links_and_skips_what_the_image_lacks() {
+    fn read_ahead_follows_links_inside_the_root_and_skips_what_the_image_lacks() {
         let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("bin")).unwrap();
+        for dir in ["bin", "lib64", "lib/x86_64-linux-gnu"] {
+            std::fs::create_dir_all(root.path().join(dir)).unwrap();
+        }
         std::fs::write(root.path().join("bin/busybox"), b"\x7fELF").unwrap();
         std::os::unix::fs::symlink("busybox", root.path().join("bin/sh")).unwrap();
+        assert_eq!(read_ahead(root.path(), &EXEC_PREFETCH), ["bin/sh"]);
+        // Debian's loader: an absolute link, which must resolve in the
+        // root given, not in the agent's own.
+        std::fs::write(root.path().join("lib/x86_64-linux-gnu/ld-2.so"), b"\x7fELF").unwrap();
+        std::os::unix::fs::symlink(
+            "/lib/x86_64-linux-gnu/ld-2.so",
+            root.path().join("lib64/ld-linux-x86-64.so.2"),
+        )
+        .unwrap();
         assert_eq!(
             read_ahead(root.path(), &EXEC_PREFETCH),
-            [root.path().join("bin/sh")]
+            ["lib64/ld-linux-x86-64.so.2", "bin/sh"]
         );
     }
 
