@@ -511,6 +511,7 @@ mod tests {
             authorized_keys: vec![],
             network: None,
             git_identity: vec!["user.name".into(), "Ann".into()],
+            ssh_host_key: None,
         };
         std::fs::write(&path, cfg.to_drive().unwrap()).unwrap();
         assert_eq!(read_config(&path).unwrap(), cfg);

@@ -30,7 +30,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use banger_proto::{IdentityReport, IdentityRequest, MAX_HOST_KEY, MAX_IDENTITY_ENTROPY};
+use banger_proto::{IdentityReport, IdentityRequest, MAX_IDENTITY_ENTROPY};
 
 use crate::Agent;
 use crate::console::{chain, step};
@@ -80,19 +80,12 @@ pub fn check(req: &IdentityRequest) -> Result<(), IdentityError> {
     if req.time.nanos >= 1_000_000_000 {
         return Err(IdentityError::BadTime(req.time.nanos));
     }
-    if let Some(key) = &req.ssh_host_key {
-        let public = key.public.trim();
-        let one_line = |t: &str| !t.contains(['\n', '\r']);
-        let ok = key.private.len() <= MAX_HOST_KEY
-            && public.len() <= MAX_HOST_KEY
-            && key
-                .private
-                .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n")
-            && public.starts_with("ssh-ed25519 ")
-            && one_line(public);
-        if !ok {
-            return Err(IdentityError::BadHostKey);
-        }
+    if req
+        .ssh_host_key
+        .as_ref()
+        .is_some_and(|k| !k.is_ed25519_pair())
+    {
+        return Err(IdentityError::BadHostKey);
     }
     Ok(())
 }

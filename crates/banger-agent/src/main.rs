@@ -95,6 +95,7 @@ fn main() {
         // (`background.rs`): host keys may take seconds to generate.
         let (reaper, waiting) = (agent.reaper, agent.clone());
         let initramfs = booted.initramfs;
+        let host_key = booted.config.ssh_host_key.clone();
         tokio::spawn(async move {
             waiting
                 .background
@@ -103,7 +104,11 @@ fn main() {
             if let Some(initramfs) = initramfs {
                 boot::free_initramfs_when_idle(initramfs);
             }
-            Sshd::guest().run(reaper).await
+            let sshd = Sshd {
+                given: host_key,
+                ..Sshd::guest()
+            };
+            sshd.run(reaper).await
         });
         port::serve_forever(port, agent).await
     })

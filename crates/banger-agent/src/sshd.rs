@@ -5,9 +5,10 @@
 //!
 //! 1. Nothing happens unless `/usr/sbin/sshd` exists.
 //! 2. Host keys: images ship without them so every VM has its own, so when
-//!    the Ed25519 host key is missing, make it with `ssh-keygen`. It writes to
-//!    the VM's own root overlay, so this happens on a VM's first boot only,
-//!    at `SCHED_IDLE`, started from a thread of that policy
+//!    the Ed25519 host key is missing (a VM's first boot: it goes on the
+//!    VM's own root overlay), take the one the host made for it
+//!    ([`Sshd::given`], from the config drive), or else make one with
+//!    `ssh-keygen`, at `SCHED_IDLE`, started from a thread of that policy
 //!    ([`start_when_idle`]) so the start itself waits too: under TCG
 //!    `ssh-keygen` takes ~0.6 s of the guest's one CPU, and its first exec
 //!    ~20 ms, which the handshake and the host's first commands need more.
@@ -231,6 +232,27 @@ pub fn keys_read_once(root: &Path) -> bool {
     SSHD_SESSION.iter().any(|p| root.join(p).exists())
 }
 
+/// `key` at `path` (owner-only) and its public line at `path.pub`, both
+/// made afresh.
+fn write_key_pair(path: &Path, key: &SshHostKey) -> Result<(), SshdError> {
+    let write = |path: &Path, text: &str, mode: u32| {
+        let _ = std::fs::remove_file(path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .and_then(|mut f| io::Write::write_all(&mut f, text.as_bytes()))
+            .map_err(|source| SshdError::Write {
+                path: path.to_path_buf(),
+                source,
+            })
+    };
+    write(path, &key.private, 0o600)?;
+    let public = PathBuf::from(format!("{}.pub", path.display()));
+    write(&public, &format!("{}\n", key.public.trim()), 0o644)
+}
+
 /// Step 3 under `root`.
 pub fn make_run_dir(root: &Path) -> Result<(), SshdError> {
     let path = root.join("run/sshd");
@@ -257,6 +279,9 @@ pub struct Sshd {
     /// `ssh-keygen`.
     pub keygen: PathBuf,
     pub backoff: Backoff,
+    /// The host key the host made for this guest's first boot (its config
+    /// drive's), used instead of `ssh-keygen` when the guest has none.
+    pub given: Option<SshHostKey>,
 }
 
 impl Sshd {
@@ -267,6 +292,7 @@ impl Sshd {
             program: "/usr/sbin/sshd".into(),
             keygen: "/usr/bin/ssh-keygen".into(),
             backoff: Backoff::default(),
+            given: None,
         }
     }
 
@@ -288,9 +314,19 @@ impl Sshd {
     pub async fn prepare(&self, reaper: &'static Reaper) -> Vec<String> {
         if missing_host_keys(&self.root) {
             let start = Instant::now();
+            let made_by = match &self.given {
+                Some(key) if key.is_ed25519_pair() => "the host",
+                Some(_) => {
+                    log(format_args!(
+                        "sshd: the host's host key is not an Ed25519 key pair; making one"
+                    ));
+                    "ssh-keygen"
+                }
+                None => "ssh-keygen",
+            };
             match self.generate_host_keys(reaper).await {
                 Ok(()) => log(format_args!(
-                    "sshd: generated host keys ({})",
+                    "sshd: host key made by {made_by} ({})",
                     Millis::since(start)
                 )),
                 Err(e) => log(format_args!(
@@ -322,7 +358,13 @@ impl Sshd {
         for stale in [&made, &pub_of(&made)] {
             let _ = std::fs::remove_file(stale);
         }
-        self.keygen_at(reaper, FIRST_HOST_KEY).await?;
+        match self.given.as_ref().filter(|k| k.is_ed25519_pair()) {
+            Some(key) => {
+                self.make_etc_ssh()?;
+                write_key_pair(&made, key)?
+            }
+            None => self.keygen_at(reaper, FIRST_HOST_KEY).await?,
+        }
         let write_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| SshdError::Write { path, source }
@@ -354,21 +396,7 @@ impl Sshd {
         let at = |p: &str| self.root.join(p.trim_start_matches('/'));
         let (new, dest) = (at(NEW_HOST_KEY), at(HOST_KEY));
         let pub_of = |p: &Path| PathBuf::from(format!("{}.pub", p.display()));
-        let write = |path: &Path, text: &str, mode: u32| {
-            let _ = std::fs::remove_file(path);
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(path)
-                .and_then(|mut f| io::Write::write_all(&mut f, text.as_bytes()))
-                .map_err(|source| SshdError::Write {
-                    path: path.to_path_buf(),
-                    source,
-                })
-        };
-        write(&new, &key.private, 0o600)?;
-        write(&pub_of(&new), &format!("{}\n", key.public.trim()), 0o644)?;
+        write_key_pair(&new, key)?;
         for (from, to) in [(pub_of(&new), pub_of(&dest)), (new, dest)] {
             std::fs::rename(&from, &to).map_err(|source| SshdError::Write { path: to, source })?;
         }
@@ -382,8 +410,8 @@ impl Sshd {
         Ok(true)
     }
 
-    /// Runs `ssh-keygen` for an Ed25519 key at `path` (guest path).
-    async fn keygen_at(&self, reaper: &'static Reaper, path: &str) -> Result<(), SshdError> {
+    /// `etc/ssh` under the root, where host keys go.
+    fn make_etc_ssh(&self) -> Result<(), SshdError> {
         let etc_ssh = self.root.join("etc/ssh");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -392,7 +420,12 @@ impl Sshd {
             .map_err(|source| SshdError::Write {
                 path: etc_ssh,
                 source,
-            })?;
+            })
+    }
+
+    /// Runs `ssh-keygen` for an Ed25519 key at `path` (guest path).
+    async fn keygen_at(&self, reaper: &'static Reaper, path: &str) -> Result<(), SshdError> {
+        self.make_etc_ssh()?;
         let mut cmd = command(&self.keygen);
         let key = self.root.join(path.trim_start_matches('/'));
         cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])

@@ -39,6 +39,7 @@ fn sshd_in(root: &Path) -> Sshd {
             max: Duration::from_millis(40),
             stable: Duration::from_secs(60),
         },
+        given: None,
     }
 }
 
@@ -164,6 +165,45 @@ async fn a_failing_keygen_is_reported() {
     script(&sshd.keygen, "exit 3");
     let err = sshd.generate_host_keys(Reaper::global()).await.unwrap_err();
     assert!(matches!(err, SshdError::Failed { code: 3, .. }));
+}
+
+#[tokio::test]
+async fn a_first_boot_takes_the_hosts_key_and_runs_no_keygen() {
+    let root = tempfile::tempdir().unwrap();
+    let mut sshd = sshd_in(root.path());
+    sshd.keygen = root.path().join("keygen");
+    script(&sshd.keygen, "exit 3");
+    let key = SshHostKey {
+        private: "-----BEGIN OPENSSH PRIVATE KEY-----\nfrom the host\n".into(),
+        public: "ssh-ed25519 HOST".into(),
+    };
+    sshd.given = Some(key.clone());
+    sshd.generate_host_keys(Reaper::global()).await.unwrap();
+    let private = root.path().join("etc/ssh/ssh_host_ed25519_key");
+    assert_eq!(std::fs::read_to_string(&private).unwrap(), key.private);
+    assert_eq!(std::fs::metadata(&private).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap(),
+        "ssh-ed25519 HOST\n"
+    );
+    assert!(!missing_host_keys(root.path()));
+}
+
+#[tokio::test]
+async fn a_host_key_that_is_no_ed25519_pair_is_made_anew() {
+    let root = tempfile::tempdir().unwrap();
+    let mut sshd = sshd_in(root.path());
+    sshd.keygen = root.path().join("keygen");
+    script(&sshd.keygen, MAKE_KEY);
+    sshd.given = Some(SshHostKey {
+        private: "not a key".into(),
+        public: "ssh-rsa AAAA".into(),
+    });
+    sshd.generate_host_keys(Reaper::global()).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/ssh/ssh_host_ed25519_key")).unwrap(),
+        "generated\n"
+    );
 }
 
 /// What a stand-in keygen does to leave a key pair at its `-f` path

@@ -272,6 +272,7 @@ mod tests {
             authorized_keys: vec![],
             network: None,
             git_identity: vec![],
+            ssh_host_key: None,
         };
         write_config_drive(&cfg, &p).unwrap();
         assert_eq!(

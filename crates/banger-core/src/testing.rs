@@ -342,7 +342,9 @@ pub fn empty_plan(vm: &crate::store::VmRecord) -> capability::BootPlan {
             authorized_keys: vec![],
             network: None,
             git_identity: vec![],
+            ssh_host_key: None,
         },
+        restore: false,
         runtime: Default::default(),
     }
 }

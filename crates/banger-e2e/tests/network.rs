@@ -137,6 +137,12 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         keys.contains("ssh_host_ed25519_key"),
         "host keys are made per vm: {keys}"
     );
+    // On the host, not by ssh-keygen in the guest (half a second of its CPU).
+    let console = host.ok(&["vm", "logs", "w2"]);
+    assert!(
+        console.contains("sshd: host key made by the host"),
+        "{console}"
+    );
     host.assert_published("w2", 8000, port, "hello-from-guest");
     let cfg = host.ok(&["vm", "ssh-config", "w2"]);
     assert!(

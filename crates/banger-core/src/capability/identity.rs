@@ -20,6 +20,7 @@
 use super::{Capability, Ctx};
 use crate::agent::{AgentConn, AgentError};
 use crate::error::Error;
+use crate::store::ImageRecord;
 use crate::vm::ssh::{KNOWN_HOSTS, host_key_alias};
 use banger_proto::{GuestConfig, IdentityRequest, SshHostKey, WallTime};
 use banger_sys::command::{Cmd, Runner};
@@ -90,6 +91,25 @@ impl Identity {
         key.map_err(|e| tracing::warn!(vm, error = %e, "cannot make an sshd host key: the guest keeps the snapshot's"))
             .ok()
     }
+}
+
+/// How [`Identity::no_sshd`] names an image.
+fn image_key(image: &ImageRecord) -> String {
+    format!("{} {}", image.name, image.created_at)
+}
+
+/// Whether `image` may have sshd: not if a restored guest of it said it has
+/// none, nor if its manifest lists what its build installed without
+/// `openssh-server`. An image registered from a root filesystem lists
+/// nothing and may.
+fn may_have_sshd(image: &ImageRecord, no_sshd: &std::collections::HashSet<String>) -> bool {
+    if no_sshd.contains(&image_key(image)) {
+        return false;
+    }
+    serde_json::from_str::<serde_json::Value>(&image.manifest)
+        .ok()
+        .and_then(|m| m.get("installed").cloned())
+        .is_none_or(|installed| installed.get("openssh-server").is_some())
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -172,6 +192,27 @@ impl Capability for Identity {
         }
     }
 
+    /// A guest's first boot gets its sshd host key from the host, in the
+    /// config drive (see [`GuestConfig::ssh_host_key`]), taken like a
+    /// restore's from the spare. None on a restore (its identity request
+    /// brings one), once a key is pinned (the guest has one), or for an
+    /// image without sshd.
+    fn prepare<'a>(
+        &'a self,
+        ctx: &'a Ctx<'a>,
+        plan: &'a mut super::BootPlan,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            if !plan.restore
+                && !ctx.dir.file(KNOWN_HOSTS).exists()
+                && may_have_sshd(ctx.image, &self.no_sshd())
+            {
+                plan.guest.ssh_host_key = self.host_key(&ctx.vm.name);
+            }
+            Ok(())
+        })
+    }
+
     fn restored<'a>(
         &'a self,
         ctx: &'a Ctx<'a>,
@@ -188,7 +229,7 @@ impl Capability for Identity {
             }
             let mut entropy = vec![0u8; ENTROPY_BYTES];
             rand::rngs::OsRng.fill_bytes(&mut entropy);
-            let image = format!("{} {}", ctx.image.name, ctx.image.created_at);
+            let image = image_key(ctx.image);
             let key = if self.no_sshd().contains(&image) {
                 None
             } else {
@@ -255,6 +296,7 @@ mod tests {
                 ..Default::default()
             }),
             git_identity: vec!["user.name".into(), "Ann".into()],
+            ssh_host_key: None,
         };
         let now = UNIX_EPOCH + Duration::new(1_800_000_000, 250);
         let req = request(&guest, vec![9; ENTROPY_BYTES], now, None);
@@ -269,6 +311,66 @@ mod tests {
             }
         );
         assert_eq!(req.entropy.len(), ENTROPY_BYTES);
+    }
+
+    /// The key `identity` puts in the config of `vm`'s boot (a restore's
+    /// with `restore`), with a spare ready to take.
+    async fn first_boot_key(
+        identity: &Identity,
+        (vm, image, dir): (&crate::store::VmRecord, &ImageRecord, &crate::layout::VmDir),
+        restore: bool,
+    ) -> Option<SshHostKey> {
+        *lock(&identity.spare) = Some(SshHostKey {
+            private: "-----BEGIN OPENSSH PRIVATE KEY-----\nk\n".into(),
+            public: "ssh-ed25519 K".into(),
+        });
+        let ctx = Ctx { vm, image, dir };
+        let mut plan = crate::testing::empty_plan(vm);
+        plan.restore = restore;
+        identity.prepare(&ctx, &mut plan).await.unwrap();
+        plan.guest.ssh_host_key
+    }
+
+    #[tokio::test]
+    async fn only_a_first_cold_boot_of_an_image_with_sshd_gets_a_host_key() {
+        let h = crate::testing::Harness::new();
+        let (vm, mut image, dir) =
+            crate::testing::recorded_vm(&h, "web", banger_api::NetworkMode::None);
+        let identity = Identity::new(h.runner.clone(), h.paths.runtime_dir.join("keys"));
+        let given = |image: &ImageRecord, restore| {
+            let (identity, vm, image, dir) = (&identity, &vm, image.clone(), &dir);
+            async move { first_boot_key(identity, (vm, &image, dir), restore).await }
+        };
+        let key = given(&image, false)
+            .await
+            .expect("a registered image may have sshd");
+        assert_eq!(key.public, "ssh-ed25519 K");
+        assert_eq!(
+            given(&image, true).await,
+            None,
+            "a restore's identity request brings one"
+        );
+        image.manifest = r#"{"installed": {"busybox-static": "1:1.35.0"}}"#.into();
+        assert_eq!(
+            given(&image, false).await,
+            None,
+            "built without openssh-server"
+        );
+        image.manifest = r#"{"installed": {"openssh-server": "1:9.2p1"}}"#.into();
+        assert!(given(&image, false).await.is_some());
+        identity.no_sshd().insert(image_key(&image));
+        assert_eq!(
+            given(&image, false).await,
+            None,
+            "a restored guest said it has none"
+        );
+        identity.no_sshd().clear();
+        std::fs::write(dir.file(KNOWN_HOSTS), "banger-idweb ssh-ed25519 OLD\n").unwrap();
+        assert_eq!(
+            given(&image, false).await,
+            None,
+            "a pinned key: the guest has one"
+        );
     }
 
     #[test]

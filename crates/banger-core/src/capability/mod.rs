@@ -64,6 +64,9 @@ pub struct BootPlan {
     pub drives: Vec<Drive>,
     pub nics: Vec<Nic>,
     pub guest: GuestConfig,
+    /// This boot resumes a snapshot: the guest, already running, reads no
+    /// config drive (the identity request carries what must change).
+    pub restore: bool,
     /// What each capability must remember to release this boot's
     /// resources, by capability name; kept in `handles.json`.
     pub runtime: Runtime,

@@ -71,7 +71,9 @@ impl Lifecycle {
                 authorized_keys: Vec::new(),
                 network: None,
                 git_identity: Vec::new(),
+                ssh_host_key: None,
             },
+            restore: from.is_some(),
             runtime: Default::default(),
         };
         op.stage("prepare", "prepare the host side", async {

@@ -132,6 +132,7 @@ impl Bare {
             authorized_keys: vec![],
             network: None,
             git_identity: vec![],
+            ssh_host_key: None,
         };
         std::fs::write(&config, cfg.to_drive().unwrap()).unwrap();
         let drive = |path, format, serial, read_only| Drive {
