@@ -9,7 +9,8 @@
 //! of its first exec; started the moment that exec ended, its first steps
 //! (on the agent's own thread) delayed the exit's frame as much. The
 //! settling time lets the host read the exit and delete the VM, or send
-//! its next command, first.
+//! its next command, first. A connection to sshd's port is the host wanting
+//! sshd: it opens the gate at once ([`Gate::open_now`]).
 
 use std::time::Duration;
 
@@ -20,35 +21,55 @@ pub const GRACE: Duration = Duration::from_secs(1);
 /// How long after the first command ended it starts.
 pub const SETTLE: Duration = Duration::from_millis(250);
 
-/// Whether the background work may start.
+/// Whether the background work may start: closed, open (after settling)
+/// or open now.
 #[derive(Debug)]
-pub struct Gate(watch::Sender<bool>);
+pub struct Gate(watch::Sender<State>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum State {
+    Closed,
+    Open,
+    Now,
+}
 
 impl Default for Gate {
     fn default() -> Self {
-        Gate(watch::channel(false).0)
+        Gate(watch::channel(State::Closed).0)
     }
 }
 
 impl Gate {
-    /// Lets the work start (a command ended).
+    /// Lets the work start once settled (a command ended).
     pub fn open(&self) {
-        self.0.send_replace(true);
+        self.0.send_if_modified(|s| {
+            let was = *s;
+            *s = was.max(State::Open);
+            *s != was
+        });
+    }
+
+    /// Lets the work start without settling (the host waits for it).
+    pub fn open_now(&self) {
+        self.0.send_replace(State::Now);
     }
 
     pub fn is_open(&self) -> bool {
-        *self.0.borrow()
+        *self.0.borrow() != State::Closed
     }
 
-    /// Returns `settle` after the gate opens, or after `grace` if it has
-    /// not opened by then.
+    /// Returns `settle` after the gate opens (at once if, or as soon as,
+    /// it opens now), or after `grace` if it has not opened by then.
     pub async fn wait(&self, grace: Duration, settle: Duration) {
-        let mut open = self.0.subscribe();
-        if tokio::time::timeout(grace, open.wait_for(|o| *o))
+        let mut state = self.0.subscribe();
+        if tokio::time::timeout(grace, state.wait_for(|s| *s != State::Closed))
             .await
             .is_ok()
         {
-            tokio::time::sleep(settle).await;
+            tokio::select! {
+                _ = tokio::time::sleep(settle) => {}
+                _ = state.wait_for(|s| *s == State::Now) => {}
+            }
         }
     }
 }
@@ -91,5 +112,30 @@ mod tests {
         let start = Instant::now();
         gate.wait(Duration::from_secs(60), Duration::ZERO).await;
         assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn opening_now_cuts_the_settling_short() {
+        let gate = Arc::new(Gate::default());
+        let waiter = tokio::spawn({
+            let gate = gate.clone();
+            async move {
+                gate.wait(Duration::from_secs(60), Duration::from_secs(60))
+                    .await;
+                Instant::now()
+            }
+        });
+        gate.open();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "still settling");
+        let opened = Instant::now();
+        gate.open_now();
+        let started = waiter.await.unwrap();
+        assert!(started < opened + Duration::from_secs(10));
+        gate.open();
+        let start = Instant::now();
+        gate.wait(Duration::from_secs(60), Duration::from_secs(60))
+            .await;
+        assert!(start.elapsed() < Duration::from_secs(10), "now stays now");
     }
 }

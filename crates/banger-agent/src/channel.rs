@@ -241,8 +241,13 @@ async fn handle_stream(stream: yamux::Stream, agent: Arc<Agent>) {
             crate::exec::run(&agent, req, input, output).await;
             agent.background.open();
         }
+        // sshd's port: the host wants sshd, which is background work.
+        Request::Connect { port } if port == crate::connect::SSH_PORT && agent.sshd => {
+            agent.background.open_now();
+            crate::connect::run(port, Some(crate::connect::SSHD_START), input, output).await;
+        }
         Request::Connect { port } => {
-            crate::connect::run(port, input, output).await;
+            crate::connect::run(port, None, input, output).await;
             agent.background.open();
         }
         Request::Unpack(req) => crate::files::unpack(req, input, output).await,

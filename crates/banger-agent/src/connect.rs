@@ -5,9 +5,12 @@
 //!
 //! How a stream runs after the request frame:
 //!
-//! 1. Connect to `127.0.0.1:port`, for at most [`CONNECT_TIMEOUT`].
-//!    Failure → one `Error` frame with code `connect_failed`, then the
-//!    stream is closed.
+//! 1. Connect to `127.0.0.1:port`, for at most [`CONNECT_TIMEOUT`]; for
+//!    sshd's port in a guest that has sshd, retry a refused connection
+//!    every [`LISTEN_POLL`] for at most [`SSHD_START`] (the agent starts
+//!    sshd once the host asks for it: the host's probe is answered the
+//!    moment sshd listens, not at its next back-off step). Failure → one
+//!    `Error` frame with code `connect_failed`, then the stream is closed.
 //! 2. One `Response` frame, `{}`. From here on the stream carries the
 //!    connection's raw bytes, no more frames.
 //! 3. Copy both ways at once. When one side ends its sending (the host
@@ -28,16 +31,38 @@ use tokio::net::TcpStream;
 /// unless the listener's backlog is full.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// sshd's port.
+pub const SSH_PORT: u16 = 22;
+/// How long a connection to [`SSH_PORT`] waits for sshd to listen.
+pub const SSHD_START: Duration = Duration::from_secs(10);
+/// How often it tries meanwhile (a refused loopback connection costs next
+/// to nothing; a probe that got through makes sshd fork).
+pub const LISTEN_POLL: Duration = Duration::from_millis(20);
+
 /// Runs one connect request; `input` and `output` are the two halves of
-/// its stream, positioned after the request frame.
-pub async fn run<R, W>(port: u16, mut input: R, mut output: W)
+/// its stream, positioned after the request frame. With `wait`, a refused
+/// connection is tried again for that long.
+pub async fn run<R, W>(port: u16, wait: Option<Duration>, mut input: R, mut output: W)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+    let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
+    let connected = loop {
+        let connected =
+            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+        match connected {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && tokio::time::Instant::now() + LISTEN_POLL < deadline =>
+            {
+                tokio::time::sleep(LISTEN_POLL).await;
+            }
+            other => break other,
+        }
+    };
     let tcp = match connected {
         Ok(tcp) => tcp,
         Err(e) => {
@@ -75,9 +100,14 @@ mod tests {
     /// Starts a connect request for `port` and returns the host's end of
     /// its stream.
     fn request(port: u16) -> DuplexStream {
+        request_waiting(port, None)
+    }
+
+    /// [`request`], waiting up to `wait` for a listener.
+    fn request_waiting(port: u16, wait: Option<Duration>) -> DuplexStream {
         let (host, guest) = tokio::io::duplex(64 * 1024);
         let (input, output) = tokio::io::split(guest);
-        tokio::spawn(run(port, input, output));
+        tokio::spawn(run(port, wait, input, output));
         host
     }
 
@@ -152,6 +182,37 @@ mod tests {
         host.write_all(b"late").await.unwrap();
         host.shutdown().await.unwrap();
         assert_eq!(server.await.unwrap(), "late");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_connection_gets_through_once_the_port_listens() {
+        let (listener, port) = listener().await;
+        drop(listener);
+        let started = std::time::Instant::now();
+        let mut host = request_waiting(port, Some(Duration::from_secs(30)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            sock.write_all(b"SSH-2.0-late\r\n").await.unwrap();
+        });
+        assert_eq!(first_frame(&mut host).await.kind, FrameKind::Response);
+        let mut banner = [0u8; 4];
+        host.read_exact(&mut banner).await.unwrap();
+        assert_eq!(&banner, b"SSH-");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_connection_gives_up_after_its_wait() {
+        let (listener, port) = listener().await;
+        drop(listener);
+        let started = std::time::Instant::now();
+        let mut host = request_waiting(port, Some(Duration::from_millis(300)));
+        let frame = first_frame(&mut host).await;
+        assert_eq!(frame.kind, FrameKind::Error);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[tokio::test]

@@ -61,6 +61,9 @@ pub struct Agent {
     pub network: std::sync::Mutex<Option<banger_proto::GuestNetwork>>,
     /// Holds the guest's own work until the host's first command has run.
     pub background: background::Gate,
+    /// The guest has sshd, which that work starts: a connection to its port
+    /// opens the gate at once and waits for sshd to listen.
+    pub sshd: bool,
 }
 
 impl Agent {
@@ -73,6 +76,7 @@ impl Agent {
             sessions: sessions::Sessions::default(),
             network: std::sync::Mutex::new(None),
             background: background::Gate::default(),
+            sshd: false,
         }
     }
 }

@@ -88,7 +88,8 @@ fn main() {
         if let Some(up) = uptime() {
             log(format_args!("uptime at ready ({})", Millis(up)));
         }
-        let agent = Agent::new(Arc::new(GuestPower));
+        let mut agent = Agent::new(Arc::new(GuestPower));
+        agent.sshd = Sshd::guest().program.is_file();
         *agent.network.lock().expect("not yet shared") = booted.config.network.clone();
         let agent = Arc::new(agent);
         // The guest's own work, once the host's first command has run
