@@ -10,22 +10,32 @@
 //! 3. Wait for the link whose MAC is `mac` to appear under
 //!    `/sys/class/net/*/address` (virtio_net may probe it a little after
 //!    boot): up to [`LINK_TIMEOUT`], looking every [`LINK_POLL`].
-//! 4. Set it up (`RTM_NEWLINK`, `IFF_UP`), add `address` (`RTM_NEWADDR`,
-//!    with the broadcast as `ip addr add` sets it), then the default route
-//!    via `gateway` when there is one (`RTM_NEWROUTE`, on-link when the
-//!    gateway is outside the address's subnet). The config is IPv4 only, as
-//!    the host's networks are.
+//! 4. Turn on its `arp_notify`, add `address` (`RTM_NEWADDR`, with the
+//!    broadcast as `ip addr add` sets it), set it up (`RTM_NEWLINK`,
+//!    `IFF_UP`), then add the default route via `gateway` when there is one
+//!    (`RTM_NEWROUTE`, on-link when the gateway is outside the address's
+//!    subnet). The config is IPv4 only, as the host's networks are.
+//!
+//! The link comes up with its address so that the kernel announces it at
+//! once (a gratuitous ARP, from `arp_notify`): the network learns the
+//! guest's MAC from that frame. passt, which serves user mode, sends a
+//! forwarded connection nowhere until it has seen one from the guest (it
+//! gave up on the SYN after 10 s), and otherwise the guest's first frame
+//! was IPv6's duplicate address detection, up to a second later; on the
+//! bridge, neighbours learn a restored or forked guest's new MAC.
 //!
 //! Every step is logged with its duration as `net: ...`; a failure is logged
 //! and skips the steps that need it, never the boot.
 //!
 //! After a restore the guest still has the snapshot's MAC and address
 //! (virtio-net's MAC travels in the device state); [`reconfigure`] moves
-//! the same link to the new ones: the link found by its old MAC, the new
-//! MAC set (which QEMU's filter follows), the old address removed before
-//! the new one is added (in the same subnet the new one would be a
-//! secondary address, which the kernel removes with the primary), the
-//! default route and `resolv.conf` replaced.
+//! the same link to the new ones: the link found by its old MAC and set
+//! down, the old address removed before the new one is added (in the same
+//! subnet the new one would be a secondary address, which the kernel
+//! removes with the primary), the new MAC set (which QEMU's filter
+//! follows), the link set up again (announcing the new address from the
+//! new MAC, never the old address from the new MAC), the default route
+//! (gone with the link's going down) and `resolv.conf` replaced.
 //!
 //! Messages are built by `netlink-packet-route` (the message layer
 //! `rtnetlink` is made of) and sent on a plain blocking socket: the three
@@ -229,6 +239,9 @@ pub trait Rtnl {
     fn link_down(&mut self, index: u32) -> io::Result<()>;
     /// Removes an address from the link.
     fn del_address(&mut self, index: u32, cidr: Ipv4Cidr) -> io::Result<()>;
+    /// Makes the link named `name` announce its addresses when it comes
+    /// up or changes its MAC (`net.ipv4.conf.NAME.arp_notify`).
+    fn arp_notify(&mut self, name: &str) -> io::Result<()>;
 }
 
 /// `52:54:00:12:34:56` as bytes.
@@ -287,21 +300,10 @@ pub fn reconfigure(
     let current = std::fs::read_to_string(sys_class_net.join(name).join("address"))
         .ok()
         .and_then(|m| parse_mac(&m).ok());
-    if current != Some(mac) {
-        step(&format!("net: {name} MAC {}", new.mac), || {
-            match rtnl.set_mac(link.index, mac) {
-                // A driver that cannot change it while up.
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => rtnl
-                    .link_down(link.index)
-                    .and_then(|()| rtnl.set_mac(link.index, mac)),
-                other => other,
-            }
-            .map_err(netlink(format!("setting {name}'s MAC to {}", new.mac)))
-        })?;
-    }
-    step(&format!("net: {name} up"), || {
-        rtnl.link_up(link.index)
-            .map_err(netlink(format!("setting {name} up")))
+    announce(rtnl, name);
+    step(&format!("net: {name} down"), || {
+        rtnl.link_down(link.index)
+            .map_err(netlink(format!("setting {name} down")))
     })?;
     let old_cidr = old.and_then(|o| o.address.trim().parse::<Ipv4Cidr>().ok());
     if let Some(old_cidr) = old_cidr.filter(|o| *o != cidr) {
@@ -317,9 +319,46 @@ pub fn reconfigure(
             .map_err(netlink(format!("removing {old_cidr} from {name}")))
         })?;
     }
+    if current != Some(mac) {
+        step(&format!("net: {name} MAC {}", new.mac), || {
+            rtnl.set_mac(link.index, mac)
+                .map_err(netlink(format!("setting {name}'s MAC to {}", new.mac)))
+        })?;
+    }
+    up_with(rtnl, &link, cidr, gateway)?;
+    step("net: wrote /etc/resolv.conf", || {
+        write_resolv_conf(root, new)
+    })
+}
+
+/// Turns on `arp_notify` for the link; a failure costs only the
+/// announcement, so it is logged and the configuration goes on.
+fn announce(rtnl: &mut impl Rtnl, name: &str) {
+    let _ = step(&format!("net: {name} announces itself"), || {
+        rtnl.arp_notify(name).map_err(|source| NetError::Netlink {
+            what: format!("turning on {name}'s arp_notify"),
+            source,
+        })
+    });
+}
+
+/// Adds `cidr` to the (down) link, sets it up, which announces the
+/// address, and adds the default route via `gateway`.
+fn up_with(
+    rtnl: &mut impl Rtnl,
+    link: &Link,
+    cidr: Ipv4Cidr,
+    gateway: Option<Ipv4Addr>,
+) -> Result<(), NetError> {
+    let name = &link.name;
+    let netlink = |what: String| move |source: io::Error| NetError::Netlink { what, source };
     step(&format!("net: {cidr} on {name}"), || {
         rtnl.add_address(link.index, cidr)
             .map_err(netlink(format!("adding {cidr} to {name}")))
+    })?;
+    step(&format!("net: {name} up"), || {
+        rtnl.link_up(link.index)
+            .map_err(netlink(format!("setting {name} up")))
     })?;
     if let Some(gw) = gateway {
         step(&format!("net: default route via {gw}"), || {
@@ -327,9 +366,7 @@ pub fn reconfigure(
                 .map_err(netlink(format!("adding the default route via {gw}")))
         })?;
     }
-    step("net: wrote /etc/resolv.conf", || {
-        write_resolv_conf(root, new)
-    })
+    Ok(())
 }
 
 /// Runs steps 1-4 on the live system: `lo` always, the NIC when `network`
@@ -391,22 +428,8 @@ pub fn configure(
     let link = step(&format!("net: found the link with MAC {}", net.mac), || {
         wait_for_link(sys_class_net, &net.mac, timeout, LINK_POLL)
     })?;
-    let name = &link.name;
-    let netlink = |what: String| move |source: io::Error| NetError::Netlink { what, source };
-    step(&format!("net: {name} up"), || {
-        rtnl.link_up(link.index)
-            .map_err(netlink(format!("setting {name} up")))
-    })?;
-    step(&format!("net: {cidr} on {name}"), || {
-        rtnl.add_address(link.index, cidr)
-            .map_err(netlink(format!("adding {cidr} to {name}")))
-    })?;
-    if let Some(gw) = gateway {
-        step(&format!("net: default route via {gw}"), || {
-            rtnl.add_default_route(link.index, gw, !cidr.contains(gw))
-                .map_err(netlink(format!("adding the default route via {gw}")))
-        })?;
-    }
+    announce(rtnl, &link.name);
+    up_with(rtnl, &link, cidr, gateway)?;
     resolv
 }
 
@@ -560,6 +583,10 @@ impl Rtnl for Netlink {
             .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
         msg.attributes.push(RouteAttribute::Oif(index));
         self.request(RTM_NEWROUTE, &msg, NLM_F_CREATE | NLM_F_REPLACE)
+    }
+
+    fn arp_notify(&mut self, name: &str) -> io::Result<()> {
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{name}/arp_notify"), "1")
     }
 }
 
