@@ -88,15 +88,18 @@ fn main() {
         if let Some(up) = uptime() {
             log(format_args!("uptime at ready ({})", Millis(up)));
         }
+        let sshd = Sshd {
+            given: booted.config.ssh_host_key.clone(),
+            ..Sshd::guest()
+        };
         let mut agent = Agent::new(Arc::new(GuestPower));
-        agent.sshd = Sshd::guest().program.is_file();
+        agent.sshd = sshd.program.is_file();
         *agent.network.lock().expect("not yet shared") = booted.config.network.clone();
         let agent = Arc::new(agent);
         // The guest's own work, once the host's first command has run
         // (`background.rs`): host keys may take seconds to generate.
         let (reaper, waiting) = (agent.reaper, agent.clone());
         let initramfs = booted.initramfs;
-        let host_key = booted.config.ssh_host_key.clone();
         tokio::spawn(async move {
             waiting
                 .background
@@ -105,10 +108,6 @@ fn main() {
             if let Some(initramfs) = initramfs {
                 boot::free_initramfs_when_idle(initramfs);
             }
-            let sshd = Sshd {
-                given: host_key,
-                ..Sshd::guest()
-            };
             sshd.run(reaper).await
         });
         port::serve_forever(port, agent).await

@@ -314,18 +314,8 @@ impl Sshd {
     pub async fn prepare(&self, reaper: &'static Reaper) -> Vec<String> {
         if missing_host_keys(&self.root) {
             let start = Instant::now();
-            let made_by = match &self.given {
-                Some(key) if key.is_ed25519_pair() => "the host",
-                Some(_) => {
-                    log(format_args!(
-                        "sshd: the host's host key is not an Ed25519 key pair; making one"
-                    ));
-                    "ssh-keygen"
-                }
-                None => "ssh-keygen",
-            };
             match self.generate_host_keys(reaper).await {
-                Ok(()) => log(format_args!(
+                Ok(made_by) => log(format_args!(
                     "sshd: host key made by {made_by} ({})",
                     Millis::since(start)
                 )),
@@ -350,21 +340,34 @@ impl Sshd {
     /// there only if nothing is there by then: a guest snapshotted while
     /// making it (a warm image's) and restored has been given a key of its
     /// own by the host meanwhile ([`Sshd::install_host_key`]), which must
-    /// stay, as the host pinned it.
-    pub async fn generate_host_keys(&self, reaper: &'static Reaper) -> Result<(), SshdError> {
+    /// stay, as the host pinned it. Returns who made it: the host
+    /// ([`Sshd::given`]) or `ssh-keygen`.
+    pub async fn generate_host_keys(
+        &self,
+        reaper: &'static Reaper,
+    ) -> Result<&'static str, SshdError> {
         let at = |p: &str| self.root.join(p.trim_start_matches('/'));
         let pub_of = |p: &Path| PathBuf::from(format!("{}.pub", p.display()));
         let (made, dest) = (at(FIRST_HOST_KEY), at(HOST_KEY));
         for stale in [&made, &pub_of(&made)] {
             let _ = std::fs::remove_file(stale);
         }
-        match self.given.as_ref().filter(|k| k.is_ed25519_pair()) {
-            Some(key) => {
+        let made_by = match &self.given {
+            Some(key) if key.is_ed25519_pair() => {
                 self.make_etc_ssh()?;
-                write_key_pair(&made, key)?
+                write_key_pair(&made, key)?;
+                "the host"
             }
-            None => self.keygen_at(reaper, FIRST_HOST_KEY).await?,
-        }
+            given => {
+                if given.is_some() {
+                    log(format_args!(
+                        "sshd: the host's host key is not an Ed25519 key pair; making one"
+                    ));
+                }
+                self.keygen_at(reaper, FIRST_HOST_KEY).await?;
+                "ssh-keygen"
+            }
+        };
         let write_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| SshdError::Write { path, source }
@@ -384,7 +387,7 @@ impl Sshd {
                 "sshd: kept the host key the host gave this guest meanwhile"
             ));
         }
-        Ok(())
+        Ok(made_by)
     }
 
     /// `key` in place of the host key there is, and a running sshd told to

@@ -178,7 +178,8 @@ async fn a_first_boot_takes_the_hosts_key_and_runs_no_keygen() {
         public: "ssh-ed25519 HOST".into(),
     };
     sshd.given = Some(key.clone());
-    sshd.generate_host_keys(Reaper::global()).await.unwrap();
+    let made_by = sshd.generate_host_keys(Reaper::global()).await.unwrap();
+    assert_eq!(made_by, "the host");
     let private = root.path().join("etc/ssh/ssh_host_ed25519_key");
     assert_eq!(std::fs::read_to_string(&private).unwrap(), key.private);
     assert_eq!(std::fs::metadata(&private).unwrap().mode() & 0o777, 0o600);
@@ -199,7 +200,8 @@ async fn a_host_key_that_is_no_ed25519_pair_is_made_anew() {
         private: "not a key".into(),
         public: "ssh-rsa AAAA".into(),
     });
-    sshd.generate_host_keys(Reaper::global()).await.unwrap();
+    let made_by = sshd.generate_host_keys(Reaper::global()).await.unwrap();
+    assert_eq!(made_by, "ssh-keygen");
     assert_eq!(
         std::fs::read_to_string(root.path().join("etc/ssh/ssh_host_ed25519_key")).unwrap(),
         "generated\n"
