@@ -648,7 +648,9 @@ fn image_view(rec: ImageRecord) -> Image {
 }
 
 /// Looks for the agent: config, `BANGER_AGENT_BIN`, next to this
-/// executable, the static build beside a cargo target dir, the install dir.
+/// executable, the static build beside a cargo target dir, the install dir
+/// of this executable's prefix (`PREFIX/bin/bangerd` →
+/// `PREFIX/lib/banger/banger-agent`, where `scripts/setup` puts it).
 /// Only a statically linked agent will do (the guest runs it as PID 1 with
 /// no loader or libc): one named by config or the environment is refused
 /// when it is not; one found by looking is skipped, with a warning, since a
@@ -667,7 +669,7 @@ pub fn find_agent_bin(configured: Option<&Path>) -> Result<PathBuf, Error> {
         dir.join("banger-agent"),
         dir.join("../x86_64-unknown-linux-gnu/release/banger-agent"),
         dir.join("../../x86_64-unknown-linux-gnu/release/banger-agent"),
-        PathBuf::from("/usr/local/lib/banger/banger-agent"),
+        dir.join("../lib/banger/banger-agent"),
     ])
 }
 
