@@ -123,6 +123,16 @@ fn a_user_without_privileges_builds_the_image_boots_and_sshes_in() {
     assert_eq!(chroot_dirs_of(user.uid), chroots_before, "chroot dirs left");
 
     env.assert_ssh_works("a");
+    // A restart finds the host's key in the work disk's authorized_keys
+    // (made on the host, by this user) and adds it no second time; sshd
+    // still takes it.
+    let keys = || env.ok(&["vm", "exec", "a", "--", "cat", "/root/.ssh/authorized_keys"]);
+    let before = keys();
+    assert_eq!(before.lines().count(), 1, "{before}");
+    env.ok(&["vm", "stop", "a"]);
+    env.ok(&["vm", "start", "a"]);
+    assert_eq!(keys(), before);
+    env.assert_ssh_works("a");
     // The guest's root user is root inside the guest, whoever runs banger.
     assert_eq!(env.ok(&["vm", "exec", "a", "--", "id", "-u"]), "0\n");
 
