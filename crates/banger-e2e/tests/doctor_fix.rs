@@ -105,3 +105,35 @@ fn doctor_lists_and_fix_removes_a_leaked_tap_dnsmasq_bridge_overlay_and_process(
             .any(|c| c["name"] == "leaks" && c["status"] == "pass")
     );
 }
+
+/// Another instance's runtime dir can end with this one's (`/tmp/x` +
+/// `/run/banger`): its VMs' processes carry paths that contain this
+/// instance's, and neither a daemon's start-up sweep nor `doctor --fix` may
+/// take them for its own. (The system daemon, started on demand, once
+/// killed a test instance's QEMU this way.)
+#[test]
+fn another_instance_whose_paths_end_like_ours_keeps_its_processes() {
+    if skip_unless_root_with("a network namespace", &["ip"]) {
+        return;
+    }
+    let env = Env::in_netns("network = \"none\"\n");
+    env.ok(&["vm", "list"]);
+    let ours = env.runtime_dir().join("vms/0123456789abcdef/qmp.sock");
+    let theirs = format!("/tmp/elsewhere{}", ours.display());
+    let mut other = Command::new("sh")
+        .args(["-c", "sleep 600"])
+        .arg(format!("unix:{theirs},server=on"))
+        .spawn()
+        .unwrap();
+    let pid = other.id();
+
+    let found = leaks(&env.json(&["doctor", "--json"]));
+    assert!(found.is_empty(), "not ours to list: {found:?}");
+    env.ok(&["doctor", "--fix"]);
+    // A daemon's start-up reconcile sweeps too.
+    env.ok(&["daemon", "stop"]);
+    env.ok(&["vm", "list"]);
+    assert!(process_alive(pid), "the other instance's process survives");
+    other.kill().unwrap();
+    let _ = other.wait();
+}

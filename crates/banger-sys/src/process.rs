@@ -149,10 +149,11 @@ fn parse_uids(status: &str) -> Option<(u32, u32)> {
     Some((ids.next()??, ids.next()??))
 }
 
-/// Live processes of the calling user with an argument that contains
-/// `needle` (a path under a directory only this user can use), with their
-/// arguments. For finding what a killed daemon left running.
-pub fn with_arg(needle: &str) -> Vec<(u32, Vec<String>)> {
+/// Live processes of the calling user with an argument that names a path
+/// starting with `dir` (a directory only this user can use, ending in
+/// `/`; see [`names_path_in`]), with their arguments. For finding what a
+/// killed daemon left running.
+pub fn with_path_arg(dir: &str) -> Vec<(u32, Vec<String>)> {
     let me = euid();
     let Ok(proc_dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -163,9 +164,22 @@ pub fn with_arg(needle: &str) -> Vec<(u32, Vec<String>)> {
         .filter(|pid| *pid != own_pid())
         .filter_map(|pid| {
             let id = identity(pid)?;
-            (id.uid == me && id.args.iter().any(|a| a.contains(needle))).then_some((pid, id.args))
+            (id.uid == me && id.args.iter().any(|a| names_path_in(a, dir)))
+                .then_some((pid, id.args))
         })
         .collect()
+}
+
+/// True when `arg` names a path that starts with `dir`: `dir` begins the
+/// argument or a value in it (after `=`, `:` or `,`, as in QEMU's
+/// `path=/…` and `unix:/…`). A longer path that merely ends with `dir`
+/// does not count: another instance's `/tmp/x/run/banger/vms/…` is not
+/// under `/run/banger/vms/`, and its processes are not this one's to kill.
+pub fn names_path_in(arg: &str, dir: &str) -> bool {
+    !dir.is_empty()
+        && arg
+            .match_indices(dir)
+            .any(|(at, _)| at == 0 || matches!(arg.as_bytes()[at - 1], b'=' | b':' | b','))
 }
 
 /// Sends `signal` to `pid`; a pid that is already gone is not an error.
@@ -401,6 +415,28 @@ mod tests {
     }
 
     #[test]
+    fn a_path_is_named_where_an_argument_or_a_value_in_it_begins() {
+        let dir = "/run/banger/vms/";
+        for named in [
+            "/run/banger/vms/ab/console.log",
+            "file,id=console,path=/run/banger/vms/ab/console.log,append=on",
+            "unix:/run/banger/vms/ab/qmp.sock,server=on,wait=off",
+            "x,/run/banger/vms/ab",
+        ] {
+            assert!(names_path_in(named, dir), "{named}");
+        }
+        for other in [
+            "/tmp/bx/run/banger/vms/ab/console.log",
+            "path=/home/u/run/banger/vms/ab/qmp.sock",
+            "/run/banger/vmsx/ab",
+            "",
+        ] {
+            assert!(!names_path_in(other, dir), "{other}");
+        }
+        assert!(!names_path_in("/anything", ""));
+    }
+
+    #[test]
     fn processes_are_found_by_an_argument_they_carry() {
         let needle = format!("/tmp/banger-needle-{}", rand_suffix());
         // `$0` of the shell carries the needle. It waits in a builtin: a
@@ -416,14 +452,16 @@ mod tests {
         };
         // Until its exec, the child still carries the test binary's argv.
         let t0 = std::time::Instant::now();
-        let mut found = with_arg(&needle);
+        let mut found = with_path_arg(&needle);
         while found.is_empty() && t0.elapsed() < std::time::Duration::from_secs(5) {
             std::thread::sleep(std::time::Duration::from_millis(10));
-            found = with_arg(&needle);
+            found = with_path_arg(&needle);
         }
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].0, child.id());
-        assert!(with_arg("/tmp/banger-no-such-needle").is_empty());
+        assert!(with_path_arg("/tmp/banger-no-such-needle").is_empty());
+        // The same path's tail is not it.
+        assert!(with_path_arg(&needle["/tmp".len()..]).is_empty());
         child.kill().unwrap();
         child.wait().unwrap();
     }

@@ -38,9 +38,12 @@ impl Lifecycle {
             .iter()
             .filter_map(|v| Some((v.id.clone(), self.runtime.get(&v.name)?.handles.pid)))
             .collect();
-        for (pid, args) in banger_sys::process::with_arg(&mark) {
+        for (pid, args) in banger_sys::process::with_path_arg(&mark) {
             let owned = running.iter().any(|(id, p)| {
-                *p == pid || args.iter().any(|a| a.contains(&format!("{mark}{id}/")))
+                *p == pid
+                    || args
+                        .iter()
+                        .any(|a| banger_sys::process::names_path_in(a, &format!("{mark}{id}/")))
             });
             if owned {
                 continue;

@@ -28,8 +28,9 @@ use std::time::Duration;
 
 impl Lifecycle {
     /// Kills processes that carry a VM socket path of this instance (its
-    /// runtime dir is owner-only, so nobody else's) but belong to no
-    /// adopted VM: an engine, or a helper like passt, started by a daemon
+    /// runtime dir is owner-only, so nobody else's; another instance's
+    /// longer path that ends the same, `/tmp/x/run/banger/vms/…` against
+    /// `/run/banger/vms/`, is not this one's) but belong to no adopted VM: an engine, or a helper like passt, started by a daemon
     /// killed before it could record it.
     fn sweep_orphans(&self, adopted: &[(VmRecord, Running)]) {
         let vms_dir = self.paths.runtime_dir.join("vms");
@@ -38,11 +39,12 @@ impl Lifecycle {
             .iter()
             .map(|(vm, _)| format!("{}{}/", mark, vm.id))
             .collect();
-        for (pid, args) in banger_sys::process::with_arg(&mark) {
+        for (pid, args) in banger_sys::process::with_path_arg(&mark) {
             if adopted.iter().any(|(_, r)| r.handles.pid == pid)
-                || args
-                    .iter()
-                    .any(|a| kept.iter().any(|k| a.contains(k.as_str())))
+                || args.iter().any(|a| {
+                    kept.iter()
+                        .any(|k| banger_sys::process::names_path_in(a, k))
+                })
             {
                 continue;
             }
