@@ -429,9 +429,10 @@ pub struct WarmArgs {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Preset to build: minimal or debian.
-    #[arg(long, default_value = "minimal", conflicts_with = "from_manifest")]
-    pub preset: String,
+    /// Preset to build: minimal or debian [default: the one --name names,
+    /// else minimal].
+    #[arg(long, conflicts_with = "from_manifest")]
+    pub preset: Option<String>,
     /// Build again the image a manifest describes (an image's
     /// manifest.json or its directory): same preset, suite, packages and
     /// kernel; reports every package whose version differs.

@@ -24,10 +24,13 @@ pub async fn build(ctx: &Context, args: BuildArgs) -> anyhow::Result<i32> {
         .as_deref()
         .map(|p| absolute(p, "manifest"))
         .transpose()?;
+    let preset = args
+        .preset
+        .unwrap_or_else(|| default_preset(args.name.as_deref()));
     let client = ctx.client().await?;
     let body = BuildImage {
         name: args.name,
-        preset: args.preset,
+        preset,
         force: args.force,
         packages: args.packages,
         suite: args.suite,
@@ -36,6 +39,15 @@ pub async fn build(ctx: &Context, args: BuildArgs) -> anyhow::Result<i32> {
     let op: OperationRef = client.post("/v1/images/build", &body).await?;
     progress::follow(&client, &op, Style::for_stderr()).await?;
     Ok(0)
+}
+
+/// The preset `image build` makes without `--preset`: the one the image's
+/// name names (`--name debian --force` rebuilds a debian, not a busybox
+/// image called debian), else minimal.
+fn default_preset(name: Option<&str>) -> String {
+    name.filter(|n| n.parse::<banger_api::Preset>().is_ok())
+        .unwrap_or("minimal")
+        .to_string()
 }
 
 pub async fn register(ctx: &Context, args: RegisterArgs) -> anyhow::Result<i32> {
@@ -218,6 +230,14 @@ mod tests {
     use banger_api::ImageFile;
 
     use super::*;
+
+    #[test]
+    fn without_a_preset_the_name_picks_it_when_it_names_one() {
+        assert_eq!(default_preset(Some("debian")), "debian");
+        assert_eq!(default_preset(Some("minimal")), "minimal");
+        assert_eq!(default_preset(Some("work")), "minimal");
+        assert_eq!(default_preset(None), "minimal");
+    }
 
     fn image() -> Image {
         Image {
