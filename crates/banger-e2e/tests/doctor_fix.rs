@@ -128,12 +128,13 @@ fn another_instance_whose_paths_end_like_ours_keeps_its_processes() {
     let pid = other.id();
 
     let found = leaks(&env.json(&["doctor", "--json"]));
-    assert!(found.is_empty(), "not ours to list: {found:?}");
     env.ok(&["doctor", "--fix"]);
     // A daemon's start-up reconcile sweeps too.
     env.ok(&["daemon", "stop"]);
     env.ok(&["vm", "list"]);
-    assert!(process_alive(pid), "the other instance's process survives");
-    other.kill().unwrap();
+    let survived = process_alive(pid);
+    let _ = other.kill();
     let _ = other.wait();
+    assert!(found.is_empty(), "not ours to list: {found:?}");
+    assert!(survived, "the other instance's process survives");
 }

@@ -30,8 +30,9 @@ impl Lifecycle {
     /// Kills processes that carry a VM socket path of this instance (its
     /// runtime dir is owner-only, so nobody else's; another instance's
     /// longer path that ends the same, `/tmp/x/run/banger/vms/…` against
-    /// `/run/banger/vms/`, is not this one's) but belong to no adopted VM: an engine, or a helper like passt, started by a daemon
-    /// killed before it could record it.
+    /// `/run/banger/vms/`, is not this one's) but belong to no adopted VM:
+    /// an engine, or a helper like passt, started by a daemon killed
+    /// before it could record it.
     fn sweep_orphans(&self, adopted: &[(VmRecord, Running)]) {
         let vms_dir = self.paths.runtime_dir.join("vms");
         let mark = format!("{}/", vms_dir.display());
