@@ -486,6 +486,14 @@ impl Env {
         assert!(String::from_utf8_lossy(&out.stdout).starts_with("git version"));
         let out = self.run(&["vm", "ssh", vm, "--", "sh", "-c", "exit 3"]);
         assert_eq!(out.status.code(), Some(3), "ssh passes the exit code");
+        // One word is a command line for the guest's shell, as with ssh.
+        let out = self.run(&["vm", "ssh", vm, "--", "echo one && exit 4"]);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "a command line runs in the shell"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "one\n");
     }
 
     /// Serves `body` over HTTP on `guest_port` inside `vm` (python3's

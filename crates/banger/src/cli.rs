@@ -199,7 +199,9 @@ pub struct CpArgs {
 #[derive(Debug, Args)]
 pub struct SshArgs {
     pub name: String,
-    /// Command to run instead of a login shell, after `--`.
+    /// Command to run instead of a login shell, after `--`: one word is a
+    /// command line for the guest's shell (as with ssh: `-- 'cd repo && make'`),
+    /// several are an argv, each word passed as it is.
     #[arg(trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
 }

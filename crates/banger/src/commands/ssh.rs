@@ -38,14 +38,7 @@ pub async fn ssh(ctx: &Context, args: crate::cli::SshArgs) -> anyhow::Result<i32
     argv.push(format!("{}@{}", target.user, target.host));
     if !args.command.is_empty() {
         argv.push("--".into());
-        // ssh joins the remote command with spaces for the guest's shell: quote each word.
-        argv.push(
-            args.command
-                .iter()
-                .map(|a| shell_quote(a))
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
+        argv.push(remote_command(&args.command));
     }
     match ctx.spawner.exec(&Cmd::new("ssh").args(&argv)) {
         // The hint already says what to install.
@@ -287,6 +280,20 @@ pub async fn proxy(ctx: &Context, name: &str, port: u16) -> anyhow::Result<i32> 
     Ok(0)
 }
 
+/// The command line the guest's shell runs for `words`: one word is a
+/// command line already, as with `ssh host 'cd x && make'`; several are
+/// an argv, each word quoted, so `vm ssh web -- ls 'a b'` lists one file.
+fn remote_command(words: &[String]) -> String {
+    match words {
+        [line] => line.clone(),
+        _ => words
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
 /// Single-quotes a word for a POSIX shell unless it is plainly safe.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
@@ -335,6 +342,17 @@ mod tests {
             ..target(false)
         };
         assert!(ssh_options(&bad, "web", Path::new("/c"), Path::new("/b")).is_err());
+    }
+
+    #[test]
+    fn one_word_is_a_command_line_and_several_an_argv() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(remote_command(&words(&["cd /x && make"])), "cd /x && make");
+        assert_eq!(remote_command(&words(&["ls", "a b"])), "ls 'a b'");
+        assert_eq!(
+            remote_command(&words(&["git", "--version"])),
+            "git --version"
+        );
     }
 
     #[test]
