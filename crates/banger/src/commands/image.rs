@@ -45,8 +45,8 @@ pub async fn build(ctx: &Context, args: BuildArgs) -> anyhow::Result<i32> {
 /// name names (`--name debian --force` rebuilds a debian, not a busybox
 /// image called debian), else minimal.
 fn default_preset(name: Option<&str>) -> String {
-    name.filter(|n| n.parse::<banger_api::Preset>().is_ok())
-        .unwrap_or("minimal")
+    name.and_then(|n| n.parse::<banger_api::Preset>().ok())
+        .unwrap_or(banger_api::Preset::Minimal)
         .to_string()
 }
 
