@@ -98,6 +98,11 @@ fn project(root: &Path, home: &Path) -> PathBuf {
     git(&repo, home, &["init", "-q", "-b", "main"]);
     std::fs::write(repo.join(".gitignore"), "build/\n").unwrap();
     std::fs::write(repo.join("src/main.txt"), "one\n").unwrap();
+    std::fs::write(
+        repo.join("Makefile"),
+        "test:\n\t@echo make test in $(CURDIR)\n\t@exit 3\n",
+    )
+    .unwrap();
     git(&repo, home, &["add", "."]);
     git(&repo, home, &["commit", "-qm", "first commit"]);
     std::fs::write(repo.join("src/main.txt"), "two\n").unwrap();
@@ -177,6 +182,22 @@ fn a_workspace_is_a_real_checkout_and_its_commits_come_back() {
         "/root/repo/src\nadd submodule\nsecond commit\nfirst commit\n{head}{host_status}three, uncommitted\n"
     );
     assert_eq!(out, expected, "the guest's checkout is the host's");
+
+    // The README's first line: `vm run -- make test` at the checkout's top
+    // runs make there (the image has it) and exits with make's code.
+    let out = b.run(
+        &repo,
+        &["vm", "run", "--name", "work", "--", "make", "test"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "make test in /root/repo\n"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Error 3"),
+        "make's own complaint reaches the terminal"
+    );
+    assert_eq!(out.status.code(), Some(2), "make's exit code is vm run's");
 
     // File sync: a file with its mode, a directory with its files' modes,
     // a missing host path skipped.

@@ -226,6 +226,7 @@ fn debian_image_builds_with_mmdebstrap() {
     for path in [
         "/usr/sbin/sshd",
         "/usr/bin/git",
+        "/usr/bin/make",
         "/usr/bin/python3",
         "/usr/bin/sudo",
     ] {

@@ -52,6 +52,8 @@ use scratch::ChrootDir;
 pub const BASE_PACKAGES: &[&str] = &[
     "openssh-server",
     "git",
+    // `banger vm run -- make test`, the first thing a user types.
+    "make",
     "ca-certificates",
     "iproute2",
     "sudo",
@@ -363,6 +365,7 @@ mod tests {
                 "iproute2",
                 "kmod",
                 "libstdc++6",
+                "make",
                 "openssh-server",
                 "python3",
                 "sudo",
