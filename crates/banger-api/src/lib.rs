@@ -38,6 +38,7 @@
 //! | POST | `/v1/vms/{name}/snapshots` | [`TakeSnapshot`] → 202 [`OperationRef`] |
 //! | DELETE | `/v1/vms/{name}/snapshots/{s}` | → 204 |
 //! | POST | `/v1/vms/{name}/restore` | [`RestoreSnapshot`] → 202 [`OperationRef`] |
+//! | POST | `/v1/web` | → [`WebAddress`]; the web page's listener starts on the first call |
 //!
 //! Every error is an [`ApiError`] body with a stable [`ErrorCode`]. Request
 //! bodies refuse fields they do not have (`invalid`, naming the field), so
@@ -48,6 +49,7 @@ pub mod modes;
 pub mod paths;
 pub mod snapshot;
 pub mod text;
+pub mod units;
 
 pub use error::ErrorCode;
 pub use modes::{EngineKind, NetworkMode, Preset, SessionState, UnknownWord, WorkspaceMode};
@@ -516,6 +518,13 @@ pub struct StartSession {
     pub cwd: Option<String>,
     #[serde(default)]
     pub env: Vec<(String, String)>,
+}
+
+/// `POST /v1/web`: where the web page is, with its key in the query (the
+/// page sets it as a cookie and drops it from the address).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WebAddress {
+    pub url: String,
 }
 
 /// A guest session as `session list` shows it.

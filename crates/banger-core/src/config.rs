@@ -80,6 +80,9 @@ pub struct Config {
     /// every dynamically linked exec ~20 ms there; KVM guests always
     /// have it).
     pub tcg_aslr: bool,
+    /// The web page's port on 127.0.0.1 (`banger web`); 0: a free one,
+    /// picked when it is first asked for.
+    pub web_port: u16,
 }
 
 impl Default for Config {
@@ -108,6 +111,7 @@ impl Default for Config {
             file_sync: Vec::new(),
             api_group: None,
             tcg_aslr: false,
+            web_port: 0,
         }
     }
 }

@@ -29,6 +29,10 @@ pub enum Command {
     /// Inspect or stop the banger daemon.
     #[command(subcommand)]
     Daemon(DaemonCommand),
+    /// Print the address of the web page that shows VMs, images, sessions,
+    /// snapshots and consoles (on 127.0.0.1, with its key; open it in a
+    /// browser on this host).
+    Web(JsonFlag),
 }
 
 #[derive(Debug, Subcommand)]

@@ -37,42 +37,7 @@ pub fn parse_size_mib(input: &str) -> Result<u64, String> {
     Ok(mib as u64)
 }
 
-/// `512` → `512M`, `2048` → `2G`, `1536` → `1536M`.
-pub fn format_mib(mib: u64) -> String {
-    if mib >= 1024 && mib.is_multiple_of(1024) {
-        format!("{}G", mib / 1024)
-    } else {
-        format!("{mib}M")
-    }
-}
-
-/// Bytes as a short size: `900B`, `12K`, `34M`, `1.2G`.
-pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || value >= 10.0 {
-        format!("{}{}", value.round() as u64, UNITS[unit])
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
-}
-
-/// Age of something created at `created_at` (unix seconds), seen at `now`:
-/// the largest whole unit, `5s`, `3m`, `2h`, `4d`. Clock skew reads as `0s`.
-pub fn format_age(now: i64, created_at: i64) -> String {
-    let secs = (now - created_at).max(0);
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86_400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
-}
+pub use banger_api::units::{format_age, format_bytes, format_mib};
 
 /// Durations of stages and operations: `123 ms`, `2.6 s`, `1m 05s`.
 pub fn format_duration_ms(ms: u64) -> String {
@@ -113,26 +78,6 @@ mod tests {
         assert!(parse_size_mib("1.2.3G").is_err());
         assert!(parse_size_mib("0").unwrap_err().contains("at least 1M"));
         assert!(parse_size_mib("1.5").unwrap_err().contains("whole number"));
-    }
-
-    #[test]
-    fn mib_and_bytes_format_short() {
-        assert_eq!(format_mib(512), "512M");
-        assert_eq!(format_mib(2048), "2G");
-        assert_eq!(format_mib(1536), "1536M");
-        assert_eq!(format_bytes(900), "900B");
-        assert_eq!(format_bytes(5 * 1024 * 1024), "5.0M");
-        assert_eq!(format_bytes(34 * 1024 * 1024), "34M");
-        assert_eq!(format_bytes(1288490188), "1.2G");
-    }
-
-    #[test]
-    fn ages_use_the_largest_whole_unit() {
-        assert_eq!(format_age(1000, 995), "5s");
-        assert_eq!(format_age(1000, 1010), "0s");
-        assert_eq!(format_age(200, 0), "3m");
-        assert_eq!(format_age(2 * 3600 + 59, 0), "2h");
-        assert_eq!(format_age(4 * 86_400 + 7, 0), "4d");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub struct AppState {
     pub paths: Paths,
     pub started_at: i64,
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
+    pub web: Arc<crate::web::Web>,
 }
 
 impl AppState {
@@ -40,6 +41,7 @@ impl AppState {
         services: &Services,
         paths: Paths,
         shutdown: tokio::sync::watch::Sender<bool>,
+        web_port: u16,
     ) -> AppState {
         AppState {
             vms: services.vms.clone(),
@@ -52,6 +54,7 @@ impl AppState {
             paths,
             started_at: banger_sys::clock::unix_now(),
             shutdown: Arc::new(shutdown),
+            web: Arc::new(crate::web::Web::new(web_port)),
         }
     }
 }
@@ -114,6 +117,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/doctor", get(doctor))
         .route("/v1/doctor/fix", post(doctor_fix))
+        .route("/v1/web", post(crate::web::address))
         .with_state(state)
 }
 
@@ -435,7 +439,7 @@ mod tests {
         let deps = banger_core::Deps::system(&config, &paths).unwrap();
         let services = Services::new(paths.clone(), config, store, deps).unwrap();
         let (tx, _rx) = tokio::sync::watch::channel(false);
-        app(AppState::new(&services, paths, tx))
+        app(AppState::new(&services, paths, tx, 0))
     }
 
     async fn call(

@@ -13,6 +13,7 @@ mod exec;
 mod peer;
 mod sessions;
 mod streams;
+mod web;
 
 use anyhow::Context;
 use banger_api::paths::Paths;
@@ -70,6 +71,7 @@ async fn run() -> anyhow::Result<()> {
     }
     let _lock = lock;
     let api_group = config.api_group.clone();
+    let web_port = config.web_port;
     let store = Store::open(&paths.state_dir.join("banger.db"))?;
     let deps = Deps::system(&config, &paths)?;
     let services = Services::new(paths.clone(), config, store, deps)?;
@@ -100,7 +102,12 @@ async fn run() -> anyhow::Result<()> {
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "bangerd listening");
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let app = api::app(api::AppState::new(&services, paths.clone(), shutdown_tx));
+    let app = api::app(api::AppState::new(
+        &services,
+        paths.clone(),
+        shutdown_tx,
+        web_port,
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {
         tokio::select! {

@@ -14,6 +14,7 @@ pub mod snapshot;
 pub mod ssh;
 pub mod vm;
 pub mod vm_run;
+pub mod web;
 pub mod workspace;
 
 use std::path::PathBuf;
@@ -98,6 +99,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<i32> {
         },
         Command::Doctor(args) => doctor::run(ctx, args.json, args.fix).await,
         Command::Daemon(cmd) => daemon_cmd::run(ctx, cmd).await,
+        Command::Web(flag) => web::run(ctx, flag.json).await,
     }
 }
 

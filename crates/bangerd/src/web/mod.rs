@@ -1,0 +1,412 @@
+//! The web page: the daemon's state as HTML on 127.0.0.1, read-only, from
+//! the same services the `/v1` API calls. Nothing listens until a client
+//! asks where it is (`POST /v1/web`, `banger web`), through the API's own
+//! socket and its peer check; the answer carries a key of 256 random bits
+//! made at start, and the page serves nobody without it:
+//!
+//! - any other local user can connect to 127.0.0.1, so every request needs
+//!   the key, as a cookie (`HttpOnly`, `SameSite=Strict`, named after the
+//!   port so two daemons' keys do not overwrite each other) or once in the
+//!   query, which answers with that cookie and a redirect to the same page
+//!   without it;
+//! - the `Host` header must name 127.0.0.1 or localhost at this port, so a
+//!   web site that rebinds its own name to 127.0.0.1 gets nothing;
+//! - every answer forbids framing, inline script, sniffing, caching and
+//!   sending the address on (`Referrer-Policy`), and the page has no forms:
+//!   it changes nothing.
+//!
+//! The page reloads itself when what it shows changes: `/events` is a
+//! server-sent event stream that compares a digest of that state, each
+//! second, with the one the page was rendered from.
+
+mod page;
+
+use crate::api::{AppState, HttpError};
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use banger_api::{ErrorCode, VmState, WebAddress};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How much of the console's end the VM page shows.
+const CONSOLE_TAIL: u64 = 16 * 1024;
+/// How long the page waits for a guest to list its sessions.
+const SESSIONS_WAIT: Duration = Duration::from_secs(2);
+
+pub struct Web {
+    key: String,
+    port: u16,
+    bound: tokio::sync::Mutex<Option<SocketAddr>>,
+}
+
+impl Web {
+    /// `port`: the configured one; 0 for any free port.
+    pub fn new(port: u16) -> Web {
+        let bytes: [u8; 32] = rand::random();
+        Web {
+            key: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            port,
+            bound: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn cookie_name(port: u16) -> String {
+        format!("banger_{port}")
+    }
+
+    fn key_is(&self, given: &str) -> bool {
+        // Every byte compared, whatever the first difference.
+        given.len() == self.key.len()
+            && given
+                .bytes()
+                .zip(self.key.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+/// `POST /v1/web`: the page's address with its key, listening from now on.
+pub async fn address(State(s): State<AppState>) -> Result<axum::Json<WebAddress>, HttpError> {
+    let mut bound = s.web.bound.lock().await;
+    let addr = match *bound {
+        Some(addr) => addr,
+        None => {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", s.web.port))
+                .await
+                .map_err(|e| {
+                    crate::api::error(
+                        ErrorCode::Host,
+                        format!(
+                            "the web page cannot listen on 127.0.0.1:{}: {e}; set web_port to a free port in the config",
+                            s.web.port
+                        ),
+                    )
+                })?;
+            let addr = listener.local_addr().map_err(|e| {
+                crate::api::error(ErrorCode::Host, format!("the web page's address: {e}"))
+            })?;
+            let app = router(s.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::warn!(error = %e, "the web page stopped");
+                }
+            });
+            tracing::info!(%addr, "web page listening");
+            *bound = Some(addr);
+            addr
+        }
+    };
+    Ok(axum::Json(WebAddress {
+        url: format!("http://{addr}/?key={}", s.web.key),
+    }))
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(overview))
+        .route("/vms/{name}", get(vm_page))
+        .route("/vms/{name}/console.txt", get(crate::streams::vm_logs))
+        .route("/events", get(events))
+        .route(
+            "/app.js",
+            get(|| async { text("text/javascript", page::SCRIPT) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { text("text/css", page::STYLE) }),
+        )
+        .fallback(|| async {
+            html(
+                StatusCode::NOT_FOUND,
+                page::message("Not found", "This page does not exist."),
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+fn text(kind: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (status, Html(body)).into_response()
+}
+
+/// The key and the host, checked before any page; the headers that make
+/// the answer inert elsewhere, added to every one.
+async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let mut resp = check(&s, req, next).await;
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    resp
+}
+
+async fn check(s: &AppState, req: Request, next: Next) -> Response {
+    let Some(port) = s.web.bound.lock().await.map(|a| a.port()) else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if host != format!("127.0.0.1:{port}") && host != format!("localhost:{port}") {
+        return html(
+            StatusCode::FORBIDDEN,
+            page::message(
+                "Wrong address",
+                &format!("This page answers only as http://127.0.0.1:{port}/."),
+            ),
+        );
+    }
+    let cookie = Web::cookie_name(port);
+    if let Some(given) = query_key(req.uri().query()) {
+        if !s.web.key_is(given) {
+            return denied();
+        }
+        let mut resp = StatusCode::SEE_OTHER.into_response();
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(req.uri().path()) {
+            h.insert(header::LOCATION, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "{cookie}={}; Path=/; HttpOnly; SameSite=Strict",
+            s.web.key
+        )) {
+            h.insert(header::SET_COOKIE, v);
+        }
+        return resp;
+    }
+    if cookie_value(req.headers(), &cookie).is_some_and(|v| s.web.key_is(v)) {
+        next.run(req).await
+    } else {
+        denied()
+    }
+}
+
+fn denied() -> Response {
+    html(
+        StatusCode::UNAUTHORIZED,
+        page::message(
+            "This page needs its key",
+            "Run `banger web` for its address, key included.",
+        ),
+    )
+}
+
+fn query_key(query: Option<&str>) -> Option<&str> {
+    query?.split('&').find_map(|kv| kv.strip_prefix("key="))
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+fn not_found_page(e: banger_core::Error) -> Response {
+    let api = e.to_api();
+    let status = crate::api::status_of(api.code);
+    html(status, page::message("banger", &api.message))
+}
+
+async fn overview(State(s): State<AppState>) -> Response {
+    let vms = match s.vms.list() {
+        Ok(v) => v,
+        Err(e) => return not_found_page(e),
+    };
+    let images = s.images.list().unwrap_or_default();
+    let now = banger_sys::clock::unix_now();
+    let state_dir = s.paths.state_dir.display().to_string();
+    let daemon = page::Daemon {
+        version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+        state_dir: &state_dir,
+        started_at: s.started_at,
+    };
+    let body = page::overview(&daemon, &vms, &images, now);
+    let digest = digest(&s, None).await;
+    html(
+        StatusCode::OK,
+        page::document("banger", &digest, None, &body),
+    )
+}
+
+async fn vm_page(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let vm = match s.vms.show(&name) {
+        Ok(v) => v,
+        Err(e) => return not_found_page(e),
+    };
+    let snapshots = s.vms.snapshots(&name).unwrap_or_default();
+    let sessions = sessions(&s, &vm).await;
+    let (console, console_cut) = match s.vms.console_log(&name) {
+        Ok(path) => {
+            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let from = len.saturating_sub(CONSOLE_TAIL);
+            let bytes = banger_core::console::read_at(&path, from, CONSOLE_TAIL);
+            // Start at a whole line when cut.
+            let start = if from > 0 {
+                bytes.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1)
+            } else {
+                0
+            };
+            (bytes[start..].to_vec(), from > 0)
+        }
+        Err(_) => (Vec::new(), false),
+    };
+    let extras = page::VmExtras {
+        sessions,
+        snapshots: &snapshots,
+        console: &console,
+        console_cut,
+    };
+    let body = page::vm(&vm, &extras, banger_sys::clock::unix_now());
+    let digest = digest(&s, Some(&name)).await;
+    html(
+        StatusCode::OK,
+        page::document(&vm.name, &digest, Some(&vm.name), &body),
+    )
+}
+
+async fn sessions(s: &AppState, vm: &banger_api::Vm) -> Result<Vec<banger_api::Session>, String> {
+    if vm.state != VmState::Running {
+        return Err(format!(
+            "The VM is {}: sessions are listed while it runs.",
+            vm.state
+        ));
+    }
+    match tokio::time::timeout(SESSIONS_WAIT, s.sessions.list(&vm.name)).await {
+        Ok(Ok(list)) => Ok(list),
+        Ok(Err(e)) => Err(format!(
+            "The guest did not list them: {}",
+            e.to_api().message
+        )),
+        Err(_) => Err("The guest did not list them in time.".into()),
+    }
+}
+
+/// What a page shows, hashed: every VM's state and address, images' warm
+/// snapshots and, for one VM's page, its snapshots and sessions.
+async fn digest(s: &AppState, vm: Option<&str>) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for v in s.vms.list().unwrap_or_default() {
+        (
+            &v.name,
+            v.state.as_str(),
+            &v.ip,
+            &v.paused,
+            &v.last_error,
+            v.pid,
+        )
+            .hash(&mut h);
+    }
+    for i in s.images.list().unwrap_or_default() {
+        let warm = i.warm.map(|w| (w.created_at, w.stale, w.standby));
+        (&i.name, i.size_bytes, warm).hash(&mut h);
+    }
+    if let Some(name) = vm {
+        for snap in s.vms.snapshots(name).unwrap_or_default() {
+            (&snap.name, snap.created_at).hash(&mut h);
+        }
+        if let Ok(v) = s.vms.show(name)
+            && let Ok(list) = sessions(s, &v).await
+        {
+            for ses in list {
+                (&ses.name, ses.state.as_str(), ses.exit_code, ses.signal).hash(&mut h);
+            }
+        }
+    }
+    format!("{:016x}", h.finish())
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    since: String,
+    #[serde(default)]
+    vm: Option<String>,
+}
+
+/// `event: change` once the page's digest differs from `since`; a comment
+/// every 15 s meanwhile, so a closed page is noticed.
+async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
+    let stream = futures::stream::unfold(Some((s, q, 0u32)), |st| async move {
+        let (s, q, mut ticks) = st?;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if digest(&s, q.vm.as_deref()).await != q.since {
+                return Some((
+                    Ok::<_, std::convert::Infallible>("event: change\ndata: \n\n".to_string()),
+                    None,
+                ));
+            }
+            ticks += 1;
+            if ticks.is_multiple_of(15) {
+                return Some((Ok(": still the same\n\n".to_string()), Some((s, q, ticks))));
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_compares_whole() {
+        let w = Web::new(0);
+        let key = w.key.clone();
+        assert_eq!(key.len(), 64);
+        assert!(w.key_is(&key));
+        assert!(!w.key_is(&key[..63]));
+        assert!(!w.key_is(""));
+        let mut other = key.into_bytes();
+        other[63] = if other[63] == b'0' { b'1' } else { b'0' };
+        assert!(!w.key_is(&String::from_utf8(other).unwrap()));
+        assert_ne!(Web::new(0).key, w.key, "a key per daemon");
+    }
+
+    #[test]
+    fn the_key_is_found_in_a_query_and_among_cookies() {
+        assert_eq!(query_key(Some("a=1&key=abc")), Some("abc"));
+        assert_eq!(query_key(Some("keys=abc")), None);
+        assert_eq!(query_key(None), None);
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("x=1; banger_80=k1"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("banger_8080=k2"));
+        assert_eq!(cookie_value(&h, "banger_80"), Some("k1"));
+        assert_eq!(cookie_value(&h, "banger_8080"), Some("k2"));
+        assert_eq!(cookie_value(&h, "banger_8"), None);
+    }
+}
