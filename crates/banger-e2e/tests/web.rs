@@ -1,0 +1,278 @@
+//! End-to-end: the web page of a real daemon showing a real VM, fetched over
+//! 127.0.0.1 as a browser would: nothing without the key, nothing under
+//! another host name, the key traded for a cookie, the VM, its session and
+//! its console shown with the guest's markup escaped, and the page told
+//! when the VM stops.
+
+use banger_e2e::{Env, boot_permit, skip};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = "default_memory_mib = 256\ndefault_disk_size_mib = 512\nnetwork = \"none\"\ndefault_image = \"minimal\"\n";
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn send(port: u16, path: &str, host: &str, cookie: Option<&str>) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("the page listens");
+    s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{cookie}\r\n"
+    )
+    .unwrap();
+    s
+}
+
+/// One request, the whole answer (chunked bodies put together).
+fn get(port: u16, path: &str, host: &str, cookie: Option<&str>) -> Reply {
+    let mut raw = Vec::new();
+    send(port, path, host, cookie)
+        .read_to_end(&mut raw)
+        .unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v == "chunked");
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[eol + 4 + size..];
+        }
+        body = out;
+    }
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn digest_of(page: &str) -> String {
+    let at = page.find("data-digest=\"").expect("a digest") + "data-digest=\"".len();
+    page[at..at + page[at..].find('"').unwrap()].to_string()
+}
+
+#[test]
+fn the_web_page_shows_vms_to_its_key_holder_only() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG).with_image();
+    let url = env.json(&["web", "--json"])["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rest = url
+        .strip_prefix("http://127.0.0.1:")
+        .unwrap_or_else(|| panic!("a loopback address: {url}"));
+    let (port, key) = rest.split_once("/?key=").expect("the key in the address");
+    let port: u16 = port.parse().unwrap();
+    assert_eq!(key.len(), 64, "256 bits of key");
+    assert_eq!(
+        env.ok(&["web"]),
+        format!("{url}\n"),
+        "the same address again"
+    );
+    let host = format!("127.0.0.1:{port}");
+
+    // Without the key, with a wrong one, or under another name: nothing.
+    let r = get(port, "/", &host, None);
+    assert_eq!(r.status, 401);
+    assert!(
+        r.body.contains("banger web"),
+        "says how to get in: {}",
+        r.body
+    );
+    assert!(
+        r.header("content-security-policy").is_some_and(
+            |c| c.contains("frame-ancestors 'none'") && c.contains("script-src 'self'")
+        ),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    let wrong = "0".repeat(64);
+    let r = get(port, &format!("/?key={wrong}"), &host, None);
+    assert_eq!(r.status, 401);
+    assert!(r.header("set-cookie").is_none());
+    let r = get(
+        port,
+        &format!("/?key={key}"),
+        &format!("rebound.example:{port}"),
+        None,
+    );
+    assert_eq!(r.status, 403, "a name rebound to 127.0.0.1 gets nothing");
+    assert!(r.header("set-cookie").is_none());
+    let r = get(port, "/", &host, Some(&format!("banger_{port}={wrong}")));
+    assert_eq!(r.status, 401);
+
+    // The key for a cookie, and the address without it.
+    let r = get(port, &format!("/?key={key}"), &host, None);
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/"));
+    assert_eq!(
+        r.header("set-cookie"),
+        Some(format!("banger_{port}={key}; Path=/; HttpOnly; SameSite=Strict").as_str())
+    );
+    let cookie = format!("banger_{port}={key}");
+    let cookie = Some(cookie.as_str());
+    let r = get(port, "/", &host, cookie);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("No VMs yet"), "{}", r.body);
+    assert!(r.body.contains("<td>minimal</td>"), "the image: {}", r.body);
+
+    // A VM, a session whose command carries markup, markup on its console.
+    let _permit = boot_permit();
+    env.ok(&["vm", "create", "--name", "shown"]);
+    env.ok(&[
+        "vm",
+        "session",
+        "start",
+        "shown",
+        "--name",
+        "marked",
+        "--",
+        "sh",
+        "-c",
+        "echo '<img src=x onerror=alert(1)>'; sleep 600",
+    ]);
+    env.ok(&[
+        "vm",
+        "exec",
+        "shown",
+        "--",
+        "sh",
+        "-c",
+        "echo '<script>alert(2)</script>' > /dev/console",
+    ]);
+    let r = get(port, "/", &host, cookie);
+    assert!(
+        r.body.contains("<a href=\"/vms/shown\">shown</a>"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains("<span class=\"state running\">running</span>")
+    );
+
+    let r = get(port, "/vms/shown", &host, cookie);
+    assert_eq!(r.status, 200);
+    let page = &r.body;
+    assert!(page.contains("<td>marked</td>"), "the session: {page}");
+    assert!(
+        page.contains("&lt;img src=x onerror=alert(1)&gt;"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<img"),
+        "the session's markup is shown, not run"
+    );
+    let console = &page[page.find("<pre class=\"console\">").expect("the console")..];
+    assert!(
+        console.contains("&lt;script&gt;alert(2)&lt;/script&gt;"),
+        "{console}"
+    );
+    assert!(
+        !page.contains("<script>alert"),
+        "the guest's markup is shown, not run"
+    );
+    assert!(
+        console.contains("banger-agent: ready"),
+        "the boot is there: {console}"
+    );
+    assert_eq!(
+        digest_of(page),
+        digest_of(&get(port, "/vms/shown", &host, cookie).body),
+        "nothing changed, nor did the digest"
+    );
+
+    // The whole console as text, never as a page.
+    let r = get(port, "/vms/shown/console.txt", &host, cookie);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain"))
+    );
+    assert!(r.body.contains("<script>alert(2)</script>"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+
+    // The page hears when the VM stops, and then shows it stopped.
+    let since = digest_of(page);
+    let events = send(
+        port,
+        &format!("/events?since={since}&vm=shown"),
+        &host,
+        cookie,
+    );
+    env.ok(&["vm", "stop", "shown"]);
+    let t0 = Instant::now();
+    let mut saw_change = false;
+    for line in BufReader::new(events).lines() {
+        let Ok(line) = line else { break };
+        if line == "event: change" {
+            saw_change = true;
+            break;
+        }
+    }
+    assert!(saw_change, "no change event in {:?}", t0.elapsed());
+    let r = get(port, "/vms/shown", &host, cookie);
+    assert!(
+        r.body
+            .contains("<span class=\"state stopped\">stopped</span>"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("sessions are listed while it runs"));
+
+    // Names that are not there.
+    let r = get(port, "/vms/absent", &host, cookie);
+    assert_eq!(r.status, 404);
+    assert!(
+        r.body.contains("no vm named &quot;absent&quot;"),
+        "{}",
+        r.body
+    );
+    assert_eq!(get(port, "/elsewhere", &host, cookie).status, 404);
+    env.ok(&["vm", "delete", "shown"]);
+}
