@@ -4,9 +4,11 @@
 //! its console shown with the guest's markup escaped, and the page told
 //! when the VM stops.
 
-use banger_e2e::{Env, boot_permit, skip};
+use banger_e2e::{Env, boot_permit, skip, which};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const CONFIG: &str = "default_memory_mib = 256\ndefault_disk_size_mib = 512\nnetwork = \"none\"\ndefault_image = \"minimal\"\n";
@@ -87,6 +89,38 @@ fn get(port: u16, path: &str, host: &str, cookie: Option<&str>) -> Reply {
     }
 }
 
+/// The page as a real browser leaves it (cookies kept in `profile`,
+/// scripts run), or None when there is no browser here.
+fn browser(profile: &Path, url: &str) -> Option<String> {
+    let Some(chromium) = which("chromium") else {
+        if std::env::var_os("BANGER_E2E_REQUIRED").is_some_and(|v| v == "1") {
+            panic!("chromium is missing (apt-get install chromium)");
+        }
+        println!("SKIPPED the browser's part: chromium is missing (apt-get install chromium)");
+        return None;
+    };
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(chromium)
+        // A throwaway profile, this test's page only.
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--dump-dom", url])
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn digest_of(page: &str) -> String {
     let at = page.find("data-digest=\"").expect("a digest") + "data-digest=\"".len();
     page[at..at + page[at..].find('"').unwrap()].to_string()
@@ -152,7 +186,10 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
     assert_eq!(r.header("location"), Some("/"));
     assert_eq!(
         r.header("set-cookie"),
-        Some(format!("banger_{port}={key}; Path=/; HttpOnly; SameSite=Strict").as_str())
+        Some(
+            format!("banger_{port}={key}; Path=/; Max-Age=2592000; HttpOnly; SameSite=Strict")
+                .as_str()
+        )
     );
     let cookie = format!("banger_{port}={key}");
     let cookie = Some(cookie.as_str());
@@ -195,6 +232,25 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
         r.body
             .contains("<span class=\"state running\">running</span>")
     );
+
+    // A real browser: the key traded for the cookie, the script run under
+    // the page's policy (it marks the page live), the cookie kept for the
+    // next page, the guest's markup text there and not an element.
+    let profile = env.root.path().join("browser");
+    if let Some(dom) = browser(&profile, &url) {
+        assert!(dom.contains("data-live=\"yes\""), "the script ran: {dom}");
+        assert!(dom.contains("<a href=\"/vms/shown\">shown</a>"), "{dom}");
+        let dom = browser(&profile, &format!("http://{host}/vms/shown")).unwrap();
+        assert!(
+            dom.contains("<td>marked</td>"),
+            "the cookie was kept: {dom}"
+        );
+        assert!(dom.contains("&lt;img src=x onerror=alert(1)&gt;"), "{dom}");
+        assert!(
+            !dom.contains("<img"),
+            "no element from the guest's text: {dom}"
+        );
+    }
 
     let r = get(port, "/vms/shown", &host, cookie);
     assert_eq!(r.status, 200);

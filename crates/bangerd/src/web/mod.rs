@@ -5,8 +5,9 @@
 //! made at start, and the page serves nobody without it:
 //!
 //! - any other local user can connect to 127.0.0.1, so every request needs
-//!   the key, as a cookie (`HttpOnly`, `SameSite=Strict`, named after the
-//!   port so two daemons' keys do not overwrite each other) or once in the
+//!   the key, as a cookie (`HttpOnly`, `SameSite=Strict`, kept 30 days or
+//!   until the daemon's next start makes a new key, named after the port
+//!   so two daemons' keys do not overwrite each other) or once in the
 //!   query, which answers with that cookie and a redirect to the same page
 //!   without it;
 //! - the `Host` header must name 127.0.0.1 or localhost at this port, so a
@@ -187,7 +188,7 @@ async fn check(s: &AppState, req: Request, next: Next) -> Response {
             h.insert(header::LOCATION, v);
         }
         if let Ok(v) = HeaderValue::from_str(&format!(
-            "{cookie}={}; Path=/; HttpOnly; SameSite=Strict",
+            "{cookie}={}; Path=/; Max-Age=2592000; HttpOnly; SameSite=Strict",
             s.web.key
         )) {
             h.insert(header::SET_COOKIE, v);

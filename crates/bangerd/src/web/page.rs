@@ -310,6 +310,7 @@ pub const SCRIPT: &str = r#"// banger: reload when the state this page shows cha
   var url = "/events?since=" + encodeURIComponent(body.dataset.digest || "");
   if (body.dataset.vm) url += "&vm=" + encodeURIComponent(body.dataset.vm);
   var events = new EventSource(url);
+  body.dataset.live = "yes";
   events.addEventListener("change", function () {
     events.close();
     location.reload();
