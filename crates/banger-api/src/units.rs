@@ -38,6 +38,18 @@ pub fn format_age(now: i64, created_at: i64) -> String {
     }
 }
 
+/// Durations of stages and operations: `123 ms`, `2.6 s`, `1m 05s`.
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        let secs = ms / 1000;
+        format!("{}m {:02}s", secs / 60, secs % 60)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +72,12 @@ mod tests {
         assert_eq!(format_age(200, 0), "3m");
         assert_eq!(format_age(2 * 3600 + 59, 0), "2h");
         assert_eq!(format_age(4 * 86_400 + 7, 0), "4d");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(format_duration_ms(123), "123 ms");
+        assert_eq!(format_duration_ms(2600), "2.6 s");
+        assert_eq!(format_duration_ms(65_000), "1m 05s");
     }
 }

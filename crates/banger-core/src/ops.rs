@@ -323,6 +323,25 @@ impl Operations {
         }
     }
 
+    /// The `limit` operations begun last, newest first: those still
+    /// running as they stand, the rest as recorded.
+    pub fn recent(&self, limit: usize) -> Result<Vec<Operation>, Error> {
+        let running: Vec<Operation> = self
+            .ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|o| !o.lock().done)
+            .map(|o| o.snapshot())
+            .collect();
+        let mut all = self.store.recent_operations(limit)?;
+        all.retain(|o| !running.iter().any(|r| r.id == o.id));
+        all.extend(running);
+        all.sort_by_key(|o| std::cmp::Reverse(o.started_at));
+        all.truncate(limit);
+        Ok(all)
+    }
+
     pub fn watch(&self, id: &str) -> Result<Watch, Error> {
         if let Some(op) = self.live(id) {
             return Ok(Watch::Live(op));
@@ -337,6 +356,24 @@ impl Operations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn recent_lists_running_operations_with_finished_ones() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let reg = Operations::new(store);
+        let done = reg.begin(OperationKind::Stop, "a");
+        reg.finish(&done, Ok(()));
+        let running = reg.begin(OperationKind::Create, "b");
+        running.begin_stage("engine", "start engine");
+        let recent = reg.recent(10).unwrap();
+        assert_eq!(recent.len(), 2, "{recent:?}");
+        let live = recent.iter().find(|o| o.id == running.id()).unwrap();
+        assert_eq!(live.state, OperationState::Running);
+        assert_eq!(live.stages.last().unwrap().label, "start engine");
+        let finished = recent.iter().find(|o| o.id == done.id()).unwrap();
+        assert_eq!(finished.state, OperationState::Succeeded);
+        assert_eq!(reg.recent(1).unwrap().len(), 1);
+    }
 
     #[tokio::test]
     async fn stages_are_timed_recorded_and_replayed() {

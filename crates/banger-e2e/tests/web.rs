@@ -232,6 +232,13 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
         r.body
             .contains("<span class=\"state running\">running</span>")
     );
+    assert!(
+        r.body.contains(
+            "<td>create</td><td>shown</td><td><span class=\"state succeeded\">succeeded</span></td>"
+        ),
+        "the create, done: {}",
+        r.body
+    );
 
     // A real browser: the key traded for the cookie, the script run under
     // the page's policy (it marks the page live), the cookie kept for the
@@ -320,6 +327,10 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
         r.body
     );
     assert!(r.body.contains("sessions are listed while it runs"));
+    let ops = &r.body[r.body.find("<h2>Operations</h2>").expect("its operations")..];
+    let stop = ops.find("<td>stop</td>").expect("the stop");
+    let create = ops.find("<td>create</td>").expect("the create");
+    assert!(stop < create, "newest first: {ops}");
 
     // Names that are not there.
     let r = get(port, "/vms/absent", &host, cookie);

@@ -37,19 +37,7 @@ pub fn parse_size_mib(input: &str) -> Result<u64, String> {
     Ok(mib as u64)
 }
 
-pub use banger_api::units::{format_age, format_bytes, format_mib};
-
-/// Durations of stages and operations: `123 ms`, `2.6 s`, `1m 05s`.
-pub fn format_duration_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else if ms < 60_000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    } else {
-        let secs = ms / 1000;
-        format!("{}m {:02}s", secs / 60, secs % 60)
-    }
-}
+pub use banger_api::units::{format_age, format_bytes, format_duration_ms, format_mib};
 
 #[cfg(test)]
 mod tests {
@@ -78,12 +66,5 @@ mod tests {
         assert!(parse_size_mib("1.2.3G").is_err());
         assert!(parse_size_mib("0").unwrap_err().contains("at least 1M"));
         assert!(parse_size_mib("1.5").unwrap_err().contains("whole number"));
-    }
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(format_duration_ms(123), "123 ms");
-        assert_eq!(format_duration_ms(2600), "2.6 s");
-        assert_eq!(format_duration_ms(65_000), "1m 05s");
     }
 }

@@ -35,6 +35,10 @@ use std::time::Duration;
 
 /// How much of the console's end the VM page shows.
 const CONSOLE_TAIL: u64 = 16 * 1024;
+/// How many operations the overview lists; a VM's page lists its own
+/// among this many.
+const OPERATIONS: usize = 15;
+const OPERATIONS_SEARCHED: usize = 200;
 /// How long the page waits for a guest to list its sessions.
 const SESSIONS_WAIT: Duration = Duration::from_secs(2);
 
@@ -248,7 +252,8 @@ async fn overview(State(s): State<AppState>) -> Response {
         state_dir: &state_dir,
         started_at: s.started_at,
     };
-    let body = page::overview(&daemon, &vms, &images, now);
+    let ops = s.ops.recent(OPERATIONS).unwrap_or_default();
+    let body = page::overview(&daemon, &vms, &images, &ops, now);
     let digest = digest(&s, None).await;
     html(
         StatusCode::OK,
@@ -278,11 +283,15 @@ async fn vm_page(State(s): State<AppState>, Path(name): Path<String>) -> Respons
         }
         Err(_) => (Vec::new(), false),
     };
+    let mut ops = s.ops.recent(OPERATIONS_SEARCHED).unwrap_or_default();
+    ops.retain(|o| o.target == name);
+    ops.truncate(OPERATIONS);
     let extras = page::VmExtras {
         sessions,
         snapshots: &snapshots,
         console: &console,
         console_cut,
+        operations: &ops,
     };
     let body = page::vm(&vm, &extras, banger_sys::clock::unix_now());
     let digest = digest(&s, Some(&name)).await;
@@ -310,7 +319,8 @@ async fn sessions(s: &AppState, vm: &banger_api::Vm) -> Result<Vec<banger_api::S
 }
 
 /// What a page shows, hashed: every VM's state and address, images' warm
-/// snapshots and, for one VM's page, its snapshots and sessions.
+/// snapshots, the operations and the stage each is in and, for one VM's
+/// page, its snapshots and sessions.
 async fn digest(s: &AppState, vm: Option<&str>) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -328,6 +338,9 @@ async fn digest(s: &AppState, vm: Option<&str>) -> String {
     for i in s.images.list().unwrap_or_default() {
         let warm = i.warm.map(|w| (w.created_at, w.stale, w.standby));
         (&i.name, i.size_bytes, warm).hash(&mut h);
+    }
+    for op in s.ops.recent(OPERATIONS).unwrap_or_default() {
+        (&op.id, page::word(op.state), op.stages.len()).hash(&mut h);
     }
     if let Some(name) = vm {
         for snap in s.vms.snapshots(name).unwrap_or_default() {

@@ -7,7 +7,7 @@
 
 use banger_api::text::escape_text;
 use banger_api::units::{format_age, format_bytes, format_mib};
-use banger_api::{Image, Session, Snapshot, Vm};
+use banger_api::{Image, Operation, OperationState, Session, Snapshot, Vm};
 use std::fmt::Write;
 
 /// `s` safe inside HTML text and double-quoted attributes.
@@ -75,7 +75,13 @@ fn address(vm: &Vm) -> String {
     parts.join(", ")
 }
 
-pub fn overview(daemon: &Daemon, vms: &[Vm], images: &[Image], now: i64) -> String {
+pub fn overview(
+    daemon: &Daemon,
+    vms: &[Vm],
+    images: &[Image],
+    ops: &[Operation],
+    now: i64,
+) -> String {
     let mut b = String::new();
     let _ = writeln!(
         b,
@@ -154,6 +160,55 @@ pub fn overview(daemon: &Daemon, vms: &[Vm], images: &[Image], now: i64) -> Stri
         }
         b.push_str("</table>\n");
     }
+    b.push_str("<h2>Operations</h2>\n");
+    b.push_str(&operations(ops, now, true));
+    b
+}
+
+/// A serde word (`image_build`) as words (`image build`).
+pub fn word<T: serde::Serialize>(v: T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+        .unwrap_or_default()
+}
+
+/// Operations, newest first: what, on what, how it went, and while it
+/// runs, the stage it is in.
+pub fn operations(ops: &[Operation], now: i64, with_target: bool) -> String {
+    if ops.is_empty() {
+        return "<p>None yet.</p>\n".into();
+    }
+    let mut b = String::from("<table><tr><th>operation</th>");
+    if with_target {
+        b.push_str("<th>on</th>");
+    }
+    b.push_str("<th>state</th><th>started</th><th>took</th><th>stage or error</th></tr>\n");
+    for op in ops {
+        let running = op.state == OperationState::Running;
+        let took = match op.duration_ms {
+            Some(ms) if !running => banger_api::units::format_duration_ms(ms),
+            _ => String::new(),
+        };
+        let detail = match (&op.error, op.stages.last()) {
+            (Some(e), _) => e.message.clone(),
+            (None, Some(stage)) if running => format!("{}…", stage.label),
+            _ => String::new(),
+        };
+        let _ = write!(b, "<tr><td>{}</td>", esc(&word(op.kind)));
+        if with_target {
+            let _ = write!(b, "<td>{}</td>", esc(&op.target));
+        }
+        let _ = writeln!(
+            b,
+            "{}<td>{} ago</td><td>{}</td><td>{}</td></tr>",
+            state_cell(&word(op.state)),
+            format_age(now, op.started_at),
+            took,
+            esc(&detail),
+        );
+    }
+    b.push_str("</table>\n");
     b
 }
 
@@ -166,6 +221,8 @@ pub struct VmExtras<'a> {
     pub console: &'a [u8],
     /// Whether the console has more before `console`.
     pub console_cut: bool,
+    /// Its operations, newest first.
+    pub operations: &'a [Operation],
 }
 
 pub fn vm(vm: &Vm, extras: &VmExtras, now: i64) -> String {
@@ -288,6 +345,9 @@ pub fn vm(vm: &Vm, extras: &VmExtras, now: i64) -> String {
         b.push_str("</table>\n");
     }
 
+    b.push_str("<h2>Operations</h2>\n");
+    b.push_str(&operations(extras.operations, now, false));
+
     let _ = writeln!(
         b,
         "<h2>Console</h2>\n<p class=\"meta\">{}<a href=\"/vms/{}/console.txt\">the whole log</a></p>",
@@ -327,7 +387,7 @@ pre.console{background:#111;color:#ddd;padding:1em;overflow:auto;max-height:40em
 .meta{color:#666}.error td{color:#a00}\
 .state{padding:.05em .45em;border-radius:.3em;background:#eee}\
 .state.running{background:#d8f3dc}.state.failed{background:#f8d7da}.state.paused{background:#fff3cd}\
-.state.exited{background:#e7e7ff}\n";
+.state.exited,.state.succeeded{background:#e7e7ff}\n";
 
 #[cfg(test)]
 mod tests {
