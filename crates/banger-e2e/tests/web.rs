@@ -332,6 +332,36 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
     let create = ops.find("<td>create</td>").expect("the create");
     assert!(stop < create, "newest first: {ops}");
 
+    // Anyone here can open connections without the key: silent ones past
+    // the cap (64, `web::CONNECTIONS`) are closed at once, the rest when
+    // they have sent no request head in 10 s; meanwhile the daemon answers
+    // its API, and afterwards the page answers again.
+    let silent: Vec<TcpStream> = (0..70)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let closed = |s: &TcpStream, wait: Duration| {
+        s.set_read_timeout(Some(wait)).unwrap();
+        matches!((&*s).read(&mut [0u8; 16]), Ok(0))
+            || matches!((&*s).read(&mut [0u8; 16]), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    };
+    for s in &silent[64..] {
+        assert!(closed(s, Duration::from_secs(2)), "past the cap, yet open");
+    }
+    assert!(
+        !closed(&silent[0], Duration::from_millis(300)),
+        "within the cap, the head wait applies"
+    );
+    env.ok(&["vm", "list"]);
+    let t0 = Instant::now();
+    for s in &silent {
+        assert!(
+            closed(s, Duration::from_secs(40)),
+            "a silent connection stays open"
+        );
+    }
+    println!("silent connections closed after {:?}", t0.elapsed());
+    assert_eq!(get(port, "/", &host, cookie).status, 200);
+
     // Names that are not there.
     let r = get(port, "/vms/absent", &host, cookie);
     assert_eq!(r.status, 404);

@@ -16,6 +16,12 @@
 //!   sending the address on (`Referrer-Policy`), and the page has no forms:
 //!   it changes nothing.
 //!
+//! Any local user can also open connections without a key, so they are
+//! bounded: at most [`CONNECTIONS`] at once (more are closed as they come)
+//! and each must send a whole request head within [`HEAD_WAIT`], so
+//! connections left open silently cannot take the daemon's descriptors,
+//! and cannot keep the page from its owner for long.
+//!
 //! The page reloads itself when what it shows changes: `/events` is a
 //! server-sent event stream that compares a digest of that state, each
 //! second, with the one the page was rendered from.
@@ -33,6 +39,10 @@ use banger_api::{ErrorCode, VmState, WebAddress};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Connections served at once.
+pub const CONNECTIONS: usize = 64;
+/// How long a connection may take to send a request's head.
+pub const HEAD_WAIT: Duration = Duration::from_secs(10);
 /// How much of the console's end the VM page shows.
 const CONSOLE_TAIL: u64 = 16 * 1024;
 /// How many operations the overview lists; a VM's page lists its own
@@ -94,12 +104,7 @@ pub async fn address(State(s): State<AppState>) -> Result<axum::Json<WebAddress>
             let addr = listener.local_addr().map_err(|e| {
                 crate::api::error(ErrorCode::Host, format!("the web page's address: {e}"))
             })?;
-            let app = router(s.clone());
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::warn!(error = %e, "the web page stopped");
-                }
-            });
+            tokio::spawn(serve(listener, router(s.clone())));
             tracing::info!(%addr, "web page listening");
             *bound = Some(addr);
             addr
@@ -108,6 +113,41 @@ pub async fn address(State(s): State<AppState>) -> Result<axum::Json<WebAddress>
     Ok(axum::Json(WebAddress {
         url: format!("http://{addr}/?key={}", s.web.key),
     }))
+}
+
+/// Serves `app` on `listener`, [`CONNECTIONS`] at a time, each closed when
+/// it has not sent a request's head within [`HEAD_WAIT`].
+async fn serve(listener: tokio::net::TcpListener, app: Router) {
+    use tower::ServiceExt;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: let them come back.
+                tracing::debug!(error = %e, "web page accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Full: this one is closed as it goes out of scope.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_WAIT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            drop(slot);
+        });
+    }
 }
 
 fn router(state: AppState) -> Router {
