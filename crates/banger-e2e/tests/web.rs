@@ -249,7 +249,7 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
         assert!(dom.contains("<a href=\"/vms/shown\">shown</a>"), "{dom}");
         let dom = browser(&profile, &format!("http://{host}/vms/shown")).unwrap();
         assert!(
-            dom.contains("<td>marked</td>"),
+            dom.contains(">marked</a></td>"),
             "the cookie was kept: {dom}"
         );
         assert!(dom.contains("&lt;img src=x onerror=alert(1)&gt;"), "{dom}");
@@ -262,7 +262,24 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
     let r = get(port, "/vms/shown", &host, cookie);
     assert_eq!(r.status, 200);
     let page = &r.body;
-    assert!(page.contains("<td>marked</td>"), "the session: {page}");
+    assert!(
+        page.contains("<a href=\"/vms/shown/sessions/marked/output.txt\">marked</a>"),
+        "the session, linked to its output: {page}"
+    );
+    let r = get(port, "/vms/shown/sessions/marked/output.txt", &host, cookie);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain"))
+    );
+    assert_eq!(
+        r.body, "<img src=x onerror=alert(1)>\n",
+        "its output, as text"
+    );
+    assert_eq!(
+        get(port, "/vms/shown/sessions/absent/output.txt", &host, cookie).status,
+        404
+    );
     assert!(
         page.contains("&lt;img src=x onerror=alert(1)&gt;"),
         "{page}"

@@ -55,7 +55,19 @@ pub async fn logs(
     Path((name, session)): Path<(String, String)>,
     q: crate::api::LogsQuery,
 ) -> Result<Response, HttpError> {
-    let chunks = s.sessions.logs(&name, &session, q.follow).await?;
+    output(&s, &name, &session, q.follow, "application/octet-stream").await
+}
+
+/// A session's output so far (and live, when following) as a streamed body
+/// of `content_type`: the API's bytes, the web page's text.
+pub async fn output(
+    s: &AppState,
+    name: &str,
+    session: &str,
+    follow: bool,
+    content_type: &'static str,
+) -> Result<Response, HttpError> {
+    let chunks = s.sessions.logs(name, session, follow).await?;
     let body = Body::from_stream(chunks.map(Ok::<_, std::convert::Infallible>));
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }

@@ -155,6 +155,10 @@ fn router(state: AppState) -> Router {
         .route("/", get(overview))
         .route("/vms/{name}", get(vm_page))
         .route("/vms/{name}/console.txt", get(crate::streams::vm_logs))
+        .route(
+            "/vms/{name}/sessions/{session}/output.txt",
+            get(session_output),
+        )
         .route("/events", get(events))
         .route(
             "/app.js",
@@ -339,6 +343,20 @@ async fn vm_page(State(s): State<AppState>, Path(name): Path<String>) -> Respons
         StatusCode::OK,
         page::document(&vm.name, &digest, Some(&vm.name), &body),
     )
+}
+
+/// A session's output as text (a guest's bytes: `nosniff` keeps a browser
+/// from taking them for a page).
+async fn session_output(
+    State(s): State<AppState>,
+    Path((name, session)): Path<(String, String)>,
+) -> Response {
+    crate::sessions::output(&s, &name, &session, false, "text/plain; charset=utf-8")
+        .await
+        .unwrap_or_else(|e| {
+            let status = crate::api::status_of(e.0.code);
+            html(status, page::message("banger", &e.0.message))
+        })
 }
 
 async fn sessions(s: &AppState, vm: &banger_api::Vm) -> Result<Vec<banger_api::Session>, String> {

@@ -302,14 +302,16 @@ pub fn vm(vm: &Vm, extras: &VmExtras, now: i64) -> String {
                 };
                 let _ = writeln!(
                     b,
-                    "<tr><td>{}</td>{}<td>{}</td><td>{} ago</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
-                    esc(&s.name),
-                    state_cell(s.state.as_str()),
-                    esc(&exit),
-                    format_age(now, s.started_at),
-                    format_bytes(s.output_bytes),
-                    esc(&s.argv.join(" ")),
-                    esc(&s.cwd),
+                    "<tr><td><a href=\"/vms/{vm}/sessions/{name}/output.txt\">{name}</a></td>{state}\
+                     <td>{exit}</td><td>{age} ago</td><td>{bytes}</td><td><code>{argv}</code></td><td>{cwd}</td></tr>",
+                    vm = esc(&vm.name),
+                    name = esc(&s.name),
+                    state = state_cell(s.state.as_str()),
+                    exit = esc(&exit),
+                    age = format_age(now, s.started_at),
+                    bytes = format_bytes(s.output_bytes),
+                    argv = esc(&s.argv.join(" ")),
+                    cwd = esc(&s.cwd),
                 );
                 if let Some(e) = &s.error {
                     let _ = writeln!(
