@@ -147,7 +147,7 @@ impl Config {
     /// for the instance whose state dir is `state_dir`.
     pub fn for_instance(mut self, state_dir: &Path) -> Config {
         if self.nft_table.is_empty() {
-            self.nft_table = format!("banger_{}", crate::net::tap_pool::instance_mark(state_dir));
+            self.nft_table = crate::net::tap_pool::default_nft_table(state_dir);
         }
         self
     }

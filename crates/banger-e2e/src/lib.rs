@@ -251,8 +251,13 @@ fn passwd_entry(name: &str) -> Option<Vec<String>> {
 /// One isolated banger instance.
 pub struct Env {
     pub root: tempfile::TempDir,
-    /// A network namespace this env made and runs every command in.
+    /// A network namespace this env runs every command in.
     pub netns: Option<String>,
+    /// Whether this env made `netns` (and so ends it and answers for what
+    /// runs in it).
+    owns_netns: bool,
+    /// `XDG_STATE_HOME`: the state dir is its `banger`.
+    state_home: PathBuf,
     /// The account every command runs as, when not the test's own.
     pub user: Option<User>,
 }
@@ -270,8 +275,10 @@ impl Env {
         }
         std::fs::write(root.path().join("config/banger/config.toml"), config).unwrap();
         Env {
+            state_home: root.path().join("state"),
             root,
             netns: None,
+            owns_netns: false,
             user: None,
         }
     }
@@ -345,7 +352,25 @@ impl Env {
             .args(["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])
             .status();
         env.netns = Some(ns);
+        env.owns_netns = true;
         env
+    }
+
+    /// Like [`Env::new`], in `other`'s network namespace: a second instance
+    /// beside it (its own bridge, if it has one, is the config's business).
+    pub fn in_netns_of(config: &str, other: &Env) -> Env {
+        let mut env = Env::new(config);
+        env.netns = other.netns.clone();
+        env
+    }
+
+    /// Puts the state dir at `home/banger` (a directory under this env's
+    /// root, so what names it is this env's).
+    pub fn with_state_home(mut self, home: PathBuf) -> Env {
+        assert!(home.starts_with(self.root.path()), "{}", home.display());
+        std::fs::create_dir_all(&home).unwrap();
+        self.state_home = home;
+        self
     }
 
     /// A command run inside this env's namespace (or plainly, without one).
@@ -361,7 +386,7 @@ impl Env {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.root.path().join("state/banger")
+        self.state_home.join("banger")
     }
 
     pub fn runtime_dir(&self) -> PathBuf {
@@ -384,7 +409,7 @@ impl Env {
         let mut c = self.host_cmd(&banger.to_string_lossy());
         c.args(args)
             .env("XDG_CONFIG_HOME", self.root.path().join("config"))
-            .env("XDG_STATE_HOME", self.root.path().join("state"))
+            .env("XDG_STATE_HOME", &self.state_home)
             .env("XDG_RUNTIME_DIR", self.root.path().join("run"))
             .env("XDG_CACHE_HOME", cache)
             .env("BANGER_DAEMON_BIN", bangerd)
@@ -613,7 +638,7 @@ impl Env {
         }
         let left = || {
             let mut pids = processes_naming(self.root.path());
-            if let Some(ns) = &self.netns {
+            if let Some(ns) = self.netns.as_ref().filter(|_| self.owns_netns) {
                 pids.extend(processes_in_netns(ns));
             }
             pids.sort_unstable();
@@ -625,7 +650,7 @@ impl Env {
             leaks.push(format!("process {pid}: {}", cmdline(pid)));
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
-        if let Some(ns) = &self.netns {
+        if let Some(ns) = self.netns.as_ref().filter(|_| self.owns_netns) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         leaks

@@ -138,3 +138,96 @@ fn another_instance_whose_paths_end_like_ours_keeps_its_processes() {
     assert!(found.is_empty(), "not ours to list: {found:?}");
     assert!(survived, "the other instance's process survives");
 }
+
+/// Two instances in one namespace whose marks are the same (once in
+/// 65,536: the tap prefix has room for four hex digits) have the same tap
+/// prefix: each tap's alias says whose it is, so neither's sweep, nor its
+/// `doctor --fix`, takes the other's taps. A tap with no alias (made before
+/// taps were labelled) counts as the instance's own. The NAT table is named
+/// with 16 digits now; a table an older banger named with the mark is
+/// swept at start by the instance whose bridge its rules are for.
+#[test]
+fn an_instance_with_the_same_mark_keeps_to_its_own_taps_and_nat_table() {
+    use banger_core::net::tap_pool::{instance_mark, instance_prefix, owner_tag};
+    if skip_unless_root_with("a network namespace, taps and nftables", &["ip", "nft"]) {
+        return;
+    }
+    let a = Env::in_netns("network = \"none\"\n");
+    let b = Env::in_netns_of("network = \"none\"\nbridge_name = \"bangerb\"\n", &a);
+    let mark = instance_mark(&a.state_dir());
+    let home = (0..)
+        .map(|n| b.root.path().join(format!("s{n}")))
+        .find(|h| instance_mark(&h.join("banger")) == mark)
+        .unwrap();
+    let b = b.with_state_home(home);
+    let prefix = instance_prefix(&a.state_dir());
+    assert_eq!(
+        instance_prefix(&b.state_dir()),
+        prefix,
+        "the marks are the same"
+    );
+    let sh = |script: &str| {
+        let st = a.host_cmd("sh").args(["-c", script]).status().unwrap();
+        assert!(st.success(), "{script}");
+    };
+    let links = || {
+        let out = a.host_cmd("ip").args(["-br", "link"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    a.ok(&["vm", "list"]); // a's daemon runs, swept already
+    // Taps as each would make them, and one from before labels.
+    let (tap_a, tap_b, unlabelled) = (
+        format!("{prefix}aaaa01"),
+        format!("{prefix}bbbb01"),
+        format!("{prefix}0ld001"),
+    );
+    sh(&format!(
+        "ip tuntap add name {tap_a} mode tap && ip link set {tap_a} alias {} && \
+         ip tuntap add name {tap_b} mode tap && ip link set {tap_b} alias {} && \
+         ip tuntap add name {unlabelled} mode tap",
+        owner_tag(&a.state_dir()),
+        owner_tag(&b.state_dir()),
+    ));
+    // Tables an older banger named with the mark: one for each bridge.
+    let legacy = format!("banger_{mark}");
+    sh(&format!(
+        "nft add table ip {legacy} && nft add chain ip {legacy} input '{{ type filter hook input priority filter; }}' && \
+         nft add rule ip {legacy} input iifname \"bangerb\" counter drop"
+    ));
+
+    // a's doctor lists its own leaked tap and the unlabelled one, not b's.
+    let text = format!("{:?}", leaks(&a.json(&["doctor", "--json"])));
+    assert!(
+        text.contains(&tap_a) && text.contains(&unlabelled),
+        "{text}"
+    );
+    assert!(!text.contains(&tap_b), "b's tap is not a's leak: {text}");
+    a.ok(&["doctor", "--fix"]);
+    let now = links();
+    assert!(!now.contains(&tap_a) && !now.contains(&unlabelled), "{now}");
+    assert!(
+        now.contains(&tap_b),
+        "b's tap survives a's doctor --fix: {now}"
+    );
+    // a's start-up sweep leaves b's tap, and the old table of b's bridge.
+    a.ok(&["daemon", "stop"]);
+    a.ok(&["vm", "list"]);
+    assert!(links().contains(&tap_b), "b's tap survives a's sweep");
+    let tables = || {
+        let out = a.host_cmd("nft").args(["list", "tables"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(tables().contains(&legacy), "not a's table: {}", tables());
+    // b's sweep takes its own tap and the old table of its bridge.
+    b.ok(&["vm", "list"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !links().contains(&tap_b)),
+        "b sweeps its own tap: {}",
+        links()
+    );
+    assert!(
+        !tables().contains(&legacy),
+        "b sweeps the old table: {}",
+        tables()
+    );
+}

@@ -223,10 +223,7 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
     // The host (here: the namespace) resolves them too, from the daemon's dnsmasq.
     assert_eq!(resolve(&env, "a.banger"), Dns::Address(ip_a.clone()));
     // NAT is in this instance's own table, named with its mark.
-    let table = format!(
-        "banger_{}",
-        banger_core::net::tap_pool::instance_mark(&env.state_dir())
-    );
+    let table = banger_core::net::tap_pool::default_nft_table(&env.state_dir());
     let nat = env
         .host_cmd("nft")
         .args(["list", "table", "ip", &table])
@@ -236,6 +233,18 @@ fn guests_get_addresses_names_nat_and_ssh_and_leave_nothing_behind() {
         String::from_utf8_lossy(&nat.stdout).contains("masquerade"),
         "NAT is in the instance's table {table}"
     );
+    // Its taps carry its owner tag: another instance with the same mark
+    // (the same tap prefix) tells them from its own.
+    let tag = banger_core::net::tap_pool::owner_tag(&env.state_dir());
+    for tap in host_taps(&env) {
+        let out = env
+            .host_cmd("ip")
+            .args(["link", "show", &tap])
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(shown.contains(&format!("alias {tag}")), "{tap}: {shown}");
+    }
 
     // The host's own services are off limits (DNS aside): a listener on
     // the bridge address, inside this test's namespace, is unreachable for

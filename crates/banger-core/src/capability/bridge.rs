@@ -333,6 +333,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn taps_of_an_instance_with_the_same_mark_are_told_apart_by_their_alias() {
+        use banger_sys::net::link::Links;
+        use banger_sys::net::tap::Taps;
+        let h = Harness::new();
+        let cap = BridgeNet::new(h.services.network.clone());
+        let (a, ra) = boot(&h, &cap, "a").await;
+        let net = &h.services.network;
+        let mine = h.links.list(net.tap_prefix()).unwrap();
+        assert!(!mine.is_empty());
+        assert!(
+            mine.iter()
+                .all(|l| l.alias.as_deref().is_some_and(|t| t.starts_with("banger:"))),
+            "every tap this instance makes is labelled: {mine:?}"
+        );
+        // Another instance whose mark is the same: the same prefix.
+        let theirs = format!("{}ffffff", net.tap_prefix());
+        h.links.create_tap(&theirs, &Default::default()).unwrap();
+        h.links.set_alias(&theirs, "banger:someone-else").unwrap();
+        h.links.attach(&theirs, "banger0").unwrap();
+        let unlabelled = format!("{}000001", net.tap_prefix());
+        h.links
+            .create_tap(&unlabelled, &Default::default())
+            .unwrap();
+        let leaks = format!("{:?}", net.leaks(false));
+        assert!(!leaks.contains(&theirs), "{leaks}");
+        assert!(
+            leaks.contains(&unlabelled),
+            "untagged: taken as ours: {leaks}"
+        );
+        cap.release(&a, ra.as_ref());
+        assert!(
+            h.links.exists("banger0").unwrap(),
+            "their tap keeps the bridge"
+        );
+        net.sweep(&[]);
+        net.settle();
+        assert!(
+            h.links.exists(&theirs).unwrap(),
+            "their tap survives the sweep"
+        );
+        assert!(!h.links.exists(&unlabelled).unwrap());
+    }
+
+    #[tokio::test]
     async fn a_full_subnet_is_busy_not_broken() {
         let mut setup = crate::testing::Setup::default();
         setup.config.bridge_subnet = "10.9.0.0/30".into();

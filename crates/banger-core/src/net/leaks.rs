@@ -16,7 +16,7 @@ impl Network {
         let (held, idle) = self.held_taps();
         let links = self.links();
         for link in links.list(self.tap_prefix()).unwrap_or_default() {
-            if held.contains(&link.name) {
+            if held.contains(&link.name) || !self.owns(&link) {
                 continue;
             }
             let what = format!("tap {} belongs to no vm", link.name);

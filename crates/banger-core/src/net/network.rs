@@ -34,7 +34,7 @@ use banger_api::NetworkMode;
 use banger_sys::command::Runner;
 use banger_sys::net::Ipv4Cidr;
 use banger_sys::net::dnsmasq::{self, DnsmasqConfig};
-use banger_sys::net::link::Links;
+use banger_sys::net::link::{Link, Links};
 use banger_sys::net::nft::{BridgeRules, Nft};
 use banger_sys::net::tap::{TapOptions, Taps};
 use std::collections::BTreeMap;
@@ -64,9 +64,7 @@ pub struct NetworkDeps {
 
 /// Where a root daemon whose state dir is `state_dir` keeps its DNS names.
 pub fn public_hosts_dir(state_dir: &std::path::Path) -> PathBuf {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
-    PathBuf::from("/run/banger-dns").join(&hex::encode(h)[..16])
+    PathBuf::from("/run/banger-dns").join(&super::tap_pool::state_hash(state_dir)[..16])
 }
 
 /// The user dnsmasq runs as once it has bound its port.
@@ -76,6 +74,8 @@ pub struct Network {
     deps: NetworkDeps,
     /// This instance's tap prefix (see `tap_pool::instance_prefix`).
     tap_prefix: String,
+    /// The alias on each of its taps (see `tap_pool::owner_tag`).
+    owner_tag: String,
     subnet: Ipv4Cidr,
     state: Mutex<BridgeState>,
     /// Tap deletions in flight (each takes ~20 ms, so off the caller's path).
@@ -139,6 +139,7 @@ impl Network {
             .map_err(|p| Error::invalid("bridge_subnet", p))?;
         Ok(Network {
             tap_prefix: super::tap_pool::instance_prefix(&deps.state_dir),
+            owner_tag: super::tap_pool::owner_tag(&deps.state_dir),
             deps,
             subnet,
             state: Mutex::new(BridgeState::default()),
@@ -446,14 +447,7 @@ impl Network {
         let links = &self.deps.links;
         let tap = match st.pool.take() {
             Some(t) if links.exists(&t).unwrap_or(false) => t,
-            _ => {
-                let t = new_tap_name(&self.tap_prefix);
-                self.deps
-                    .taps
-                    .create_tap(&t, &TapOptions::default())
-                    .map_err(net_err)?;
-                t
-            }
+            _ => self.make_tap()?,
         };
         let joined = links
             .attach(&tap, &self.deps.config.bridge_name)
@@ -565,6 +559,31 @@ impl Network {
         self.remove_shared();
     }
 
+    /// The table an older banger named with the 4-digit mark only, when
+    /// this instance uses the default name now and the old table's rules
+    /// are for this instance's bridge (another instance with the same mark
+    /// has a bridge of its own).
+    fn remove_legacy_table(&self) {
+        let cfg = &self.deps.config;
+        if cfg.nft_table != super::tap_pool::default_nft_table(&self.deps.state_dir) {
+            return;
+        }
+        let legacy = super::tap_pool::legacy_nft_table(&self.deps.state_dir);
+        let nft = Nft::new(&*self.deps.runner);
+        let ours = match nft.status(&legacy) {
+            Ok(banger_sys::net::nft::NatStatus::Present { listing }) => {
+                listing.contains(&format!("iifname \"{}\"", cfg.bridge_name))
+            }
+            _ => false,
+        };
+        if ours {
+            tracing::info!(table = %legacy, "removing the nat table an older banger named");
+            if let Err(e) = nft.remove_nat(&legacy) {
+                tracing::warn!(error = %crate::error::chain(&e), "cannot remove the old nat table");
+            }
+        }
+    }
+
     /// The shared host side lives exactly as long as a bridge VM of this
     /// instance runs: with none, the NAT table, the DNS server and the
     /// bridge go (each best-effort and idempotent).
@@ -593,7 +612,8 @@ impl Network {
         let bridge = self.deps.config.bridge_name.as_str();
         self.deps.links.list("").is_ok_and(|links| {
             links.iter().any(|l| {
-                l.master.as_deref() == Some(bridge) && !l.name.starts_with(&self.tap_prefix)
+                l.master.as_deref() == Some(bridge)
+                    && !(l.name.starts_with(&self.tap_prefix) && self.owns(l))
             })
         })
     }
@@ -615,9 +635,8 @@ impl Network {
     /// Tops the idle pool up to `tap_pool_size`.
     fn refill(&self, st: &mut BridgeState) {
         for _ in 0..st.pool.missing(self.deps.config.tap_pool_size) {
-            let t = new_tap_name(&self.tap_prefix);
-            match self.deps.taps.create_tap(&t, &TapOptions::default()) {
-                Ok(()) => {
+            match self.make_tap() {
+                Ok(t) => {
                     st.pool.offer(t, usize::MAX);
                 }
                 Err(e) => {
@@ -626,6 +645,29 @@ impl Network {
                 }
             }
         }
+    }
+
+    /// A new tap of this instance: its prefix, labelled with its owner tag
+    /// (or gone again).
+    fn make_tap(&self) -> Result<String, Error> {
+        let t = new_tap_name(&self.tap_prefix);
+        self.deps
+            .taps
+            .create_tap(&t, &TapOptions::default())
+            .map_err(net_err)?;
+        if let Err(e) = self.deps.links.set_alias(&t, &self.owner_tag) {
+            self.delete_later(vec![t]);
+            return Err(net_err(e));
+        }
+        Ok(t)
+    }
+
+    /// Whether `link`, which carries this instance's prefix, is this
+    /// instance's: its alias is this instance's owner tag, or it has none
+    /// (a tap made before taps were labelled). Another instance whose mark
+    /// is the same keeps its taps.
+    pub(crate) fn owns(&self, link: &Link) -> bool {
+        link.alias.as_deref().is_none_or(|a| a == self.owner_tag)
     }
 
     fn delete_later(&self, taps: Vec<String>) {
@@ -673,6 +715,7 @@ impl Network {
             .list(&self.tap_prefix)
             .unwrap_or_default()
             .into_iter()
+            .filter(|l| self.owns(l))
             .map(|l| l.name)
             .filter(|n| !in_use.contains(&n))
             .collect();
@@ -688,6 +731,7 @@ impl Network {
                 }
             }
         }
+        self.remove_legacy_table();
         if live.is_empty() {
             self.remove_shared();
             return;

@@ -6,18 +6,47 @@
 pub const TAP_PREFIX: &str = "bgtap";
 
 /// The prefix of one instance's taps: [`TAP_PREFIX`] and four hex digits of
-/// its state dir's hash, so instances sharing a network namespace never
-/// sweep each other's taps.
+/// its state dir's hash, so instances sharing a network namespace do not
+/// list each other's taps (and when their marks are the same, once in
+/// 65,536, the taps' [`owner_tag`] keeps each to its own).
 pub fn instance_prefix(state_dir: &std::path::Path) -> String {
     format!("{TAP_PREFIX}{}", instance_mark(state_dir))
 }
 
 /// Four hex digits of the state dir's hash: what marks one instance's
-/// taps and nftables table apart from another's.
+/// taps apart from another's by name (their alias, [`owner_tag`], tells
+/// them apart for certain).
 pub fn instance_mark(state_dir: &std::path::Path) -> String {
+    state_hash(state_dir)[..4].to_string()
+}
+
+/// The nftables table an instance uses unless configured otherwise:
+/// `banger_` and 16 hex digits of its state dir's hash (a table name has
+/// room; a tap name has room for four only).
+pub fn default_nft_table(state_dir: &std::path::Path) -> String {
+    format!("banger_{}", &state_hash(state_dir)[..16])
+}
+
+/// The table [`default_nft_table`] replaced, named with the 4-digit mark
+/// only: swept at start when its rules are for this instance's bridge.
+pub fn legacy_nft_table(state_dir: &std::path::Path) -> String {
+    format!("banger_{}", instance_mark(state_dir))
+}
+
+/// The state dir's SHA-256, hex: what names an instance's own things.
+pub(crate) fn state_hash(state_dir: &std::path::Path) -> String {
     use sha2::Digest;
-    let h = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
-    hex::encode(h)[..4].to_string()
+    hex::encode(sha2::Sha256::digest(
+        state_dir.as_os_str().as_encoded_bytes(),
+    ))
+}
+
+/// What every tap of one instance carries as its alias: its whole state
+/// dir's hash. Two instances in one namespace share a mark once in 65,536;
+/// they never share this, and each sweeps only taps with its own (or none:
+/// taps made before banger labelled them).
+pub fn owner_tag(state_dir: &std::path::Path) -> String {
+    format!("banger:{}", state_hash(state_dir))
 }
 
 /// A fresh tap name with `prefix` (an [`instance_prefix`]): 15 characters.

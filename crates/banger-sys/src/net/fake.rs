@@ -24,6 +24,7 @@ struct FakeLink {
     master: Option<String>,
     addresses: Vec<Ipv4Cidr>,
     owner: Option<u32>,
+    alias: Option<String>,
 }
 
 #[derive(Default)]
@@ -73,6 +74,7 @@ impl FakeLinks {
                 master: None,
                 addresses: Vec::new(),
                 owner: None,
+                alias: None,
             },
         );
     }
@@ -125,6 +127,7 @@ impl FakeLinks {
             up: link.up,
             master: link.master.clone(),
             mac: Some(mac_from_id(name)),
+            alias: link.alias.clone(),
         }
     }
 
@@ -187,6 +190,13 @@ impl Links for FakeLinks {
             return Err(injected(format!("setting {link} up"), e));
         }
         self.with_link(link, |l| l.up = true)
+    }
+
+    fn set_alias(&self, link: &str, alias: &str) -> Result<(), LinkError> {
+        if let Some(e) = self.begin(format!("set_alias {link} {alias}")) {
+            return Err(injected(format!("labelling {link}"), e));
+        }
+        self.with_link(link, |l| l.alias = Some(alias.to_string()))
     }
 
     fn attach(&self, link: &str, bridge: &str) -> Result<(), LinkError> {

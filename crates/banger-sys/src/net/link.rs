@@ -58,6 +58,9 @@ pub struct Link {
     /// The bridge (or other master) the link is attached to.
     pub master: Option<String>,
     pub mac: Option<MacAddr>,
+    /// The `IFLA_IFALIAS`, a free-form label: banger writes its owner tag
+    /// there, so instances can tell their taps apart whatever their names.
+    pub alias: Option<String>,
 }
 
 /// Link operations banger performs. Every method names links by name and
@@ -71,6 +74,8 @@ pub trait Links: Send + Sync {
     fn ipv4_addresses(&self, link: &str) -> Result<Vec<Ipv4Cidr>, LinkError>;
     /// Sets `link` administratively up.
     fn set_up(&self, link: &str) -> Result<(), LinkError>;
+    /// Sets `link`'s alias (`ip link set LINK alias ALIAS`).
+    fn set_alias(&self, link: &str, alias: &str) -> Result<(), LinkError>;
     /// Makes `link` a port of `bridge`.
     fn attach(&self, link: &str, bridge: &str) -> Result<(), LinkError>;
     /// Removes `link` from whatever bridge it is in.
@@ -362,6 +367,15 @@ impl Links for NetlinkLinks {
         self.set_link(format!("setting {link} up"), message)
     }
 
+    fn set_alias(&self, link: &str, alias: &str) -> Result<(), LinkError> {
+        let mut message = LinkMessage::default();
+        message.header.index = self.index_of(link)?;
+        message
+            .attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.set_link(format!("labelling {link}"), message)
+    }
+
     fn attach(&self, link: &str, bridge: &str) -> Result<(), LinkError> {
         let Some(found) = self.get(bridge)? else {
             return Err(LinkError::NotFound {
@@ -467,6 +481,10 @@ fn to_link(message: &LinkMessage, master: Option<String>) -> Link {
         LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
         _ => None,
     });
+    let alias = message.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    });
     Link {
         name: link_name(message).unwrap_or_default(),
         index: message.header.index,
@@ -474,6 +492,7 @@ fn to_link(message: &LinkMessage, master: Option<String>) -> Link {
         up: message.header.flags.contains(LinkFlags::Up),
         master,
         mac,
+        alias,
     }
 }
 
@@ -508,6 +527,7 @@ mod tests {
             LinkAttribute::Controller(3),
             LinkAttribute::Address(vec![0x52, 0x54, 0, 1, 2, 3]),
             LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Tun)]),
+            LinkAttribute::IfAlias("banger:abc".into()),
         ];
         assert_eq!(master_index(&m), Some(3));
         let link = to_link(&m, Some("banger0".into()));
@@ -520,6 +540,7 @@ mod tests {
                 up: true,
                 master: Some("banger0".into()),
                 mac: Some(MacAddr([0x52, 0x54, 0, 1, 2, 3])),
+                alias: Some("banger:abc".into()),
             }
         );
     }
