@@ -1,6 +1,6 @@
 //! End-to-end: the web page of a real daemon showing a real VM, fetched over
 //! 127.0.0.1 as a browser would: nothing without the key, nothing under
-//! another host name, the key traded for a cookie, the VM, its session and
+//! another host name, no cookie (the key is in every address), the VM, its session and
 //! its console shown with the guest's markup escaped, and the page told
 //! when the VM stops.
 
@@ -28,24 +28,21 @@ impl Reply {
     }
 }
 
-fn send(port: u16, path: &str, host: &str, cookie: Option<&str>) -> TcpStream {
+fn send(port: u16, path: &str, host: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("the page listens");
     s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
-    let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{cookie}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     s
 }
 
 /// One request, the whole answer (chunked bodies put together).
-fn get(port: u16, path: &str, host: &str, cookie: Option<&str>) -> Reply {
+fn get(port: u16, path: &str, host: &str) -> Reply {
     let mut raw = Vec::new();
-    send(port, path, host, cookie)
-        .read_to_end(&mut raw)
-        .unwrap();
+    send(port, path, host).read_to_end(&mut raw).unwrap();
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -89,8 +86,8 @@ fn get(port: u16, path: &str, host: &str, cookie: Option<&str>) -> Reply {
     }
 }
 
-/// The page as a real browser leaves it (cookies kept in `profile`,
-/// scripts run), or None when there is no browser here.
+/// The page as a real browser leaves it (scripts run; its profile in
+/// `profile`), or None when there is no browser here.
 fn browser(profile: &Path, url: &str) -> Option<String> {
     let Some(chromium) = which("chromium") else {
         if std::env::var_os("BANGER_E2E_REQUIRED").is_some_and(|v| v == "1") {
@@ -139,7 +136,8 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
     let rest = url
         .strip_prefix("http://127.0.0.1:")
         .unwrap_or_else(|| panic!("a loopback address: {url}"));
-    let (port, key) = rest.split_once("/?key=").expect("the key in the address");
+    let (port, key) = rest.split_once('/').expect("the key in the address");
+    let key = key.strip_suffix('/').expect("a directory of the key");
     let port: u16 = port.parse().unwrap();
     assert_eq!(key.len(), 64, "256 bits of key");
     assert_eq!(
@@ -148,9 +146,10 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
         "the same address again"
     );
     let host = format!("127.0.0.1:{port}");
+    let base = format!("/{key}/");
 
     // Without the key, with a wrong one, or under another name: nothing.
-    let r = get(port, "/", &host, None);
+    let r = get(port, "/", &host);
     assert_eq!(r.status, 401);
     assert!(
         r.body.contains("banger web"),
@@ -166,35 +165,31 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
     );
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     let wrong = "0".repeat(64);
-    let r = get(port, &format!("/?key={wrong}"), &host, None);
-    assert_eq!(r.status, 401);
-    assert!(r.header("set-cookie").is_none());
-    let r = get(
-        port,
-        &format!("/?key={key}"),
-        &format!("rebound.example:{port}"),
-        None,
-    );
+    for path in [
+        format!("/{wrong}/"),
+        format!("/{}/", &key[..63]),
+        format!("/vms/{key}/"),
+        "/app.js".to_string(),
+        "/events?since=x".to_string(),
+    ] {
+        assert_eq!(get(port, &path, &host).status, 401, "{path}");
+    }
+    let r = get(port, &base, &format!("rebound.example:{port}"));
     assert_eq!(r.status, 403, "a name rebound to 127.0.0.1 gets nothing");
-    assert!(r.header("set-cookie").is_none());
-    let r = get(port, "/", &host, Some(&format!("banger_{port}={wrong}")));
-    assert_eq!(r.status, 401);
 
-    // The key for a cookie, and the address without it.
-    let r = get(port, &format!("/?key={key}"), &host, None);
-    assert_eq!(r.status, 303);
-    assert_eq!(r.header("location"), Some("/"));
-    assert_eq!(
-        r.header("set-cookie"),
-        Some(
-            format!("banger_{port}={key}; Path=/; Max-Age=2592000; HttpOnly; SameSite=Strict")
-                .as_str()
-        )
-    );
-    let cookie = format!("banger_{port}={key}");
-    let cookie = Some(cookie.as_str());
-    let r = get(port, "/", &host, cookie);
+    // The key's own address: the page, no cookie (a browser would send it
+    // to every port on 127.0.0.1); the key alone leads there.
+    let r = get(port, &format!("/{key}"), &host);
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some(base.as_str()));
+    let r = get(port, &base, &host);
     assert_eq!(r.status, 200);
+    assert!(r.header("set-cookie").is_none());
+    assert!(
+        r.body.contains(&format!("<base href=\"{base}\">")),
+        "{}",
+        r.body
+    );
     assert!(r.body.contains("No VMs yet"), "{}", r.body);
     assert!(r.body.contains("<td>minimal</td>"), "the image: {}", r.body);
 
@@ -222,9 +217,9 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
         "-c",
         "echo '<script>alert(2)</script>' > /dev/console",
     ]);
-    let r = get(port, "/", &host, cookie);
+    let r = get(port, &base.clone(), &host);
     assert!(
-        r.body.contains("<a href=\"/vms/shown\">shown</a>"),
+        r.body.contains("<a href=\"vms/shown\">shown</a>"),
         "{}",
         r.body
     );
@@ -240,18 +235,16 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
         r.body
     );
 
-    // A real browser: the key traded for the cookie, the script run under
-    // the page's policy (it marks the page live), the cookie kept for the
-    // next page, the guest's markup text there and not an element.
+    // A real browser: the page and its script and style from addresses
+    // relative to the key (the script marks the page live: it ran under
+    // the page's policy), the guest's markup text and not an element.
     let profile = env.root.path().join("browser");
     if let Some(dom) = browser(&profile, &url) {
         assert!(dom.contains("data-live=\"yes\""), "the script ran: {dom}");
-        assert!(dom.contains("<a href=\"/vms/shown\">shown</a>"), "{dom}");
-        let dom = browser(&profile, &format!("http://{host}/vms/shown")).unwrap();
-        assert!(
-            dom.contains(">marked</a></td>"),
-            "the cookie was kept: {dom}"
-        );
+        assert!(dom.contains("<a href=\"vms/shown\">shown</a>"), "{dom}");
+        let dom = browser(&profile, &format!("{url}vms/shown")).unwrap();
+        assert!(dom.contains("data-live=\"yes\""), "the script ran: {dom}");
+        assert!(dom.contains(">marked</a></td>"), "{dom}");
         assert!(dom.contains("&lt;img src=x onerror=alert(1)&gt;"), "{dom}");
         assert!(
             !dom.contains("<img"),
@@ -259,14 +252,18 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
         );
     }
 
-    let r = get(port, "/vms/shown", &host, cookie);
+    let r = get(port, &format!("{base}vms/shown"), &host);
     assert_eq!(r.status, 200);
     let page = &r.body;
     assert!(
-        page.contains("<a href=\"/vms/shown/sessions/marked/output.txt\">marked</a>"),
+        page.contains("<a href=\"vms/shown/sessions/marked/output.txt\">marked</a>"),
         "the session, linked to its output: {page}"
     );
-    let r = get(port, "/vms/shown/sessions/marked/output.txt", &host, cookie);
+    let r = get(
+        port,
+        &format!("{base}vms/shown/sessions/marked/output.txt"),
+        &host,
+    );
     assert_eq!(r.status, 200);
     assert!(
         r.header("content-type")
@@ -277,7 +274,12 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
         "its output, as text"
     );
     assert_eq!(
-        get(port, "/vms/shown/sessions/absent/output.txt", &host, cookie).status,
+        get(
+            port,
+            &format!("{base}vms/shown/sessions/absent/output.txt"),
+            &host
+        )
+        .status,
         404
     );
     assert!(
@@ -303,12 +305,12 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
     );
     assert_eq!(
         digest_of(page),
-        digest_of(&get(port, "/vms/shown", &host, cookie).body),
+        digest_of(&get(port, &format!("{base}vms/shown"), &host).body),
         "nothing changed, nor did the digest"
     );
 
     // The whole console as text, never as a page.
-    let r = get(port, "/vms/shown/console.txt", &host, cookie);
+    let r = get(port, &format!("{base}vms/shown/console.txt"), &host);
     assert_eq!(r.status, 200);
     assert!(
         r.header("content-type")
@@ -319,12 +321,7 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
 
     // The page hears when the VM stops, and then shows it stopped.
     let since = digest_of(page);
-    let events = send(
-        port,
-        &format!("/events?since={since}&vm=shown"),
-        &host,
-        cookie,
-    );
+    let events = send(port, &format!("{base}events?since={since}&vm=shown"), &host);
     env.ok(&["vm", "stop", "shown"]);
     let t0 = Instant::now();
     let mut saw_change = false;
@@ -336,7 +333,7 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
         }
     }
     assert!(saw_change, "no change event in {:?}", t0.elapsed());
-    let r = get(port, "/vms/shown", &host, cookie);
+    let r = get(port, &format!("{base}vms/shown"), &host);
     assert!(
         r.body
             .contains("<span class=\"state stopped\">stopped</span>"),
@@ -377,16 +374,16 @@ fn the_web_page_shows_vms_to_its_key_holder_only() {
         );
     }
     println!("silent connections closed after {:?}", t0.elapsed());
-    assert_eq!(get(port, "/", &host, cookie).status, 200);
+    assert_eq!(get(port, &base.clone(), &host).status, 200);
 
     // Names that are not there.
-    let r = get(port, "/vms/absent", &host, cookie);
+    let r = get(port, &format!("{base}vms/absent"), &host);
     assert_eq!(r.status, 404);
     assert!(
         r.body.contains("no vm named &quot;absent&quot;"),
         "{}",
         r.body
     );
-    assert_eq!(get(port, "/elsewhere", &host, cookie).status, 404);
+    assert_eq!(get(port, &format!("{base}elsewhere"), &host).status, 404);
     env.ok(&["vm", "delete", "shown"]);
 }

@@ -26,12 +26,12 @@ pub async fn run(ctx: &Context, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `http://127.0.0.1:<port>/?key=<64 hex digits>`, nothing else.
+/// `http://127.0.0.1:<port>/<64 hex digits>/`, nothing else.
 fn is_loopback_address(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://127.0.0.1:") else {
         return false;
     };
-    let Some((port, key)) = rest.split_once("/?key=") else {
+    let Some((port, key)) = rest.strip_suffix('/').and_then(|r| r.split_once('/')) else {
         return false;
     };
     port.parse::<u16>().is_ok_and(|p| p > 0)
@@ -48,15 +48,16 @@ mod tests {
     fn only_a_loopback_address_with_a_key_is_printed() {
         let key = "ab".repeat(32);
         assert!(is_loopback_address(&format!(
-            "http://127.0.0.1:8080/?key={key}"
+            "http://127.0.0.1:8080/{key}/"
         )));
         for bad in [
-            format!("http://evil.example:8080/?key={key}"),
-            format!("http://127.0.0.1:0/?key={key}"),
-            format!("http://127.0.0.1:+80/?key={key}"),
-            format!("http://127.0.0.1:8080/?key={key}\x1b]0;x\x07"),
-            "http://127.0.0.1:8080/?key=short".to_string(),
-            format!("http://127.0.0.1:8080@evil/?key={key}"),
+            format!("http://evil.example:8080/{key}/"),
+            format!("http://127.0.0.1:0/{key}/"),
+            format!("http://127.0.0.1:+80/{key}/"),
+            format!("http://127.0.0.1:8080/{key}/\x1b]0;x\x07"),
+            "http://127.0.0.1:8080/short/".to_string(),
+            format!("http://127.0.0.1:8080@evil/{key}/"),
+            format!("http://127.0.0.1:8080/{key}/x/"),
         ] {
             assert!(!is_loopback_address(&bad), "{bad:?}");
         }

@@ -5,11 +5,11 @@
 //! made at start, and the page serves nobody without it:
 //!
 //! - any other local user can connect to 127.0.0.1, so every request needs
-//!   the key, as a cookie (`HttpOnly`, `SameSite=Strict`, kept 30 days or
-//!   until the daemon's next start makes a new key, named after the port
-//!   so two daemons' keys do not overwrite each other) or once in the
-//!   query, which answers with that cookie and a redirect to the same page
-//!   without it;
+//!   the key, as the first segment of its path (`/<key>/vms/api`): every
+//!   address on the page is relative to it (`<base href="/<key>/">`). Not
+//!   a cookie: a browser sends 127.0.0.1's cookies to every port there,
+//!   so a page another local user serves on another port would receive
+//!   it. The key is compared in constant time, before any routing;
 //! - the `Host` header must name 127.0.0.1 or localhost at this port, so a
 //!   web site that rebinds its own name to 127.0.0.1 gets nothing;
 //! - every answer forbids framing, inline script, sniffing, caching and
@@ -22,7 +22,7 @@
 //! connections left open silently cannot take the daemon's descriptors,
 //! and cannot keep the page from its owner for long.
 //!
-//! The page reloads itself when what it shows changes: `/events` is a
+//! The page reloads itself when what it shows changes: `events` is a
 //! server-sent event stream that compares a digest of that state, each
 //! second, with the one the page was rendered from.
 
@@ -31,7 +31,7 @@ mod page;
 use crate::api::{AppState, HttpError};
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -69,8 +69,9 @@ impl Web {
         }
     }
 
-    fn cookie_name(port: u16) -> String {
-        format!("banger_{port}")
+    /// Where the page's addresses start.
+    fn base(&self) -> String {
+        format!("/{}/", self.key)
     }
 
     fn key_is(&self, given: &str) -> bool {
@@ -111,7 +112,7 @@ pub async fn address(State(s): State<AppState>) -> Result<axum::Json<WebAddress>
         }
     };
     Ok(axum::Json(WebAddress {
-        url: format!("http://{addr}/?key={}", s.web.key),
+        url: format!("http://{addr}/{}/", s.web.key),
     }))
 }
 
@@ -150,7 +151,15 @@ async fn serve(listener: tokio::net::TcpListener, app: Router) {
     }
 }
 
+/// The pages, behind [`guard`]: it strips the key from the path before the
+/// pages' router sees it (a layer on that router would run after routing).
 fn router(state: AppState) -> Router {
+    Router::new()
+        .fallback_service(pages(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(state, guard))
+}
+
+fn pages(state: AppState) -> Router {
     Router::new()
         .route("/", get(overview))
         .route("/vms/{name}", get(vm_page))
@@ -174,7 +183,6 @@ fn router(state: AppState) -> Router {
                 page::message("Not found", "This page does not exist."),
             )
         })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
@@ -195,7 +203,7 @@ async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response 
         (
             header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+             base-uri 'self'; form-action 'none'; frame-ancestors 'none'",
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
@@ -225,29 +233,40 @@ async fn check(s: &AppState, req: Request, next: Next) -> Response {
             ),
         );
     }
-    let cookie = Web::cookie_name(port);
-    if let Some(given) = query_key(req.uri().query()) {
-        if !s.web.key_is(given) {
-            return denied();
-        }
-        let mut resp = StatusCode::SEE_OTHER.into_response();
-        let h = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(req.uri().path()) {
-            h.insert(header::LOCATION, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "{cookie}={}; Path=/; Max-Age=2592000; HttpOnly; SameSite=Strict",
-            s.web.key
-        )) {
-            h.insert(header::SET_COOKIE, v);
+    let path = req.uri().path().to_string();
+    let Some(rest) = behind_key(&path, |k| s.web.key_is(k)) else {
+        return denied();
+    };
+    if rest.is_none() {
+        // `/<key>`: the page's addresses are relative to `/<key>/`.
+        let mut resp = StatusCode::PERMANENT_REDIRECT.into_response();
+        if let Ok(v) = HeaderValue::from_str(&format!("{path}/")) {
+            resp.headers_mut().insert(header::LOCATION, v);
         }
         return resp;
     }
-    if cookie_value(req.headers(), &cookie).is_some_and(|v| s.web.key_is(v)) {
-        next.run(req).await
-    } else {
-        denied()
+    let inner = match req.uri().query() {
+        Some(q) => format!("/{}?{q}", rest.unwrap_or_default()),
+        None => format!("/{}", rest.unwrap_or_default()),
+    };
+    let mut req = req;
+    match inner.parse() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
     }
+    next.run(req).await
+}
+
+/// What follows the key in `path` (`/<key>/rest`): `Some(Some(rest))`,
+/// `Some(None)` for `/<key>` alone, `None` when the first segment is not
+/// the key.
+fn behind_key(path: &str, is_key: impl Fn(&str) -> bool) -> Option<Option<&str>> {
+    let p = path.strip_prefix('/')?;
+    let (first, rest) = match p.split_once('/') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (p, None),
+    };
+    is_key(first).then_some(rest)
 }
 
 fn denied() -> Response {
@@ -258,22 +277,6 @@ fn denied() -> Response {
             "Run `banger web` for its address, key included.",
         ),
     )
-}
-
-fn query_key(query: Option<&str>) -> Option<&str> {
-    query?.split('&').find_map(|kv| kv.strip_prefix("key="))
-}
-
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
 }
 
 fn not_found_page(e: banger_core::Error) -> Response {
@@ -301,7 +304,7 @@ async fn overview(State(s): State<AppState>) -> Response {
     let digest = digest(&s, None).await;
     html(
         StatusCode::OK,
-        page::document("banger", &digest, None, &body),
+        page::document(&s.web.base(), "banger", &digest, None, &body),
     )
 }
 
@@ -341,7 +344,7 @@ async fn vm_page(State(s): State<AppState>, Path(name): Path<String>) -> Respons
     let digest = digest(&s, Some(&name)).await;
     html(
         StatusCode::OK,
-        page::document(&vm.name, &digest, Some(&vm.name), &body),
+        page::document(&s.web.base(), &vm.name, &digest, Some(&vm.name), &body),
     )
 }
 
@@ -467,18 +470,14 @@ mod tests {
     }
 
     #[test]
-    fn the_key_is_found_in_a_query_and_among_cookies() {
-        assert_eq!(query_key(Some("a=1&key=abc")), Some("abc"));
-        assert_eq!(query_key(Some("keys=abc")), None);
-        assert_eq!(query_key(None), None);
-        let mut h = HeaderMap::new();
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("x=1; banger_80=k1"),
-        );
-        h.append(header::COOKIE, HeaderValue::from_static("banger_8080=k2"));
-        assert_eq!(cookie_value(&h, "banger_80"), Some("k1"));
-        assert_eq!(cookie_value(&h, "banger_8080"), Some("k2"));
-        assert_eq!(cookie_value(&h, "banger_8"), None);
+    fn the_key_is_the_first_segment_of_the_path() {
+        let is = |k: &str| k == "k3y";
+        assert_eq!(behind_key("/k3y/vms/a", is), Some(Some("vms/a")));
+        assert_eq!(behind_key("/k3y/", is), Some(Some("")));
+        assert_eq!(behind_key("/k3y", is), Some(None));
+        assert_eq!(behind_key("/", is), None);
+        assert_eq!(behind_key("/vms/k3y/a", is), None);
+        assert_eq!(behind_key("/k3yx/a", is), None);
+        assert_eq!(behind_key("k3y/a", is), None);
     }
 }

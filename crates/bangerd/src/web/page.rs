@@ -26,28 +26,31 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// A whole page. `digest` is the state it shows: the script asks the
-/// daemon to say when that changes, then reloads.
-pub fn document(title: &str, digest: &str, watch: Option<&str>, body: &str) -> String {
+/// A whole page. `base` is where its addresses start (`/<key>/`); `digest`
+/// the state it shows: the script asks the daemon to say when that
+/// changes, then reloads.
+pub fn document(base: &str, title: &str, digest: &str, watch: Option<&str>, body: &str) -> String {
     let watch = watch.map_or(String::new(), |vm| format!(" data-vm=\"{}\"", esc(vm)));
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{}</title><link rel=\"stylesheet\" href=\"/style.css\">\
-         <script src=\"/app.js\" defer></script></head>\
+         <meta name=\"viewport\" content=\"width=device-width\"><base href=\"{}\">\
+         <title>{}</title><link rel=\"stylesheet\" href=\"style.css\">\
+         <script src=\"app.js\" defer></script></head>\
          <body data-digest=\"{}\"{watch}>\n{body}</body></html>\n",
+        esc(base),
         esc(title),
         esc(digest),
     )
 }
 
-/// A page that only says something (401, 403, 404).
+/// A page that only says something (401, 403, 404): no script, no style,
+/// nothing it links to.
 pub fn message(title: &str, text: &str) -> String {
-    document(
-        title,
-        "",
-        None,
-        &format!("<h1>{}</h1>\n<p>{}</p>\n", esc(title), esc(text)),
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{0}</title></head>\
+         <body>\n<h1>{0}</h1>\n<p>{1}</p>\n</body></html>\n",
+        esc(title),
+        esc(text)
     )
 }
 
@@ -102,7 +105,7 @@ pub fn overview(
         for vm in vms {
             let _ = writeln!(
                 b,
-                "<tr><td><a href=\"/vms/{0}\">{0}</a></td>{1}<td>{2}</td><td>{3}</td>\
+                "<tr><td><a href=\"vms/{0}\">{0}</a></td>{1}<td>{2}</td><td>{3}</td>\
                  <td>{4}</td><td>{5}</td><td>{6}</td></tr>",
                 esc(&vm.name),
                 state_cell(vm.state.as_str()),
@@ -229,7 +232,7 @@ pub fn vm(vm: &Vm, extras: &VmExtras, now: i64) -> String {
     let mut b = String::new();
     let _ = writeln!(
         b,
-        "<p><a href=\"/\">← all VMs</a></p>\n<h1>{} <span class=\"state {}\">{}</span></h1>",
+        "<p><a href=\"./\">← all VMs</a></p>\n<h1>{} <span class=\"state {}\">{}</span></h1>",
         esc(&vm.name),
         esc(vm.state.as_str()),
         esc(vm.state.as_str())
@@ -302,7 +305,7 @@ pub fn vm(vm: &Vm, extras: &VmExtras, now: i64) -> String {
                 };
                 let _ = writeln!(
                     b,
-                    "<tr><td><a href=\"/vms/{vm}/sessions/{name}/output.txt\">{name}</a></td>{state}\
+                    "<tr><td><a href=\"vms/{vm}/sessions/{name}/output.txt\">{name}</a></td>{state}\
                      <td>{exit}</td><td>{age} ago</td><td>{bytes}</td><td><code>{argv}</code></td><td>{cwd}</td></tr>",
                     vm = esc(&vm.name),
                     name = esc(&s.name),
@@ -352,7 +355,7 @@ pub fn vm(vm: &Vm, extras: &VmExtras, now: i64) -> String {
 
     let _ = writeln!(
         b,
-        "<h2>Console</h2>\n<p class=\"meta\">{}<a href=\"/vms/{}/console.txt\">the whole log</a></p>",
+        "<h2>Console</h2>\n<p class=\"meta\">{}<a href=\"vms/{}/console.txt\">the whole log</a></p>",
         if extras.console_cut {
             "The end of it; "
         } else {
@@ -369,7 +372,8 @@ pub fn vm(vm: &Vm, extras: &VmExtras, now: i64) -> String {
 pub const SCRIPT: &str = r#"// banger: reload when the state this page shows changes.
 (function () {
   var body = document.body;
-  var url = "/events?since=" + encodeURIComponent(body.dataset.digest || "");
+  // Relative: the page's base address carries its key.
+  var url = "events?since=" + encodeURIComponent(body.dataset.digest || "");
   if (body.dataset.vm) url += "&vm=" + encodeURIComponent(body.dataset.vm);
   var events = new EventSource(url);
   body.dataset.live = "yes";
@@ -405,7 +409,8 @@ mod tests {
 
     #[test]
     fn a_document_escapes_its_title_and_digest() {
-        let d = document("a<b", "x\"y", Some("v\"m"), "<p>body</p>");
+        let d = document("/k/", "a<b", "x\"y", Some("v\"m"), "<p>body</p>");
+        assert!(d.contains("<base href=\"/k/\">"), "{d}");
         assert!(d.contains("<title>a&lt;b</title>"), "{d}");
         assert!(d.contains("data-digest=\"x&quot;y\""), "{d}");
         assert!(d.contains("data-vm=\"v&quot;m\""), "{d}");
