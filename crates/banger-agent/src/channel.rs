@@ -70,6 +70,14 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// Whether the connection that just ended was cut by the host
+    /// reconnecting: what it read last holds the next sync line (every
+    /// restore does this; the snapshot's connection is gone).
+    pub fn host_reconnected(&self) -> bool {
+        let sync = banger_proto::SYNC_PREFIX.as_bytes();
+        self.tail.windows(sync.len()).any(|w| w == sync)
+    }
+
     /// Like [`serve_connection`], starting from (and afterwards leaving in
     /// `self.tail`) bytes an earlier connection read but did not use.
     pub async fn serve<IO>(&mut self, mut io: IO, agent: Arc<Agent>) -> Result<(), ChannelError>
@@ -140,7 +148,7 @@ async fn handshake<R: AsyncRead + Unpin>(
             let line: Vec<u8> = pending.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line[..end]);
             let nonce = line
-                .rfind("BANGER-SYNC ")
+                .rfind(banger_proto::SYNC_PREFIX)
                 .and_then(|at| banger_proto::parse_sync(&line[at..]));
             if let Some(nonce) = nonce.filter(|n| plausible_nonce(n)) {
                 return Ok(Some((nonce.to_string(), pending)));

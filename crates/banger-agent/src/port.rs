@@ -45,8 +45,12 @@ pub async fn serve_forever(port: OwnedFd, agent: Arc<Agent>) -> ! {
     loop {
         match port.try_clone().and_then(FdStream::new) {
             Ok(io) => {
-                if let Err(e) = channel.serve(io, agent.clone()).await {
-                    log(format_args!("host connection ended: {}", chain(&e)));
+                match channel.serve(io, agent.clone()).await {
+                    // Not an error: the old connection's end, seen as the
+                    // new one's sync line arrives.
+                    Err(_) if channel.host_reconnected() => log(format_args!("host reconnected")),
+                    Err(e) => log(format_args!("host connection ended: {}", chain(&e))),
+                    Ok(()) => {}
                 }
             }
             Err(e) => log(format_args!("cannot watch the agent port: {e}")),

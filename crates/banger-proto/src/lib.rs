@@ -63,9 +63,12 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// Size of the config drive; the JSON [`GuestConfig`] is NUL-padded to it.
 pub const CONFIG_DRIVE_SIZE: usize = 64 * 1024;
 
+/// What a sync line starts with.
+pub const SYNC_PREFIX: &str = "BANGER-SYNC ";
+
 /// Line the host writes to start a session.
 pub fn sync_line(nonce: &str) -> String {
-    format!("BANGER-SYNC {nonce}\n")
+    format!("{SYNC_PREFIX}{nonce}\n")
 }
 
 /// Line the agent answers with once it has seen a sync line.
@@ -75,7 +78,7 @@ pub fn ready_line(nonce: &str, protocol: u32) -> String {
 
 /// Parses `BANGER-SYNC <nonce>` (without the newline).
 pub fn parse_sync(line: &str) -> Option<&str> {
-    line.strip_prefix("BANGER-SYNC ")
+    line.strip_prefix(SYNC_PREFIX)
         .map(str::trim)
         .filter(|n| !n.is_empty())
 }
