@@ -438,7 +438,10 @@ async fn a_new_sync_line_inside_a_connection_starts_a_new_one() {
         let mut channel = Channel::default();
         let first = channel.serve(shared.clone(), agent.clone()).await;
         assert!(first.is_err(), "a sync line is not yamux");
-        assert!(channel.host_reconnected(), "said as a reconnect, not an error");
+        assert!(
+            channel.host_reconnected(),
+            "said as a reconnect, not an error"
+        );
         channel.serve(shared, agent).await
     });
     host_wr
