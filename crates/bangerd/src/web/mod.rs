@@ -285,12 +285,100 @@ fn not_found_page(e: banger_core::Error) -> Response {
     html(status, page::message("banger", &api.message))
 }
 
+/// What one page shows, read once: the page is rendered from it and its
+/// digest taken of it, and the event stream reads it again each second.
+struct Seen {
+    vms: Vec<banger_api::Vm>,
+    images: Vec<banger_api::Image>,
+    /// The newest operations (a VM's page picks its own among them).
+    ops: Vec<banger_api::Operation>,
+    /// For one VM's page: that VM, its snapshots and sessions.
+    vm: Option<VmSeen>,
+}
+
+struct VmSeen {
+    vm: banger_api::Vm,
+    snapshots: Vec<banger_api::Snapshot>,
+    sessions: Result<Vec<banger_api::Session>, String>,
+}
+
+impl Seen {
+    async fn gather(s: &AppState, vm: Option<&str>) -> Result<Seen, banger_core::Error> {
+        let vm = match vm {
+            Some(name) => {
+                let vm = s.vms.show(name)?;
+                Some(VmSeen {
+                    snapshots: s.vms.snapshots(name).unwrap_or_default(),
+                    sessions: sessions(s, &vm).await,
+                    vm,
+                })
+            }
+            None => None,
+        };
+        Ok(Seen {
+            vms: s.vms.list()?,
+            images: s.images.list().unwrap_or_default(),
+            ops: s.ops.recent(OPERATIONS_SEARCHED).unwrap_or_default(),
+            vm,
+        })
+    }
+
+    /// The operations the page lists: the newest, or one VM's newest.
+    fn shown_ops(&self) -> Vec<banger_api::Operation> {
+        let of_page =
+            |o: &&banger_api::Operation| self.vm.as_ref().is_none_or(|v| o.target == v.vm.name);
+        self.ops
+            .iter()
+            .filter(of_page)
+            .take(OPERATIONS)
+            .cloned()
+            .collect()
+    }
+
+    /// What the page shows, hashed: every VM's state and address, images'
+    /// warm snapshots, the operations listed and the stage each is in and,
+    /// on one VM's page, its snapshots and sessions.
+    fn digest(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for v in &self.vms {
+            (
+                &v.name,
+                v.state.as_str(),
+                &v.ip,
+                &v.paused,
+                &v.last_error,
+                v.pid,
+            )
+                .hash(&mut h);
+        }
+        for i in &self.images {
+            let warm = i
+                .warm
+                .as_ref()
+                .map(|w| (w.created_at, &w.stale, &w.standby));
+            (&i.name, i.size_bytes, warm).hash(&mut h);
+        }
+        for op in self.shown_ops() {
+            (&op.id, page::word(op.state), op.stages.len()).hash(&mut h);
+        }
+        if let Some(v) = &self.vm {
+            for snap in &v.snapshots {
+                (&snap.name, snap.created_at).hash(&mut h);
+            }
+            for ses in v.sessions.iter().flatten() {
+                (&ses.name, ses.state.as_str(), ses.exit_code, ses.signal).hash(&mut h);
+            }
+        }
+        format!("{:016x}", h.finish())
+    }
+}
+
 async fn overview(State(s): State<AppState>) -> Response {
-    let vms = match s.vms.list() {
-        Ok(v) => v,
+    let seen = match Seen::gather(&s, None).await {
+        Ok(seen) => seen,
         Err(e) => return not_found_page(e),
     };
-    let images = s.images.list().unwrap_or_default();
     let now = banger_sys::clock::unix_now();
     let state_dir = s.paths.state_dir.display().to_string();
     let daemon = page::Daemon {
@@ -299,22 +387,21 @@ async fn overview(State(s): State<AppState>) -> Response {
         state_dir: &state_dir,
         started_at: s.started_at,
     };
-    let ops = s.ops.recent(OPERATIONS).unwrap_or_default();
-    let body = page::overview(&daemon, &vms, &images, &ops, now);
-    let digest = digest(&s, None).await;
+    let body = page::overview(&daemon, &seen.vms, &seen.images, &seen.shown_ops(), now);
     html(
         StatusCode::OK,
-        page::document(&s.web.base(), "banger", &digest, None, &body),
+        page::document(&s.web.base(), "banger", &seen.digest(), None, &body),
     )
 }
 
 async fn vm_page(State(s): State<AppState>, Path(name): Path<String>) -> Response {
-    let vm = match s.vms.show(&name) {
-        Ok(v) => v,
+    let seen = match Seen::gather(&s, Some(&name)).await {
+        Ok(seen) => seen,
         Err(e) => return not_found_page(e),
     };
-    let snapshots = s.vms.snapshots(&name).unwrap_or_default();
-    let sessions = sessions(&s, &vm).await;
+    let Some(v) = &seen.vm else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     let (console, console_cut) = match s.vms.console_log(&name) {
         Ok(path) => {
             let len = std::fs::metadata(&path).map_or(0, |m| m.len());
@@ -330,21 +417,24 @@ async fn vm_page(State(s): State<AppState>, Path(name): Path<String>) -> Respons
         }
         Err(_) => (Vec::new(), false),
     };
-    let mut ops = s.ops.recent(OPERATIONS_SEARCHED).unwrap_or_default();
-    ops.retain(|o| o.target == name);
-    ops.truncate(OPERATIONS);
+    let ops = seen.shown_ops();
     let extras = page::VmExtras {
-        sessions,
-        snapshots: &snapshots,
+        sessions: &v.sessions,
+        snapshots: &v.snapshots,
         console: &console,
         console_cut,
         operations: &ops,
     };
-    let body = page::vm(&vm, &extras, banger_sys::clock::unix_now());
-    let digest = digest(&s, Some(&name)).await;
+    let body = page::vm(&v.vm, &extras, banger_sys::clock::unix_now());
     html(
         StatusCode::OK,
-        page::document(&s.web.base(), &vm.name, &digest, Some(&vm.name), &body),
+        page::document(
+            &s.web.base(),
+            &v.vm.name,
+            &seen.digest(),
+            Some(&v.vm.name),
+            &body,
+        ),
     )
 }
 
@@ -379,45 +469,6 @@ async fn sessions(s: &AppState, vm: &banger_api::Vm) -> Result<Vec<banger_api::S
     }
 }
 
-/// What a page shows, hashed: every VM's state and address, images' warm
-/// snapshots, the operations and the stage each is in and, for one VM's
-/// page, its snapshots and sessions.
-async fn digest(s: &AppState, vm: Option<&str>) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for v in s.vms.list().unwrap_or_default() {
-        (
-            &v.name,
-            v.state.as_str(),
-            &v.ip,
-            &v.paused,
-            &v.last_error,
-            v.pid,
-        )
-            .hash(&mut h);
-    }
-    for i in s.images.list().unwrap_or_default() {
-        let warm = i.warm.map(|w| (w.created_at, w.stale, w.standby));
-        (&i.name, i.size_bytes, warm).hash(&mut h);
-    }
-    for op in s.ops.recent(OPERATIONS).unwrap_or_default() {
-        (&op.id, page::word(op.state), op.stages.len()).hash(&mut h);
-    }
-    if let Some(name) = vm {
-        for snap in s.vms.snapshots(name).unwrap_or_default() {
-            (&snap.name, snap.created_at).hash(&mut h);
-        }
-        if let Ok(v) = s.vms.show(name)
-            && let Ok(list) = sessions(s, &v).await
-        {
-            for ses in list {
-                (&ses.name, ses.state.as_str(), ses.exit_code, ses.signal).hash(&mut h);
-            }
-        }
-    }
-    format!("{:016x}", h.finish())
-}
-
 #[derive(serde::Deserialize)]
 struct EventsQuery {
     since: String,
@@ -432,7 +483,11 @@ async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Resp
         let (s, q, mut ticks) = st?;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if digest(&s, q.vm.as_deref()).await != q.since {
+            // A page whose VM is gone has changed too.
+            let now = Seen::gather(&s, q.vm.as_deref())
+                .await
+                .map(|seen| seen.digest());
+            if now.as_deref().ok() != Some(q.since.as_str()) {
                 return Some((
                     Ok::<_, std::convert::Infallible>("event: change\ndata: \n\n".to_string()),
                     None,

@@ -218,7 +218,7 @@ pub fn operations(ops: &[Operation], now: i64, with_target: bool) -> String {
 /// What the VM page shows besides the VM itself.
 pub struct VmExtras<'a> {
     /// The guest's sessions, or why they cannot be listed.
-    pub sessions: Result<Vec<Session>, String>,
+    pub sessions: &'a Result<Vec<Session>, String>,
     pub snapshots: &'a [Snapshot],
     /// The end of the console log.
     pub console: &'a [u8],
@@ -285,7 +285,7 @@ pub fn vm(vm: &Vm, extras: &VmExtras, now: i64) -> String {
     );
 
     b.push_str("<h2>Sessions</h2>\n");
-    match &extras.sessions {
+    match extras.sessions {
         Err(why) => {
             let _ = writeln!(b, "<p>{}</p>", esc(why));
         }
