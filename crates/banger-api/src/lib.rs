@@ -217,6 +217,11 @@ pub struct CreateVm {
     /// Boot even when the image has a warm snapshot that fits.
     #[serde(default)]
     pub cold: bool,
+    /// Delete the VM once the process that sent this request has exited
+    /// (`vm run --rm`: also when that process is killed). The daemon knows
+    /// the process from the connection, not from the request.
+    #[serde(default)]
+    pub delete_with_caller: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -3,9 +3,11 @@
 //! made, and one left next to bangerd is passed over; an exec whose guest
 //! stops answering ends on a second interrupt, or a grace period after the
 //! first, with 125; a guest whose kernel panics shows `failed` at once,
-//! with the panic in its error.
+//! with the panic in its error; a `vm run --rm` whose CLI is killed (while
+//! the VM boots, while the command runs, or while no daemon runs) leaves no
+//! VM behind.
 
-use banger_e2e::{Env, bin, boot_permit, skip, wait_until};
+use banger_e2e::{Env, bin, boot_permit, process_alive, skip, wait_until};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -229,4 +231,109 @@ fn a_guest_whose_kernel_panics_shows_failed_with_the_panic() {
     );
     assert!(last["pid"].is_null(), "{last}");
     env.ok(&["vm", "delete", "doomed"]);
+}
+
+/// `vm run --rm` is a promise about the VM, not about its CLI: a CLI killed
+/// at any point (Ctrl-C during the boot, a harness's timeout) must not
+/// leave its VM running. The daemon watches the process that asked and
+/// deletes the VM when it ends, and a daemon started after that process
+/// ended (no daemon watched) deletes it at start-up.
+#[test]
+fn a_killed_vm_run_rm_leaves_no_vm_behind() {
+    if skip() {
+        return;
+    }
+    let _permit = boot_permit();
+    let env = Env::new(CONFIG).with_image();
+    let vms = || {
+        env.json(&["vm", "list", "--json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let state = || {
+        vms()
+            .first()
+            .and_then(|v| v["state"].as_str().map(String::from))
+    };
+    let run = || {
+        env.cmd(&["vm", "run", "--rm", "--no-checkout", "--", "sleep", "600"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let in_state = |want: &str| {
+        assert!(
+            wait_until(Duration::from_secs(120), || state().as_deref()
+                == Some(want)),
+            "no vm came to {want}: {:?}",
+            vms()
+        )
+    };
+    let gone = |when: &str, engine: Option<u32>| {
+        assert!(
+            wait_until(Duration::from_secs(60), || vms().is_empty()),
+            "{when}: the vm is still there: {:?}",
+            vms()
+        );
+        if let Some(pid) = engine {
+            assert!(!process_alive(pid), "{when}: its engine still runs");
+        }
+    };
+
+    // Killed during the boot: the VM goes once its create has finished.
+    let mut cli = run();
+    in_state("creating");
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    gone("killed while the vm booted", None);
+
+    // Killed while the command runs.
+    let mut cli = run();
+    in_state("running");
+    let name = vms()[0]["name"].as_str().unwrap().to_string();
+    let engine = env.vm_pid(&name);
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    gone("killed while the command ran", Some(engine));
+
+    // Killed while no daemon ran: frozen first, so it cannot delete the VM
+    // itself when the daemon goes away; the next daemon deletes it.
+    let mut cli = run();
+    in_state("running");
+    let name = vms()[0]["name"].as_str().unwrap().to_string();
+    let engine = env.vm_pid(&name);
+    signal(cli.id(), "STOP");
+    env.ok(&["daemon", "stop"]);
+    assert!(
+        process_alive(engine),
+        "a stopped daemon leaves its vms running"
+    );
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    gone("killed while no daemon ran", Some(engine));
+
+    // A VM `vm run` keeps (no --rm) is not tied to its CLI.
+    let mut cli = env
+        .cmd(&[
+            "vm",
+            "run",
+            "--name",
+            "kept",
+            "--no-checkout",
+            "--",
+            "sleep",
+            "600",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    in_state("running");
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    env.ok(&["vm", "exec", "kept", "--", "true"]);
+    assert_eq!(state().as_deref(), Some("running"));
+    env.ok(&["vm", "delete", "kept"]);
 }

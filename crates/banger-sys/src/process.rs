@@ -16,6 +16,57 @@ pub fn alive(pid: u32) -> bool {
     !live_tasks(pid).is_empty()
 }
 
+/// One process, told apart from a later one that reuses its pid by the
+/// moment it started (`/proc/<pid>/stat`'s 22nd field, clock ticks after
+/// boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub start: u64,
+}
+
+impl ProcessRef {
+    /// `pid` as it is now, or `None` when no live process has it.
+    pub fn of(pid: u32) -> Option<ProcessRef> {
+        let start = start_ticks(pid)?;
+        alive(pid).then_some(ProcessRef { pid, start })
+    }
+
+    /// Whether this very process still runs.
+    pub fn alive(&self) -> bool {
+        ProcessRef::of(self.pid).is_some_and(|now| now == *self)
+    }
+
+    /// A pidfd of this process, readable once it has exited; `None` when
+    /// it is gone already (its pid free, or another process's).
+    pub fn pidfd(&self) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+        let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) else {
+            return Ok(None);
+        };
+        let fd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::SRCH) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // Checked after the open: the pidfd now holds whichever process
+        // has the pid, and this says it is the one we mean.
+        Ok(self.alive().then_some(fd))
+    }
+}
+
+/// When `pid` started, in clock ticks after boot.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_ticks(&stat)
+}
+
+/// `/proc/<pid>/stat`'s starttime: the 22nd field, the 20th after the
+/// command name (which may hold spaces and parentheses).
+fn parse_start_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// The command name of a live `pid` (`/proc/<pid>/comm`, at most 15
 /// bytes): what is left to tell a process by while it exits, when its
 /// executable link and arguments are already gone.
@@ -283,6 +334,40 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(comm(child.id()), None);
+    }
+
+    #[test]
+    fn a_process_ref_knows_its_process_and_its_pidfd_says_when_it_ends() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = ProcessRef::of(child.id()).expect("a live child");
+        assert!(me.alive());
+        let later = ProcessRef {
+            start: me.start + 1,
+            ..me
+        };
+        assert!(!later.alive(), "another start is another process");
+        assert!(later.pidfd().unwrap().is_none());
+        let fd = me.pidfd().unwrap().expect("a pidfd of a live process");
+        let readable = |fd: &std::os::fd::OwnedFd| {
+            let mut p = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+            rustix::event::poll(&mut p, 0).unwrap() == 1
+        };
+        assert!(!readable(&fd), "not readable while it runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(readable(&fd), "readable once it has exited");
+        assert!(!me.alive());
+        assert_eq!(ProcessRef::of(child.id()), None);
+    }
+
+    #[test]
+    fn the_start_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_start_ticks(stat), Some(98765));
+        assert_eq!(parse_start_ticks("42 (x) S 1"), None);
     }
 
     /// The child's ignored-signal mask, from `/proc/self/status`.

@@ -190,6 +190,7 @@ async fn show_vm(
 
 async fn create_vm(
     State(s): State<AppState>,
+    extensions: axum::http::Extensions,
     body: Result<Json<CreateVm>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(req) = body.map_err(|e| {
@@ -198,7 +199,10 @@ async fn create_vm(
             format!("bad create request: {}", e.body_text()),
         )
     })?;
-    Ok(accepted(s.vms.create(req)?))
+    let caller = extensions
+        .get::<axum::extract::ConnectInfo<crate::peer::Peer>>()
+        .map(|c| c.0.pid);
+    Ok(accepted(s.vms.create_for(req, caller)?))
 }
 
 async fn delete_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {

@@ -82,6 +82,11 @@ async fn run() -> anyhow::Result<()> {
         .reconcile()
         .await
         .context("reconcile at start-up")?;
+    // `vm run --rm` VMs whose CLI ended while no daemon watched go now.
+    services
+        .vms
+        .watch_callers()
+        .context("watching the callers of vm run --rm")?;
     tracing::info!(
         ms = reconcile_began.elapsed().as_millis() as u64,
         "reconciled images and vms"
@@ -120,6 +125,7 @@ async fn run() -> anyhow::Result<()> {
     // Followers of logs and operations never end on their own: stop
     // accepting at once, give open requests a moment, then exit.
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = app.into_make_service_with_connect_info::<peer::Peer>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         stop.await;
         let _ = stopped_tx.send(());

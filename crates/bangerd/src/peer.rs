@@ -51,8 +51,23 @@ impl PeerPolicy {
     }
 }
 
+/// The process on the other end of an API connection, as the kernel
+/// reported it when the connection was accepted (`ConnectInfo<Peer>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: u32,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CheckedListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, CheckedListener>) -> Peer {
+        *stream.remote_addr()
+    }
+}
+
 /// A unix listener that hands axum only the connections [`PeerPolicy`]
-/// admits.
+/// admits, each with its [`Peer`].
 pub struct CheckedListener {
     inner: UnixListener,
     policy: PeerPolicy,
@@ -66,13 +81,15 @@ impl CheckedListener {
 
 impl Listener for CheckedListener {
     type Io = UnixStream;
-    type Addr = SocketAddr;
+    type Addr = Peer;
 
-    async fn accept(&mut self) -> (UnixStream, SocketAddr) {
+    async fn accept(&mut self) -> (UnixStream, Peer) {
         loop {
-            let (stream, addr) = Listener::accept(&mut self.inner).await;
+            let (stream, _): (UnixStream, SocketAddr) = Listener::accept(&mut self.inner).await;
             match banger_sys::peer::peer_cred(&stream) {
-                Ok(peer) if self.policy.admits_peer(&peer) => return (stream, addr),
+                Ok(peer) if self.policy.admits_peer(&peer) => {
+                    return (stream, Peer { pid: peer.pid });
+                }
                 Ok(peer) => tracing::warn!(
                     uid = peer.uid,
                     pid = peer.pid,
@@ -86,8 +103,11 @@ impl Listener for CheckedListener {
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.inner.local_addr()
+    /// This end: the daemon itself.
+    fn local_addr(&self) -> std::io::Result<Peer> {
+        Ok(Peer {
+            pid: std::process::id(),
+        })
     }
 }
 

@@ -188,6 +188,30 @@ impl Store {
         })
     }
 
+    /// Sets option `key` of the VM whose id is `vm_id` (replacing it);
+    /// false when there is no such VM.
+    pub fn set_vm_option(
+        &self,
+        vm_id: &str,
+        key: &str,
+        data: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            if tx
+                .query_row("SELECT 1 FROM vms WHERE id = ?1", [vm_id], |_| Ok(()))
+                .optional()?
+                .is_none()
+            {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO vm_options (vm_id, capability, data) VALUES (?1, ?2, ?3)",
+                params![vm_id, key, data.to_string()],
+            )?;
+            Ok(true)
+        })
+    }
+
     /// Leases `ip` to `vm` (or releases its lease with `None`).
     pub fn set_vm_ip(&self, name: &str, ip: Option<&str>) -> Result<(), StoreError> {
         self.write(|tx| {
@@ -299,6 +323,23 @@ mod tests {
         s.set_vm_ip("b", Some("172.30.0.2")).unwrap();
         s.set_vm_ip("b", None).unwrap();
         assert!(s.leased_ips().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_option_is_set_replaced_and_refused_for_a_vm_that_is_gone() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_image(&sample("minimal")).unwrap();
+        s.insert_vm(&vm("a")).unwrap();
+        let one = serde_json::json!({"pid": 1});
+        assert!(s.set_vm_option("id-a", "caller", &one).unwrap());
+        let two = serde_json::json!({"pid": 2});
+        assert!(s.set_vm_option("id-a", "caller", &two).unwrap());
+        assert_eq!(
+            s.vm("a").unwrap().unwrap().options.get("caller"),
+            Some(&two)
+        );
+        s.delete_vm("a").unwrap();
+        assert!(!s.set_vm_option("id-a", "caller", &one).unwrap());
     }
 
     #[test]

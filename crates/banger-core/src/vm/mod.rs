@@ -6,6 +6,7 @@
 //! and records the outcome at the end.
 
 pub mod boot;
+pub mod caller;
 pub mod clone;
 pub mod create;
 pub mod delete;

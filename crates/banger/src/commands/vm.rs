@@ -21,13 +21,20 @@ use banger_sys::clock::unix_now;
 /// `vm create`: boots a VM and prints its name on stdout.
 pub async fn create(ctx: &Context, spec: VmSpec) -> anyhow::Result<i32> {
     let client = ctx.client().await?;
-    let name = create_vm(&client, &spec, Style::for_stderr()).await?;
+    let name = create_vm(&client, &spec, Style::for_stderr(), false).await?;
     output::print_str(&format!("{name}\n"));
     Ok(0)
 }
 
 /// Creates a VM, following its operation; returns its name.
-pub async fn create_vm(client: &Client, spec: &VmSpec, style: Style) -> anyhow::Result<String> {
+/// Creates the VM `spec` describes; with `delete_with_caller`, the daemon
+/// deletes it once this process has exited, however it ends.
+pub async fn create_vm(
+    client: &Client,
+    spec: &VmSpec,
+    style: Style,
+    delete_with_caller: bool,
+) -> anyhow::Result<String> {
     if let Some(name) = &spec.name {
         banger_api::validate_vm_name(name).map_err(anyhow::Error::msg)?;
     }
@@ -45,6 +52,7 @@ pub async fn create_vm(client: &Client, spec: &VmSpec, style: Style) -> anyhow::
         host_access: spec.host_access,
         from_snapshot: spec.from_snapshot.clone(),
         cold: spec.cold,
+        delete_with_caller,
     };
     let op: OperationRef = client.post("/v1/vms", &body).await?;
     let operation = progress::follow_with(client, &op, style, spec.verbose).await?;

@@ -24,7 +24,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     } else {
         super::checkout::find(ctx.runner.as_ref())
     };
-    let name = ensure_vm(&client, &args.spec).await?;
+    let name = ensure_vm(&client, &args.spec, args.rm).await?;
     let mut request = ExecRequest {
         argv: args.command.clone(),
         tty: args.tty,
@@ -74,11 +74,12 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
 }
 
 /// The VM to run in: `--name`'s if it exists (started if need be), else a
-/// new one.
-async fn ensure_vm(client: &Client, spec: &VmSpec) -> anyhow::Result<String> {
+/// new one; with `rm`, one the daemon deletes when this process ends, even
+/// killed before it could.
+async fn ensure_vm(client: &Client, spec: &VmSpec, rm: bool) -> anyhow::Result<String> {
     let style = Style::for_stderr();
     let Some(name) = &spec.name else {
-        return create_vm(client, spec, style).await;
+        return create_vm(client, spec, style, rm).await;
     };
     let vm = match client
         .get::<Vm>(&format!("/v1/vms/{}", path_segment(name)))
@@ -86,7 +87,7 @@ async fn ensure_vm(client: &Client, spec: &VmSpec) -> anyhow::Result<String> {
     {
         Ok(vm) => vm,
         Err(err) if err.api_code() == Some(banger_api::ErrorCode::NotFound) => {
-            return create_vm(client, spec, style).await;
+            return create_vm(client, spec, style, rm).await;
         }
         Err(err) => return Err(err.into()),
     };

@@ -1,0 +1,189 @@
+//! VMs that live as long as the process that asked for them (`vm run
+//! --rm`). The CLI deletes its VM when the command ends, but a CLI killed
+//! first (Ctrl-C during the boot, a harness's timeout, a closed terminal)
+//! would leave it running for good. So a create may ask to be tied to its
+//! caller: the daemon takes the process from the connection (`SO_PEERCRED`,
+//! not from anything the request says), and once the create has finished
+//! (at once if it failed: that left nothing) it records the process (pid and
+//! start time: a pid alone is reused) as the VM's `caller` option and waits
+//! on a pidfd. When that process has ended, the VM is deleted, unless it is
+//! gone already or its name is now another VM's. A restarted daemon finds
+//! the option at start-up and waits again, or deletes at once when the
+//! process ended while no daemon watched.
+
+use super::Lifecycle;
+use crate::error::Error;
+use crate::ops::Op;
+use banger_api::{CreateVm, OperationState, VmState};
+use banger_sys::process::ProcessRef;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The option that names a VM's caller.
+pub const CALLER: &str = "caller";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Recorded {
+    pid: u32,
+    start: u64,
+}
+
+impl From<ProcessRef> for Recorded {
+    fn from(p: ProcessRef) -> Recorded {
+        Recorded {
+            pid: p.pid,
+            start: p.start,
+        }
+    }
+}
+
+impl From<Recorded> for ProcessRef {
+    fn from(r: Recorded) -> ProcessRef {
+        ProcessRef {
+            pid: r.pid,
+            start: r.start,
+        }
+    }
+}
+
+impl Lifecycle {
+    /// `vm create` for `caller` (the process on the other end of the
+    /// request's connection, when known): with `delete_with_caller`, the VM
+    /// is deleted once that process has ended.
+    pub fn create_for(
+        self: &Arc<Self>,
+        req: CreateVm,
+        caller: Option<u32>,
+    ) -> Result<Arc<Op>, Error> {
+        let caller = if req.delete_with_caller {
+            let process = caller.and_then(ProcessRef::of).ok_or_else(|| Error::Refused {
+                what: "cannot tell which process asked for a vm deleted with it".into(),
+                hint: "ask over the daemon's unix socket, from a process that stays until the vm may go".into(),
+            })?;
+            Some(process)
+        } else {
+            None
+        };
+        let op = self.create(req)?;
+        if let Some(caller) = caller {
+            let (this, op) = (self.clone(), op.clone());
+            tokio::spawn(async move { this.tie_to_caller(&op, caller).await });
+        }
+        Ok(op)
+    }
+
+    async fn tie_to_caller(self: &Arc<Self>, op: &Op, caller: ProcessRef) {
+        let done = op.wait().await;
+        if done.state != OperationState::Succeeded {
+            return;
+        }
+        let Ok(Some(vm)) = self.store.vm(&done.target) else {
+            return;
+        };
+        let recorded = serde_json::to_value(Recorded::from(caller)).expect("two numbers");
+        match self.store.set_vm_option(&vm.id, CALLER, &recorded) {
+            Ok(true) => {}
+            // Deleted already: nothing left to tie.
+            Ok(false) => return,
+            Err(e) => tracing::warn!(
+                vm = %vm.name, error = %crate::error::chain(&e),
+                "cannot record the vm's caller; it is still deleted when the caller ends, unless this daemon restarts first"
+            ),
+        }
+        self.delete_after(&vm.name, &vm.id, caller).await;
+    }
+
+    /// At start-up, after reconcile: waits again on the callers of the VMs
+    /// that have one, and deletes those whose caller ended meanwhile.
+    pub fn watch_callers(self: &Arc<Self>) -> Result<(), Error> {
+        for vm in self.store.vms()? {
+            let Some(value) = vm.options.get(CALLER) else {
+                continue;
+            };
+            let Ok(recorded) = serde_json::from_value::<Recorded>(value.clone()) else {
+                tracing::warn!(vm = %vm.name, "ignoring an unreadable caller record");
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move { this.delete_after(&vm.name, &vm.id, recorded.into()).await });
+        }
+        Ok(())
+    }
+
+    /// Deletes VM `name` (while it is still the one whose id is `id`) once
+    /// `caller` has ended.
+    async fn delete_after(self: &Arc<Self>, name: &str, id: &str, caller: ProcessRef) {
+        ended(caller).await;
+        let vm = match self.store.vm(name) {
+            Ok(Some(vm)) if vm.id == id && vm.state != VmState::Deleting => vm,
+            _ => return,
+        };
+        tracing::info!(
+            vm = %vm.name, pid = caller.pid,
+            "deleting the vm: the process it was made for has ended"
+        );
+        if let Err(e) = self.delete(&vm.name) {
+            tracing::warn!(vm = %vm.name, error = %crate::error::chain(&e), "cannot delete the vm its caller left");
+        }
+    }
+}
+
+/// Resolves once `process` has ended: its pidfd turns readable. Without a
+/// pidfd (a kernel before 5.3), checks once a second.
+async fn ended(process: ProcessRef) {
+    match process.pidfd() {
+        Ok(None) => {}
+        // Deprecated for an arbitrary `T: AsRawFd`, whose fd may change or
+        // be closed behind tokio's back; an `OwnedFd` we own and never swap
+        // upholds the contract of `AsyncFd::register`.
+        #[allow(deprecated)]
+        Ok(Some(fd)) => match tokio::io::unix::AsyncFd::new(fd) {
+            Ok(fd) => {
+                let _ = fd.readable().await;
+            }
+            Err(_) => poll_until_gone(process).await,
+        },
+        Err(_) => poll_until_gone(process).await,
+    }
+}
+
+async fn poll_until_gone(process: ProcessRef) {
+    while process.alive() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ended_resolves_when_the_process_exits_and_at_once_for_one_gone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = ProcessRef::of(child.id()).unwrap();
+        let waiting = tokio::spawn(ended(me));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "the process still runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("ended once it exited")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(1), ended(me))
+            .await
+            .expect("a process gone already has ended");
+    }
+
+    #[test]
+    fn the_record_round_trips() {
+        let p = ProcessRef { pid: 7, start: 99 };
+        let v = serde_json::to_value(Recorded::from(p)).unwrap();
+        let back: Recorded = serde_json::from_value(v).unwrap();
+        assert_eq!(ProcessRef::from(back), p);
+    }
+}
