@@ -624,7 +624,7 @@ fn run_inside_a_git_checkout_works_in_a_copy_at_root_repo() {
             "--",
             "sh",
             "-c",
-            "pwd; cat tracked.txt; cd /root/repo && find . -path ./.git -prune -o -type f -print | sort; test -f .git/HEAD && echo repository; exit 4",
+            "pwd; cat tracked.txt; cd /root/repo && find . -path ./.git -prune -o -type f -print | sort; test -f .git/HEAD && echo repository; stat -c %Y . src src/deep; exit 4",
         ])
         .current_dir(repo.join("src/deep"))
         .output()
@@ -636,10 +636,20 @@ fn run_inside_a_git_checkout_works_in_a_copy_at_root_repo() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let (listing, dated) = stdout
+        .split_once("repository\n")
+        .unwrap_or_else(|| panic!("no repository in {stdout:?}"));
     assert_eq!(
-        stdout,
-        "/root/repo/src/deep\nedited, not committed\n./.gitignore\n./src/deep/tracked.txt\n./untracked.txt\nrepository\n",
+        listing,
+        "/root/repo/src/deep\nedited, not committed\n./.gitignore\n./src/deep/tracked.txt\n./untracked.txt\n",
         "the checkout as it is on disk, without ignored files, and the command runs where the caller stood"
+    );
+    // Directories are dated as a fresh clone's are, not 1970.
+    let day_ago = banger_sys::clock::unix_now() - 86_400;
+    let mtimes: Vec<i64> = dated.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(
+        mtimes.len() == 3 && mtimes.iter().all(|&t| t > day_ago),
+        "directory mtimes {mtimes:?}"
     );
 
     // Outside a checkout (or with --no-checkout) the command runs in /root.

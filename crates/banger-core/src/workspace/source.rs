@@ -249,8 +249,11 @@ fn shallow_objects(
 }
 
 impl Writer<'_> {
+    /// A directory made for the copy (not one copied from disk): dated
+    /// now, as a fresh clone's are, not 1970.
     fn dir(&mut self, path: &[u8], mode: u32) -> Result<(), Error> {
-        self.enc.dir(path, mode & 0o7777, 0).map_err(archive_err)
+        let now = banger_sys::clock::unix_now();
+        self.enc.dir(path, mode & 0o7777, now).map_err(archive_err)
     }
 
     fn bytes(&mut self, path: &[u8], mode: u32, content: &[u8]) -> Result<(), Error> {
