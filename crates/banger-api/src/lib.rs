@@ -222,6 +222,10 @@ pub struct CreateVm {
     /// the process from the connection, not from the request.
     #[serde(default)]
     pub delete_with_caller: bool,
+    /// Delete the VM if that process exits before the create has finished
+    /// (Ctrl-C during `vm create`); a VM that came up stays.
+    #[serde(default)]
+    pub cancel_with_caller: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

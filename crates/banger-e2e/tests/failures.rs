@@ -5,7 +5,7 @@
 //! first, with 125; a guest whose kernel panics shows `failed` at once,
 //! with the panic in its error; a `vm run --rm` whose CLI is killed (while
 //! the VM boots, while the command runs, or while no daemon runs) leaves no
-//! VM behind.
+//! VM behind, nor does a `vm create` killed during the boot.
 
 use banger_e2e::{Env, bin, boot_permit, process_alive, skip, wait_until};
 use std::io::{BufRead, BufReader};
@@ -237,7 +237,8 @@ fn a_guest_whose_kernel_panics_shows_failed_with_the_panic() {
 /// at any point (Ctrl-C during the boot, a harness's timeout) must not
 /// leave its VM running. The daemon watches the process that asked and
 /// deletes the VM when it ends, and a daemon started after that process
-/// ended (no daemon watched) deletes it at start-up.
+/// ended (no daemon watched) deletes it at start-up. A `vm create`
+/// interrupted during the boot is cancelled the same way.
 #[test]
 fn a_killed_vm_run_rm_leaves_no_vm_behind() {
     if skip() {
@@ -314,7 +315,24 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
     cli.wait().unwrap();
     gone("killed while no daemon ran", Some(engine));
 
-    // A VM `vm run` keeps (no --rm) is not tied to its CLI.
+    // `vm create` killed during the boot: the VM goes once it is up; one
+    // whose create finished stays when its CLI has exited.
+    let mut cli = env
+        .cmd(&["vm", "create", "--name", "abandoned"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    in_state("creating");
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    gone("vm create killed while the vm booted", None);
+    env.ok(&["vm", "create", "--name", "made"]);
+    env.ok(&["vm", "exec", "made", "--", "true"]);
+    assert_eq!(state().as_deref(), Some("running"));
+    env.ok(&["vm", "delete", "made"]);
+
+    // A VM `vm run` keeps (no --rm) is not tied to its CLI once it is up.
     let mut cli = env
         .cmd(&[
             "vm",

@@ -10,6 +10,10 @@
 //! gone already or its name is now another VM's. A restarted daemon finds
 //! the option at start-up and waits again, or deletes at once when the
 //! process ended while no daemon watched.
+//!
+//! `vm create` (and `vm run` without `--rm`) ties more loosely: a caller
+//! that ends before the create has finished (Ctrl-C during the boot) takes
+//! the VM with it, once the create is done; a VM that came up stays.
 
 use super::Lifecycle;
 use crate::error::Error;
@@ -22,6 +26,15 @@ use std::time::Duration;
 
 /// The option that names a VM's caller.
 pub const CALLER: &str = "caller";
+
+/// How long a VM stays tied to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tie {
+    /// `vm run --rm`: deleted whenever the caller ends.
+    UntilDeleted,
+    /// `vm create`: deleted if the caller ends before the create does.
+    WhileCreating,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Recorded {
@@ -56,31 +69,51 @@ impl Lifecycle {
         req: CreateVm,
         caller: Option<u32>,
     ) -> Result<Arc<Op>, Error> {
-        let caller = if req.delete_with_caller {
-            let process = caller.and_then(ProcessRef::of).ok_or_else(|| Error::Refused {
-                what: "cannot tell which process asked for a vm deleted with it".into(),
-                hint: "ask over the daemon's unix socket, from a process that stays until the vm may go".into(),
-            })?;
-            Some(process)
-        } else {
-            None
+        let tie = match (req.delete_with_caller, req.cancel_with_caller) {
+            (true, _) => Some(Tie::UntilDeleted),
+            (false, true) => Some(Tie::WhileCreating),
+            (false, false) => None,
+        };
+        let caller = match tie {
+            Some(tie) => {
+                let process = caller.and_then(ProcessRef::of).ok_or_else(|| Error::Refused {
+                    what: "cannot tell which process asked for a vm tied to it".into(),
+                    hint: "ask over the daemon's unix socket, from a process that stays until the vm may go".into(),
+                })?;
+                Some((process, tie))
+            }
+            None => None,
         };
         let op = self.create(req)?;
-        if let Some(caller) = caller {
+        if let Some((caller, tie)) = caller {
             let (this, op) = (self.clone(), op.clone());
-            tokio::spawn(async move { this.tie_to_caller(&op, caller).await });
+            tokio::spawn(async move { this.tie_to_caller(&op, caller, tie).await });
         }
         Ok(op)
     }
 
-    async fn tie_to_caller(self: &Arc<Self>, op: &Op, caller: ProcessRef) {
+    async fn tie_to_caller(self: &Arc<Self>, op: &Op, caller: ProcessRef, tie: Tie) {
+        // Biased: a create that has finished counts as finished first,
+        // however late this task looks (its caller exits right after).
+        let left_first = tokio::select! {
+            biased;
+            _ = op.wait() => false,
+            _ = ended(caller) => true,
+        };
         let done = op.wait().await;
         if done.state != OperationState::Succeeded {
+            // A failed create left nothing.
             return;
         }
         let Ok(Some(vm)) = self.store.vm(&done.target) else {
             return;
         };
+        if tie == Tie::WhileCreating {
+            if left_first {
+                self.delete_after(&vm.name, &vm.id, caller).await;
+            }
+            return;
+        }
         let recorded = serde_json::to_value(Recorded::from(caller)).expect("two numbers");
         match self.store.set_vm_option(&vm.id, CALLER, &recorded) {
             Ok(true) => {}

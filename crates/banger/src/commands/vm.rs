@@ -27,8 +27,9 @@ pub async fn create(ctx: &Context, spec: VmSpec) -> anyhow::Result<i32> {
 }
 
 /// Creates a VM, following its operation; returns its name.
-/// Creates the VM `spec` describes; with `delete_with_caller`, the daemon
-/// deletes it once this process has exited, however it ends.
+/// Creates the VM `spec` describes. The daemon deletes it if this process
+/// ends (Ctrl-C, killed) before the create has finished, and with
+/// `delete_with_caller` whenever this process ends.
 pub async fn create_vm(
     client: &Client,
     spec: &VmSpec,
@@ -53,6 +54,7 @@ pub async fn create_vm(
         from_snapshot: spec.from_snapshot.clone(),
         cold: spec.cold,
         delete_with_caller,
+        cancel_with_caller: true,
     };
     let op: OperationRef = client.post("/v1/vms", &body).await?;
     let operation = progress::follow_with(client, &op, style, spec.verbose).await?;
