@@ -26,6 +26,9 @@ pub enum ErrorCode {
     Host,
     /// A bug or a broken store: the message says what, the daemon log more.
     Internal,
+    /// The operation was cancelled on request (Ctrl-C during an image
+    /// build); what it had made is gone.
+    Cancelled,
 }
 
 impl ErrorCode {
@@ -38,6 +41,7 @@ impl ErrorCode {
             ErrorCode::Engine => "engine",
             ErrorCode::Host => "host",
             ErrorCode::Internal => "internal",
+            ErrorCode::Cancelled => "cancelled",
         }
     }
 }
@@ -62,6 +66,7 @@ mod tests {
             ErrorCode::Engine,
             ErrorCode::Host,
             ErrorCode::Internal,
+            ErrorCode::Cancelled,
         ] {
             let wire = serde_json::to_string(&code).unwrap();
             assert_eq!(wire, format!("\"{}\"", code.as_str()));

@@ -138,6 +138,8 @@ pub enum Error {
     },
     #[error("{what}: {hint}")]
     Refused { what: String, hint: String },
+    #[error("{what} cancelled")]
+    Cancelled { what: String },
     #[error("cannot create the ssh key {path}")]
     SshKey {
         path: std::path::PathBuf,
@@ -234,6 +236,7 @@ impl Error {
             | Error::DiskFull { .. }
             | Error::Io { .. } => ErrorCode::Host,
             Error::Refused { .. } => ErrorCode::Conflict,
+            Error::Cancelled { .. } => ErrorCode::Cancelled,
         }
     }
 

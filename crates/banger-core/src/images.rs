@@ -190,7 +190,7 @@ impl Images {
             force: false,
             ..Default::default()
         };
-        let build = self.preset_builder(plan_build(&req)?, agent_bin);
+        let build = self.preset_builder(op, plan_build(&req)?, agent_bin);
         self.install_image(op, image, false, build).await
     }
 
@@ -309,21 +309,22 @@ impl Images {
             .ops
             .spawn(OperationKind::ImageBuild, &name, |op| async move {
                 let (name, force) = (plan.name.clone(), plan.force);
-                let build = this.preset_builder(plan, agent_bin);
+                let build = this.preset_builder(&op, plan, agent_bin);
                 this.install_exclusive(&op, &name, force, "pass --force to rebuild it", build)
                     .await
                     .map_err(|e| crate::space::explain(e, &state_dir, "building an image"))
             }))
     }
 
-    /// What builds the image `plan` says, into the directory it is given.
-    fn preset_builder(&self, plan: BuildPlan, agent_bin: PathBuf) -> impl Builder {
+    /// What builds the image `plan` says, into the directory it is given,
+    /// its programs stopped when `op` is cancelled.
+    fn preset_builder(&self, op: &Op, plan: BuildPlan, agent_bin: PathBuf) -> impl Builder {
         let params = banger_image::BuildParams {
             name: plan.name.clone(),
             cache_dir: self.paths.cache_dir.clone(),
             agent_bin,
             out_dir: PathBuf::new(),
-            runner: self.runner.clone(),
+            runner: banger_sys::command::cancellable(self.runner.clone(), op.canceller()),
             kernel_release: plan.kernel_release,
             expect_installed: plan.expect_installed,
         };
@@ -372,7 +373,7 @@ impl Images {
             OperationKind::ImageRegister,
             &req.name.clone(),
             |op| async move {
-                let runner = this.runner.clone();
+                let runner = banger_sys::command::cancellable(this.runner.clone(), op.canceller());
                 let build = move |out_dir: PathBuf, report: &mut dyn FnMut(BuildEvent)| {
                     let params = banger_image::RegisterParams {
                         name: req.name,
@@ -430,7 +431,16 @@ impl Images {
             self.images_dir()
                 .join(format!(".{name}.new-{:08x}", rand::random::<u32>())),
         );
-        let manifest = run_builder(op, staging.0.clone(), build).await?;
+        let manifest = match run_builder(op, staging.0.clone(), build).await {
+            Ok(manifest) => manifest,
+            // The staging dir goes with `staging`; the old image stays.
+            Err(_) if op.cancelled() => {
+                return Err(Error::Cancelled {
+                    what: format!("the build of image {name}"),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         self.install_staged(name, force, staging, &manifest)
     }
 

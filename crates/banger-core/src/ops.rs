@@ -16,6 +16,8 @@ pub struct Op {
     started: Instant,
     inner: Mutex<OpInner>,
     changed: watch::Sender<usize>,
+    /// Stops the programs a cancellable operation runs ([`Operations::cancel`]).
+    cancel: banger_sys::cancel::Cancel,
 }
 
 struct OpInner {
@@ -37,6 +39,16 @@ impl Op {
 
     pub fn target(&self) -> String {
         self.lock().record.target.clone()
+    }
+
+    /// What stops this operation's programs when it is cancelled: its
+    /// runner goes through [`banger_sys::command::cancellable`] with it.
+    pub fn canceller(&self) -> &banger_sys::cancel::Cancel {
+        &self.cancel
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OpInner> {
@@ -228,6 +240,14 @@ pub enum Watch {
 /// The operations service: begins operations, finishes them into the
 /// store, and finds them again (this daemon's live ones in memory, a
 /// bounded number of finished ones too, older ones in the store).
+/// The refusal to cancel an operation that has ended.
+fn finished(id: &str, op: &Operation) -> Error {
+    Error::Refused {
+        what: format!("operation {id} has finished ({:?})", op.state).to_lowercase(),
+        hint: "there is nothing left to cancel".into(),
+    }
+}
+
 pub struct Operations {
     store: Arc<Store>,
     ops: Mutex<HashMap<String, Arc<Op>>>,
@@ -261,6 +281,7 @@ impl Operations {
                 done: false,
             }),
             changed,
+            cancel: Default::default(),
         });
         let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         // Keep memory bounded: forget finished operations beyond a few hundred.
@@ -315,6 +336,35 @@ impl Operations {
             .cloned()
     }
 
+    /// Cancels a running image build or register: no program starts any
+    /// more, the running one is stopped, and the operation ends failed
+    /// (`cancelled`) once its undo has run. Other kinds refuse: a create,
+    /// a delete or a snapshot runs to its end.
+    pub fn cancel(&self, id: &str) -> Result<Operation, Error> {
+        let op = match self.watch(id)? {
+            Watch::Live(op) if !op.lock().done => op,
+            Watch::Live(op) => return Err(finished(id, &op.snapshot())),
+            Watch::Done(rec) => return Err(finished(id, &rec)),
+        };
+        let kind = op.lock().record.kind;
+        if !matches!(
+            kind,
+            OperationKind::ImageBuild | OperationKind::ImageRegister
+        ) {
+            return Err(Error::Refused {
+                what: format!(
+                    "operation {id} is not an image build or register: it runs to its end"
+                ),
+                hint: "only image builds and registers can be cancelled".into(),
+            });
+        }
+        if !op.cancelled() {
+            tracing::info!(op = %id, target = %op.target(), "cancelling the operation");
+            op.cancel.cancel();
+        }
+        Ok(op.snapshot())
+    }
+
     /// The operation's record as it stands.
     pub fn get(&self, id: &str) -> Result<Operation, Error> {
         match self.watch(id)? {
@@ -356,6 +406,42 @@ impl Operations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_running_image_build_or_register_can_be_cancelled() {
+        let reg = Operations::new(Arc::new(Store::open_in_memory().unwrap()));
+        let build = reg.begin(OperationKind::ImageBuild, "debian");
+        let runner = banger_sys::command::cancellable(
+            Arc::new(banger_sys::command::SystemRunner),
+            build.canceller(),
+        );
+        assert!(runner.run(&banger_sys::command::Cmd::new("true")).is_ok());
+        let rec = reg.cancel(&build.id()).unwrap();
+        assert_eq!(
+            rec.state,
+            OperationState::Running,
+            "it ends once its undo ran"
+        );
+        assert!(build.cancelled());
+        assert!(
+            runner.run(&banger_sys::command::Cmd::new("true")).is_err(),
+            "its runner starts nothing more"
+        );
+        reg.cancel(&build.id())
+            .expect("cancelling twice is no error");
+        let create = reg.begin(OperationKind::Create, "web");
+        let err = reg.cancel(&create.id()).unwrap_err();
+        assert!(err.to_string().contains("runs to its end"), "{err}");
+        assert!(!create.cancelled());
+        let register = reg.begin(OperationKind::ImageRegister, "mine");
+        reg.finish(&register, Ok(()));
+        let err = reg.cancel(&register.id()).unwrap_err();
+        assert!(err.to_string().contains("has finished"), "{err}");
+        assert!(matches!(
+            reg.cancel("op-nope"),
+            Err(Error::OperationNotFound { .. })
+        ));
+    }
 
     #[tokio::test]
     async fn recent_lists_running_operations_with_finished_ones() {

@@ -5,7 +5,8 @@
 //! first, with 125; a guest whose kernel panics shows `failed` at once,
 //! with the panic in its error; a `vm run --rm` whose CLI is killed (while
 //! the VM boots, while the command runs, or while no daemon runs) leaves no
-//! VM behind, nor does a `vm create` killed during the boot.
+//! VM behind, nor does a `vm create` killed during the boot; Ctrl-C during
+//! an image build cancels it, its programs stopped and nothing left.
 
 use banger_e2e::{Env, bin, boot_permit, process_alive, skip, wait_until};
 use std::io::{BufRead, BufReader};
@@ -354,4 +355,75 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
     env.ok(&["vm", "exec", "kept", "--", "true"]);
     assert_eq!(state().as_deref(), Some("running"));
     env.ok(&["vm", "delete", "kept"]);
+}
+
+/// Ctrl-C during `image build`: the daemon stops the program running (here
+/// a `mkfs.ext4` that hangs, shadowing the real one), removes what the
+/// build made, and the CLI exits 130 saying so; the image does not exist.
+#[test]
+fn ctrl_c_cancels_an_image_build_and_leaves_nothing() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG);
+    // Fetch and unpack the packages into the shared cache first, so the
+    // build below reaches mkfs at once.
+    env.ok(&["image", "build", "--preset", "minimal"]);
+    env.ok(&["daemon", "stop"]);
+    let shadow = env.root.path().join("shadow");
+    std::fs::create_dir_all(&shadow).unwrap();
+    let mark = env.root.path().join("mkfs-started");
+    let script = format!("#!/bin/sh\necho $$ > {}\nsleep 600\n", mark.display());
+    let mkfs = shadow.join("mkfs.ext4");
+    std::fs::write(&mkfs, script).unwrap();
+    let mut mode = std::fs::metadata(&mkfs).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+    std::fs::set_permissions(&mkfs, mode).unwrap();
+    let path = format!(
+        "{}:{}",
+        shadow.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cli = env
+        .cmd(&["image", "build", "--preset", "minimal", "--name", "slow"])
+        .env("PATH", &path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || mark.exists()),
+        "the build never reached mkfs"
+    );
+    let sleeper: u32 = std::fs::read_to_string(&mark)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(cli.id(), "INT");
+    let (code, took) = exit_within(&mut cli, Duration::from_secs(30)).expect("the CLI exits");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut cli.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(code, Some(130), "{err}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert!(err.contains("cancelling"), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    assert!(!process_alive(sleeper), "the build's program still runs");
+    let images = env.json(&["image", "list", "--json"]);
+    assert!(
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["name"] != "slow"),
+        "{images}"
+    );
+    let left: Vec<_> = std::fs::read_dir(env.state_dir().join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("slow"))
+        .collect();
+    assert!(left.is_empty(), "the build left {left:?}");
+    let op = env.json(&["image", "show", "minimal", "--json"]);
+    assert_eq!(op["name"], "minimal", "the other image is untouched");
 }

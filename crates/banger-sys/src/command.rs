@@ -24,6 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Instant;
 
+use crate::cancel::Cancel;
+use std::sync::Arc;
+
 /// How many trailing stderr lines a [`CommandError::Failed`] keeps.
 const STDERR_TAIL_LINES: usize = 8;
 
@@ -151,6 +154,9 @@ pub enum CommandError {
         /// Its last stderr lines (or stdout lines when stderr was empty).
         stderr_tail: String,
     },
+    /// Stopped by a [`crate::cancel::Cancel`], or not started after one.
+    #[error("{program} was stopped: the operation was cancelled")]
+    Cancelled { program: String },
 }
 
 impl CommandError {
@@ -160,7 +166,8 @@ impl CommandError {
             | CommandError::Spawn { program, .. }
             | CommandError::OutputFile { program, .. }
             | CommandError::Io { program, .. }
-            | CommandError::Failed { program, .. } => program,
+            | CommandError::Failed { program, .. }
+            | CommandError::Cancelled { program } => program,
         }
     }
 
@@ -239,6 +246,46 @@ pub trait Runner: Send + Sync {
         each_line(&out.stderr, line);
         Ok(out)
     }
+
+    /// This runner for a run `cancel` may stop mid-program, when it can:
+    /// the system runner can ([`CancellableRunner`]); see [`cancellable`].
+    fn stopped_by(&self, _cancel: &Cancel) -> Option<Arc<dyn Runner>> {
+        None
+    }
+}
+
+/// `runner` for a run `cancel` stops: the running program signalled where
+/// the runner can do that ([`Runner::stopped_by`]), and in any case no
+/// program started once cancelled.
+pub fn cancellable(runner: Arc<dyn Runner>, cancel: &Cancel) -> Arc<dyn Runner> {
+    runner.stopped_by(cancel).unwrap_or_else(|| {
+        Arc::new(Checked {
+            inner: runner,
+            cancel: cancel.clone(),
+        })
+    })
+}
+
+/// A runner that refuses to start programs once its run is cancelled.
+struct Checked {
+    inner: Arc<dyn Runner>,
+    cancel: Cancel,
+}
+
+impl Runner for Checked {
+    fn run(&self, cmd: &Cmd) -> Result<Output, CommandError> {
+        if self.cancel.is_cancelled() {
+            return Err(cancelled(cmd));
+        }
+        self.inner.run(cmd)
+    }
+
+    fn run_lines(&self, cmd: &Cmd, line: &mut dyn FnMut(&str)) -> Result<Output, CommandError> {
+        if self.cancel.is_cancelled() {
+            return Err(cancelled(cmd));
+        }
+        self.inner.run_lines(cmd, line)
+    }
 }
 
 /// The real [`Runner`], on `std::process`.
@@ -247,95 +294,163 @@ pub struct SystemRunner;
 
 impl Runner for SystemRunner {
     fn run(&self, cmd: &Cmd) -> Result<Output, CommandError> {
-        let started = Instant::now();
-        let mut child = spawn(cmd)?;
-        let stdin_pipe = child.stdin.take();
-        // Feed stdin from a second thread while this one drains stdout and
-        // stderr, so neither side can block on a full pipe.
-        let (output, stdin_result) = std::thread::scope(|scope| {
-            let writer = stdin_pipe.map(|mut pipe| {
-                let data = cmd.stdin.as_deref().unwrap_or_default();
-                scope.spawn(move || pipe.write_all(data))
-            });
-            let output = child.wait_with_output();
-            let stdin_result = writer.map(|w| w.join().unwrap_or(Ok(())));
-            (output, stdin_result)
-        });
-        let io_err = |source| CommandError::Io {
-            program: cmd.program.clone(),
-            source,
-        };
-        let output = output.map_err(io_err)?;
-        tracing::debug!(
-            command = %cmd,
-            status = %output.status,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "ran external program"
-        );
-        if !output.status.success() {
-            return Err(failed(cmd, output.status, &output.stdout, &output.stderr));
-        }
-        // A program may legitimately exit without reading all its input.
-        if let Some(Err(e)) = stdin_result
-            && e.kind() != io::ErrorKind::BrokenPipe
-        {
-            return Err(io_err(e));
-        }
-        Ok(Output {
-            stdout: output.stdout,
-            stderr: output.stderr,
-        })
+        run_to_end(cmd, None)
     }
 
     fn run_lines(&self, cmd: &Cmd, line: &mut dyn FnMut(&str)) -> Result<Output, CommandError> {
-        let started = Instant::now();
-        let mut child = spawn(cmd)?;
-        let io_err = |source| CommandError::Io {
-            program: cmd.program.clone(),
-            source,
-        };
-        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let mut out = Output::default();
-        // Reader threads send (is_stderr, line) here; this thread calls
-        // `line`, which need not be Send.
-        let (tx, rx) = std::sync::mpsc::channel::<(bool, Vec<u8>)>();
-        let status = std::thread::scope(|scope| {
-            if let Some(mut pipe) = pipes.0 {
-                let data = cmd.stdin.as_deref().unwrap_or_default();
-                scope.spawn(move || pipe.write_all(data));
-            }
-            if let Some(pipe) = pipes.1 {
-                let tx = tx.clone();
-                scope.spawn(move || pump(pipe, false, tx));
-            }
-            if let Some(pipe) = pipes.2 {
-                let tx = tx.clone();
-                scope.spawn(move || pump(pipe, true, tx));
-            }
-            drop(tx);
-            for (is_stderr, bytes) in rx {
-                each_line(&bytes, line);
-                if is_stderr {
-                    &mut out.stderr
-                } else {
-                    &mut out.stdout
-                }
-                .extend_from_slice(&bytes);
-            }
-            child.wait()
-        });
-        let status = status.map_err(io_err)?;
-        tracing::debug!(
-            command = %cmd,
-            status = %status,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "ran external program"
-        );
-        if !status.success() {
-            return Err(failed(cmd, status, &out.stdout, &out.stderr));
-        }
-        Ok(out)
+        run_lines_to_end(cmd, line, None)
     }
+
+    fn stopped_by(&self, cancel: &Cancel) -> Option<Arc<dyn Runner>> {
+        Some(Arc::new(CancellableRunner {
+            cancel: cancel.clone(),
+        }))
+    }
+}
+
+/// [`SystemRunner`] that a [`Cancel`] can stop: each program leads a
+/// process group of its own, which cancelling signals (see
+/// [`crate::cancel`]); once cancelled, nothing more starts and a run ends
+/// in [`CommandError::Cancelled`].
+#[derive(Debug, Clone, Default)]
+pub struct CancellableRunner {
+    pub cancel: Cancel,
+}
+
+impl Runner for CancellableRunner {
+    fn run(&self, cmd: &Cmd) -> Result<Output, CommandError> {
+        run_to_end(cmd, Some(&self.cancel))
+    }
+
+    fn run_lines(&self, cmd: &Cmd, line: &mut dyn FnMut(&str)) -> Result<Output, CommandError> {
+        run_lines_to_end(cmd, line, Some(&self.cancel))
+    }
+}
+
+/// Starts `cmd` for a run `cancel` may stop: refused once cancelled, else
+/// in a process group of its own, registered with `cancel`.
+fn spawn_for(
+    cmd: &Cmd,
+    cancel: Option<&Cancel>,
+) -> Result<(std::process::Child, Option<crate::cancel::Registered>), CommandError> {
+    let Some(cancel) = cancel else {
+        return Ok((spawn(cmd, false)?, None));
+    };
+    if cancel.is_cancelled() {
+        return Err(cancelled(cmd));
+    }
+    let child = spawn(cmd, true)?;
+    let registered = cancel.register(child.id());
+    Ok((child, Some(registered)))
+}
+
+fn cancelled(cmd: &Cmd) -> CommandError {
+    CommandError::Cancelled {
+        program: cmd.program.clone(),
+    }
+}
+
+fn run_to_end(cmd: &Cmd, cancel: Option<&Cancel>) -> Result<Output, CommandError> {
+    let started = Instant::now();
+    let (mut child, registered) = spawn_for(cmd, cancel)?;
+    let stdin_pipe = child.stdin.take();
+    // Feed stdin from a second thread while this one drains stdout and
+    // stderr, so neither side can block on a full pipe.
+    let (output, stdin_result) = std::thread::scope(|scope| {
+        let writer = stdin_pipe.map(|mut pipe| {
+            let data = cmd.stdin.as_deref().unwrap_or_default();
+            scope.spawn(move || pipe.write_all(data))
+        });
+        let output = child.wait_with_output();
+        let stdin_result = writer.map(|w| w.join().unwrap_or(Ok(())));
+        (output, stdin_result)
+    });
+    let io_err = |source| CommandError::Io {
+        program: cmd.program.clone(),
+        source,
+    };
+    let output = output.map_err(io_err)?;
+    drop(registered);
+    tracing::debug!(
+        command = %cmd,
+        status = %output.status,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ran external program"
+    );
+    if !output.status.success() {
+        if cancel.is_some_and(Cancel::is_cancelled) {
+            return Err(cancelled(cmd));
+        }
+        return Err(failed(cmd, output.status, &output.stdout, &output.stderr));
+    }
+    // A program may legitimately exit without reading all its input.
+    if let Some(Err(e)) = stdin_result
+        && e.kind() != io::ErrorKind::BrokenPipe
+    {
+        return Err(io_err(e));
+    }
+    Ok(Output {
+        stdout: output.stdout,
+        stderr: output.stderr,
+    })
+}
+
+fn run_lines_to_end(
+    cmd: &Cmd,
+    line: &mut dyn FnMut(&str),
+    cancel: Option<&Cancel>,
+) -> Result<Output, CommandError> {
+    let started = Instant::now();
+    let (mut child, registered) = spawn_for(cmd, cancel)?;
+    let io_err = |source| CommandError::Io {
+        program: cmd.program.clone(),
+        source,
+    };
+    let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let mut out = Output::default();
+    // Reader threads send (is_stderr, line) here; this thread calls
+    // `line`, which need not be Send.
+    let (tx, rx) = std::sync::mpsc::channel::<(bool, Vec<u8>)>();
+    let status = std::thread::scope(|scope| {
+        if let Some(mut pipe) = pipes.0 {
+            let data = cmd.stdin.as_deref().unwrap_or_default();
+            scope.spawn(move || pipe.write_all(data));
+        }
+        if let Some(pipe) = pipes.1 {
+            let tx = tx.clone();
+            scope.spawn(move || pump(pipe, false, tx));
+        }
+        if let Some(pipe) = pipes.2 {
+            let tx = tx.clone();
+            scope.spawn(move || pump(pipe, true, tx));
+        }
+        drop(tx);
+        for (is_stderr, bytes) in rx {
+            each_line(&bytes, line);
+            if is_stderr {
+                &mut out.stderr
+            } else {
+                &mut out.stdout
+            }
+            .extend_from_slice(&bytes);
+        }
+        child.wait()
+    });
+    let status = status.map_err(io_err)?;
+    drop(registered);
+    tracing::debug!(
+        command = %cmd,
+        status = %status,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ran external program"
+    );
+    if !status.success() {
+        if cancel.is_some_and(Cancel::is_cancelled) {
+            return Err(cancelled(cmd));
+        }
+        return Err(failed(cmd, status, &out.stdout, &out.stderr));
+    }
+    Ok(out)
 }
 
 /// Sends what `pipe` yields to `tx` a line at a time, until end of file.
@@ -359,9 +474,13 @@ fn each_line(bytes: &[u8], line: &mut dyn FnMut(&str)) {
 }
 
 /// Starts `cmd` with stdout and stderr piped, and stdin piped when it has
-/// bytes for it (`/dev/null` otherwise).
-fn spawn(cmd: &Cmd) -> Result<std::process::Child, CommandError> {
+/// bytes for it (`/dev/null` otherwise); as the leader of a new process
+/// group when `own_group`.
+fn spawn(cmd: &Cmd, own_group: bool) -> Result<std::process::Child, CommandError> {
     let mut command = std_command(cmd);
+    if own_group {
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    }
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     command.stdin(if cmd.stdin.is_some() {
         Stdio::piped()
@@ -577,6 +696,40 @@ mod tests {
         assert_eq!(lines, ["four", "one", "three", "two"]);
         assert_eq!(out.stdout_lossy(), "one\nthree\rfour\n\n");
         assert_eq!(out.stderr, b"two\n");
+    }
+
+    #[test]
+    fn a_cancelled_run_stops_its_program_and_its_children_and_starts_no_more() {
+        let runner = CancellableRunner::default();
+        let cancel = runner.cancel.clone();
+        let started = std::time::Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let run = std::thread::spawn(move || {
+            // A shell whose child sleeps: the whole group must go.
+            runner.run_lines(
+                &Cmd::new("sh").args(["-c", "echo up; sleep 60; echo never"]),
+                &mut |l| {
+                    let _ = tx.send(l.to_string());
+                },
+            )
+        });
+        assert_eq!(rx.recv().unwrap(), "up");
+        cancel.cancel();
+        let err = run.join().unwrap().unwrap_err();
+        assert!(
+            matches!(&err, CommandError::Cancelled { program } if program == "sh"),
+            "{err}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        let again = CancellableRunner { cancel };
+        assert!(matches!(
+            again.run(&Cmd::new("true")),
+            Err(CommandError::Cancelled { .. })
+        ));
+        assert!(
+            CancellableRunner::default().run(&Cmd::new("true")).is_ok(),
+            "an uncancelled run runs"
+        );
     }
 
     #[test]

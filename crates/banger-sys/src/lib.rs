@@ -5,6 +5,7 @@
 
 pub mod alloc;
 pub mod archive;
+pub mod cancel;
 pub mod clock;
 pub mod command;
 pub mod fdpass;

@@ -14,6 +14,7 @@ use banger_api::{Operation, OperationEvent, OperationKind, OperationRef, Operati
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::client::Client;
+use crate::exit::ExitError;
 use crate::terminal;
 use crate::units::format_duration_ms;
 
@@ -56,31 +57,98 @@ pub async fn follow_with(
     style: Style,
     verbose: bool,
 ) -> anyhow::Result<Operation> {
+    follow_inner(client, op, style, verbose, false).await
+}
+
+/// [`follow`] for an operation the daemon can cancel (an image build or
+/// register): Ctrl-C asks it to (see [`follow_cancelling`]).
+pub async fn follow_cancellable(
+    client: &Client,
+    op: &OperationRef,
+    style: Style,
+) -> anyhow::Result<Operation> {
+    follow_inner(client, op, style, false, true).await
+}
+
+async fn follow_inner(
+    client: &Client,
+    op: &OperationRef,
+    style: Style,
+    verbose: bool,
+    cancellable: bool,
+) -> anyhow::Result<Operation> {
     let mut renderer = Renderer::new(style, std::io::stderr());
     renderer.verbose = verbose;
-    let operation = client
-        .follow_operation(&op.id, |event| renderer.event(event))
-        .await;
+    let follow = client.follow_operation(&op.id, |event| renderer.event(event));
+    let operation = if cancellable {
+        follow_cancelling(client, op, async { Ok(follow.await?) }).await
+    } else {
+        follow.await.map_err(anyhow::Error::from)
+    };
     renderer.finish();
     let operation = operation?;
     if operation.state == OperationState::Failed {
-        let message = operation
-            .error
-            .as_ref()
-            .map(|e| e.message.clone())
-            .unwrap_or_else(|| {
-                format!(
-                    "{} of {} failed",
-                    kind_noun(operation.kind),
-                    operation.target
-                )
-            });
+        let error = operation.error.as_ref();
+        let message = error.map(|e| e.message.clone()).unwrap_or_else(|| {
+            format!(
+                "{} of {} failed",
+                kind_noun(operation.kind),
+                operation.target
+            )
+        });
+        if error.is_some_and(|e| e.code == banger_api::ErrorCode::Cancelled) {
+            return Err(ExitError::new(INTERRUPTED, message).into());
+        }
         return Err(anyhow!(message));
     }
     if style != Style::Quiet {
         eprintln!("{}", summary(&operation));
     }
     Ok(operation)
+}
+
+/// The status after Ctrl-C, as a shell gives a command SIGINT ended.
+const INTERRUPTED: i32 = 130;
+
+/// Follows a cancellable operation (`follow`): the first Ctrl-C (or
+/// SIGTERM) asks the daemon to cancel it and the following goes on until
+/// its undo is done; a second one stops waiting (exit 130), the daemon
+/// still finishing the cancel.
+async fn follow_cancelling(
+    client: &Client,
+    op: &OperationRef,
+    follow: impl std::future::Future<Output = anyhow::Result<Operation>>,
+) -> anyhow::Result<Operation> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    );
+    tokio::pin!(follow);
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            done = &mut follow => return done,
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        if asked {
+            return Err(ExitError::new(
+                INTERRUPTED,
+                format!(
+                    "stopped waiting; the daemon finishes cancelling operation {}",
+                    op.id
+                ),
+            )
+            .into());
+        }
+        asked = true;
+        eprintln!("cancelling (Ctrl-C again to stop waiting)");
+        let path = format!("/v1/operations/{}/cancel", op.id);
+        if let Err(e) = client.post_empty::<Operation>(&path).await {
+            eprintln!("cannot cancel: {e:#}");
+        }
+    }
 }
 
 /// `vm web running (2.6 s)`.

@@ -111,6 +111,7 @@ pub fn app(state: AppState) -> Router {
             post(warm_image).delete(unwarm_image),
         )
         .route("/v1/operations/{id}", get(show_operation))
+        .route("/v1/operations/{id}/cancel", post(cancel_operation))
         .route(
             "/v1/operations/{id}/events",
             get(crate::streams::operation_events),
@@ -139,6 +140,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Engine => StatusCode::BAD_GATEWAY,
         ErrorCode::Host | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        // An operation's own error, never a request's; as a conflict if it were.
+        ErrorCode::Cancelled => StatusCode::CONFLICT,
     }
 }
 
@@ -383,6 +386,16 @@ async fn show_operation(
     Path(id): Path<String>,
 ) -> ApiResult<Json<banger_api::Operation>> {
     Ok(Json(s.ops.get(&id)?))
+}
+
+/// Cancels a running image build or register (Ctrl-C in the CLI following
+/// it); answers with the operation as it stands, still running until its
+/// undo is done.
+async fn cancel_operation(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<banger_api::Operation>> {
+    Ok(Json(s.ops.cancel(&id)?))
 }
 
 async fn doctor(State(s): State<AppState>) -> Json<banger_api::DoctorReport> {

@@ -37,7 +37,8 @@ pub async fn build(ctx: &Context, args: BuildArgs) -> anyhow::Result<i32> {
         from_manifest,
     };
     let op: OperationRef = client.post("/v1/images/build", &body).await?;
-    progress::follow(&client, &op, Style::for_stderr()).await?;
+    // Ctrl-C cancels it: the daemon stops the programs and removes what it made.
+    progress::follow_cancellable(&client, &op, Style::for_stderr()).await?;
     Ok(0)
 }
 
@@ -69,7 +70,8 @@ pub async fn register(ctx: &Context, args: RegisterArgs) -> anyhow::Result<i32> 
     };
     let client = ctx.client().await?;
     let op: OperationRef = client.post("/v1/images/register", &body).await?;
-    progress::follow(&client, &op, Style::for_stderr()).await?;
+    // Ctrl-C cancels it: the daemon stops the programs and removes what it made.
+    progress::follow_cancellable(&client, &op, Style::for_stderr()).await?;
     Ok(0)
 }
 
