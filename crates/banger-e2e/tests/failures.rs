@@ -366,24 +366,7 @@ fn ctrl_c_cancels_an_image_build_and_leaves_nothing() {
         return;
     }
     let env = Env::new(CONFIG);
-    // Fetch and unpack the packages into the shared cache first, so the
-    // build below reaches mkfs at once.
-    env.ok(&["image", "build", "--preset", "minimal"]);
-    env.ok(&["daemon", "stop"]);
-    let shadow = env.root.path().join("shadow");
-    std::fs::create_dir_all(&shadow).unwrap();
-    let mark = env.root.path().join("mkfs-started");
-    let script = format!("#!/bin/sh\necho $$ > {}\nsleep 600\n", mark.display());
-    let mkfs = shadow.join("mkfs.ext4");
-    std::fs::write(&mkfs, script).unwrap();
-    let mut mode = std::fs::metadata(&mkfs).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
-    std::fs::set_permissions(&mkfs, mode).unwrap();
-    let path = format!(
-        "{}:{}",
-        shadow.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let (path, mark) = hanging_mkfs(&env);
     let mut cli = env
         .cmd(&["image", "build", "--preset", "minimal", "--name", "slow"])
         .env("PATH", &path)
@@ -426,4 +409,76 @@ fn ctrl_c_cancels_an_image_build_and_leaves_nothing() {
     assert!(left.is_empty(), "the build left {left:?}");
     let op = env.json(&["image", "show", "minimal", "--json"]);
     assert_eq!(op["name"], "minimal", "the other image is untouched");
+}
+
+/// Readies `env` for a build that hangs in `mkfs.ext4`: the packages
+/// fetched and unpacked into the shared cache (a build first), the daemon
+/// stopped, and a `mkfs.ext4` that writes its pid to the returned mark and
+/// sleeps, first in the returned `PATH` (a daemon started with it uses it).
+fn hanging_mkfs(env: &Env) -> (String, std::path::PathBuf) {
+    env.ok(&["image", "build", "--preset", "minimal"]);
+    env.ok(&["daemon", "stop"]);
+    let shadow = env.root.path().join("shadow");
+    std::fs::create_dir_all(&shadow).unwrap();
+    let mark = env.root.path().join("mkfs-started");
+    let script = format!("#!/bin/sh\necho $$ > {}\nsleep 600\n", mark.display());
+    let mkfs = shadow.join("mkfs.ext4");
+    std::fs::write(&mkfs, script).unwrap();
+    let mut mode = std::fs::metadata(&mkfs).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+    std::fs::set_permissions(&mkfs, mode).unwrap();
+    let path = format!(
+        "{}:{}",
+        shadow.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (path, mark)
+}
+
+/// A `vm create` killed while it builds its image on first use stops that
+/// build: no VM, no image, the build's program gone.
+#[test]
+fn a_create_killed_while_it_builds_its_image_stops_the_build() {
+    if skip() {
+        return;
+    }
+    let env = Env::new(CONFIG);
+    let (path, mark) = hanging_mkfs(&env);
+    env.cmd(&["image", "delete", "minimal"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let mut cli = env
+        .cmd(&["vm", "create", "--name", "first"])
+        .env("PATH", &path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || mark.exists()),
+        "the create never reached the image build's mkfs"
+    );
+    let sleeper: u32 = std::fs::read_to_string(&mark)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || !process_alive(sleeper)),
+        "the build's program still runs"
+    );
+    let vms = || env.json(&["vm", "list", "--json"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || vms()
+            .as_array()
+            .unwrap()
+            .is_empty()),
+        "{}",
+        vms()
+    );
+    let images = env.json(&["image", "list", "--json"]);
+    assert!(images.as_array().unwrap().is_empty(), "{images}");
 }
