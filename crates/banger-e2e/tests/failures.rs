@@ -258,13 +258,14 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
             .first()
             .and_then(|v| v["state"].as_str().map(String::from))
     };
-    let run = || {
-        env.cmd(&["vm", "run", "--rm", "--no-checkout", "--", "sleep", "600"])
+    let spawn = |args: &[&str]| {
+        env.cmd(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap()
     };
+    let run = || spawn(&["vm", "run", "--rm", "--no-checkout", "--", "sleep", "600"]);
     let in_state = |want: &str| {
         assert!(
             wait_until(Duration::from_secs(120), || state().as_deref()
@@ -318,12 +319,7 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
 
     // `vm create` killed during the boot: the VM goes once it is up; one
     // whose create finished stays when its CLI has exited.
-    let mut cli = env
-        .cmd(&["vm", "create", "--name", "abandoned"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cli = spawn(&["vm", "create", "--name", "abandoned"]);
     in_state("creating");
     cli.kill().unwrap();
     cli.wait().unwrap();
@@ -334,21 +330,16 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
     env.ok(&["vm", "delete", "made"]);
 
     // A VM `vm run` keeps (no --rm) is not tied to its CLI once it is up.
-    let mut cli = env
-        .cmd(&[
-            "vm",
-            "run",
-            "--name",
-            "kept",
-            "--no-checkout",
-            "--",
-            "sleep",
-            "600",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cli = spawn(&[
+        "vm",
+        "run",
+        "--name",
+        "kept",
+        "--no-checkout",
+        "--",
+        "sleep",
+        "600",
+    ]);
     in_state("running");
     cli.kill().unwrap();
     cli.wait().unwrap();
@@ -373,15 +364,7 @@ fn ctrl_c_cancels_an_image_build_and_leaves_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), || mark.exists()),
-        "the build never reached mkfs"
-    );
-    let sleeper: u32 = std::fs::read_to_string(&mark)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let sleeper = hung_mkfs(&mark);
     signal(cli.id(), "INT");
     let (code, took) = exit_within(&mut cli, Duration::from_secs(30)).expect("the CLI exits");
     let mut err = String::new();
@@ -435,6 +418,19 @@ fn hanging_mkfs(env: &Env) -> (String, std::path::PathBuf) {
     (path, mark)
 }
 
+/// The pid of the hanging `mkfs.ext4` once a build has reached it.
+fn hung_mkfs(mark: &std::path::Path) -> u32 {
+    assert!(
+        wait_until(Duration::from_secs(60), || mark.exists()),
+        "the build never reached mkfs"
+    );
+    std::fs::read_to_string(mark)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// A `vm create` killed while it builds its image on first use stops that
 /// build: no VM, no image, the build's program gone.
 #[test]
@@ -455,15 +451,7 @@ fn a_create_killed_while_it_builds_its_image_stops_the_build() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), || mark.exists()),
-        "the create never reached the image build's mkfs"
-    );
-    let sleeper: u32 = std::fs::read_to_string(&mark)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let sleeper = hung_mkfs(&mark);
     cli.kill().unwrap();
     cli.wait().unwrap();
     assert!(
