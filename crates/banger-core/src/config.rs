@@ -142,6 +142,56 @@ pub enum ConfigError {
     },
 }
 
+/// A TOML error as one line: where (`line 3, column 1`), what, and for an
+/// unknown key the known one it is closest to.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().trim().replace('\n', " ");
+    let mut message = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what.clone(),
+    };
+    if let Some(close) = closest_key(&what) {
+        message.push_str(&format!(" (did you mean `{close}`?)"));
+    }
+    message
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`", the expected
+/// name within two edits of `x`, if one is.
+fn closest_key(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    rest.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (edit_distance(unknown, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k.to_string())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 impl Config {
     /// Fills what defaults to this instance's own (the nftables table)
     /// for the instance whose state dir is `state_dir`.
@@ -167,7 +217,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim().replace('\n', " "),
+            message: describe(text, &e),
         })?;
         cfg.validate()
             .map_err(|(key, problem)| ConfigError::Invalid {
@@ -286,6 +336,34 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/c.toml"), text)
+    }
+
+    #[test]
+    fn a_malformed_file_is_named_by_line_with_the_key_it_likely_meant() {
+        let err = parse("network = \"none\"\ndefault_memory_mb = 512\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "config /c.toml is malformed: line 2, column 1: unknown field `default_memory_mb`"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("(did you mean `default_memory_mib`?)"),
+            "{err}"
+        );
+        assert!(!err.contains('|'), "no source excerpt: {err}");
+        let err = parse("default_memory_mib = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 1, column 22: invalid type: string \"lots\", expected u64"),
+            "{err}"
+        );
+        assert!(!err.contains("did you mean"), "{err}");
+        let err = parse("colour = 1\n").unwrap_err().to_string();
+        assert!(!err.contains("did you mean"), "nothing close: {err}");
     }
 
     #[test]

@@ -86,8 +86,10 @@ pub async fn connect(paths: &Paths, spawner: &dyn Spawner) -> anyhow::Result<Cli
     let [state, ..] = paths.private_dirs();
     ensure_private_dir(state.path).context(state.refusal())?;
     let log = paths.daemon_log();
+    // Only this start's lines are shown if it fails, not an earlier one's.
+    let from = std::fs::metadata(&log).map_or(0, |m| m.len());
     let mut child = spawn(spawner, &daemon_binary(), &log)?;
-    wait_until_up(&client, &mut child, &log).await?;
+    wait_until_up(&client, &mut child, &log, from).await?;
     Ok(client)
 }
 
@@ -145,7 +147,14 @@ fn not_found(bin: &Path) -> anyhow::Error {
     )
 }
 
-async fn wait_until_up(client: &Client, child: &mut Child, log: &Path) -> anyhow::Result<()> {
+/// Waits for the daemon just started to answer; its failure quotes what it
+/// logged, from byte `from` of `log`.
+async fn wait_until_up(
+    client: &Client,
+    child: &mut Child,
+    log: &Path,
+    from: u64,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         match client.get::<DaemonStatus>("/v1/daemon").await {
@@ -160,7 +169,7 @@ async fn wait_until_up(client: &Client, child: &mut Child, log: &Path) -> anyhow
             bail!(
                 "the daemon exited ({status}) before it answered; see {}{}",
                 log.display(),
-                log_tail(log)
+                log_tail(log, from)
             );
         }
         if Instant::now() >= deadline {
@@ -169,18 +178,20 @@ async fn wait_until_up(client: &Client, child: &mut Child, log: &Path) -> anyhow
                 client.socket().display(),
                 START_TIMEOUT.as_secs(),
                 log.display(),
-                log_tail(log)
+                log_tail(log, from)
             );
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
 }
 
-/// The log's last lines, indented, after a newline (or nothing).
-fn log_tail(log: &Path) -> String {
-    let Ok(text) = std::fs::read_to_string(log) else {
+/// The log's last lines from byte `from` on, indented, after a newline
+/// (or nothing).
+fn log_tail(log: &Path, from: u64) -> String {
+    let Ok(bytes) = std::fs::read(log) else {
         return String::new();
     };
+    let text = String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or_default());
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
     tail.iter().map(|l| format!("\n  {l}")).collect()
@@ -314,10 +325,19 @@ pub(crate) mod tests {
         let log = dir.path().join("bangerd.log");
         let text: String = (1..=20).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&log, text).unwrap();
-        let tail = log_tail(&log);
+        let tail = log_tail(&log, 0);
         assert!(tail.starts_with("\n  line 6\n"));
         assert!(tail.ends_with("  line 20"));
-        assert_eq!(log_tail(&dir.path().join("missing")), "");
+        assert_eq!(log_tail(&dir.path().join("missing"), 0), "");
+        let at_19 = std::fs::read_to_string(&log)
+            .unwrap()
+            .find("line 19")
+            .unwrap();
+        assert_eq!(
+            log_tail(&log, at_19 as u64),
+            "\n  line 19\n  line 20",
+            "an earlier start's lines are not this one's"
+        );
     }
 
     #[tokio::test]
@@ -334,7 +354,7 @@ pub(crate) mod tests {
             .unwrap();
         let mut child = spawn(&SystemSpawner, &script, &log).unwrap();
         let client = Client::new(dir.path().join("bangerd.sock"));
-        let err = wait_until_up(&client, &mut child, &log)
+        let err = wait_until_up(&client, &mut child, &log, 0)
             .await
             .unwrap_err()
             .to_string();
