@@ -76,15 +76,19 @@ impl Lifecycle {
             (false, true) => Some(Tie::WhileCreating),
             (false, false) => None,
         };
-        let caller = match tie {
-            Some(tie) => {
-                let process = caller.and_then(ProcessRef::of).ok_or_else(|| Error::Refused {
-                    what: "cannot tell which process asked for a vm tied to it".into(),
-                    hint: "ask over the daemon's unix socket, from a process that stays until the vm may go".into(),
-                })?;
-                Some((process, tie))
+        let caller = match (tie, caller.and_then(ProcessRef::of)) {
+            (Some(tie), Some(process)) => Some((process, tie)),
+            // A peer in a pid namespace this daemon cannot see shows as
+            // pid 0: the create goes ahead, untied (the CLI still deletes
+            // what it made when it ends normally).
+            (Some(_), None) => {
+                tracing::warn!(
+                    pid = caller.unwrap_or(0),
+                    "cannot tell which process asked for this vm: it is not tied to it"
+                );
+                None
             }
-            None => None,
+            (None, _) => None,
         };
         let op = self.create(req)?;
         if let Some((caller, tie)) = caller {
@@ -219,6 +223,58 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), ended(me))
             .await
             .expect("a process gone already has ended");
+    }
+
+    #[tokio::test]
+    async fn a_vm_tied_to_its_caller_goes_when_the_caller_ends() {
+        let h = crate::testing::Harness::new();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let req = |name: &str| CreateVm {
+            name: Some(name.into()),
+            network: Some(banger_api::NetworkMode::None),
+            delete_with_caller: true,
+            ..Default::default()
+        };
+        let op = h
+            .services
+            .vms
+            .create_for(req("tied"), Some(child.id()))
+            .unwrap();
+        assert_eq!(op.wait().await.state, OperationState::Succeeded);
+        let recorded = || {
+            h.store
+                .vm("tied")
+                .unwrap()
+                .map(|v| v.options.contains_key(CALLER))
+        };
+        let t0 = std::time::Instant::now();
+        while recorded() != Some(true) {
+            assert!(t0.elapsed() < Duration::from_secs(10), "no caller recorded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A caller the daemon cannot see (pid 0): created, not tied.
+        let op = h.services.vms.create_for(req("loose"), Some(0)).unwrap();
+        assert_eq!(op.wait().await.state, OperationState::Succeeded);
+        assert_eq!(
+            h.store
+                .vm("loose")
+                .unwrap()
+                .map(|v| v.options.contains_key(CALLER)),
+            Some(false)
+        );
+        child.kill().unwrap();
+        let _ = child.wait();
+        while h.store.vm("tied").unwrap().is_some() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "the tied vm stayed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            h.store.vm("loose").unwrap().is_some(),
+            "the untied one stays"
+        );
     }
 
     #[test]
