@@ -76,20 +76,19 @@ impl Lifecycle {
             (false, true) => Some(Tie::WhileCreating),
             (false, false) => None,
         };
-        let caller = match (tie, caller.and_then(ProcessRef::of)) {
-            (Some(tie), Some(process)) => Some((process, tie)),
+        let caller = tie.and_then(|tie| match caller.and_then(ProcessRef::of) {
+            Some(process) => Some((process, tie)),
             // A peer in a pid namespace this daemon cannot see shows as
             // pid 0: the create goes ahead, untied (the CLI still deletes
             // what it made when it ends normally).
-            (Some(_), None) => {
+            None => {
                 tracing::warn!(
                     pid = caller.unwrap_or(0),
                     "cannot tell which process asked for this vm: it is not tied to it"
                 );
                 None
             }
-            (None, _) => None,
-        };
+        });
         let op = self.create(req)?;
         if let Some((caller, tie)) = caller {
             let (this, op) = (self.clone(), op.clone());
