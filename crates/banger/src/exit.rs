@@ -10,6 +10,9 @@ pub const FAILURE: i32 = 1;
 pub const GUEST_RUNNER_FAILURE: i32 = 125;
 pub const NOT_EXECUTABLE: i32 = 126;
 pub const NOT_FOUND: i32 = 127;
+/// Status of a command the user interrupted (Ctrl-C), as a shell reports
+/// one SIGINT ended.
+pub const INTERRUPTED: i32 = 130;
 
 /// A failure that carries its own exit status; its message is printed like
 /// any other error.

@@ -14,7 +14,7 @@ use banger_api::{Operation, OperationEvent, OperationKind, OperationRef, Operati
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::client::Client;
-use crate::exit::ExitError;
+use crate::exit::{ExitError, INTERRUPTED};
 use crate::terminal;
 use crate::units::format_duration_ms;
 
@@ -106,9 +106,6 @@ async fn follow_inner(
     }
     Ok(operation)
 }
-
-/// The status after Ctrl-C, as a shell gives a command SIGINT ended.
-const INTERRUPTED: i32 = 130;
 
 /// Follows a cancellable operation (`follow`): the first Ctrl-C (or
 /// SIGTERM) asks the daemon to cancel it and the following goes on until
