@@ -144,6 +144,21 @@ impl Images {
         self.paths.state_dir.join("images")
     }
 
+    /// Image `name`'s build lock for `op`. Waiting behind another build of
+    /// the name may take minutes: `op` cancelled ends the wait.
+    async fn lock_build(
+        &self,
+        op: &Op,
+        name: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, Error> {
+        tokio::select! {
+            guard = self.build_lock(name).lock_owned() => Ok(guard),
+            _ = op.until_cancelled() => Err(Error::Cancelled {
+                what: format!("the build of image {name}"),
+            }),
+        }
+    }
+
     fn build_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.building
             .lock()
@@ -179,8 +194,7 @@ impl Images {
         image: &str,
         agent_bin: PathBuf,
     ) -> Result<(), Error> {
-        let lock = self.build_lock(image);
-        let _guard = lock.lock().await;
+        let _guard = self.lock_build(op, image).await?;
         if self.store.image(image)?.is_some() {
             return Ok(());
         }
@@ -404,8 +418,7 @@ impl Images {
         hint: &'static str,
         build: impl Builder,
     ) -> Result<(), Error> {
-        let lock = self.build_lock(name);
-        let _guard = lock.lock().await;
+        let _guard = self.lock_build(op, name).await?;
         if !force && self.store.image(name)?.is_some() {
             return Err(Error::ImageExists {
                 name: name.into(),

@@ -18,6 +18,8 @@ pub struct Op {
     changed: watch::Sender<usize>,
     /// Stops the programs a cancellable operation runs ([`Operations::cancel`]).
     cancel: banger_sys::cancel::Cancel,
+    /// Set with `cancel`, for what the operation awaits (a lock).
+    cancelled: watch::Sender<bool>,
 }
 
 struct OpInner {
@@ -49,6 +51,19 @@ impl Op {
 
     pub fn cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// Cancels it: no program of its starts any more, the running one is
+    /// stopped, and [`Op::until_cancelled`] resolves. Whether it may be is
+    /// the caller's to decide ([`Operations::cancel`] for the API).
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+        self.cancelled.send_replace(true);
+    }
+
+    /// Resolves once the operation has been cancelled.
+    pub async fn until_cancelled(&self) {
+        let _ = self.cancelled.subscribe().wait_for(|c| *c).await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OpInner> {
@@ -282,6 +297,7 @@ impl Operations {
             }),
             changed,
             cancel: Default::default(),
+            cancelled: watch::channel(false).0,
         });
         let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         // Keep memory bounded: forget finished operations beyond a few hundred.
@@ -360,7 +376,7 @@ impl Operations {
         }
         if !op.cancelled() {
             tracing::info!(op = %id, target = %op.target(), "cancelling the operation");
-            op.cancel.cancel();
+            op.cancel();
         }
         Ok(op.snapshot())
     }

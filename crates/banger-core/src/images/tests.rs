@@ -312,6 +312,31 @@ async fn concurrent_builds_of_one_name_build_once_and_leak_nothing() {
 }
 
 #[tokio::test]
+async fn a_build_cancelled_while_it_waits_behind_another_ends_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let images = service(root.path());
+    let held = images.build_lock("dev").lock_owned().await;
+    let waiting = op(&images, "dev");
+    let task = {
+        let (images, op) = (images.clone(), waiting.clone());
+        let hint = "pass --force to rebuild it";
+        tokio::spawn(async move {
+            images
+                .install_exclusive(&op, "dev", false, hint, builder(runs()))
+                .await
+        })
+    };
+    images.ops.cancel(&waiting.id()).unwrap();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .expect("the wait ended")
+        .unwrap();
+    assert!(matches!(result, Err(Error::Cancelled { .. })), "{result:?}");
+    drop(held);
+    assert!(entries(&images).is_empty(), "nothing was built");
+}
+
+#[tokio::test]
 async fn a_forced_rebuild_replaces_the_image_and_leaves_no_trash() {
     let root = tempfile::tempdir().unwrap();
     let images = service(root.path());

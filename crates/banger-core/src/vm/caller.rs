@@ -109,7 +109,7 @@ impl Lifecycle {
             // An image the create is building first (on first use) is
             // not finished for nobody: its programs stop and the create
             // fails. A boot under way runs on; the VM goes after it.
-            op.canceller().cancel();
+            op.cancel();
         }
         let done = op.wait().await;
         if done.state != OperationState::Succeeded {
