@@ -150,8 +150,16 @@ fn describe(text: &str, e: &toml::de::Error) -> String {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {what}")
+            let start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before.len() - start + 1;
+            // The key whose value it is, when the message does not say.
+            let source = text[start..].lines().next().unwrap_or_default();
+            match source.split_once('=').map(|(k, _)| k.trim()) {
+                Some(key) if !key.is_empty() && !what.contains(key) => {
+                    format!("line {line}, column {column} ({key}): {what}")
+                }
+                _ => format!("line {line}, column {column}: {what}"),
+            }
         }
         None => what.clone(),
     };
@@ -358,7 +366,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("line 1, column 22: invalid type: string \"lots\", expected u64"),
+            err.contains(
+                "line 1, column 22 (default_memory_mib): invalid type: string \"lots\", expected u64"
+            ),
             "{err}"
         );
         assert!(!err.contains("did you mean"), "{err}");
