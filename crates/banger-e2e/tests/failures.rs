@@ -239,7 +239,8 @@ fn a_guest_whose_kernel_panics_shows_failed_with_the_panic() {
 /// leave its VM running. The daemon watches the process that asked and
 /// deletes the VM when it ends, and a daemon started after that process
 /// ended (no daemon watched) deletes it at start-up. A `vm create`
-/// interrupted during the boot is cancelled the same way.
+/// interrupted during the boot is cancelled the same way, and `vm run --rm
+/// --name` of a VM that existed takes that VM when killed.
 #[test]
 fn a_killed_vm_run_rm_leaves_no_vm_behind() {
     if skip() {
@@ -345,7 +346,31 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
     cli.wait().unwrap();
     env.ok(&["vm", "exec", "kept", "--", "true"]);
     assert_eq!(state().as_deref(), Some("running"));
-    env.ok(&["vm", "delete", "kept"]);
+
+    // `vm run --rm --name` of a VM that was there: killed, it takes the VM.
+    let engine = env.vm_pid("kept");
+    let mut cli = spawn(&[
+        "vm",
+        "run",
+        "--rm",
+        "--name",
+        "kept",
+        "--no-checkout",
+        "--",
+        "sh",
+        "-c",
+        "touch /root/started; sleep 600",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(60), || env
+            .run(&["vm", "exec", "kept", "--", "test", "-f", "/root/started"])
+            .status
+            .success()),
+        "the command never started"
+    );
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    gone("vm run --rm --name of an existing vm killed", Some(engine));
 }
 
 /// Ctrl-C during `image build`: the daemon stops the program running (here

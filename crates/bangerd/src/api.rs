@@ -77,6 +77,7 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(delete_snapshot),
         )
         .route("/v1/vms/{name}/restore", post(restore_vm))
+        .route("/v1/vms/{name}/tie", post(tie_vm))
         .route("/v1/vms/{name}/fork", post(fork_vm))
         .route("/v1/vms/{name}/logs", get(crate::streams::vm_logs))
         .route("/v1/vms/{name}/exec", post(crate::exec::exec))
@@ -202,10 +203,25 @@ async fn create_vm(
             format!("bad create request: {}", e.body_text()),
         )
     })?;
-    let caller = extensions
+    Ok(accepted(s.vms.create_for(req, caller_of(&extensions))?))
+}
+
+/// Ties the VM to the process asking (`vm run --rm --name` of an existing
+/// VM): the daemon deletes it once that process has ended.
+async fn tie_vm(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    extensions: axum::http::Extensions,
+) -> ApiResult<Json<serde_json::Value>> {
+    s.vms.tie(&name, caller_of(&extensions))?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// The pid of the process on the other end of the request's connection.
+fn caller_of(extensions: &axum::http::Extensions) -> Option<u32> {
+    extensions
         .get::<axum::extract::ConnectInfo<crate::peer::Peer>>()
-        .map(|c| c.0.pid);
-    Ok(accepted(s.vms.create_for(req, caller)?))
+        .map(|c| c.0.pid)
 }
 
 async fn delete_vm(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {

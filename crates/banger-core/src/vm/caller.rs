@@ -138,6 +138,21 @@ impl Lifecycle {
         self.delete_after(&vm.name, &vm.id, caller).await;
     }
 
+    /// Ties the existing VM `name` to `caller` (`vm run --rm --name` of a
+    /// VM that was there already): deleted once that process has ended.
+    pub fn tie(self: &Arc<Self>, name: &str, caller: Option<u32>) -> Result<(), Error> {
+        let vm = self.record(name)?;
+        let Some(caller) = caller.and_then(ProcessRef::of) else {
+            tracing::warn!(vm = %name, "cannot tell which process asked: the vm is not tied to it");
+            return Ok(());
+        };
+        let recorded = serde_json::to_value(Recorded::from(caller)).expect("two numbers");
+        self.store.set_vm_option(&vm.id, CALLER, &recorded)?;
+        let this = self.clone();
+        tokio::spawn(async move { this.delete_after(&vm.name, &vm.id, caller).await });
+        Ok(())
+    }
+
     /// At start-up, after reconcile: waits again on the callers of the VMs
     /// that have one, and deletes those whose caller ended meanwhile.
     pub fn watch_callers(self: &Arc<Self>) -> Result<(), Error> {

@@ -98,18 +98,21 @@ async fn ensure_vm(client: &Client, spec: &VmSpec, rm: bool) -> anyhow::Result<S
     {
         eprintln!("note: vm {name} exists; --image, --cpus, --memory and --disk-size are ignored");
     }
-    match vm.state {
-        // A paused guest's exec is refused by the daemon with what to do.
-        VmState::Running | VmState::Paused => {}
-        VmState::Stopped | VmState::Failed => {
-            run_action(client, Action::Start, name, style).await?
-        }
-        VmState::Creating | VmState::Deleting => {
-            bail!(
-                "vm {name} is {}; wait for that to finish, or pick another --name",
-                vm.state
-            )
-        }
+    if matches!(vm.state, VmState::Creating | VmState::Deleting) {
+        bail!(
+            "vm {name} is {}; wait for that to finish, or pick another --name",
+            vm.state
+        )
+    }
+    if rm {
+        // Deleted by the daemon if this process is killed before it can,
+        // from here on (a start that follows included).
+        let path = format!("/v1/vms/{}/tie", path_segment(name));
+        client.post_empty::<serde_json::Value>(&path).await?;
+    }
+    // A paused guest's exec is refused by the daemon with what to do.
+    if matches!(vm.state, VmState::Stopped | VmState::Failed) {
+        run_action(client, Action::Start, name, style).await?
     }
     Ok(name.clone())
 }
