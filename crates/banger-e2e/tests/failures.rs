@@ -445,15 +445,13 @@ fn hanging_mkfs(env: &Env) -> (String, std::path::PathBuf) {
 
 /// The pid of the hanging `mkfs.ext4` once a build has reached it.
 fn hung_mkfs(mark: &std::path::Path) -> u32 {
+    // The shell makes the file before it writes its pid: wait for the pid.
+    let pid = || std::fs::read_to_string(mark).ok()?.trim().parse().ok();
     assert!(
-        wait_until(Duration::from_secs(60), || mark.exists()),
+        wait_until(Duration::from_secs(60), || pid().is_some()),
         "the build never reached mkfs"
     );
-    std::fs::read_to_string(mark)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    pid().unwrap()
 }
 
 /// A `vm create` killed while it builds its image on first use stops that
