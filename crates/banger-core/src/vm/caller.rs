@@ -125,17 +125,20 @@ impl Lifecycle {
             }
             return;
         }
-        let recorded = serde_json::to_value(Recorded::from(caller)).expect("two numbers");
-        match self.store.set_vm_option(&vm.id, CALLER, &recorded) {
-            Ok(true) => {}
-            // Deleted already: nothing left to tie.
-            Ok(false) => return,
-            Err(e) => tracing::warn!(
+        if let Err(e) = self.record_caller(&vm.id, caller) {
+            tracing::warn!(
                 vm = %vm.name, error = %crate::error::chain(&e),
                 "cannot record the vm's caller; it is still deleted when the caller ends, unless this daemon restarts first"
-            ),
+            );
         }
         self.delete_after(&vm.name, &vm.id, caller).await;
+    }
+
+    /// Records `caller` as VM `vm_id`'s, for a restarted daemon.
+    fn record_caller(&self, vm_id: &str, caller: ProcessRef) -> Result<(), Error> {
+        let recorded = serde_json::to_value(Recorded::from(caller)).expect("two numbers");
+        self.store.set_vm_option(vm_id, CALLER, &recorded)?;
+        Ok(())
     }
 
     /// Ties the existing VM `name` to `caller` (`vm run --rm --name` of a
@@ -146,8 +149,7 @@ impl Lifecycle {
             tracing::warn!(vm = %name, "cannot tell which process asked: the vm is not tied to it");
             return Ok(());
         };
-        let recorded = serde_json::to_value(Recorded::from(caller)).expect("two numbers");
-        self.store.set_vm_option(&vm.id, CALLER, &recorded)?;
+        self.record_caller(&vm.id, caller)?;
         let this = self.clone();
         tokio::spawn(async move { this.delete_after(&vm.name, &vm.id, caller).await });
         Ok(())
