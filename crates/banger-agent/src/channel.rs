@@ -8,7 +8,11 @@
 //! 1. Discard bytes until a full `BANGER-SYNC <nonce>` line whose nonce is
 //!    one printable word; anything before the marker on that line is
 //!    garbage from an earlier connection.
-//! 2. Answer `BANGER-READY <nonce> <protocol>`.
+//! 2. Answer `BANGER-READY <nonce> <protocol>`, on a fresh handle to the
+//!    transport: the port can hand over the host's bytes before it shows a
+//!    host is there, and a handle made in between stays hung up. An answer
+//!    that cannot be written is tried again on the next handle for a while
+//!    ([`ANSWER_FOR`]): the host sent its line once and waits.
 //! 3. Run yamux until the host hangs up or sends something that is not
 //!    yamux. In the second case the host most likely reconnected without the
 //!    agent seeing a hang-up, and its new sync line went into the yamux
@@ -23,6 +27,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use banger_proto::{
     Envelope, ErrorBody, Frame, FrameKind, HealthResponse, PROTOCOL_VERSION, Request,
@@ -37,6 +42,9 @@ use crate::Agent;
 const MAX_PENDING: usize = 4096;
 /// How many of the last bytes read are kept for resynchronisation.
 const TAIL: usize = 256;
+/// How long a sync line whose answer could not be written is answered
+/// again on each new attempt (the host waits 10 s for it).
+pub const ANSWER_FOR: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -67,6 +75,17 @@ where
 pub struct Channel {
     /// Bytes to look for the next sync line in before reading more.
     pub tail: Vec<u8>,
+    /// A sync line read whose answer could not be written yet.
+    unanswered: Option<Unanswered>,
+}
+
+#[derive(Debug)]
+struct Unanswered {
+    nonce: String,
+    /// What came after the sync line.
+    leftover: Vec<u8>,
+    /// When the line was read.
+    since: Instant,
 }
 
 impl Channel {
@@ -78,27 +97,78 @@ impl Channel {
         self.tail.windows(sync.len()).any(|w| w == sync)
     }
 
+    /// Whether a host's sync line is waiting for an answer that could not
+    /// be written: the next attempt answers it before reading anything.
+    pub fn answering(&self) -> bool {
+        self.unanswered.is_some()
+    }
+
     /// Like [`serve_connection`], starting from (and afterwards leaving in
     /// `self.tail`) bytes an earlier connection read but did not use.
-    pub async fn serve<IO>(&mut self, mut io: IO, agent: Arc<Agent>) -> Result<(), ChannelError>
+    pub async fn serve<IO>(&mut self, io: IO, agent: Arc<Agent>) -> Result<(), ChannelError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let pending = std::mem::take(&mut self.tail);
-        let Some((nonce, leftover)) = handshake(&mut io, pending)
-            .await
-            .map_err(|source| ChannelError::Handshake { source })?
-        else {
-            return Ok(());
+        self.serve_reopening(io, Ok, agent).await
+    }
+
+    /// [`Channel::serve`], answering the host and serving it on
+    /// `reopen(io)`, a fresh handle to the same transport.
+    pub async fn serve_reopening<IO, F>(
+        &mut self,
+        mut io: IO,
+        reopen: F,
+        agent: Arc<Agent>,
+    ) -> Result<(), ChannelError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: FnOnce(IO) -> io::Result<IO>,
+    {
+        let unanswered = self
+            .unanswered
+            .take()
+            .filter(|u| u.since.elapsed() < ANSWER_FOR);
+        let Unanswered {
+            nonce,
+            leftover,
+            since,
+        } = match unanswered {
+            Some(u) => u,
+            None => {
+                let pending = std::mem::take(&mut self.tail);
+                let Some((nonce, leftover)) = handshake(&mut io, pending)
+                    .await
+                    .map_err(|source| ChannelError::Handshake { source })?
+                else {
+                    return Ok(());
+                };
+                Unanswered {
+                    nonce,
+                    leftover,
+                    since: Instant::now(),
+                }
+            }
+        };
+        let ready = banger_proto::ready_line(&nonce, PROTOCOL_VERSION);
+        let answered = async {
+            let mut io = reopen(io)?;
+            io.write_all(ready.as_bytes()).await?;
+            io.flush().await?;
+            Ok(io)
+        }
+        .await;
+        let io = match answered {
+            Ok(io) => io,
+            Err(source) => {
+                self.unanswered = Some(Unanswered {
+                    nonce,
+                    leftover,
+                    since,
+                });
+                return Err(ChannelError::Handshake { source });
+            }
         };
         crate::console::log(format_args!("host connected"));
-        let ready = banger_proto::ready_line(&nonce, PROTOCOL_VERSION);
-        async {
-            io.write_all(ready.as_bytes()).await?;
-            io.flush().await
-        }
-        .await
-        .map_err(|source| ChannelError::Handshake { source })?;
 
         let recent = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL)));
         let io = Rewind {

@@ -464,6 +464,79 @@ async fn a_new_sync_line_inside_a_connection_starts_a_new_one() {
     server.await.unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn a_sync_line_whose_answer_fails_is_answered_on_the_next_handle() {
+    let (host, guest) = tokio::io::duplex(64 * 1024);
+    let (mut host_rd, mut host_wr) = tokio::io::split(host);
+    let server = tokio::spawn(async move {
+        let agent = agent(Arc::default());
+        let shared = SharedIo(Arc::new(Mutex::new(guest)));
+        let handle = |hung_up| Flaky {
+            io: shared.clone(),
+            hung_up,
+        };
+        let mut channel = Channel::default();
+        // The port read the host's line, then the fresh handle made to
+        // answer it saw no host yet (virtio-console's order of events).
+        let first = channel
+            .serve_reopening(handle(false), |_| Ok(handle(true)), agent.clone())
+            .await;
+        assert!(first.is_err(), "the answer could not be written");
+        assert!(channel.answering(), "the line is kept to answer");
+        // The next handle works: the kept line is answered, nothing read first.
+        channel
+            .serve_reopening(handle(false), Ok, agent.clone())
+            .await
+            .unwrap();
+        assert!(!channel.answering());
+    });
+    host_wr
+        .write_all(banger_proto::sync_line("once").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_line(&mut host_rd).await, "BANGER-READY once 1");
+    drop(host_wr);
+    drop(host_rd);
+    server.await.unwrap();
+}
+
+/// A handle on the shared end whose writes fail as a hung-up port's do.
+struct Flaky {
+    io: SharedIo,
+    hung_up: bool,
+}
+
+impl AsyncRead for Flaky {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Flaky {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.hung_up {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Reads up to a newline, lossily: bytes of a dying yamux connection may come first.
 async fn read_line(r: &mut ReadHalf<DuplexStream>) -> String {
     let mut line = Vec::new();

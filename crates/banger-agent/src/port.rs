@@ -7,6 +7,15 @@
 //! nothing. So end of file means "host gone": the connection ends (killing
 //! the processes its streams ran), and the loop looks again every [`RETRY`]
 //! for the next host's sync line, forever.
+//!
+//! The port's two kinds of news come by different paths in the guest's
+//! kernel: the host's bytes from the receive interrupt, the host's arrival
+//! from a work queue. Under load the bytes come first, and a registration
+//! made between the two polls hung up and stays so (tokio keeps a hang-up):
+//! the answer to a sync line read on it went nowhere ("broken pipe") and the
+//! host waited for it in vain. The answer and the session so go on a fresh
+//! registration, made after the line was read, and an answer that cannot be
+//! written yet is tried on the next ([`crate::channel::ANSWER_FOR`]).
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -45,10 +54,21 @@ pub async fn serve_forever(port: OwnedFd, agent: Arc<Agent>) -> ! {
     loop {
         match port.try_clone().and_then(FdStream::new) {
             Ok(io) => {
-                match channel.serve(io, agent.clone()).await {
+                let answering = channel.answering();
+                let reopen = |_| port.try_clone().and_then(FdStream::new);
+                match channel.serve_reopening(io, reopen, agent.clone()).await {
                     // Not an error: the old connection's end, seen as the
                     // new one's sync line arrives.
                     Err(_) if channel.host_reconnected() => log(format_args!("host reconnected")),
+                    // Said once: the port does not show the host yet.
+                    Err(e) if channel.answering() => {
+                        if !answering {
+                            log(format_args!(
+                                "cannot answer the host yet ({}); trying again",
+                                chain(&e)
+                            ))
+                        }
+                    }
                     Err(e) => log(format_args!("host connection ended: {}", chain(&e))),
                     Ok(()) => {}
                 }

@@ -91,8 +91,14 @@ pub enum Error {
         "the guest did not come up: the engine exited during boot; last console lines: {console}{engine_log}"
     )]
     EngineExited { console: String, engine_log: String },
-    #[error("the guest agent of {name:?} did not answer within {secs} s")]
-    AgentUnreachable { name: String, secs: u64 },
+    #[error(
+        "the guest agent of {name:?} did not answer within {secs} s; last console lines: {console}"
+    )]
+    AgentUnreachable {
+        name: String,
+        secs: u64,
+        console: String,
+    },
     #[error("the guest did not power off within {secs} s")]
     PowerOffTimeout { secs: u64 },
     #[error(

@@ -252,6 +252,7 @@ impl Lifecycle {
         .map_err(|_| Error::AgentUnreachable {
             name: name.into(),
             secs,
+            console: self.console_tail(&vm, &*engine, 10),
         })??;
         let conn = Arc::new(conn);
         self.runtime.set_agent(name, conn.clone());
@@ -285,9 +286,14 @@ impl Lifecycle {
                 }
             }
         }
+        let vm = self.record(name)?;
+        let engine = self
+            .engines
+            .get(self.runtime.get(name).map_or(vm.engine, |r| r.engine))?;
         Err(Error::AgentUnreachable {
             name: name.into(),
             secs: FIRST_ANSWER.as_secs(),
+            console: self.console_tail(&vm, &*engine, 10),
         })
     }
 
