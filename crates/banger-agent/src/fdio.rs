@@ -105,6 +105,15 @@ impl FdStream {
     }
 }
 
+/// Whether `fd` polls hung up right now (for the port: no host on the other
+/// side), asked of the device, not of a registration.
+pub fn hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let mut fds = [PollFd::new(&fd, PollFlags::empty())];
+    poll(&mut fds, 0)?;
+    Ok(fds[0].revents().contains(PollFlags::HUP))
+}
+
 impl AsFd for FdStream {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.inner.fd.get_ref().as_fd()
@@ -159,6 +168,23 @@ mod tests {
         b.read_exact(&mut got).await.unwrap();
         writer.await.unwrap();
         assert_eq!(got, expected);
+    }
+
+    /// Asked of the device, a hang-up is over once the other side is back,
+    /// whatever a registration made meanwhile keeps.
+    #[test]
+    fn hung_up_says_what_the_device_says_now() {
+        let pty = banger_sys::pty::open(None).unwrap();
+        let name = rustix::pty::ptsname(&pty.master, Vec::new()).unwrap();
+        assert!(!hung_up(pty.master.as_fd()).unwrap(), "slave open");
+        drop(pty.slave);
+        assert!(hung_up(pty.master.as_fd()).unwrap(), "slave closed");
+        let _again = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().unwrap())
+            .unwrap();
+        assert!(!hung_up(pty.master.as_fd()).unwrap(), "slave reopened");
     }
 
     /// A pty whose slave is closed and reopened behaves like the port when a

@@ -14,11 +14,12 @@
 //! made between the two polls hung up and stays so (tokio keeps a hang-up):
 //! the answer to a sync line read on it went nowhere ("broken pipe") and the
 //! host waited for it in vain. The answer and the session so go on a fresh
-//! registration, made after the line was read, and an answer that cannot be
-//! written yet is tried on the next ([`crate::channel::ANSWER_FOR`]).
+//! registration, made after the line was read and once the port itself
+//! (polled directly) shows the host; until it does, the answer is tried
+//! again every [`RETRY`] ([`crate::channel::ANSWER_FOR`]).
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,15 @@ pub fn open(path: &Path) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// A new registration of `port` for a host it shows now: made while the
+/// port is hung up, it would stay so.
+fn fresh(port: &OwnedFd) -> io::Result<FdStream> {
+    if crate::fdio::hung_up(port.as_fd())? {
+        return Err(io::ErrorKind::BrokenPipe.into());
+    }
+    port.try_clone().and_then(FdStream::new)
+}
+
 /// Serves host connections on `port` forever. Each attempt gets its own
 /// registration with the reactor (a duplicate of `port`), because a
 /// registration that saw a hang-up stays hung up (see `fdio.rs`). Between
@@ -55,7 +65,7 @@ pub async fn serve_forever(port: OwnedFd, agent: Arc<Agent>) -> ! {
         match port.try_clone().and_then(FdStream::new) {
             Ok(io) => {
                 let answering = channel.answering();
-                let reopen = |_| port.try_clone().and_then(FdStream::new);
+                let reopen = |_| fresh(&port);
                 match channel.serve_reopening(io, reopen, agent.clone()).await {
                     // Not an error: the old connection's end, seen as the
                     // new one's sync line arrives.
