@@ -5,11 +5,13 @@
 //! first, with 125; a guest whose kernel panics shows `failed` at once,
 //! with the panic in its error; a `vm run --rm` whose CLI is killed (while
 //! the VM boots, while the command runs, or while no daemon runs) leaves no
-//! VM behind, nor does a `vm create` killed during the boot; Ctrl-C during
+//! VM behind, nor does a `vm create` killed during the boot, nor a `vm run
+//! --rm` whose daemon is killed (the CLI says so and deletes the VM through
+//! a new one); Ctrl-C during
 //! an image build cancels it, its programs stopped and nothing left.
 
 use banger_e2e::{Env, bin, boot_permit, process_alive, skip, wait_until};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -371,6 +373,44 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
     cli.kill().unwrap();
     cli.wait().unwrap();
     gone("vm run --rm --name of an existing vm killed", Some(engine));
+
+    // The daemon killed while the command runs: the command ends with its
+    // connection, and the CLI says so (125) and starts a daemon again to
+    // delete the VM, rather than saying it could not.
+    let mut cli = env
+        .cmd(&[
+            "vm",
+            "run",
+            "--rm",
+            "--no-checkout",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 600",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(cli.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "started\n", "the command never started");
+    let name = vms()[0]["name"].as_str().unwrap().to_string();
+    let engine = env.vm_pid(&name);
+    signal(env.daemon_pid().expect("a daemon runs"), "KILL");
+    let (code, _) = exit_within(&mut cli, Duration::from_secs(60)).expect("the cli ended");
+    let mut err = String::new();
+    cli.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(code, Some(125), "{err}");
+    assert!(
+        err.contains("the daemon stopped while the command ran"),
+        "{err}"
+    );
+    assert!(!err.contains("not deleted"), "{err}");
+    assert!(!process_alive(engine), "the cli deleted the vm: {err}");
+    assert!(vms().is_empty(), "{:?}", vms());
 }
 
 /// Ctrl-C during `image build`: the daemon stops the program running (here

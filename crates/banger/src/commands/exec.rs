@@ -98,7 +98,26 @@ pub async fn exec_in_vm(
     .await;
     forwarder.abort();
     drop(raw);
-    exit_code(end?)
+    match end {
+        Err(err) if is_lost(&err) && daemon_gone(client).await => Err(ExitError::new(
+            exit::GUEST_RUNNER_FAILURE,
+            "connection to the guest was lost: the daemon stopped while the command ran, \
+             which ends the command (see `banger daemon status` and the daemon's log)",
+        )
+        .into()),
+        end => exit_code(end?),
+    }
+}
+
+/// Whether the daemon at `client`'s socket is gone (not merely busy). A
+/// daemon in the middle of dying can still take the connection and then
+/// drop it: that is gone too.
+pub async fn daemon_gone(client: &Client) -> bool {
+    use crate::client::ClientError as E;
+    matches!(
+        client.get::<banger_api::DaemonStatus>("/v1/daemon").await,
+        Err(E::NotRunning { .. } | E::Connect { .. } | E::Http(_))
+    )
 }
 
 /// How a session ended, when it ended by the guest's word.
@@ -155,12 +174,15 @@ async fn forward_signals(tx: mpsc::Sender<Control>, tty: bool) -> std::io::Resul
     }
 }
 
+const LOST: &str = "connection to the guest was lost";
+
 fn lost() -> anyhow::Error {
-    ExitError::new(
-        exit::GUEST_RUNNER_FAILURE,
-        "connection to the guest was lost",
-    )
-    .into()
+    ExitError::new(exit::GUEST_RUNNER_FAILURE, LOST).into()
+}
+
+fn is_lost(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<ExitError>()
+        .is_some_and(|e| e.message == LOST)
 }
 
 /// How our interrupts end a session whose guest does not answer them.

@@ -61,7 +61,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     };
     if args.rm {
         // Also after a failed command: `--rm` promises no leftovers.
-        if let Err(err) = delete_vm(&client, &name, Style::Quiet).await {
+        if let Err(err) = delete_after(ctx, &client, &name).await {
             eprintln!(
                 "error: vm {name} was not deleted: {}",
                 banger_api::text::escape_text(&format!("{err:#}"))
@@ -71,6 +71,26 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         eprint!("{}", next_steps(&name, &args.command));
     }
     result
+}
+
+/// `--rm`'s delete. A daemon that stopped while the command ran (killed,
+/// say) is started again for it: VMs outlive their daemon.
+async fn delete_after(ctx: &Context, client: &Client, name: &str) -> anyhow::Result<()> {
+    let Err(err) = delete_vm(client, name, Style::Quiet).await else {
+        return Ok(());
+    };
+    if !super::exec::daemon_gone(client).await {
+        return Err(err);
+    }
+    match delete_vm(&ctx.client().await?, name, Style::Quiet).await {
+        Err(err) if api_code(&err) == Some(banger_api::ErrorCode::NotFound) => Ok(()),
+        result => result,
+    }
+}
+
+fn api_code(err: &anyhow::Error) -> Option<banger_api::ErrorCode> {
+    err.downcast_ref::<crate::client::ClientError>()
+        .and_then(|e| e.api_code())
 }
 
 /// The VM to run in: `--name`'s if it exists (started if need be), else a
