@@ -7,7 +7,7 @@
 //! of a tree with modes and a symlink both ways.
 
 use banger_e2e::{Env, boot_permit, process_alive, skip, wait_until};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -483,6 +483,7 @@ fn a_workspace_is_a_real_checkout_and_its_commits_come_back() {
         .cmd(root, &["vm", "session", "attach", "work", "build"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     {
@@ -492,8 +493,27 @@ fn a_workspace_is_a_real_checkout_and_its_commits_come_back() {
     let mut lines = BufReader::new(attach.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "started in /root/repo");
     assert_eq!(lines.next().unwrap().unwrap(), "got hello");
-    attach.kill().unwrap();
-    let _ = attach.wait();
+    // The daemon killed under the attached client: it says the session
+    // runs on and how to attach again.
+    let daemon = b.env.daemon_pid().unwrap();
+    Command::new("kill")
+        .args(["-9", &daemon.to_string()])
+        .status()
+        .unwrap();
+    let mut err = String::new();
+    attach
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(attach.wait().unwrap().code(), Some(125), "{err}");
+    assert!(
+        err.contains(
+            "the session runs on: attach again with `banger vm session attach work build`"
+        ),
+        "{err}"
+    );
     let logs = b.ok(root, &["vm", "session", "logs", "work", "build"]);
     assert_eq!(logs, "started in /root/repo\ngot hello\n");
     let stopped = b.ok(root, &["vm", "session", "list", "work", "--json"]);

@@ -98,14 +98,23 @@ pub async fn exec_in_vm(
     .await;
     forwarder.abort();
     drop(raw);
+    let why = "the daemon stopped while the command ran, which ends the command \
+               (see `banger daemon status` and the daemon's log)";
+    exit_code(lost_daemon(client, end, why).await?)
+}
+
+/// `end`, unless it is a lost connection to the guest whose cause is that
+/// the daemon is gone: then an error saying so, and `why` it matters.
+pub async fn lost_daemon<T>(
+    client: &Client,
+    end: anyhow::Result<T>,
+    why: &str,
+) -> anyhow::Result<T> {
     match end {
-        Err(err) if is_lost(&err) && daemon_gone(client).await => Err(ExitError::new(
-            exit::GUEST_RUNNER_FAILURE,
-            "connection to the guest was lost: the daemon stopped while the command ran, \
-             which ends the command (see `banger daemon status` and the daemon's log)",
-        )
-        .into()),
-        end => exit_code(end?),
+        Err(err) if is_lost(&err) && daemon_gone(client).await => {
+            Err(ExitError::new(exit::GUEST_RUNNER_FAILURE, format!("{LOST}: {why}")).into())
+        }
+        end => end,
     }
 }
 

@@ -9,7 +9,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::Context;
-use super::exec::{INTERRUPT_GRACE, Interrupts, exit_code, session as frames};
+use super::exec::{INTERRUPT_GRACE, Interrupts, exit_code, lost_daemon, session as frames};
+use super::ssh::shell_quote;
 use crate::cli::{SessionArgs, SessionListArgs, SessionLogsArgs, SessionStartArgs};
 use crate::client::path_segment;
 
@@ -102,8 +103,13 @@ pub async fn attach(ctx: &Context, args: SessionArgs) -> anyhow::Result<i32> {
         control_rx,
         Interrupts::new(false, INTERRUPT_GRACE),
     )
-    .await?;
-    exit_code(end)
+    .await;
+    let why = format!(
+        "the daemon stopped; the session runs on: attach again with `banger vm session attach {} {}`",
+        shell_quote(&args.vm),
+        shell_quote(&args.session)
+    );
+    exit_code(lost_daemon(&client, end, &why).await?)
 }
 
 pub async fn logs(ctx: &Context, args: SessionLogsArgs) -> anyhow::Result<i32> {
