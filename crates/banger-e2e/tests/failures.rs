@@ -7,7 +7,8 @@
 //! the VM boots, while the command runs, or while no daemon runs) leaves no
 //! VM behind, nor does a `vm create` killed during the boot, nor a `vm run
 //! --rm` whose daemon is killed (the CLI says so and deletes the VM through
-//! a new one); Ctrl-C during
+//! a new one), and a create whose daemon dies names that as the cause;
+//! Ctrl-C during
 //! an image build cancels it, its programs stopped and nothing left.
 
 use banger_e2e::{Env, bin, boot_permit, process_alive, skip, wait_until};
@@ -411,6 +412,22 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
     assert!(!err.contains("not deleted"), "{err}");
     assert!(!process_alive(engine), "the cli deleted the vm: {err}");
     assert!(vms().is_empty(), "{:?}", vms());
+
+    // A create whose daemon dies under it: the CLI names that as the cause
+    // (not a broken chunked body), and the next daemon removes the VM.
+    env.ok(&["daemon", "stop"]);
+    let out = env
+        .cmd(&["vm", "create", "--name", "orphan"])
+        .env(banger_core::fault::ENV, "create:engine/done")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("the daemon stopped before the operation finished"),
+        "{err}"
+    );
+    gone("a create whose daemon was killed", None);
 }
 
 /// Ctrl-C during `image build`: the daemon stops the program running (here

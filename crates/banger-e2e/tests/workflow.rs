@@ -516,6 +516,35 @@ fn a_workspace_is_a_real_checkout_and_its_commits_come_back() {
     );
     let logs = b.ok(root, &["vm", "session", "logs", "work", "build"]);
     assert_eq!(logs, "started in /root/repo\ngot hello\n");
+    // Following the logs when the daemon dies: said so, and how to go on.
+    let mut follow = b
+        .cmd(
+            root,
+            &["vm", "session", "logs", "work", "build", "--follow"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "started in /root/repo");
+    let daemon = b.env.daemon_pid().unwrap();
+    Command::new("kill")
+        .args(["-9", &daemon.to_string()])
+        .status()
+        .unwrap();
+    let mut err = String::new();
+    follow
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!follow.wait().unwrap().success(), "{err}");
+    assert!(
+        err.contains("the session runs on: `banger vm session logs work build --follow`"),
+        "{err}"
+    );
     let stopped = b.ok(root, &["vm", "session", "list", "work", "--json"]);
     assert!(stopped.contains("\"running\""), "detaching did not stop it");
     b.ok(root, &["vm", "session", "stop", "work", "build"]);

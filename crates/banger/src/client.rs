@@ -123,6 +123,15 @@ impl Client {
         self.call(Method::GET, path, None).await
     }
 
+    /// Whether the daemon on this socket is gone (not merely busy), asked
+    /// after a connection to it broke (see [`ClientError::is_not_running`]).
+    pub async fn daemon_gone(&self) -> bool {
+        match self.get::<banger_api::DaemonStatus>("/v1/daemon").await {
+            Err(err) => err.is_not_running() || matches!(err, ClientError::Connect { .. }),
+            Ok(_) => false,
+        }
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let json = serde_json::to_vec(body).map_err(|source| ClientError::Decode {
             path: path.into(),

@@ -86,7 +86,14 @@ async fn follow_inner(
         follow.await.map_err(anyhow::Error::from)
     };
     renderer.finish();
-    let operation = operation?;
+    let operation = match operation {
+        // A broken stream says nothing a user can act on; why it broke does.
+        Err(_) if client.daemon_gone().await => anyhow::bail!(
+            "the daemon stopped before the operation finished (killed, or it crashed: see \
+             `banger daemon status` and its log); the next daemon settles what it left"
+        ),
+        operation => operation?,
+    };
     if operation.state == OperationState::Failed {
         let error = operation.error.as_ref();
         let message = error.map(|e| e.message.clone()).unwrap_or_else(|| {

@@ -111,22 +111,11 @@ pub async fn lost_daemon<T>(
     why: &str,
 ) -> anyhow::Result<T> {
     match end {
-        Err(err) if is_lost(&err) && daemon_gone(client).await => {
+        Err(err) if is_lost(&err) && client.daemon_gone().await => {
             Err(ExitError::new(exit::GUEST_RUNNER_FAILURE, format!("{LOST}: {why}")).into())
         }
         end => end,
     }
-}
-
-/// Whether the daemon at `client`'s socket is gone (not merely busy). A
-/// daemon in the middle of dying can still take the connection and then
-/// drop it: that is gone too.
-pub async fn daemon_gone(client: &Client) -> bool {
-    use crate::client::ClientError as E;
-    matches!(
-        client.get::<banger_api::DaemonStatus>("/v1/daemon").await,
-        Err(E::NotRunning { .. } | E::Connect { .. } | E::Http(_))
-    )
 }
 
 /// How a session ended, when it ended by the guest's word.

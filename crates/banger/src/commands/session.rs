@@ -123,7 +123,17 @@ pub async fn logs(ctx: &Context, args: SessionLogsArgs) -> anyhow::Result<i32> {
     let mut body = client.get_stream(&path).await?;
     let mut out = tokio::io::stdout();
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(_) if client.daemon_gone().await => anyhow::bail!(
+                "the daemon stopped; the session runs on: `banger vm session logs {} {}{}` shows its output again",
+                shell_quote(&args.vm),
+                shell_quote(&args.session),
+                if args.follow { " --follow" } else { "" }
+            ),
+            Err(err) => return Err(err.into()),
+        };
+        if let Ok(data) = frame.into_data() {
             out.write_all(&data).await?;
             out.flush().await?;
         }

@@ -79,7 +79,7 @@ async fn delete_after(ctx: &Context, client: &Client, name: &str) -> anyhow::Res
     let Err(err) = delete_vm(client, name, Style::Quiet).await else {
         return Ok(());
     };
-    if !super::exec::daemon_gone(client).await {
+    if !client.daemon_gone().await {
         return Err(err);
     }
     match delete_vm(&ctx.client().await?, name, Style::Quiet).await {
