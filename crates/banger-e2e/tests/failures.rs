@@ -7,7 +7,8 @@
 //! the VM boots, while the command runs, or while no daemon runs) leaves no
 //! VM behind, nor does a `vm create` killed during the boot, nor a `vm run
 //! --rm` whose daemon is killed (the CLI says so and deletes the VM through
-//! a new one), and a create whose daemon dies names that as the cause;
+//! a new one), and a create or `vm proxy` whose daemon dies names that as
+//! the cause;
 //! Ctrl-C during
 //! an image build cancels it, its programs stopped and nothing left.
 
@@ -412,6 +413,63 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
     assert!(!err.contains("not deleted"), "{err}");
     assert!(!process_alive(engine), "the cli deleted the vm: {err}");
     assert!(vms().is_empty(), "{:?}", vms());
+
+    // `vm proxy` (ssh's ProxyCommand when the VM has no network) whose
+    // daemon dies: its stderr, which ssh shows, says that is why.
+    env.ok(&["vm", "create", "--name", "px"]);
+    env.ok(&[
+        "vm",
+        "session",
+        "start",
+        "px",
+        "--name",
+        "listen",
+        "--",
+        "nc",
+        "-l",
+        "-p",
+        "7000",
+        "-e",
+        "sh",
+        "-c",
+        "echo hello; sleep 600",
+    ]);
+    let proxy = || {
+        env.cmd(&["vm", "proxy", "px", "7000"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The session's listener takes a moment to listen: until then the
+    // proxy's connect is refused and it ends.
+    let t0 = Instant::now();
+    let (mut cli, _out) = loop {
+        let mut cli = proxy();
+        let mut line = String::new();
+        let mut out = BufReader::new(cli.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        if line == "hello\n" {
+            break (cli, out);
+        }
+        let _ = cli.wait();
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the guest's listener never answered through the proxy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    signal(env.daemon_pid().expect("a daemon runs"), "KILL");
+    let (code, _) = exit_within(&mut cli, Duration::from_secs(30)).expect("the proxy ended");
+    let mut err = String::new();
+    cli.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("the daemon stopped, and this connection to px with it"),
+        "{err}"
+    );
+    env.ok(&["vm", "delete", "px"]);
 
     // A create whose daemon dies under it: the CLI names that as the cause
     // (not a broken chunked body), and the next daemon removes the VM.

@@ -273,10 +273,17 @@ pub async fn proxy(ctx: &Context, name: &str, port: u16) -> anyhow::Result<i32> 
         r
     };
     // The guest side ending is the end of the session.
-    tokio::select! {
-        r = down => { r?; }
-        _ = async { let _ = up.await; std::future::pending::<()>().await } => {}
+    let ended = tokio::select! {
+        r = down => r.map(drop),
+        _ = async { let _ = up.await; std::future::pending::<()>().await } => Ok(()),
+    };
+    // ssh shows our stderr: its own words for this are a closed connection.
+    if client.daemon_gone().await {
+        anyhow::bail!(
+            "the daemon stopped, and this connection to {name} with it (see `banger daemon status`)"
+        );
     }
+    ended?;
     Ok(0)
 }
 
