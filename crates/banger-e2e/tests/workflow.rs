@@ -458,14 +458,7 @@ fn a_workspace_is_a_real_checkout_and_its_commits_come_back() {
         String::from_utf8_lossy(&missing.stderr).contains("/nope"),
         "the preflight names the missing cwd"
     );
-    let daemon = b.env.daemon_pid().unwrap();
-    Command::new("kill")
-        .args(["-9", &daemon.to_string()])
-        .status()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !process_alive(
-        daemon
-    )));
+    kill_daemon(&b.env);
     let list = b.ok(root, &["vm", "session", "list", "work", "--json"]);
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
     let by = |n: &str| {
@@ -495,19 +488,9 @@ fn a_workspace_is_a_real_checkout_and_its_commits_come_back() {
     assert_eq!(lines.next().unwrap().unwrap(), "got hello");
     // The daemon killed under the attached client: it says the session
     // runs on and how to attach again.
-    let daemon = b.env.daemon_pid().unwrap();
-    Command::new("kill")
-        .args(["-9", &daemon.to_string()])
-        .status()
-        .unwrap();
-    let mut err = String::new();
-    attach
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(attach.wait().unwrap().code(), Some(125), "{err}");
+    kill_daemon(&b.env);
+    let (status, err) = ended(&mut attach);
+    assert_eq!(status.code(), Some(125), "{err}");
     assert!(
         err.contains(
             "the session runs on: attach again with `banger vm session attach work build`"
@@ -528,19 +511,9 @@ fn a_workspace_is_a_real_checkout_and_its_commits_come_back() {
         .unwrap();
     let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "started in /root/repo");
-    let daemon = b.env.daemon_pid().unwrap();
-    Command::new("kill")
-        .args(["-9", &daemon.to_string()])
-        .status()
-        .unwrap();
-    let mut err = String::new();
-    follow
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!follow.wait().unwrap().success(), "{err}");
+    kill_daemon(&b.env);
+    let (status, err) = ended(&mut follow);
+    assert!(!status.success(), "{err}");
     assert!(
         err.contains("the session runs on: `banger vm session logs work build --follow`"),
         "{err}"
@@ -561,6 +534,30 @@ fn a_workspace_is_a_real_checkout_and_its_commits_come_back() {
     assert_eq!(build["state"], "ended");
 
     b.ok(root, &["vm", "delete", "work"]);
+}
+
+/// SIGKILLs `env`'s daemon and waits until it is gone.
+fn kill_daemon(env: &Env) {
+    let daemon = env.daemon_pid().unwrap();
+    Command::new("kill")
+        .args(["-9", &daemon.to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !process_alive(
+        daemon
+    )));
+}
+
+/// `child`'s exit status and all it wrote to its (piped) stderr.
+fn ended(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap(), err)
 }
 
 #[test]
