@@ -50,6 +50,21 @@ fn signal(pid: u32, sig: &str) {
     assert!(st.success(), "kill -{sig} {pid}");
 }
 
+/// SIGKILLs `env`'s daemon under `child` (a CLI with piped stderr); the
+/// child's exit code and stderr once it ended, within a minute.
+fn daemon_killed_under(env: &Env, child: &mut Child) -> (Option<i32>, String) {
+    signal(env.daemon_pid().expect("a daemon runs"), "KILL");
+    let (code, _) = exit_within(child, Duration::from_secs(60)).expect("the cli ended");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (code, err)
+}
+
 /// Waits up to `timeout` for `child` to exit; its exit code and how long
 /// that took, or `None` (and the child killed) when it did not.
 fn exit_within(child: &mut Child, timeout: Duration) -> Option<(Option<i32>, Duration)> {
@@ -401,10 +416,7 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
     assert_eq!(line, "started\n", "the command never started");
     let name = vms()[0]["name"].as_str().unwrap().to_string();
     let engine = env.vm_pid(&name);
-    signal(env.daemon_pid().expect("a daemon runs"), "KILL");
-    let (code, _) = exit_within(&mut cli, Duration::from_secs(60)).expect("the cli ended");
-    let mut err = String::new();
-    cli.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let (code, err) = daemon_killed_under(&env, &mut cli);
     assert_eq!(code, Some(125), "{err}");
     assert!(
         err.contains("the daemon stopped while the command ran"),
@@ -460,10 +472,7 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    signal(env.daemon_pid().expect("a daemon runs"), "KILL");
-    let (code, _) = exit_within(&mut cli, Duration::from_secs(30)).expect("the proxy ended");
-    let mut err = String::new();
-    cli.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let (code, err) = daemon_killed_under(&env, &mut cli);
     assert_ne!(code, Some(0), "{err}");
     assert!(
         err.contains("the daemon stopped, and this connection to px with it"),
