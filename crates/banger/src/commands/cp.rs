@@ -5,17 +5,21 @@
 //! written, and lands only once complete.
 //!
 //! `VM:PATH` names a guest path (relative ones and `~/` are under /root).
-//! A destination ending in `/` gets the source's name appended.
+//! A destination ending in `/` gets the source's name appended. On a
+//! terminal the copy shows its bytes and rate as it goes (of the total
+//! when sending, which the host side knows).
 
 use anyhow::{Context as _, anyhow, bail};
 use banger_proto::archive::ArchiveStats;
 use banger_proto::chunks::ChunkWriter;
 use banger_proto::{ErrorBody, Frame, FrameKind, read_frame, write_frame};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
 use super::Context;
 use crate::cli::CpArgs;
+use crate::progress::Style;
 
 /// One side of a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +72,10 @@ pub async fn run(ctx: &Context, args: CpArgs) -> anyhow::Result<i32> {
                 path
             };
             let stream = client.unpack(&vm, &dest).await?;
-            let stats = send(stream, src).await?;
+            let bar = meter(Some(tree_bytes(&src)));
+            let stats = send(stream, src, &bar).await;
+            bar.finish_and_clear();
+            let stats = stats?;
             eprintln!("copied {} to {vm}:{dest}", describe(&stats));
         }
         (Place::Guest { vm, path }, Place::Host(dst)) => {
@@ -79,7 +86,10 @@ pub async fn run(ctx: &Context, args: CpArgs) -> anyhow::Result<i32> {
                 dst
             };
             let stream = client.pack(&vm, &path).await?;
-            let stats = receive(stream, &dest, args.recursive).await?;
+            let bar = meter(None);
+            let stats = receive(stream, &dest, args.recursive, &bar).await;
+            bar.finish_and_clear();
+            let stats = stats?;
             eprintln!("copied {} to {}", describe(&stats), dest.display());
         }
         (Place::Host(_), Place::Host(_)) => bail!("one side must be VM:PATH (both are host paths)"),
@@ -88,6 +98,51 @@ pub async fn run(ctx: &Context, args: CpArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// A live byte count for a copy of `total` bytes (if known) on a
+/// terminal; hidden otherwise.
+fn meter(total: Option<u64>) -> ProgressBar {
+    if !matches!(Style::for_stderr(), Style::Live) {
+        return ProgressBar::hidden();
+    }
+    let (bar, template) = match total {
+        Some(total) => (
+            ProgressBar::new(total),
+            "  copying {bytes} of {total_bytes} ({bytes_per_sec}, {eta} left)",
+        ),
+        None => (
+            ProgressBar::new_spinner(),
+            "  copying {bytes} ({bytes_per_sec})",
+        ),
+    };
+    bar.set_style(ProgressStyle::with_template(template).expect("a valid template"));
+    bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+    bar
+}
+
+/// Counts `n` more bytes on `bar`, never past its total (the archive's
+/// headers come on top of the files' bytes).
+fn count(bar: &ProgressBar, n: usize) {
+    let at = bar.position().saturating_add(n as u64);
+    bar.set_position(bar.length().map_or(at, |total| at.min(total)));
+}
+
+/// The bytes of the regular files under `path` (itself included), not
+/// following symlinks: what a copy of it sends, near enough.
+fn tree_bytes(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_file() {
+        return meta.len();
+    }
+    if !meta.is_dir() {
+        return 0;
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| tree_bytes(&e.path())).sum())
+        .unwrap_or(0)
 }
 
 fn describe(s: &ArchiveStats) -> String {
@@ -108,7 +163,7 @@ fn refused(frame: &Frame) -> anyhow::Error {
 }
 
 /// Streams the archive of `src` as `Stdin` frames, then reads the answer.
-async fn send<S>(stream: S, src: PathBuf) -> anyhow::Result<ArchiveStats>
+async fn send<S>(stream: S, src: PathBuf, bar: &ProgressBar) -> anyhow::Result<ArchiveStats>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -121,9 +176,11 @@ where
         anyhow::Ok(())
     });
     while let Some(chunk) = rx.recv().await {
+        let n = chunk.len();
         write_frame(&mut writer, &Frame::new(FrameKind::Stdin, chunk))
             .await
             .context("lost the connection to the guest")?;
+        count(bar, n);
     }
     producer.await??;
     write_frame(&mut writer, &Frame::new(FrameKind::StdinEof, [])).await?;
@@ -138,7 +195,12 @@ where
 }
 
 /// Reads the archive of a guest path into `dest` (swapped in when complete).
-async fn receive<S>(stream: S, dest: &Path, recursive: bool) -> anyhow::Result<ArchiveStats>
+async fn receive<S>(
+    stream: S,
+    dest: &Path,
+    recursive: bool,
+    bar: &ProgressBar,
+) -> anyhow::Result<ArchiveStats>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -162,6 +224,7 @@ where
                             .with_context(|| format!("cannot write {}", dest.display()))?,
                     );
                 }
+                count(bar, frame.payload.len());
                 unpacker
                     .as_mut()
                     .expect("made above")
@@ -186,6 +249,38 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trees_bytes_are_its_files_not_what_its_links_point_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("t");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("a"), vec![0u8; 1000]).unwrap();
+        std::fs::write(root.join("sub/b"), vec![0u8; 24]).unwrap();
+        std::fs::write(dir.path().join("outside"), vec![0u8; 5000]).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("link")).unwrap();
+        assert_eq!(tree_bytes(&root), 1024);
+        assert_eq!(tree_bytes(&root.join("a")), 1000);
+        assert_eq!(tree_bytes(&dir.path().join("missing")), 0);
+    }
+
+    #[test]
+    fn the_count_stops_at_the_total() {
+        let bar = ProgressBar::hidden();
+        bar.set_length(100);
+        count(&bar, 60);
+        assert_eq!(bar.position(), 60);
+        count(&bar, 60);
+        assert_eq!(
+            bar.position(),
+            100,
+            "archive headers do not count past the total"
+        );
+        let open = ProgressBar::hidden();
+        count(&open, 70);
+        count(&open, 70);
+        assert_eq!(open.position(), 140);
+    }
 
     #[test]
     fn places_parse() {
