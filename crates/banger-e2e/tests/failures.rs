@@ -7,8 +7,8 @@
 //! the VM boots, while the command runs, or while no daemon runs) leaves no
 //! VM behind, nor does a `vm create` killed during the boot, nor a `vm run
 //! --rm` whose daemon is killed (the CLI says so and deletes the VM through
-//! a new one), and a create or `vm proxy` whose daemon dies names that as
-//! the cause;
+//! a new one), and a create, `vm proxy` or `vm cp` whose daemon dies names
+//! that as the cause;
 //! Ctrl-C during
 //! an image build cancels it, its programs stopped and nothing left.
 
@@ -63,6 +63,27 @@ fn daemon_killed_under(env: &Env, child: &mut Child) -> (Option<i32>, String) {
         .read_to_string(&mut err)
         .unwrap();
     (code, err)
+}
+
+/// Bytes process `pid` and its descendants (the harness may run the CLI
+/// under a wrapper) have read so far (`/proc/PID/io`): a copy reads its
+/// source as it sends it (socket sends are not counted as writes there).
+fn read_so_far(pid: u32) -> u64 {
+    let own: u64 = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("rchar: "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let children: u64 = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .map(read_so_far)
+        .sum();
+    own + children
 }
 
 /// Waits up to `timeout` for `child` to exit; its exit code and how long
@@ -478,6 +499,38 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
         err.contains("the daemon stopped, and this connection to px with it"),
         "{err}"
     );
+    // `vm cp` whose daemon dies mid-copy: said so, and nothing half-copied.
+    let big = env.root.path().join("big.bin");
+    {
+        // Data, not a hole (the archive sends holes as such).
+        use std::io::Write;
+        let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8 | 1).collect();
+        let mut f = std::fs::File::create(&big).unwrap();
+        for _ in 0..200 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let mut cli = env
+        .cmd(&["vm", "cp", big.to_str().unwrap(), "px:/root/big.bin"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed once 20 MB have gone out (the CLI reads as it sends).
+    if !wait_until(Duration::from_secs(60), || read_so_far(cli.id()) > 20 << 20) {
+        let _ = cli.kill();
+        let (code, err) = (cli.wait().unwrap().code(), {
+            let mut e = String::new();
+            let _ = cli.stderr.take().unwrap().read_to_string(&mut e);
+            e
+        });
+        panic!("the copy never got going ({code:?}): {err}");
+    }
+    let (code, err) = daemon_killed_under(&env, &mut cli);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("the daemon stopped during the copy"), "{err}");
+    let partial = env.run(&["vm", "exec", "px", "--", "test", "-e", "/root/big.bin"]);
+    assert!(!partial.status.success(), "a half copy landed in the guest");
     env.ok(&["vm", "delete", "px"]);
 
     // A create whose daemon dies under it: the CLI names that as the cause

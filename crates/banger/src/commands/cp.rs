@@ -75,7 +75,7 @@ pub async fn run(ctx: &Context, args: CpArgs) -> anyhow::Result<i32> {
             let bar = meter(Some(tree_bytes(&src)));
             let stats = send(stream, src, &bar).await;
             bar.finish_and_clear();
-            let stats = stats?;
+            let stats = unless_daemon_died(&client, stats).await?;
             eprintln!("copied {} to {vm}:{dest}", describe(&stats));
         }
         (Place::Guest { vm, path }, Place::Host(dst)) => {
@@ -89,7 +89,7 @@ pub async fn run(ctx: &Context, args: CpArgs) -> anyhow::Result<i32> {
             let bar = meter(None);
             let stats = receive(stream, &dest, args.recursive, &bar).await;
             bar.finish_and_clear();
-            let stats = stats?;
+            let stats = unless_daemon_died(&client, stats).await?;
             eprintln!("copied {} to {}", describe(&stats), dest.display());
         }
         (Place::Host(_), Place::Host(_)) => bail!("one side must be VM:PATH (both are host paths)"),
@@ -98,6 +98,21 @@ pub async fn run(ctx: &Context, args: CpArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// A copy's end, unless it broke because the daemon died under it: then
+/// what that means for the copy.
+async fn unless_daemon_died(
+    client: &crate::client::Client,
+    stats: anyhow::Result<ArchiveStats>,
+) -> anyhow::Result<ArchiveStats> {
+    match stats {
+        Err(_) if client.daemon_gone().await => bail!(
+            "the daemon stopped during the copy (see `banger daemon status`), so it may not have \
+             finished: a copy lands whole or not at all; run it again"
+        ),
+        stats => stats,
+    }
 }
 
 /// A live byte count for a copy of `total` bytes (if known) on a
