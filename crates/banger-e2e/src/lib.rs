@@ -727,6 +727,20 @@ fn cmdline(pid: u32) -> String {
         .unwrap_or_else(|_| "(gone)".into())
 }
 
+/// All `child` wrote to its (piped) stderr, read to its end: call it once
+/// the child has exited or is about to.
+pub fn stderr_of(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr piped")
+        .read_to_string(&mut err)
+        .expect("read the child's stderr");
+    err
+}
+
 /// True when `pid` is a live (non-zombie) process, any of its threads.
 pub fn process_alive(pid: u32) -> bool {
     banger_sys::process::alive(pid)

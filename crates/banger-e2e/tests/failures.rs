@@ -12,8 +12,8 @@
 //! Ctrl-C during
 //! an image build cancels it, its programs stopped and nothing left.
 
-use banger_e2e::{Env, bin, boot_permit, process_alive, skip, wait_until};
-use std::io::{BufRead, BufReader, Read};
+use banger_e2e::{Env, bin, boot_permit, process_alive, skip, stderr_of, wait_until};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,14 +55,7 @@ fn signal(pid: u32, sig: &str) {
 fn daemon_killed_under(env: &Env, child: &mut Child) -> (Option<i32>, String) {
     signal(env.daemon_pid().expect("a daemon runs"), "KILL");
     let (code, _) = exit_within(child, Duration::from_secs(60)).expect("the cli ended");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (code, err)
+    (code, stderr_of(child))
 }
 
 /// Bytes process `pid` and its descendants (the harness may run the CLI
@@ -220,8 +213,7 @@ fn an_exec_whose_guest_stops_answering_ends_on_interrupts_with_125() {
         let ended = exit_within(&mut exec, Duration::from_secs(15));
         signal(engine, "CONT");
         let (code, took) = ended.unwrap_or_else(|| panic!("{what}: banger still runs after 15 s"));
-        let mut err = String::new();
-        let _ = std::io::Read::read_to_string(&mut exec.stderr.take().unwrap(), &mut err);
+        let err = stderr_of(&mut exec);
         eprintln!("{what}: exit {code:?} after {took:?}: {}", err.trim_end());
         assert_eq!(code, Some(125), "{what}: {err}");
         assert!(took < limit, "{what}: took {took:?}");
@@ -519,12 +511,11 @@ fn a_killed_vm_run_rm_leaves_no_vm_behind() {
     // Killed once 20 MB have gone out (the CLI reads as it sends).
     if !wait_until(Duration::from_secs(60), || read_so_far(cli.id()) > 20 << 20) {
         let _ = cli.kill();
-        let (code, err) = (cli.wait().unwrap().code(), {
-            let mut e = String::new();
-            let _ = cli.stderr.take().unwrap().read_to_string(&mut e);
-            e
-        });
-        panic!("the copy never got going ({code:?}): {err}");
+        let err = stderr_of(&mut cli);
+        panic!(
+            "the copy never got going ({:?}): {err}",
+            cli.wait().unwrap().code()
+        );
     }
     let (code, err) = daemon_killed_under(&env, &mut cli);
     assert_ne!(code, Some(0), "{err}");
@@ -569,8 +560,7 @@ fn ctrl_c_cancels_an_image_build_and_leaves_nothing() {
     let sleeper = hung_mkfs(&mark);
     signal(cli.id(), "INT");
     let (code, took) = exit_within(&mut cli, Duration::from_secs(30)).expect("the CLI exits");
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut cli.stderr.take().unwrap(), &mut err).unwrap();
+    let err = stderr_of(&mut cli);
     assert_eq!(code, Some(130), "{err}");
     assert!(took < Duration::from_secs(15), "took {took:?}");
     assert!(err.contains("cancelling"), "{err}");

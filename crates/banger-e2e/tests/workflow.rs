@@ -7,7 +7,7 @@
 //! of a tree with modes and a symlink both ways.
 
 use banger_e2e::{Env, boot_permit, process_alive, skip, wait_until};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -550,13 +550,7 @@ fn kill_daemon(env: &Env) {
 
 /// `child`'s exit status and all it wrote to its (piped) stderr.
 fn ended(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = banger_e2e::stderr_of(child);
     (child.wait().unwrap(), err)
 }
 

@@ -72,7 +72,7 @@ pub async fn run(ctx: &Context, args: CpArgs) -> anyhow::Result<i32> {
                 path
             };
             let stream = client.unpack(&vm, &dest).await?;
-            let bar = meter(Some(tree_bytes(&src)));
+            let bar = meter(|| Some(tree_bytes(&src)));
             let stats = send(stream, src, &bar).await;
             bar.finish_and_clear();
             let stats = unless_daemon_died(&client, stats).await?;
@@ -86,7 +86,7 @@ pub async fn run(ctx: &Context, args: CpArgs) -> anyhow::Result<i32> {
                 dst
             };
             let stream = client.pack(&vm, &path).await?;
-            let bar = meter(None);
+            let bar = meter(|| None);
             let stats = receive(stream, &dest, args.recursive, &bar).await;
             bar.finish_and_clear();
             let stats = unless_daemon_died(&client, stats).await?;
@@ -115,13 +115,13 @@ async fn unless_daemon_died(
     }
 }
 
-/// A live byte count for a copy of `total` bytes (if known) on a
-/// terminal; hidden otherwise.
-fn meter(total: Option<u64>) -> ProgressBar {
+/// A live byte count for a copy of `total()` bytes (if known) on a
+/// terminal; hidden, and the total not worked out, otherwise.
+fn meter(total: impl FnOnce() -> Option<u64>) -> ProgressBar {
     if !matches!(Style::for_stderr(), Style::Live) {
         return ProgressBar::hidden();
     }
-    let (bar, template) = match total {
+    let (bar, template) = match total() {
         Some(total) => (
             ProgressBar::new(total),
             "  copying {bytes} of {total_bytes} ({bytes_per_sec}, {eta} left)",
