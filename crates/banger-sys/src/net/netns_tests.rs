@@ -173,6 +173,12 @@ fn bridge_and_taps_are_created_attached_listed_and_deleted() {
         let started = Instant::now();
         tap::delete_tap("bgtap0").unwrap();
         let delete_ioctl = started.elapsed();
+        // The kernel unregisters the device after the last close returns
+        // (seen still listed once, on a loaded CI host): wait for that.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while links.exists("bgtap0").unwrap() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert!(!links.exists("bgtap0").unwrap(), "bgtap0 is gone");
         tap::delete_tap("bgtap0").unwrap(); // idempotent
 
